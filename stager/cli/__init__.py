@@ -1,0 +1,102 @@
+"""The ``stager`` command: the root group, global options and error handling.
+
+Every :class:`~stager.errors.StagerError` ends the command with one line on
+stderr (what went wrong, what to do) and the error's exit code; ``--debug``
+(or ``STAGER_DEBUG=1``) adds the traceback. Commands of the ``fsd`` and
+``worker_hooks`` packages join through the ``stager.commands`` entry point
+group, so this package never imports them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import click
+
+from stager import __version__
+from stager.cli.context import CliState
+from stager.errors import StagerError
+
+INTERNAL_ERROR_EXIT = 70
+INTERRUPTED_EXIT = 130
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="""\b
+Examples:
+  stager s3 serve --dir ./s3data        # a local S3 server for trying things out
+  stager push inputs/ ref.fa --to s3://my-bucket/run1/
+  stager pull s3://my-bucket/run1/ ./staged/
+  stager demo                           # everything on this machine, end to end
+""",
+)
+@click.version_option(__version__, prog_name="stager")
+@click.option(
+    "--config", type=click.Path(path_type=Path), help="TOML settings file [./stager.toml]."
+)
+@click.option("--endpoint-url", help="S3 endpoint, e.g. http://127.0.0.1:8333 [AWS chain].")
+@click.option("--profile", help="AWS profile from ~/.aws.")
+@click.option("--region", help="S3 region.")
+@click.option("--part-size", "part_size_bytes", help="Multipart part size, e.g. 16M [8M].")
+@click.option("--max-concurrency", type=int, help="Parallel requests per transfer [10].")
+@click.option("--files-in-flight", type=int, help="Files transferred at once [16].")
+@click.option("--no-progress", is_flag=True, help="Never draw progress bars.")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.pass_context
+def cli(
+    ctx: click.Context, /, config: Path | None, no_progress: bool, debug: bool, **flags: object
+) -> None:
+    """Stage data for many-task workflows: frontend -> S3 -> node -> task, verified on every hop."""
+    if no_progress:
+        flags["progress"] = False
+    ctx.obj = CliState(flags=flags, config_path=config)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def _register_commands() -> None:
+    from stager.cli.demo import commands as demo_commands
+    from stager.cli.s3 import commands as s3_commands
+    from stager.cli.transfer import commands as transfer_commands
+
+    for command in (*transfer_commands, *s3_commands, *demo_commands):
+        cli.add_command(command)
+    for entry in entry_points(group="stager.commands"):
+        cli.add_command(entry.load())
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("STAGER_DEBUG", "") not in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI and turn errors into one line and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    _register_commands()
+    try:
+        result = cli.main(args=args, prog_name="stager", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("stager: interrupted", err=True)
+        sys.exit(INTERRUPTED_EXIT)
+    except StagerError as exc:
+        if _debug_requested(args):
+            traceback.print_exc()
+        click.echo(f"stager: error: {exc.one_line()}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if _debug_requested(args):
+            traceback.print_exc()
+        click.echo(
+            f"stager: internal error: {exc.__class__.__name__}: {exc} "
+            "(run again with --debug and report the traceback)",
+            err=True,
+        )
+        sys.exit(INTERNAL_ERROR_EXIT)
+    sys.exit(result if isinstance(result, int) else 0)

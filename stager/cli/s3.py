@@ -1,0 +1,67 @@
+"""``stager s3 ...``: the embedded S3 server."""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from stager.s3server import LocalS3Server
+
+
+@click.group("s3")
+def s3_group() -> None:
+    """The embedded S3 server (SeaweedFS) for trying stager on one machine."""
+
+
+@s3_group.command(
+    "serve",
+    epilog="""\b
+Examples:
+  stager s3 serve                      # temporary data, random port
+  stager s3 serve --dir ./s3data --port 8333 --bucket my-bucket
+""",
+)
+@click.option(
+    "--dir",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the server keeps its data [a temporary directory].",
+)
+@click.option("--port", type=int, help="S3 port on 127.0.0.1 [a free one].")
+@click.option(
+    "--bucket", "buckets", multiple=True, help="Create this bucket at start (repeatable)."
+)
+def serve(data_dir: Path | None, port: int | None, buckets: tuple[str, ...]) -> None:
+    """Run a local S3 server on 127.0.0.1 until Ctrl-C.
+
+    Prints the endpoint and the environment to export so that stager (and
+    aws cli, boto3, s5cmd, rclone) can reach it. Access keys are new at
+    every start.
+    """
+    with tempfile.TemporaryDirectory(prefix="stager-s3-") as scratch:
+        server = LocalS3Server(data_dir or Path(scratch), s3_port=port)
+
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, on_term)
+        with server:
+            client = server.client()
+            for bucket in buckets:
+                client.create_bucket(Bucket=bucket)
+            click.echo(f"S3 endpoint {server.endpoint_url} (data in {server.data_dir})")
+            click.echo("export these to use it:")
+            for name, value in server.env().items():
+                click.echo(f"  export {name}={value}")
+            click.echo("Ctrl-C stops the server.")
+            try:
+                signal.pause()
+            except KeyboardInterrupt:
+                click.echo("stopping the S3 server")
+
+
+commands = [s3_group]

@@ -1,0 +1,111 @@
+"""The one error hierarchy of stager.
+
+Every failure a user can cause or meet is one of these; third-party
+exceptions (botocore, OSError) are translated at the boundary with
+``raise ... from exc`` so the cause stays attached for ``--debug``.
+
+::
+
+    StagerError                    exit 1   anything else we understood
+    ├── ConfigError                exit 2   bad settings, flags or config file
+    │   ├── InvalidUrlError        exit 2   a URL that is not well formed
+    │   └── UnsafePathError        exit 2   a path that escapes its root (``..``, absolute, NUL)
+    ├── NotFoundError              exit 3   missing bucket or key
+    ├── AccessDeniedError          exit 4   wrong credentials or no permission
+    ├── UnreachableError           exit 5   endpoint down, DNS, connection refused, timeouts
+    ├── ThrottledError             exit 6   the store kept asking us to slow down
+    ├── PreconditionFailedError    exit 6   a create-only write found the key taken
+    ├── IntegrityError             exit 7   digest or size mismatch
+    └── LocalIOError               exit 8   a local file could not be read or written
+        └── DiskFullError          exit 9   no space left on the destination
+
+Each error carries ``hint``: one sentence telling the user what to do next.
+Messages never contain secrets (credentials are never formatted into them).
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class StagerError(Exception):
+    """Root of every error stager raises on purpose."""
+
+    exit_code = 1
+    default_hint = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+
+    def one_line(self) -> str:
+        """The message and the hint on one line, as the CLI prints them."""
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ConfigError(StagerError):
+    exit_code = 2
+    default_hint = "check the flag, STAGER_* variable or config file named above"
+
+
+class InvalidUrlError(ConfigError):
+    default_hint = "write S3 locations as s3://bucket/key"
+
+
+class UnsafePathError(ConfigError):
+    default_hint = "use a relative path without '..' components"
+
+
+class NotFoundError(StagerError):
+    exit_code = 3
+    default_hint = "check the bucket and key names (stager pull s3://bucket/ lists nothing?)"
+
+
+class AccessDeniedError(StagerError):
+    exit_code = 4
+    default_hint = (
+        "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile, "
+        "and that they may use this bucket"
+    )
+
+
+class UnreachableError(StagerError):
+    exit_code = 5
+    default_hint = "check --endpoint-url / AWS_ENDPOINT_URL and that the server is running"
+
+
+class ThrottledError(StagerError):
+    exit_code = 6
+    default_hint = "the store is overloaded; retry later or lower --max-concurrency"
+
+
+class PreconditionFailedError(StagerError):
+    exit_code = 6
+    default_hint = "the object already exists and must not be replaced"
+
+
+class IntegrityError(StagerError):
+    exit_code = 7
+    default_hint = "the stored object is damaged or was changed by another tool; re-push it"
+
+
+class LocalIOError(StagerError):
+    exit_code = 8
+    default_hint = "check that the path exists and that you may read or write it"
+
+
+class DiskFullError(LocalIOError):
+    exit_code = 9
+    default_hint = "free space on the destination file system or choose another destination"
+
+
+def from_os_error(exc: OSError, action: str) -> LocalIOError:
+    """Translate an ``OSError`` met while doing ``action`` (e.g. "write /x/y").
+
+    ENOSPC and EDQUOT become :class:`DiskFullError`; the rest :class:`LocalIOError`.
+    """
+    reason = exc.strerror or exc.__class__.__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"cannot {action}: {reason}")
+    return LocalIOError(f"cannot {action}: {reason}")

@@ -1,0 +1,282 @@
+"""The S3 object store: verified uploads and downloads on boto3 + s3transfer.
+
+Contract:
+
+- Every object stager writes carries its digest in user metadata
+  (``x-amz-meta-stager-digest: xxh3-128:...``).
+- A download streams through a :class:`~stager.digest.HashingWriter` into a
+  temp file next to the destination; the file takes its final name only if
+  its size and digest match what the object's metadata promised. Objects
+  without a digest (written by other tools) are hashed the same way and
+  reported as unverified.
+- Multipart uploads and parallel ranged GETs are s3transfer's; nothing here
+  splits or reassembles parts.
+- Every botocore error leaves this module as a :class:`~stager.errors.StagerError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from s3transfer.manager import TransferConfig, TransferManager
+from s3transfer.subscribers import BaseSubscriber
+
+from stager.atomic import atomic_file
+from stager.digest import HashingWriter, digest_bytes
+from stager.errors import IntegrityError, NotFoundError
+from stager.locations import S3Url
+from stager.s3errors import translate, translating
+from stager.settings import Settings
+
+DIGEST_METADATA_KEY = "stager-digest"
+
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a HEAD (or a listing plus HEAD) tells about one object."""
+
+    url: S3Url
+    size: int
+    digest: str | None
+
+
+@dataclass(frozen=True)
+class Received:
+    """The outcome of one verified download."""
+
+    digest: str
+    size: int
+    verified: bool
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Explicit S3 keys, for servers we start ourselves; the secret never prints."""
+
+    access_key: str
+    secret_key: str = field(repr=False)
+
+
+def make_client(settings: Settings, credentials: Credentials | None = None) -> Any:
+    """A boto3 S3 client configured from ``settings`` (standard retries, bounded).
+
+    Without ``credentials`` the keys come from the standard AWS chain.
+    """
+    keys = (
+        {
+            "aws_access_key_id": credentials.access_key,
+            "aws_secret_access_key": credentials.secret_key,
+        }
+        if credentials
+        else {}
+    )
+    try:
+        session = boto3.session.Session(
+            profile_name=settings.profile, region_name=settings.region, **keys
+        )
+    except BotoCoreError as exc:
+        raise translate(exc, "the AWS configuration", "load") from exc
+    config = Config(
+        retries={"mode": "standard", "max_attempts": settings.max_attempts},
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+        max_pool_connections=settings.max_concurrency + settings.files_in_flight,
+        # Integrity is ours (XXH3 on every hop); CRC on every request would
+        # only cost CPU. S3 still gets what it requires.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path"} if settings.endpoint_url else None,
+    )
+    return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+
+
+class _Subscriber(BaseSubscriber):  # type: ignore[misc]
+    """Feeds a known size to s3transfer (saving its HEAD) and progress to a callback."""
+
+    def __init__(self, size: int | None, on_bytes: ProgressCallback | None) -> None:
+        self._size = size
+        self._on_bytes = on_bytes
+
+    def on_queued(self, future: Any, **kwargs: Any) -> None:
+        if self._size is not None:
+            future.meta.provide_transfer_size(self._size)
+
+    def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+        if self._on_bytes is not None:
+            self._on_bytes(bytes_transferred)
+
+
+def _check_received(info: ObjectInfo, writer: HashingWriter) -> None:
+    got = writer.hasher
+    if got.size != info.size:
+        raise IntegrityError(f"{info.url}: received {got.size} bytes, expected {info.size}")
+    if info.digest is not None and got.digest != info.digest:
+        raise IntegrityError(
+            f"{info.url}: content digest {got.digest} does not match recorded {info.digest}"
+        )
+
+
+class ObjectStore:
+    """Verified object I/O against one S3 endpoint. Thread-safe; close() when done."""
+
+    def __init__(self, settings: Settings, *, credentials: Credentials | None = None) -> None:
+        self.settings = settings
+        self.client = make_client(settings, credentials)
+        self._transfers = TransferManager(
+            self.client,
+            TransferConfig(
+                multipart_threshold=settings.multipart_threshold_bytes,
+                multipart_chunksize=settings.part_size_bytes,
+                max_request_concurrency=settings.max_concurrency,
+                max_in_memory_download_chunks=settings.max_concurrency * 2,
+            ),
+        )
+
+    def close(self, *, cancel: bool = False) -> None:
+        self._transfers.shutdown(cancel=cancel)
+
+    def __enter__(self) -> ObjectStore:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.close(cancel=exc is not None)
+
+    # -- metadata -----------------------------------------------------------------
+
+    def head(self, url: S3Url) -> ObjectInfo | None:
+        """The object's size and digest, ``None`` if the key does not exist.
+
+        A missing bucket raises :class:`NotFoundError` (a bucket typo should
+        not read as "nothing pushed yet").
+        """
+        try:
+            response = self.client.head_object(Bucket=url.bucket, Key=url.key)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
+                raise translate(exc, str(url), "read") from exc
+            self.check_bucket(url.bucket)
+            return None
+        except BotoCoreError as exc:
+            raise translate(exc, str(url), "read") from exc
+        digest = response.get("Metadata", {}).get(DIGEST_METADATA_KEY)
+        return ObjectInfo(url, int(response["ContentLength"]), digest)
+
+    def check_bucket(self, bucket: str) -> None:
+        """Raise :class:`NotFoundError` unless ``bucket`` exists and is reachable."""
+        with translating(f"s3://{bucket}/", "open bucket"):
+            try:
+                self.client.head_bucket(Bucket=bucket)
+            except ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                    raise NotFoundError(
+                        f"bucket {bucket!r} does not exist",
+                        hint="create it first or check its name",
+                    ) from exc
+                raise
+
+    def ensure_bucket(self, bucket: str) -> None:
+        """Create ``bucket`` unless it exists."""
+        try:
+            self.check_bucket(bucket)
+        except NotFoundError:
+            with translating(f"s3://{bucket}/", "create bucket"):
+                self.client.create_bucket(Bucket=bucket)
+
+    def list(self, prefix: S3Url) -> Iterator[tuple[S3Url, int]]:
+        """(location, size) of every object whose key starts with ``prefix.key``."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        with translating(prefix, "list"):
+            for page in paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key):
+                for item in page.get("Contents", []):
+                    yield S3Url(prefix.bucket, item["Key"]), int(item["Size"])
+
+    # -- data ---------------------------------------------------------------------
+
+    def upload_file(
+        self, path: Path, url: S3Url, *, digest: str, on_bytes: ProgressCallback | None = None
+    ) -> None:
+        """Upload ``path`` to ``url`` with ``digest`` in its metadata.
+
+        The caller computed ``digest`` from the same bytes; local read errors
+        surface as ``OSError`` for the caller to name.
+        """
+        with translating(url, "upload to"):
+            future = self._transfers.upload(
+                str(path),
+                url.bucket,
+                url.key,
+                extra_args={"Metadata": {DIGEST_METADATA_KEY: digest}},
+                subscribers=[_Subscriber(None, on_bytes)],
+            )
+            _wait(future)
+
+    def download_file(
+        self, info: ObjectInfo, dest: Path, *, on_bytes: ProgressCallback | None = None
+    ) -> Received:
+        """Download the object ``info`` describes to ``dest``, verified.
+
+        Raises :class:`IntegrityError` when the bytes do not match ``info``;
+        then nothing exists at ``dest`` (nor under a temp name).
+        """
+        with atomic_file(dest) as handle:
+            writer = HashingWriter(handle)
+            with translating(info.url, "download"):
+                future = self._transfers.download(
+                    info.url.bucket,
+                    info.url.key,
+                    writer,
+                    subscribers=[_Subscriber(info.size, on_bytes)],
+                )
+                _wait(future)
+            _check_received(info, writer)
+        return Received(writer.hasher.digest, writer.hasher.size, info.digest is not None)
+
+    def put_bytes(self, url: S3Url, data: bytes, *, create_only: bool = False) -> str:
+        """Store a small object in one request; return its digest.
+
+        With ``create_only`` the write fails with
+        :class:`~stager.errors.PreconditionFailedError` if the key exists
+        (``If-None-Match: *``), so an accepted object is never replaced.
+        """
+        digest = digest_bytes(data)
+        extra: dict[str, str] = {"IfNoneMatch": "*"} if create_only else {}
+        with translating(url, "write"):
+            self.client.put_object(
+                Bucket=url.bucket,
+                Key=url.key,
+                Body=data,
+                Metadata={DIGEST_METADATA_KEY: digest},
+                **extra,
+            )
+        return digest
+
+    def delete(self, url: S3Url) -> None:
+        with translating(url, "delete"):
+            self.client.delete_object(Bucket=url.bucket, Key=url.key)
+
+    def get_bytes(self, url: S3Url) -> bytes:
+        """Read a small object whole, verified against its digest if it has one."""
+        with translating(url, "read"):
+            response = self.client.get_object(Bucket=url.bucket, Key=url.key)
+            data: bytes = response["Body"].read()
+        recorded = response.get("Metadata", {}).get(DIGEST_METADATA_KEY)
+        if recorded is not None and digest_bytes(data) != recorded:
+            raise IntegrityError(f"{url}: content does not match its recorded digest")
+        return data
+
+
+def _wait(future: Any) -> None:
+    """Wait for an s3transfer future; cancel it if we are interrupted."""
+    try:
+        future.result()
+    except KeyboardInterrupt:
+        future.cancel()
+        raise

@@ -1,0 +1,131 @@
+"""Pull: S3 -> local files, every byte verified before it takes its name.
+
+``s3://b/prefix/`` (or a key that names no object but has objects below it)
+pulls the whole prefix into a directory; ``s3://b/key`` pulls one object to
+a file, or into a directory that exists or is written with a trailing '/'.
+
+Each object is downloaded through the object store's verified path. A
+digest or size mismatch is retried once with fresh metadata (the object may
+have been replaced mid-transfer); a second mismatch is an
+:class:`~stager.errors.IntegrityError` and leaves nothing at the destination.
+Objects written by other tools carry no digest: they are hashed as they
+stream and reported as unverified. A destination file whose remembered
+digest already matches the object is left alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from stager.digestcache import DigestCache, stamp_of
+from stager.errors import IntegrityError, NotFoundError
+from stager.locations import S3Url
+from stager.objectstore import ObjectInfo, ObjectStore
+from stager.parallel import run_all
+from stager.plan import PullItem, plan_pull, single_pull_dest
+from stager.progress import Progress
+
+
+@dataclass(frozen=True)
+class PulledFile:
+    url: S3Url
+    path: Path
+    size: int
+    digest: str
+    verified: bool
+    downloaded: bool
+
+
+@dataclass(frozen=True)
+class PullReport:
+    files: tuple[PulledFile, ...]
+    seconds: float
+
+    @property
+    def downloaded_bytes(self) -> int:
+        return sum(f.size for f in self.files if f.downloaded)
+
+    @property
+    def skipped_files(self) -> int:
+        return sum(not f.downloaded for f in self.files)
+
+    @property
+    def unverified(self) -> tuple[PulledFile, ...]:
+        return tuple(f for f in self.files if not f.verified)
+
+
+def resolve_pull(
+    store: ObjectStore, source: S3Url, dest: Path, *, dest_is_dir: bool
+) -> list[PullItem]:
+    """The files a pull of ``source`` into ``dest`` will write (lists, HEADs; no data)."""
+    if not source.is_prefix:
+        info = store.head(source)
+        if info is not None:
+            return [
+                PullItem(source, info.size, single_pull_dest(source, dest, dest_is_dir=dest_is_dir))
+            ]
+    prefix = source.as_prefix()
+    items = plan_pull(store.list(prefix), prefix, dest)
+    if not items:
+        store.check_bucket(source.bucket)
+        raise NotFoundError(f"nothing to pull: no object at or below {source}")
+    return items
+
+
+class _Puller:
+    def __init__(self, store: ObjectStore, digests: DigestCache, progress: Progress) -> None:
+        self.store = store
+        self.digests = digests
+        self.progress = progress
+
+    def pull_one(self, item: PullItem) -> PulledFile:
+        info = self._head(item.url)
+        if info.digest is not None and self._already_there(item.dest, info):
+            self.progress.advance(info.size)
+            return PulledFile(item.url, item.dest, info.size, info.digest, True, downloaded=False)
+        try:
+            received = self.store.download_file(info, item.dest, on_bytes=self.progress.advance)
+        except IntegrityError:
+            info = self._head(item.url)
+            received = self.store.download_file(info, item.dest, on_bytes=self.progress.advance)
+        if received.verified:
+            self.digests.put(stamp_of(item.dest.stat()), received.digest)
+        return PulledFile(
+            item.url, item.dest, received.size, received.digest, received.verified, True
+        )
+
+    def _head(self, url: S3Url) -> ObjectInfo:
+        info = self.store.head(url)
+        if info is None:
+            raise NotFoundError(f"{url} disappeared during the pull")
+        return info
+
+    def _already_there(self, path: Path, info: ObjectInfo) -> bool:
+        try:
+            stamp = stamp_of(path.stat())
+        except OSError:
+            return False
+        return stamp[2] == info.size and self.digests.get(stamp) == info.digest
+
+
+def pull(
+    source: S3Url,
+    dest: Path,
+    *,
+    store: ObjectStore,
+    digests: DigestCache,
+    dest_is_dir: bool,
+    show_progress: bool = True,
+    clock: Callable[[], float] = time.monotonic,
+) -> PullReport:
+    """Pull ``source`` to ``dest``; see the module docstring for the rules."""
+    started = clock()
+    items = resolve_pull(store, source, dest, dest_is_dir=dest_is_dir)
+    total = sum(item.size for item in items)
+    with Progress(total, "pull", enabled=show_progress) as progress:
+        puller = _Puller(store, digests, progress)
+        files = run_all(puller.pull_one, items, workers=store.settings.files_in_flight)
+    return PullReport(tuple(files), clock() - started)

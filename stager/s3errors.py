@@ -1,0 +1,101 @@
+"""Translate botocore / s3transfer exceptions into stager's hierarchy.
+
+This is the only module that knows botocore's error shapes. Callers wrap S3
+calls in :func:`translating` and get a :class:`~stager.errors.StagerError`
+naming the location and the action, with the original as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from botocore import exceptions as bce
+from s3transfer.exceptions import RetriesExceededError
+
+from stager.errors import (
+    AccessDeniedError,
+    ConfigError,
+    NotFoundError,
+    PreconditionFailedError,
+    StagerError,
+    ThrottledError,
+    UnreachableError,
+)
+
+_NOT_FOUND = frozenset({"NoSuchBucket", "NoSuchKey", "NotFound", "404", "NoSuchUpload"})
+_DENIED = frozenset(
+    {
+        "AccessDenied",
+        "403",
+        "Forbidden",
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+        "InvalidToken",
+        "ExpiredToken",
+        "AllAccessDisabled",
+    }
+)
+_THROTTLED = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "503"}
+)
+_PRECONDITION = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
+
+_UNREACHABLE_TYPES: tuple[type[Exception], ...] = (
+    bce.EndpointConnectionError,
+    bce.ConnectTimeoutError,
+    bce.ReadTimeoutError,
+    bce.ConnectionClosedError,
+    bce.ProxyConnectionError,
+    RetriesExceededError,
+)
+
+
+def translate(exc: Exception, where: str, action: str) -> StagerError:
+    """Return the stager error for ``exc`` raised while doing ``action`` on ``where``."""
+    if isinstance(exc, StagerError):
+        return exc
+    if isinstance(exc, bce.ClientError):
+        return _from_client_error(exc, where, action)
+    if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
+        return AccessDeniedError(f"cannot {action} {where}: no AWS credentials were found")
+    if isinstance(exc, bce.ProfileNotFound):
+        return ConfigError(f"AWS profile not found: {exc.kwargs.get('profile')}")
+    if isinstance(exc, _UNREACHABLE_TYPES):
+        return UnreachableError(f"cannot {action} {where}: the S3 endpoint did not answer ({exc})")
+    if isinstance(exc, bce.BotoCoreError):
+        return StagerError(f"cannot {action} {where}: {exc}")
+    return StagerError(f"cannot {action} {where}: {exc.__class__.__name__}: {exc}")
+
+
+def _from_client_error(exc: bce.ClientError, where: str, action: str) -> StagerError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    detail = error.get("Message") or code or status
+    if code in _NOT_FOUND or status == "404":
+        what = "bucket" if code == "NoSuchBucket" else "object"
+        return NotFoundError(f"cannot {action} {where}: no such {what}")
+    if code in _DENIED or status == "403":
+        return AccessDeniedError(f"cannot {action} {where}: access denied ({detail})")
+    if code in _PRECONDITION or status == "412":
+        return PreconditionFailedError(f"cannot {action} {where}: it already exists")
+    if code in _THROTTLED:
+        return ThrottledError(f"cannot {action} {where}: the store is throttling requests")
+    if status.startswith("5"):
+        return UnreachableError(
+            f"cannot {action} {where}: the server failed ({detail})",
+            hint="the S3 server reported an internal error; retry later",
+        )
+    return StagerError(f"cannot {action} {where}: {code or status}: {detail}")
+
+
+@contextlib.contextmanager
+def translating(where: object, action: str) -> Iterator[None]:
+    """Run the block, re-raising botocore / s3transfer errors as stager errors."""
+    try:
+        yield
+    except StagerError:
+        raise
+    except (bce.BotoCoreError, bce.ClientError, RetriesExceededError) as exc:
+        raise translate(exc, str(where), action) from exc

@@ -1,0 +1,172 @@
+"""The one settings object of the core, and where its values come from.
+
+Precedence, highest first: command-line flags, ``STAGER_<FIELD>`` environment
+variables, a TOML file (``--config`` or ``./stager.toml``), the defaults
+below. Credentials and the default endpoint are not settings of ours: they
+come from the standard AWS chain (environment, ``~/.aws``, instance profile,
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``); ``endpoint_url`` overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from stager.errors import ConfigError
+from stager.units import parse_size
+
+MiB = 1024 * 1024
+ENV_PREFIX = "STAGER_"
+DEFAULT_CONFIG_NAME = "stager.toml"
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "stager"
+
+
+def _optional_str(value: Any) -> str | None:
+    text = str(value).strip()
+    return text or None
+
+
+def _positive_int(value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{value!r} is not a whole number") from exc
+    if number < 1:
+        raise ValueError(f"{number} is not at least 1")
+    return number
+
+
+def _positive_float(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{value!r} is not a number") from exc
+    if number <= 0:
+        raise ValueError(f"{number} is not above 0")
+    return number
+
+
+def _size(value: Any) -> int:
+    return parse_size(value if isinstance(value, int) else str(value))
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _setting(default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
+    """A settings field: its default (or a zero-argument factory), parser and doc line."""
+    metadata = {"parse": parse, "doc": doc}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Validated, immutable settings for the core data path."""
+
+    endpoint_url: str | None = _setting(
+        None, _optional_str, "S3 endpoint (overrides the AWS chain)"
+    )
+    region: str | None = _setting(None, _optional_str, "S3 region (default: the AWS chain's)")
+    profile: str | None = _setting(None, _optional_str, "AWS profile name from ~/.aws")
+    max_attempts: int = _setting(5, _positive_int, "attempts per S3 request (standard retry mode)")
+    connect_timeout_s: float = _setting(5.0, _positive_float, "TCP connect timeout, seconds")
+    read_timeout_s: float = _setting(60.0, _positive_float, "socket read timeout, seconds")
+    part_size_bytes: int = _setting(8 * MiB, _size, "multipart part size")
+    multipart_threshold_bytes: int = _setting(
+        8 * MiB, _size, "files at least this big go multipart"
+    )
+    max_concurrency: int = _setting(10, _positive_int, "parallel requests per transfer manager")
+    files_in_flight: int = _setting(16, _positive_int, "files pushed or pulled at once")
+    state_dir: Path = _setting(_default_state_dir, Path, "local state (digest cache)")
+    progress: bool = _setting(True, _bool, "show progress bars on a terminal")
+
+    def __post_init__(self) -> None:
+        if self.part_size_bytes < 5 * MiB:
+            raise ConfigError(
+                f"part_size_bytes {self.part_size_bytes} is below the S3 minimum of 5 MiB",
+                hint="set part_size_bytes to 5M or more",
+            )
+        if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"endpoint_url {self.endpoint_url!r} is not an http(s) URL",
+                hint="write it like http://127.0.0.1:8333",
+            )
+
+
+def setting_docs() -> list[tuple[str, str, str]]:
+    """(name, default, description) of every setting, for docs and --help."""
+    defaults = Settings()
+    return [(f.name, repr(getattr(defaults, f.name)), f.metadata["doc"]) for f in fields(Settings)]
+
+
+def _parse_layer(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    known = {f.name: f for f in fields(Settings)}
+    parsed: dict[str, Any] = {}
+    for name, raw in values.items():
+        if name not in known:
+            raise ConfigError(f"unknown setting {name!r} in {source}")
+        try:
+            parsed[name] = known[name].metadata["parse"](raw)
+        except (ValueError, ConfigError) as exc:
+            raise ConfigError(f"setting {name!r} from {source}: {exc}") from exc
+    return parsed
+
+
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    names = {ENV_PREFIX + f.name.upper(): f.name for f in fields(Settings)}
+    values = {names[key]: value for key, value in environ.items() if key in names}
+    return _parse_layer(values, "the environment")
+
+
+def _file_layer(config_path: Path | None, cwd: Path) -> dict[str, Any]:
+    path = config_path if config_path is not None else cwd / DEFAULT_CONFIG_NAME
+    if config_path is None and not path.exists():
+        return {}
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    return _parse_layer(data, str(path))
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Merge defaults < TOML file < environment < flags into one ``Settings``.
+
+    ``flags`` whose value is ``None`` were not given and do not override.
+    """
+    layers = [
+        _file_layer(config_path, cwd or Path.cwd()),
+        _env_layer(os.environ if environ is None else environ),
+        _parse_layer({k: v for k, v in (flags or {}).items() if v is not None}, "the command line"),
+    ]
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    return Settings(**merged)
