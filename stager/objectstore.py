@@ -46,6 +46,7 @@ class ObjectInfo:
     url: S3Url
     size: int
     digest: str | None
+    etag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,25 +90,29 @@ def make_client(settings: Settings, credentials: Credentials | None = None) -> A
         connect_timeout=settings.connect_timeout_s,
         read_timeout=settings.read_timeout_s,
         max_pool_connections=settings.max_concurrency + settings.files_in_flight,
-        # Integrity is ours (XXH3 on every hop); CRC on every request would
-        # only cost CPU. S3 still gets what it requires.
+        # Integrity is ours (XXH3 on every hop); a CRC on every upload would
+        # only cost CPU. Response validation stays at botocore's default:
+        # "when_required" moves s3transfer 0.19 onto a download path that
+        # deadlocks non-seekable targets with more parts than its memory
+        # window (see tests/integration/test_push_pull.py).
         request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
         s3={"addressing_style": "path"} if settings.endpoint_url else None,
     )
     return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
 
 
 class _Subscriber(BaseSubscriber):  # type: ignore[misc]
-    """Feeds a known size to s3transfer (saving its HEAD) and progress to a callback."""
+    """Feeds what our own HEAD learnt to s3transfer (saving its HEAD; the ETag
+    pins every ranged GET to one version) and progress to a callback."""
 
-    def __init__(self, size: int | None, on_bytes: ProgressCallback | None) -> None:
-        self._size = size
+    def __init__(self, known: ObjectInfo | None, on_bytes: ProgressCallback | None) -> None:
+        self._known = known
         self._on_bytes = on_bytes
 
     def on_queued(self, future: Any, **kwargs: Any) -> None:
-        if self._size is not None:
-            future.meta.provide_transfer_size(self._size)
+        if self._known is not None and self._known.etag is not None:
+            future.meta.provide_transfer_size(self._known.size)
+            future.meta.provide_object_etag(self._known.etag)
 
     def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
         if self._on_bytes is not None:
@@ -167,7 +172,7 @@ class ObjectStore:
         except BotoCoreError as exc:
             raise translate(exc, str(url), "read") from exc
         digest = response.get("Metadata", {}).get(DIGEST_METADATA_KEY)
-        return ObjectInfo(url, int(response["ContentLength"]), digest)
+        return ObjectInfo(url, int(response["ContentLength"]), digest, response.get("ETag"))
 
     def check_bucket(self, bucket: str) -> None:
         """Raise :class:`NotFoundError` unless ``bucket`` exists and is reachable."""
@@ -233,7 +238,7 @@ class ObjectStore:
                     info.url.bucket,
                     info.url.key,
                     writer,
-                    subscribers=[_Subscriber(info.size, on_bytes)],
+                    subscribers=[_Subscriber(info, on_bytes)],
                 )
                 _wait(future)
             _check_received(info, writer)

@@ -10,10 +10,12 @@ group, so this package never imports them.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
+from types import FrameType
 
 import click
 
@@ -73,9 +75,16 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("STAGER_DEBUG", "") not in ("", "0")
 
 
+def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # A batch system or `timeout` ends jobs with SIGTERM: unwind like Ctrl-C so
+    # that servers we started are stopped and temp files are removed.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn errors into one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     _register_commands()
     try:
         result = cli.main(args=args, prog_name="stager", standalone_mode=False)

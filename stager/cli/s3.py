@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import tempfile
 from pathlib import Path
-from types import FrameType
 
 import click
 
@@ -44,11 +43,6 @@ def serve(data_dir: Path | None, port: int | None, buckets: tuple[str, ...]) -> 
     """
     with tempfile.TemporaryDirectory(prefix="stager-s3-") as scratch:
         server = LocalS3Server(data_dir or Path(scratch), s3_port=port)
-
-        def on_term(signum: int, frame: FrameType | None) -> None:
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, on_term)
         with server:
             client = server.client()
             for bucket in buckets:

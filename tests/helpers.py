@@ -1,0 +1,27 @@
+"""Small helpers shared by the test modules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from stager.atomic import TEMP_MARKER
+
+
+def write_random(path: Path, size: int) -> bytes:
+    """Write ``size`` random bytes to ``path`` (creating parents); return them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return data
+
+
+def files_under(root: Path) -> list[Path]:
+    """Every file below ``root``, temp files included, sorted."""
+    if not root.exists():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def temp_files_under(root: Path) -> list[Path]:
+    return [p for p in files_under(root) if TEMP_MARKER in p.name]

@@ -1,0 +1,201 @@
+"""The ``stager`` command as a user runs it: real processes, real server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from stager.digest import digest_bytes
+from stager.locations import S3Url
+from stager.objectstore import DIGEST_METADATA_KEY
+from stager.s3server import free_ports
+from tests.helpers import files_under, write_random
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("stager: error: ")
+    assert text in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_push_then_pull_round_trip(run_cli: Any, tmp_path: Path, prefix: S3Url) -> None:
+    data = write_random(tmp_path / "in" / "a.bin", 6 * 1024 * 1024)
+    pushed = run_cli(
+        "push", str(tmp_path / "in"), "--to", str(prefix), "--manifest", str(tmp_path / "m.json")
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    assert "uploaded 1" in pushed.stdout and "skipped 0" in pushed.stdout
+    assert digest_bytes(data) in (tmp_path / "m.json").read_text()
+
+    again = run_cli("push", str(tmp_path / "in"), "--to", str(prefix))
+    assert "uploaded 0" in again.stdout and "skipped 1 unchanged" in again.stdout
+
+    pulled = run_cli("pull", str(prefix), str(tmp_path / "out"))
+    assert pulled.returncode == 0, pulled.stderr
+    assert (tmp_path / "out" / "in" / "a.bin").read_bytes() == data
+    assert "0 unverified" in pulled.stdout
+
+
+def test_missing_bucket(run_cli: Any, tmp_path: Path) -> None:
+    result = run_cli("pull", "s3://no-such-bucket-here/x", str(tmp_path / "out"))
+    assert_one_line_error(result, 3, "no-such-bucket-here")
+    write_random(tmp_path / "f", 3)
+    result = run_cli("push", str(tmp_path / "f"), "--to", "s3://no-such-bucket-here/p/")
+    assert_one_line_error(result, 3, "does not exist")
+
+
+def test_missing_key(run_cli: Any, tmp_path: Path, prefix: S3Url) -> None:
+    result = run_cli("pull", str(prefix.child("nothing.txt")), str(tmp_path / "out"))
+    assert_one_line_error(result, 3, "nothing to pull")
+    assert files_under(tmp_path / "out") == []
+
+
+def test_bad_credentials(run_cli: Any, tmp_path: Path, prefix: S3Url) -> None:
+    result = run_cli(
+        "pull", str(prefix), str(tmp_path / "out"), env={"AWS_SECRET_ACCESS_KEY": "wrong"}
+    )
+    assert_one_line_error(result, 4, "access denied")
+    assert "wrong" not in result.stderr
+
+
+def test_unreachable_endpoint(run_cli: Any, tmp_path: Path, prefix: S3Url) -> None:
+    [port] = free_ports(1)
+    result = run_cli(
+        "--endpoint-url",
+        f"http://127.0.0.1:{port}",
+        "pull",
+        str(prefix),
+        str(tmp_path / "out"),
+        env={"STAGER_MAX_ATTEMPTS": "2", "STAGER_CONNECT_TIMEOUT_S": "1"},
+    )
+    assert_one_line_error(result, 5, "did not answer")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("pull", "not-a-url", "out"),
+        ("push", "x", "--to", "s3://Bad_Bucket/p/"),
+        ("pull", "s3://ab", "out"),
+    ],
+)
+def test_malformed_url(run_cli: Any, args: tuple[str, ...], tmp_path: Path) -> None:
+    (tmp_path / "x").write_text("x")
+    result = run_cli(*[a if a != "x" else str(tmp_path / "x") for a in args])
+    assert_one_line_error(result, 2, "")
+
+
+def test_unreadable_local_file(run_cli: Any, tmp_path: Path, prefix: S3Url) -> None:
+    result = run_cli("push", str(tmp_path / "missing.txt"), "--to", str(prefix))
+    assert_one_line_error(result, 8, "missing.txt does not exist")
+
+
+def test_digest_mismatch(run_cli: Any, tmp_path: Path, prefix: S3Url, raw_client: Any) -> None:
+    key = prefix.child("bad.bin")
+    raw_client.put_object(
+        Bucket=key.bucket,
+        Key=key.key,
+        Body=b"xx",
+        Metadata={DIGEST_METADATA_KEY: digest_bytes(b"yy")},
+    )
+    result = run_cli("pull", str(key), str(tmp_path / "node" / "bad.bin"))
+    assert_one_line_error(result, 7, "does not match")
+    assert files_under(tmp_path / "node") == []
+
+
+def test_debug_shows_the_traceback(run_cli: Any, tmp_path: Path) -> None:
+    result = run_cli("--debug", "push", str(tmp_path / "missing"), "--to", "s3://bkt/p/")
+    assert result.returncode == 8
+    assert "Traceback" in result.stderr
+
+
+def test_help_has_examples(run_cli: Any) -> None:
+    for command in (
+        ["--help"],
+        ["push", "--help"],
+        ["pull", "--help"],
+        ["s3", "serve", "--help"],
+        ["demo", "--help"],
+    ):
+        result = run_cli(*command)
+        assert result.returncode == 0
+        assert "Examples:" in result.stdout
+
+
+def child_pids(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in found.stdout.split()]
+
+
+def assert_all_gone(pids: list[int]) -> None:
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def start_stager(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "stager", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_s3_serve_prints_the_environment_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    process = start_stager("s3", "serve", "--dir", str(tmp_path / "s3"), "--bucket", "served")
+    try:
+        assert process.stdout is not None
+        env: dict[str, str] = {}
+        for line in process.stdout:
+            if line.strip().startswith("export "):
+                name, _, value = line.strip()[len("export ") :].partition("=")
+                env[name] = value
+            if line.startswith("Ctrl-C"):
+                break
+        client = boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            region_name=env["AWS_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
+        assert [b["Name"] for b in client.list_buckets()["Buckets"]] == ["served"]
+        servers = child_pids(process.pid)
+        assert servers, "the weed server should be a child of stager"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        assert_all_gone(servers)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_sigterm_stops_the_demo_and_its_server(tmp_path: Path) -> None:
+    process = start_stager("demo", "--work-dir", str(tmp_path / "demo"))
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("S3 endpoint"):
+                break
+        servers = child_pids(process.pid)
+        assert servers
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 130
+        assert_all_gone(servers)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -1,0 +1,182 @@
+"""Round trips through the real embedded S3 server."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stager.digest import digest_bytes
+from stager.digestcache import DigestCache
+from stager.errors import IntegrityError
+from stager.locations import S3Url
+from stager.manifest import Manifest
+from stager.objectstore import DIGEST_METADATA_KEY, ObjectStore
+from stager.pull import pull
+from stager.push import push
+from tests.helpers import files_under, temp_files_under, write_random
+
+MiB = 1024 * 1024
+
+
+def count_requests(store: ObjectStore) -> Counter[str]:
+    """Count the S3 operations the store's client really sends."""
+    calls: Counter[str] = Counter()
+
+    def on_call(model: Any, **kwargs: Any) -> None:
+        calls[model.name] += 1
+
+    store.client.meta.events.register("before-call.s3", on_call)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 100 * 1024, 12 * MiB + 7], ids=["empty", "1B", "100K", "multipart"]
+)
+def test_round_trip_single_file(
+    tmp_path: Path, store: ObjectStore, digests: DigestCache, prefix: S3Url, size: int
+) -> None:
+    data = write_random(tmp_path / "frontend" / "file.bin", size)
+    report = push([str(tmp_path / "frontend" / "file.bin")], prefix, store=store, digests=digests)
+    [entry] = report.manifest.entries
+    assert (entry.path, entry.size, entry.digest) == ("file.bin", size, digest_bytes(data))
+    pulled = pull(
+        prefix.child("file.bin"),
+        tmp_path / "node" / "copy.bin",
+        store=store,
+        digests=digests,
+        dest_is_dir=False,
+    )
+    assert (tmp_path / "node" / "copy.bin").read_bytes() == data
+    assert [(f.digest, f.verified) for f in pulled.files] == [(digest_bytes(data), True)]
+
+
+def test_multipart_upload_really_uses_parts(
+    tmp_path: Path, store: ObjectStore, digests: DigestCache, prefix: S3Url
+) -> None:
+    write_random(tmp_path / "big.bin", 11 * MiB)
+    calls = count_requests(store)
+    push([str(tmp_path / "big.bin")], prefix, store=store, digests=digests)
+    assert calls["UploadPart"] == 3  # 5 MiB parts
+    calls.clear()
+    pull(prefix, tmp_path / "node", store=store, digests=digests, dest_is_dir=True)
+    assert calls["GetObject"] == 3  # ranged GETs
+    assert (tmp_path / "node" / "big.bin").read_bytes() == (tmp_path / "big.bin").read_bytes()
+
+
+@pytest.mark.timeout(120)
+def test_download_with_many_more_parts_than_the_memory_window(
+    tmp_path: Path, settings: Any, s3_server: Any, digests: DigestCache, prefix: S3Url
+) -> None:
+    """Regression: 8 parts through a window of 2 in-memory chunks must not deadlock."""
+    narrow = dataclasses.replace(settings, max_concurrency=1)
+    data = write_random(tmp_path / "many-parts.bin", 40 * MiB)
+    with ObjectStore(narrow, credentials=s3_server.credentials) as store:
+        push([str(tmp_path / "many-parts.bin")], prefix, store=store, digests=digests)
+        pull(prefix, tmp_path / "node", store=store, digests=digests, dest_is_dir=True)
+    assert (tmp_path / "node" / "many-parts.bin").read_bytes() == data
+
+
+def test_tree_of_hundreds_of_files(
+    tmp_path: Path, store: ObjectStore, digests: DigestCache, prefix: S3Url
+) -> None:
+    tree = tmp_path / "frontend" / "inputs"
+    originals = {
+        f"inputs/d{i % 7}/f{i:03d}.dat": write_random(tree / f"d{i % 7}" / f"f{i:03d}.dat", i * 13)
+        for i in range(300)
+    }
+    ref = write_random(tmp_path / "frontend" / "ref.fa", 6 * MiB)
+    sources = [str(tree), str(tmp_path / "frontend" / "ref.fa")]
+    report = push(sources, prefix, store=store, digests=digests)
+    assert report.uploaded_files == 301
+
+    pulled = pull(prefix, tmp_path / "node", store=store, digests=digests, dest_is_dir=True)
+    assert len(pulled.files) == 301
+    for logical, data in originals.items():
+        assert (tmp_path / "node" / logical).read_bytes() == data
+    assert (tmp_path / "node" / "ref.fa").read_bytes() == ref
+    recorded = {entry.url: entry.digest for entry in report.manifest.entries}
+    assert all(recorded[str(f.url)] == f.digest and f.verified for f in pulled.files)
+
+
+def test_re_push_uploads_nothing_and_re_pull_downloads_nothing(
+    tmp_path: Path, store: ObjectStore, digests: DigestCache, prefix: S3Url
+) -> None:
+    for i in range(20):
+        write_random(tmp_path / "data" / f"f{i}", 1000 + i)
+    write_random(tmp_path / "data" / "big", 6 * MiB)
+    push([str(tmp_path / "data")], prefix, store=store, digests=digests)
+    pull(prefix, tmp_path / "node", store=store, digests=digests, dest_is_dir=True)
+
+    calls = count_requests(store)
+    again = push([str(tmp_path / "data")], prefix, store=store, digests=digests)
+    assert (again.uploaded_files, again.skipped_files) == (0, 21)
+    assert calls["PutObject"] == 1  # only the new manifest
+    assert calls["UploadPart"] == 0 and calls["CreateMultipartUpload"] == 0
+
+    calls.clear()
+    re_pulled = pull(prefix, tmp_path / "node", store=store, digests=digests, dest_is_dir=True)
+    assert re_pulled.skipped_files == 21
+    assert calls["GetObject"] == 0
+
+
+def test_a_changed_file_is_pushed_again(
+    tmp_path: Path, store: ObjectStore, digests: DigestCache, prefix: S3Url
+) -> None:
+    path = tmp_path / "f.txt"
+    path.write_bytes(b"version 1")
+    push([str(path)], prefix, store=store, digests=digests)
+    path.write_bytes(b"version 2")  # same size: only the digest tells them apart
+    report = push([str(path)], prefix, store=store, digests=digests)
+    assert report.uploaded_files == 1
+    assert store.get_bytes(prefix.child("f.txt")) == b"version 2"
+
+
+def test_manifest_is_stored_create_only_and_readable(
+    tmp_path: Path, store: ObjectStore, digests: DigestCache, prefix: S3Url
+) -> None:
+    write_random(tmp_path / "a", 10)
+    report = push([str(tmp_path / "a")], prefix, store=store, digests=digests)
+    assert Manifest.from_json(store.get_bytes(report.manifest_url)) == report.manifest
+
+
+def test_object_whose_bytes_do_not_match_its_digest_is_refused(
+    tmp_path: Path, store: ObjectStore, digests: DigestCache, prefix: S3Url, raw_client: Any
+) -> None:
+    key = prefix.child("tampered.bin")
+    raw_client.put_object(
+        Bucket=key.bucket,
+        Key=key.key,
+        Body=b"evil bytes",
+        Metadata={DIGEST_METADATA_KEY: digest_bytes(b"good bytes")},
+    )
+    dest = tmp_path / "node"
+    with pytest.raises(IntegrityError, match="does not match"):
+        pull(prefix, dest, store=store, digests=digests, dest_is_dir=True)
+    assert files_under(dest) == []
+    assert temp_files_under(tmp_path) == []
+
+
+def test_stager_objects_read_back_with_plain_boto3(
+    tmp_path: Path, store: ObjectStore, digests: DigestCache, prefix: S3Url, raw_client: Any
+) -> None:
+    data = write_random(tmp_path / "x.bin", 7 * MiB)
+    push([str(tmp_path / "x.bin")], prefix, store=store, digests=digests)
+    response = raw_client.get_object(Bucket=prefix.bucket, Key=prefix.child("x.bin").key)
+    assert response["Body"].read() == data
+    assert response["Metadata"][DIGEST_METADATA_KEY] == digest_bytes(data)
+
+
+def test_foreign_objects_pull_unverified_with_their_digest(
+    tmp_path: Path, store: ObjectStore, digests: DigestCache, prefix: S3Url, raw_client: Any
+) -> None:
+    data = b"written by another tool" * 1000
+    raw_client.put_object(Bucket=prefix.bucket, Key=prefix.child("foreign.txt").key, Body=data)
+    report = pull(prefix, tmp_path / "node", store=store, digests=digests, dest_is_dir=True)
+    [file] = report.files
+    assert (file.verified, file.digest) == (False, digest_bytes(data))
+    assert report.unverified == (file,)
+    assert (tmp_path / "node" / "foreign.txt").read_bytes() == data

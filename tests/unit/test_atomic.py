@@ -1,0 +1,45 @@
+import errno
+from pathlib import Path
+
+import pytest
+
+from stager.atomic import atomic_file
+from stager.errors import DiskFullError, LocalIOError, from_os_error
+from tests.helpers import files_under
+
+
+def test_publishes_only_on_clean_exit(tmp_path: Path) -> None:
+    final = tmp_path / "sub" / "out.bin"
+    with atomic_file(final) as handle:
+        handle.write(b"complete")
+        assert not final.exists()
+    assert final.read_bytes() == b"complete"
+    assert files_under(tmp_path) == [final]
+
+
+def test_a_refused_file_leaves_nothing(tmp_path: Path) -> None:
+    final = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError), atomic_file(final) as handle:
+        handle.write(b"partial")
+        raise RuntimeError("digest mismatch")
+    assert files_under(tmp_path) == []
+
+
+def test_an_existing_file_is_replaced_only_when_complete(tmp_path: Path) -> None:
+    final = tmp_path / "out.bin"
+    final.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_file(final) as handle:
+        handle.write(b"new but broken")
+        raise RuntimeError("refused")
+    assert final.read_bytes() == b"old"
+
+
+def test_os_errors_are_translated(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(LocalIOError, match="cannot create"), atomic_file(blocker / "child"):
+        pass
+    full = from_os_error(OSError(errno.ENOSPC, "No space left on device"), "write /x")
+    assert isinstance(full, DiskFullError)
+    assert full.exit_code == 9
+    assert "No space left" in full.one_line()
