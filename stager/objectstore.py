@@ -119,6 +119,12 @@ class _Subscriber(BaseSubscriber):  # type: ignore[misc]
             self._on_bytes(bytes_transferred)
 
 
+def _info_from_response(url: S3Url, response: dict[str, Any]) -> ObjectInfo:
+    """What a HEAD or GET response says about the object."""
+    digest = response.get("Metadata", {}).get(DIGEST_METADATA_KEY)
+    return ObjectInfo(url, int(response["ContentLength"]), digest, response.get("ETag"))
+
+
 def _check_received(info: ObjectInfo, writer: HashingWriter) -> None:
     got = writer.hasher
     if got.size != info.size:
@@ -141,7 +147,11 @@ class ObjectStore:
                 multipart_threshold=settings.multipart_threshold_bytes,
                 multipart_chunksize=settings.part_size_bytes,
                 max_request_concurrency=settings.max_concurrency,
-                max_in_memory_download_chunks=settings.max_concurrency * 2,
+                # Bound what a download may hold in memory: parts waiting for
+                # their turn (one window of parts) and 256 KiB writes queued
+                # for the IO thread (100 of them).
+                max_in_memory_download_chunks=settings.max_concurrency,
+                max_io_queue_size=100,
             ),
         )
 
@@ -171,8 +181,7 @@ class ObjectStore:
             return None
         except BotoCoreError as exc:
             raise translate(exc, str(url), "read") from exc
-        digest = response.get("Metadata", {}).get(DIGEST_METADATA_KEY)
-        return ObjectInfo(url, int(response["ContentLength"]), digest, response.get("ETag"))
+        return _info_from_response(url, response)
 
     def check_bucket(self, bucket: str) -> None:
         """Raise :class:`NotFoundError` unless ``bucket`` exists and is reachable."""
@@ -206,19 +215,33 @@ class ObjectStore:
     # -- data ---------------------------------------------------------------------
 
     def upload_file(
-        self, path: Path, url: S3Url, *, digest: str, on_bytes: ProgressCallback | None = None
+        self,
+        path: Path,
+        url: S3Url,
+        *,
+        digest: str,
+        size: int,
+        on_bytes: ProgressCallback | None = None,
     ) -> None:
-        """Upload ``path`` to ``url`` with ``digest`` in its metadata.
+        """Upload ``path`` (``size`` bytes) to ``url`` with ``digest`` in its metadata.
 
         The caller computed ``digest`` from the same bytes; local read errors
-        surface as ``OSError`` for the caller to name.
+        surface as ``OSError`` for the caller to name. Below the multipart
+        threshold this is one PUT; above it, s3transfer's parallel multipart.
         """
+        metadata = {DIGEST_METADATA_KEY: digest}
+        if size < self.settings.multipart_threshold_bytes:
+            with path.open("rb") as body, translating(url, "upload to"):
+                self.client.put_object(Bucket=url.bucket, Key=url.key, Body=body, Metadata=metadata)
+            if on_bytes is not None:
+                on_bytes(size)
+            return
         with translating(url, "upload to"):
             future = self._transfers.upload(
                 str(path),
                 url.bucket,
                 url.key,
-                extra_args={"Metadata": {DIGEST_METADATA_KEY: digest}},
+                extra_args={"Metadata": metadata},
                 subscribers=[_Subscriber(None, on_bytes)],
             )
             _wait(future)
@@ -241,6 +264,26 @@ class ObjectStore:
                     subscribers=[_Subscriber(info, on_bytes)],
                 )
                 _wait(future)
+            _check_received(info, writer)
+        return Received(writer.hasher.digest, writer.hasher.size, info.digest is not None)
+
+    def fetch_small(
+        self, url: S3Url, dest: Path, *, on_bytes: ProgressCallback | None = None
+    ) -> Received:
+        """Download a small object to ``dest`` in one GET, verified.
+
+        The digest comes from the GET's own metadata, so no HEAD is needed.
+        Same guarantees as :meth:`download_file`.
+        """
+        with atomic_file(dest) as handle:
+            writer = HashingWriter(handle)
+            with translating(url, "download"):
+                response = self.client.get_object(Bucket=url.bucket, Key=url.key)
+                for chunk in response["Body"].iter_chunks(256 * 1024):
+                    writer.write(chunk)
+                    if on_bytes is not None:
+                        on_bytes(len(chunk))
+            info = _info_from_response(url, response)
             _check_received(info, writer)
         return Received(writer.hasher.digest, writer.hasher.size, info.digest is not None)
 

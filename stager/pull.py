@@ -82,14 +82,21 @@ class _Puller:
         self.progress = progress
 
     def pull_one(self, item: PullItem) -> PulledFile:
-        info = self._head(item.url)
-        if info.digest is not None and self._already_there(item.dest, info):
-            self.progress.advance(info.size)
-            return PulledFile(item.url, item.dest, info.size, info.digest, True, downloaded=False)
         try:
-            received = self.store.download_file(info, item.dest, on_bytes=self.progress.advance)
+            return self._pull(item)
         except IntegrityError:
+            # The object may have been replaced mid-transfer: once more, afresh.
+            return self._pull(item)
+
+    def _pull(self, item: PullItem) -> PulledFile:
+        small = item.size < self.store.settings.multipart_threshold_bytes
+        if small and not item.dest.exists():
+            received = self.store.fetch_small(item.url, item.dest, on_bytes=self.progress.advance)
+        else:
             info = self._head(item.url)
+            if info.digest is not None and self._already_there(item.dest, info):
+                self.progress.advance(info.size)
+                return PulledFile(item.url, item.dest, info.size, info.digest, True, False)
             received = self.store.download_file(info, item.dest, on_bytes=self.progress.advance)
         if received.verified:
             self.digests.put(stamp_of(item.dest.stat()), received.digest)

@@ -97,15 +97,17 @@ class _Pusher:
                 if existing is not None and (existing.size, existing.digest) == (size, digest):
                     self.progress.advance(size)
                     return _Outcome(entry, uploaded=False)
-            self._upload(path, item.url, digest)
+            self._upload(path, item.url, digest, size)
             return _Outcome(entry, uploaded=True)
         finally:
             cleanup()
 
-    def _upload(self, path: Path, url: S3Url, digest: str) -> None:
+    def _upload(self, path: Path, url: S3Url, digest: str, size: int) -> None:
         try:
             before = stamp_of(path.stat())
-            self.store.upload_file(path, url, digest=digest, on_bytes=self.progress.advance)
+            self.store.upload_file(
+                path, url, digest=digest, size=size, on_bytes=self.progress.advance
+            )
             after = stamp_of(path.stat())
         except OSError as exc:
             raise from_os_error(exc, f"read {path}") from exc
