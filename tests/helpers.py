@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from stager.atomic import TEMP_MARKER
+from stager.digest import digest_bytes
+from stager.locations import S3Url
+from stager.objectstore import DIGEST_METADATA_KEY
 
 
 def write_random(path: Path, size: int) -> bytes:
@@ -25,3 +29,13 @@ def files_under(root: Path) -> list[Path]:
 
 def temp_files_under(root: Path) -> list[Path]:
     return [p for p in files_under(root) if TEMP_MARKER in p.name]
+
+
+def put_tampered(raw_client: Any, url: S3Url, body: bytes, claimed: bytes) -> None:
+    """Store ``body`` under ``url`` with the digest of ``claimed`` in its metadata."""
+    raw_client.put_object(
+        Bucket=url.bucket,
+        Key=url.key,
+        Body=body,
+        Metadata={DIGEST_METADATA_KEY: digest_bytes(claimed)},
+    )

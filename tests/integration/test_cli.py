@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,8 @@ import pytest
 
 from stager.digest import digest_bytes
 from stager.locations import S3Url
-from stager.objectstore import DIGEST_METADATA_KEY
 from stager.s3server import free_ports
-from tests.helpers import files_under, write_random
+from tests.helpers import files_under, put_tampered, write_random
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:
@@ -102,12 +103,7 @@ def test_unreadable_local_file(run_cli: Any, tmp_path: Path, prefix: S3Url) -> N
 
 def test_digest_mismatch(run_cli: Any, tmp_path: Path, prefix: S3Url, raw_client: Any) -> None:
     key = prefix.child("bad.bin")
-    raw_client.put_object(
-        Bucket=key.bucket,
-        Key=key.key,
-        Body=b"xx",
-        Metadata={DIGEST_METADATA_KEY: digest_bytes(b"yy")},
-    )
+    put_tampered(raw_client, key, b"xx", claimed=b"yy")
     result = run_cli("pull", str(key), str(tmp_path / "node" / "bad.bin"))
     assert_one_line_error(result, 7, "does not match")
     assert files_under(tmp_path / "node") == []
@@ -143,27 +139,44 @@ def assert_all_gone(pids: list[int]) -> None:
             os.kill(pid, 0)
 
 
-def start_stager(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+@contextlib.contextmanager
+def running_stager(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """A ``stager`` process with piped output, killed if the test leaves it running."""
+    process = subprocess.Popen(
         [sys.executable, "-m", "stager", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
     )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def read_until(process: subprocess.Popen[str], marker: str) -> list[str]:
+    """Lines of stdout up to and including the first that starts with ``marker``."""
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith(marker):
+            break
+    return lines
 
 
 def test_s3_serve_prints_the_environment_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    process = start_stager("s3", "serve", "--dir", str(tmp_path / "s3"), "--bucket", "served")
-    try:
-        assert process.stdout is not None
-        env: dict[str, str] = {}
-        for line in process.stdout:
-            if line.strip().startswith("export "):
-                name, _, value = line.strip()[len("export ") :].partition("=")
-                env[name] = value
-            if line.startswith("Ctrl-C"):
-                break
+    with running_stager(
+        "s3", "serve", "--dir", str(tmp_path / "s3"), "--bucket", "served"
+    ) as process:
+        exports = [
+            line.strip()[len("export ") :].partition("=")
+            for line in read_until(process, "Ctrl-C")
+            if line.strip().startswith("export ")
+        ]
+        env = {name: value for name, _, value in exports}
         client = boto3.client(
             "s3",
             endpoint_url=env["AWS_ENDPOINT_URL"],
@@ -177,25 +190,13 @@ def test_s3_serve_prints_the_environment_and_stops_on_ctrl_c(tmp_path: Path) -> 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
         assert_all_gone(servers)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_sigterm_stops_the_demo_and_its_server(tmp_path: Path) -> None:
-    process = start_stager("demo", "--work-dir", str(tmp_path / "demo"))
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if line.startswith("S3 endpoint"):
-                break
+    with running_stager("demo", "--work-dir", str(tmp_path / "demo")) as process:
+        read_until(process, "S3 endpoint")
         servers = child_pids(process.pid)
         assert servers
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 130
         assert_all_gone(servers)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()

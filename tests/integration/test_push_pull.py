@@ -7,17 +7,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pytest
 
 from stager.digest import digest_bytes
 from stager.digestcache import DigestCache
-from stager.errors import IntegrityError
+from stager.errors import IntegrityError, PreconditionFailedError
 from stager.locations import S3Url
 from stager.manifest import Manifest
 from stager.objectstore import DIGEST_METADATA_KEY, ObjectStore
 from stager.pull import pull
 from stager.push import push
-from tests.helpers import files_under, temp_files_under, write_random
+from tests.helpers import files_under, put_tampered, temp_files_under, write_random
 
 MiB = 1024 * 1024
 
@@ -146,13 +147,7 @@ def test_manifest_is_stored_create_only_and_readable(
 def test_object_whose_bytes_do_not_match_its_digest_is_refused(
     tmp_path: Path, store: ObjectStore, digests: DigestCache, prefix: S3Url, raw_client: Any
 ) -> None:
-    key = prefix.child("tampered.bin")
-    raw_client.put_object(
-        Bucket=key.bucket,
-        Key=key.key,
-        Body=b"evil bytes",
-        Metadata={DIGEST_METADATA_KEY: digest_bytes(b"good bytes")},
-    )
+    put_tampered(raw_client, prefix.child("tampered.bin"), b"evil bytes", claimed=b"good bytes")
     dest = tmp_path / "node"
     with pytest.raises(IntegrityError, match="does not match"):
         pull(prefix, dest, store=store, digests=digests, dest_is_dir=True)
@@ -180,3 +175,28 @@ def test_foreign_objects_pull_unverified_with_their_digest(
     assert (file.verified, file.digest) == (False, digest_bytes(data))
     assert report.unverified == (file,)
     assert (tmp_path / "node" / "foreign.txt").read_bytes() == data
+
+
+def test_push_from_an_fsspec_url_spools_and_cleans_up(
+    tmp_path: Path, store: ObjectStore, digests: DigestCache, prefix: S3Url
+) -> None:
+    memory = fsspec.filesystem("memory")
+    root = f"/{prefix.key.rstrip('/')}"
+    payloads = {f"{root}/tree/a.txt": b"alpha", f"{root}/tree/sub/b.txt": b"beta" * 1000}
+    for path, data in payloads.items():
+        memory.pipe(path, data)
+    report = push([f"memory://{root}/tree"], prefix, store=store, digests=digests)
+    assert sorted((e.path, e.digest) for e in report.manifest.entries) == [
+        ("tree/a.txt", digest_bytes(b"alpha")),
+        ("tree/sub/b.txt", digest_bytes(b"beta" * 1000)),
+    ]
+    assert store.get_bytes(prefix.child("tree/sub/b.txt")) == b"beta" * 1000
+    assert files_under(store.settings.state_dir / "spool") == []
+
+
+def test_create_only_writes_never_replace(store: ObjectStore, prefix: S3Url) -> None:
+    url = prefix.child("result.json")
+    store.put_bytes(url, b"accepted", create_only=True)
+    with pytest.raises(PreconditionFailedError):
+        store.put_bytes(url, b"late duplicate", create_only=True)
+    assert store.get_bytes(url) == b"accepted"
