@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,16 +35,25 @@ def fsync_directory(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(final: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
+def atomic_file(
+    final: Path,
+    *,
+    mode: int = 0o644,
+    temp: Path | None = None,
+    before_publish: Callable[[Path], None] | None = None,
+) -> Iterator[BinaryIO]:
     """Yield a binary file that becomes ``final`` when the block exits cleanly.
 
     The caller verifies size and digest inside the block and raises to refuse
-    the file. Parent directories are created. ``OSError`` becomes a
-    :class:`~stager.errors.LocalIOError` (or ``DiskFullError``).
+    the file. Parent directories are created. ``temp`` (default: a hidden
+    name next to ``final``) must be on the same file system as ``final``;
+    ``before_publish`` runs on it after fsync and chmod, just before the
+    rename. ``OSError`` becomes a :class:`~stager.errors.LocalIOError` (or
+    ``DiskFullError``).
     """
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        temp = temp_path_for(final)
+        temp = temp or temp_path_for(final)
         handle = temp.open("xb")
     except OSError as exc:
         raise from_os_error(exc, f"create {final}") from exc
@@ -54,6 +63,8 @@ def atomic_file(final: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temp, mode)
+        if before_publish is not None:
+            before_publish(temp)
         os.replace(temp, final)
         fsync_directory(final.parent)
     except BaseException as exc:

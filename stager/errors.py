@@ -9,7 +9,8 @@ exceptions (botocore, OSError) are translated at the boundary with
     StagerError                    exit 1   anything else we understood
     ├── ConfigError                exit 2   bad settings, flags or config file
     │   ├── InvalidUrlError        exit 2   a URL that is not well formed
-    │   └── UnsafePathError        exit 2   a path that escapes its root (``..``, absolute, NUL)
+    │   ├── UnsafePathError        exit 2   a path that escapes its root (``..``, absolute, NUL)
+    │   └── CacheFormatError       exit 2   a cache directory of another format or version
     ├── NotFoundError              exit 3   missing bucket or key
     ├── AccessDeniedError          exit 4   wrong credentials or no permission
     ├── UnreachableError           exit 5   endpoint down, DNS, connection refused, timeouts
@@ -18,6 +19,7 @@ exceptions (botocore, OSError) are translated at the boundary with
     ├── IntegrityError             exit 7   digest or size mismatch
     └── LocalIOError               exit 8   a local file could not be read or written
         └── DiskFullError          exit 9   no space left on the destination
+            └── CacheFullError     exit 9   the cache quota cannot make room
 
 Each error carries ``hint``: one sentence telling the user what to do next.
 Messages never contain secrets (credentials are never formatted into them).
@@ -55,6 +57,10 @@ class InvalidUrlError(ConfigError):
 
 class UnsafePathError(ConfigError):
     default_hint = "use a relative path without '..' components"
+
+
+class CacheFormatError(ConfigError):
+    default_hint = "point --cache-dir at an empty directory or a stager cache"
 
 
 class NotFoundError(StagerError):
@@ -109,3 +115,7 @@ def from_os_error(exc: OSError, action: str) -> LocalIOError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(f"cannot {action}: {reason}")
     return LocalIOError(f"cannot {action}: {reason}")
+
+
+class CacheFullError(DiskFullError):
+    default_hint = "raise --cache-quota, or unpin or evict entries (stager cache evict)"

@@ -28,7 +28,7 @@ from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
 from stager.atomic import atomic_file
-from stager.digest import HashingWriter, digest_bytes
+from stager.digest import Hasher, HashingWriter, digest_bytes
 from stager.errors import IntegrityError, NotFoundError
 from stager.locations import S3Url
 from stager.s3errors import translate, translating
@@ -125,8 +125,8 @@ def _info_from_response(url: S3Url, response: dict[str, Any]) -> ObjectInfo:
     return ObjectInfo(url, int(response["ContentLength"]), digest, response.get("ETag"))
 
 
-def _check_received(info: ObjectInfo, writer: HashingWriter) -> None:
-    got = writer.hasher
+def check_received(info: ObjectInfo, got: Hasher) -> None:
+    """Raise :class:`IntegrityError` unless ``got`` matches ``info``'s size and digest."""
     if got.size != info.size:
         raise IntegrityError(f"{info.url}: received {got.size} bytes, expected {info.size}")
     if info.digest is not None and got.digest != info.digest:
@@ -246,45 +246,53 @@ class ObjectStore:
             )
             _wait(future)
 
-    def download_file(
-        self, info: ObjectInfo, dest: Path, *, on_bytes: ProgressCallback | None = None
-    ) -> Received:
-        """Download the object ``info`` describes to ``dest``, verified.
+    def read_into(
+        self,
+        url: S3Url,
+        writer: HashingWriter,
+        *,
+        info: ObjectInfo | None = None,
+        on_bytes: ProgressCallback | None = None,
+    ) -> ObjectInfo:
+        """Stream the object's bytes into ``writer`` in order; return what it is.
 
-        Raises :class:`IntegrityError` when the bytes do not match ``info``;
-        then nothing exists at ``dest`` (nor under a temp name).
+        With ``info`` (from :meth:`head`) at or above the multipart threshold,
+        parts come as parallel ranged GETs pinned to ``info.etag``; otherwise
+        one GET, whose own headers describe the object. The caller checks
+        ``writer.hasher`` against the result (see :func:`check_received`).
         """
-        with atomic_file(dest) as handle:
-            writer = HashingWriter(handle)
-            with translating(info.url, "download"):
+        if info is not None and info.size >= self.settings.multipart_threshold_bytes:
+            with translating(url, "download"):
                 future = self._transfers.download(
-                    info.url.bucket,
-                    info.url.key,
-                    writer,
-                    subscribers=[_Subscriber(info, on_bytes)],
+                    url.bucket, url.key, writer, subscribers=[_Subscriber(info, on_bytes)]
                 )
                 _wait(future)
-            _check_received(info, writer)
-        return Received(writer.hasher.digest, writer.hasher.size, info.digest is not None)
+            return info
+        with translating(url, "download"):
+            response = self.client.get_object(Bucket=url.bucket, Key=url.key)
+            for chunk in response["Body"].iter_chunks(256 * 1024):
+                writer.write(chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
+        return _info_from_response(url, response)
 
-    def fetch_small(
-        self, url: S3Url, dest: Path, *, on_bytes: ProgressCallback | None = None
+    def download_file(
+        self,
+        url: S3Url,
+        dest: Path,
+        *,
+        info: ObjectInfo | None = None,
+        on_bytes: ProgressCallback | None = None,
     ) -> Received:
-        """Download a small object to ``dest`` in one GET, verified.
+        """Download ``url`` to ``dest``, verified against its recorded size and digest.
 
-        The digest comes from the GET's own metadata, so no HEAD is needed.
-        Same guarantees as :meth:`download_file`.
+        Raises :class:`IntegrityError` when the bytes do not match; then
+        nothing exists at ``dest`` (nor under a temp name).
         """
         with atomic_file(dest) as handle:
             writer = HashingWriter(handle)
-            with translating(url, "download"):
-                response = self.client.get_object(Bucket=url.bucket, Key=url.key)
-                for chunk in response["Body"].iter_chunks(256 * 1024):
-                    writer.write(chunk)
-                    if on_bytes is not None:
-                        on_bytes(len(chunk))
-            info = _info_from_response(url, response)
-            _check_received(info, writer)
+            info = self.read_into(url, writer, info=info, on_bytes=on_bytes)
+            check_received(info, writer.hasher)
         return Received(writer.hasher.digest, writer.hasher.size, info.digest is not None)
 
     def put_bytes(self, url: S3Url, data: bytes, *, create_only: bool = False) -> str:

@@ -90,14 +90,16 @@ class _Puller:
 
     def _pull(self, item: PullItem) -> PulledFile:
         small = item.size < self.store.settings.multipart_threshold_bytes
-        if small and not item.dest.exists():
-            received = self.store.fetch_small(item.url, item.dest, on_bytes=self.progress.advance)
-        else:
+        info = None
+        if not small or item.dest.exists():
+            # Needed to skip an up-to-date file, or to plan ranged GETs.
             info = self._head(item.url)
             if info.digest is not None and self._already_there(item.dest, info):
                 self.progress.advance(info.size)
                 return PulledFile(item.url, item.dest, info.size, info.digest, True, False)
-            received = self.store.download_file(info, item.dest, on_bytes=self.progress.advance)
+        received = self.store.download_file(
+            item.url, item.dest, info=info, on_bytes=self.progress.advance
+        )
         if received.verified:
             self.digests.put(stamp_of(item.dest.stat()), received.digest)
         return PulledFile(

@@ -14,11 +14,12 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from stager.errors import ConfigError
 from stager.units import parse_size
 
+T = TypeVar("T")
 MiB = 1024 * 1024
 ENV_PREFIX = "STAGER_"
 DEFAULT_CONFIG_NAME = "stager.toml"
@@ -29,12 +30,12 @@ def _default_state_dir() -> Path:
     return Path(base) / "stager"
 
 
-def _optional_str(value: Any) -> str | None:
+def optional_str(value: Any) -> str | None:
     text = str(value).strip()
     return text or None
 
 
-def _positive_int(value: Any) -> int:
+def positive_int(value: Any) -> int:
     try:
         number = int(value)
     except (TypeError, ValueError) as exc:
@@ -44,7 +45,7 @@ def _positive_int(value: Any) -> int:
     return number
 
 
-def _positive_float(value: Any) -> float:
+def positive_float(value: Any) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError) as exc:
@@ -54,11 +55,11 @@ def _positive_float(value: Any) -> float:
     return number
 
 
-def _size(value: Any) -> int:
+def size_value(value: Any) -> int:
     return parse_size(value if isinstance(value, int) else str(value))
 
 
-def _bool(value: Any) -> bool:
+def bool_value(value: Any) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -69,7 +70,7 @@ def _bool(value: Any) -> bool:
     raise ValueError(f"{value!r} is not true or false")
 
 
-def _setting(default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
+def setting_field(default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
     """A settings field: its default (or a zero-argument factory), parser and doc line."""
     metadata = {"parse": parse, "doc": doc}
     if callable(default):
@@ -81,22 +82,24 @@ def _setting(default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
 class Settings:
     """Validated, immutable settings for the core data path."""
 
-    endpoint_url: str | None = _setting(
-        None, _optional_str, "S3 endpoint (overrides the AWS chain)"
+    endpoint_url: str | None = setting_field(
+        None, optional_str, "S3 endpoint (overrides the AWS chain)"
     )
-    region: str | None = _setting(None, _optional_str, "S3 region (default: the AWS chain's)")
-    profile: str | None = _setting(None, _optional_str, "AWS profile name from ~/.aws")
-    max_attempts: int = _setting(5, _positive_int, "attempts per S3 request (standard retry mode)")
-    connect_timeout_s: float = _setting(5.0, _positive_float, "TCP connect timeout, seconds")
-    read_timeout_s: float = _setting(60.0, _positive_float, "socket read timeout, seconds")
-    part_size_bytes: int = _setting(8 * MiB, _size, "multipart part size")
-    multipart_threshold_bytes: int = _setting(
-        8 * MiB, _size, "files at least this big go multipart"
+    region: str | None = setting_field(None, optional_str, "S3 region (default: the AWS chain's)")
+    profile: str | None = setting_field(None, optional_str, "AWS profile name from ~/.aws")
+    max_attempts: int = setting_field(
+        5, positive_int, "attempts per S3 request (standard retry mode)"
     )
-    max_concurrency: int = _setting(10, _positive_int, "parallel requests per transfer manager")
-    files_in_flight: int = _setting(16, _positive_int, "files pushed or pulled at once")
-    state_dir: Path = _setting(_default_state_dir, Path, "local state (digest cache)")
-    progress: bool = _setting(True, _bool, "show progress bars on a terminal")
+    connect_timeout_s: float = setting_field(5.0, positive_float, "TCP connect timeout, seconds")
+    read_timeout_s: float = setting_field(60.0, positive_float, "socket read timeout, seconds")
+    part_size_bytes: int = setting_field(8 * MiB, size_value, "multipart part size")
+    multipart_threshold_bytes: int = setting_field(
+        8 * MiB, size_value, "files at least this big go multipart"
+    )
+    max_concurrency: int = setting_field(10, positive_int, "parallel requests per transfer manager")
+    files_in_flight: int = setting_field(16, positive_int, "files pushed or pulled at once")
+    state_dir: Path = setting_field(_default_state_dir, Path, "local state (digest cache)")
+    progress: bool = setting_field(True, bool_value, "show progress bars on a terminal")
 
     def __post_init__(self) -> None:
         if self.part_size_bytes < 5 * MiB:
@@ -111,14 +114,14 @@ class Settings:
             )
 
 
-def setting_docs() -> list[tuple[str, str, str]]:
-    """(name, default, description) of every setting, for docs and --help."""
-    defaults = Settings()
-    return [(f.name, repr(getattr(defaults, f.name)), f.metadata["doc"]) for f in fields(Settings)]
+def setting_docs(cls: type[Any] = Settings) -> list[tuple[str, str, str]]:
+    """(name, default, description) of every setting of ``cls``, for docs and --help."""
+    defaults = cls()
+    return [(f.name, repr(getattr(defaults, f.name)), f.metadata["doc"]) for f in fields(cls)]
 
 
-def _parse_layer(values: Mapping[str, Any], source: str) -> dict[str, Any]:
-    known = {f.name: f for f in fields(Settings)}
+def _parse_layer(cls: type[Any], values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    known = {f.name: f for f in fields(cls)}
     parsed: dict[str, Any] = {}
     for name, raw in values.items():
         if name not in known:
@@ -130,13 +133,15 @@ def _parse_layer(values: Mapping[str, Any], source: str) -> dict[str, Any]:
     return parsed
 
 
-def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
-    names = {ENV_PREFIX + f.name.upper(): f.name for f in fields(Settings)}
+def _env_layer(cls: type[Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    names = {ENV_PREFIX + f.name.upper(): f.name for f in fields(cls)}
     values = {names[key]: value for key, value in environ.items() if key in names}
-    return _parse_layer(values, "the environment")
+    return _parse_layer(cls, values, "the environment")
 
 
-def _file_layer(config_path: Path | None, cwd: Path) -> dict[str, Any]:
+def _file_layer(
+    cls: type[Any], config_path: Path | None, cwd: Path, section: str | None
+) -> dict[str, Any]:
     path = config_path if config_path is not None else cwd / DEFAULT_CONFIG_NAME
     if config_path is None and not path.exists():
         return {}
@@ -147,7 +152,42 @@ def _file_layer(config_path: Path | None, cwd: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from exc
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    return _parse_layer(data, str(path))
+    if section is None:  # the core's keys are the top-level ones; tables belong to others
+        values = {key: value for key, value in data.items() if not isinstance(value, dict)}
+    else:
+        values = data.get(section, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] in {path} is not a table")
+    where = str(path) if section is None else f"[{section}] in {path}"
+    return _parse_layer(cls, values, where)
+
+
+def load_component(
+    cls: type[T],
+    flags: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+    cwd: Path | None = None,
+    section: str | None = None,
+) -> T:
+    """Merge defaults < TOML file < environment < flags into one ``cls``.
+
+    ``cls`` is a frozen dataclass whose fields come from :func:`setting_field`.
+    Its TOML keys are the top-level ones (``section=None``) or those of the
+    table ``[section]``; its environment variables are ``STAGER_<FIELD>``.
+    ``flags`` whose value is ``None`` were not given and do not override.
+    """
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    layers = [
+        _file_layer(cls, config_path, cwd or Path.cwd(), section),
+        _env_layer(cls, os.environ if environ is None else environ),
+        _parse_layer(cls, given, "the command line"),
+    ]
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    return cls(**merged)
 
 
 def load_settings(
@@ -157,16 +197,5 @@ def load_settings(
     config_path: Path | None = None,
     cwd: Path | None = None,
 ) -> Settings:
-    """Merge defaults < TOML file < environment < flags into one ``Settings``.
-
-    ``flags`` whose value is ``None`` were not given and do not override.
-    """
-    layers = [
-        _file_layer(config_path, cwd or Path.cwd()),
-        _env_layer(os.environ if environ is None else environ),
-        _parse_layer({k: v for k, v in (flags or {}).items() if v is not None}, "the command line"),
-    ]
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        merged.update(layer)
-    return Settings(**merged)
+    """The core's settings (see :func:`load_component`)."""
+    return load_component(Settings, flags, environ=environ, config_path=config_path, cwd=cwd)

@@ -1,0 +1,371 @@
+"""The content-addressed node cache (docs/cache-format.md is its contract).
+
+One directory of verified entries named by digest, shared by every process
+on a node (or, in shared mode, by every node mounting it). Guarantees:
+
+- an entry appears only complete and verified (rule 2);
+- concurrent requests for one digest cause one fetch (rule 7);
+- pinned entries are never evicted (rule 6); space is reserved before a
+  fetch starts, and an input that cannot fit fails before any byte moves;
+- an entry touched through a hard link is re-verified before reuse (rule 3);
+- a killed process leaves at most a temp file and a reservation, which
+  recovery removes once the process is known dead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat as stat_module
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fsd.eviction import EntryState, plan_eviction
+from fsd.ledger import Ledger, Reservation, read_ledger, write_ledger
+from fsd.locks import LinkLock
+from fsd.owner import Owner
+from stager.atomic import TEMP_MARKER, atomic_file, fsync_directory
+from stager.digest import HashingWriter, digest_bytes, digest_stream, parse_digest
+from stager.errors import CacheFormatError, CacheFullError, IntegrityError, from_os_error
+from stager.units import format_size
+
+FORMAT = "stager-cache/1\n"
+MARKER_MTIME_NS = 1_000_000_000
+READ_ONLY = 0o444
+
+Fill = Callable[[HashingWriter], object]
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    entries: int
+    used_bytes: int
+    reserved_bytes: int
+    quota_bytes: int
+    pinned_entries: int
+    fetches: int
+
+
+def hex_of(digest: str) -> str:
+    return parse_digest(digest).split(":", 1)[1]
+
+
+class NodeCache:
+    """A cache root. Safe for many threads and processes at once."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        quota_bytes: int,
+        stale_after_s: float = 600.0,
+        pin_stale_after_s: float = 86400.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.root = root
+        self.quota_bytes = quota_bytes
+        self.stale_after_s = stale_after_s
+        self.pin_stale_after_s = pin_stale_after_s
+        self._clock = clock
+        self._open_layout()
+        self._cache_lock_path = root / "locks" / "cache.lock"
+        self.recover()
+
+    # -- layout -------------------------------------------------------------------
+
+    def _open_layout(self) -> None:
+        version = self.root / "VERSION"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not version.exists():
+                if any(p.name not in ("data", "tmp", "locks", "pins") for p in self.root.iterdir()):
+                    raise CacheFormatError(f"{self.root} is not empty and is not a stager cache")
+                with atomic_file(version) as handle:
+                    handle.write(FORMAT.encode())
+            if version.read_text() != FORMAT:
+                raise CacheFormatError(
+                    f"{self.root} holds a cache of another format: {version.read_text().strip()!r}"
+                )
+            for name in ("data", "tmp", "locks", "pins"):
+                (self.root / name).mkdir(exist_ok=True)
+        except OSError as exc:
+            raise from_os_error(exc, f"open cache {self.root}") from exc
+
+    def entry_path(self, digest: str) -> Path:
+        hexdigest = hex_of(digest)
+        return self.root / "data" / hexdigest[:2] / hexdigest
+
+    def _cache_lock(self) -> LinkLock:
+        return LinkLock(self._cache_lock_path, stale_after_s=self.stale_after_s, clock=self._clock)
+
+    def _ledger(self) -> Path:
+        return self.root / "ledger.json"
+
+    # -- reading ------------------------------------------------------------------
+
+    def lookup(self, digest: str) -> Path | None:
+        """The entry for ``digest`` if it is present and intact; records the use."""
+        path = self.entry_path(digest)
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return None
+        touched = info.st_mtime_ns != MARKER_MTIME_NS or info.st_mode & 0o222
+        if touched and not self._reverify(digest, path):
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path, ns=(time.time_ns(), MARKER_MTIME_NS))
+        return path
+
+    def _reverify(self, digest: str, path: Path) -> bool:
+        """Re-hash an entry something may have written to; keep it only if intact."""
+        try:
+            with path.open("rb") as handle:
+                actual, size = digest_stream(handle)
+        except FileNotFoundError:
+            return False
+        if actual == parse_digest(digest):
+            os.chmod(path, READ_ONLY)
+            os.utime(path, ns=(time.time_ns(), MARKER_MTIME_NS))
+            return True
+        self._drop(path, size)
+        return False
+
+    def _drop(self, path: Path, size: int) -> None:
+        with self._cache_lock().holding():
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return
+            ledger = read_ledger(self._ledger())
+            ledger.used_bytes = max(0, ledger.used_bytes - size)
+            write_ledger(self._ledger(), ledger)
+
+    # -- inserting ----------------------------------------------------------------
+
+    def ensure(self, digest: str | None, size: int, fill: Fill, *, flight_key: str = "") -> Path:
+        """The entry for ``digest``, fetched by ``fill`` unless present (single flight).
+
+        ``fill`` writes the bytes into the writer it is given. With ``digest``
+        None (a source with no recorded digest) the entry is named by the
+        digest of what ``fill`` wrote, and ``flight_key`` (e.g. the source
+        URL) names the single flight. A mismatch is fetched once more, then
+        raised as :class:`IntegrityError`.
+        """
+        if size > self.quota_bytes:
+            raise CacheFullError(
+                f"an input of {format_size(size)} can never fit the cache quota "
+                f"of {format_size(self.quota_bytes)}"
+            )
+        name = hex_of(digest) if digest else "src-" + hex_of(digest_bytes(flight_key.encode()))
+        lock = LinkLock(self.root / "locks" / f"{name}.lock", stale_after_s=self.stale_after_s)
+        with lock.holding():
+            if digest is not None and (found := self.lookup(digest)) is not None:
+                return found
+            key = self._reserve(size)
+            try:
+                try:
+                    return self._insert(digest, size, fill, key)
+                except IntegrityError:
+                    return self._insert(digest, size, fill, key)
+            finally:
+                self._settle(key, published_bytes=0)
+
+    def _insert(self, digest: str | None, size: int, fill: Fill, key: str) -> Path:
+        temp = self.root / "tmp" / f"{name_for(digest)}.{key}{TEMP_MARKER}"
+        staging = self.root / "tmp" / f"{name_for(digest)}.{key}.ready"
+        with atomic_file(staging, mode=READ_ONLY, temp=temp, before_publish=_mark) as handle:
+            writer = HashingWriter(handle)
+            fill(writer)
+            got = writer.hasher
+            if got.size != size:
+                raise IntegrityError(f"fetched {got.size} bytes for an input of {size}")
+            if digest is not None and got.digest != parse_digest(digest):
+                raise IntegrityError(f"fetched bytes hash to {got.digest}, expected {digest}")
+        final = self.entry_path(got.digest)
+        try:
+            final.parent.mkdir(exist_ok=True)
+            if final.exists():  # another flight (unknown digest) got there first
+                staging.unlink()
+                return final
+            os.replace(staging, final)
+            fsync_directory(final.parent)
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                staging.unlink()
+            raise from_os_error(exc, f"publish {final}") from exc
+        self._settle(key, published_bytes=size)
+        return final
+
+    def _reserve(self, size: int) -> str:
+        """Reserve ``size`` bytes, evicting LRU unpinned entries if needed; return the key."""
+        key = str(Owner.current())
+        with self._cache_lock().holding():
+            ledger = read_ledger(self._ledger())
+            self._drop_stale_reservations(ledger)
+            need = ledger.used_bytes + ledger.reserved_bytes + size - self.quota_bytes
+            victims = plan_eviction(self._scan(), need)
+            if victims is None:
+                raise CacheFullError(
+                    f"cannot make room for {format_size(size)}: "
+                    f"{format_size(ledger.used_bytes)} cached and "
+                    f"{format_size(ledger.reserved_bytes)} reserved of a "
+                    f"{format_size(self.quota_bytes)} quota, and the rest is pinned"
+                )
+            for victim in victims:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.root / "data" / victim.hex[:2] / victim.hex).unlink()
+                    ledger.used_bytes -= victim.size_bytes
+            ledger.reservations[key] = Reservation(size, self._clock())
+            write_ledger(self._ledger(), ledger)
+        return key
+
+    def _settle(self, key: str, *, published_bytes: int) -> None:
+        """Drop reservation ``key``; account a published entry of ``published_bytes``."""
+        with self._cache_lock().holding():
+            ledger = read_ledger(self._ledger())
+            if ledger.reservations.pop(key, None) is None and not published_bytes:
+                return
+            if published_bytes:
+                ledger.used_bytes += published_bytes
+                ledger.fetches += 1
+            write_ledger(self._ledger(), ledger)
+
+    def _drop_stale_reservations(self, ledger: Ledger) -> None:
+        for key, reservation in list(ledger.reservations.items()):
+            if self._is_stale(key, reservation.at, self.stale_after_s):
+                del ledger.reservations[key]
+
+    def _is_stale(self, owner_text: str, refreshed_at: float, max_age_s: float) -> bool:
+        owner = Owner.parse(owner_text)
+        alive = owner.is_alive() if owner is not None else False
+        if alive is None:
+            return self._clock() - refreshed_at > max_age_s
+        return not alive
+
+    # -- pins -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def pinned(self, digests: list[str]) -> Iterator[None]:
+        """Pin ``digests`` (present or not yet) for the duration of the block."""
+        owner = str(Owner.current())
+        paths = [self.root / "pins" / hex_of(d) / owner for d in digests]
+        try:
+            for path in paths:
+                _create_pin(path)
+            yield
+        finally:
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()
+
+    def _live_pins(self) -> set[str]:
+        live: set[str] = set()
+        for pin_dir in (self.root / "pins").iterdir():
+            for pin in pin_dir.iterdir() if pin_dir.is_dir() else ():
+                with contextlib.suppress(FileNotFoundError):
+                    if not self._is_stale(pin.name, pin.stat().st_mtime, self.pin_stale_after_s):
+                        live.add(pin_dir.name)
+                        break
+                    pin.unlink()
+        return live
+
+    # -- whole-cache operations -----------------------------------------------------
+
+    def _scan(self) -> list[EntryState]:
+        pinned = self._live_pins()
+        states = []
+        for path in (self.root / "data").glob("*/*"):
+            with contextlib.suppress(FileNotFoundError):
+                info = path.stat()
+                states.append(
+                    EntryState(path.name, info.st_size, info.st_atime_ns, path.name in pinned)
+                )
+        return states
+
+    def recover(self) -> None:
+        """Sweep dead inserts, stale reservations and pins; recount the ledger (rule 9)."""
+        with self._cache_lock().holding():
+            for temp in (self.root / "tmp").iterdir():
+                owner = temp.name.split(".", 1)[1].removesuffix(TEMP_MARKER).removesuffix(".ready")
+                with contextlib.suppress(FileNotFoundError):
+                    if self._is_stale(owner, temp.stat().st_mtime, self.stale_after_s):
+                        temp.unlink()
+            ledger = read_ledger(self._ledger())
+            self._drop_stale_reservations(ledger)
+            ledger.used_bytes = sum(state.size_bytes for state in self._scan())
+            write_ledger(self._ledger(), ledger)
+        for path in list((self.root / "data").glob("*/*")):
+            with contextlib.suppress(FileNotFoundError):
+                info = path.stat()
+                damaged = info.st_mtime_ns != MARKER_MTIME_NS or info.st_mode & 0o222
+                if damaged or not stat_module.S_ISREG(info.st_mode):
+                    self._reverify("xxh3-128:" + path.name, path)
+
+    def verify(self) -> list[str]:
+        """Re-hash every entry; drop the damaged ones and return their digests."""
+        damaged = []
+        for path in sorted((self.root / "data").glob("*/*")):
+            digest = "xxh3-128:" + path.name
+            with contextlib.suppress(FileNotFoundError), path.open("rb") as handle:
+                actual, size = digest_stream(handle)
+                if actual != digest:
+                    self._drop(path, size)
+                    damaged.append(digest)
+        return damaged
+
+    def evict(self, *, all_unpinned: bool = False, free_bytes: int = 0) -> list[EntryState]:
+        """Evict LRU unpinned entries: all of them, or enough to free ``free_bytes``."""
+        with self._cache_lock().holding():
+            states = self._scan()
+            unpinned = [s for s in states if not s.pinned]
+            planned = None if all_unpinned else plan_eviction(states, free_bytes)
+            victims = unpinned if planned is None else planned
+            ledger = read_ledger(self._ledger())
+            for victim in victims:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.root / "data" / victim.hex[:2] / victim.hex).unlink()
+                    ledger.used_bytes -= victim.size_bytes
+            write_ledger(self._ledger(), ledger)
+        return victims
+
+    def entries(self) -> list[EntryState]:
+        return sorted(self._scan(), key=lambda s: s.last_used_ns, reverse=True)
+
+    def stats(self) -> CacheStats:
+        ledger = read_ledger(self._ledger())
+        states = self._scan()
+        return CacheStats(
+            entries=len(states),
+            used_bytes=sum(s.size_bytes for s in states),
+            reserved_bytes=ledger.reserved_bytes,
+            quota_bytes=self.quota_bytes,
+            pinned_entries=sum(s.pinned for s in states),
+            fetches=ledger.fetches,
+        )
+
+
+def name_for(digest: str | None) -> str:
+    return hex_of(digest) if digest else "unknown"
+
+
+def _mark(path: Path) -> None:
+    """Give a finished entry the marker mtime (rule 3) before it is published."""
+    os.utime(path, ns=(time.time_ns(), MARKER_MTIME_NS))
+
+
+def _create_pin(path: Path) -> None:
+    # A concurrent unpinner may remove the empty directory between our mkdir
+    # and our create: try again.
+    for _ in range(10):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.touch()
+            return
+        except FileNotFoundError:
+            continue
+    path.touch()

@@ -1,0 +1,133 @@
+"""Locks that are safe on local file systems and on NFS: ``link()``, not ``fcntl``.
+
+Taking a lock links a unique candidate file to the lock's name; the link
+count of the candidate (2) is the proof, because on NFS ``link()`` may
+report failure after it succeeded. A lock whose owner is dead (same host)
+or whose file has not been refreshed for ``stale_after_s`` (another host)
+is stale and is broken by renaming it aside first, so two breakers cannot
+both think they removed it. See docs/cache-format.md, "Locking".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from fsd.owner import Owner
+from stager.errors import StagerError, from_os_error
+
+
+class LockTimeoutError(StagerError):
+    default_hint = "another process holds it; wait, or run 'stager cache gc' if it died"
+
+
+class LinkLock:
+    """One named lock. Not reentrant; one holder per instance."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        stale_after_s: float = 600.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.path = path
+        self.stale_after_s = stale_after_s
+        self._clock = clock
+        self._sleep = sleep
+        self._owner: Owner | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._owner is not None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free (or stale); never waits."""
+        owner = Owner.current()
+        candidate = self.path.with_name(f"{self.path.name}.{owner}")
+        try:
+            with candidate.open("x") as handle:
+                handle.write(str(owner))
+            try:
+                os.link(candidate, self.path)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise from_os_error(exc, f"take lock {self.path}") from exc
+            if candidate.stat().st_nlink == 2:
+                self._owner = owner
+                return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                candidate.unlink()
+        if self._is_stale():
+            self._break()
+            return self.try_acquire()
+        return False
+
+    def acquire(self, timeout_s: float | None = None) -> None:
+        """Wait for the lock, polling with backoff; raise LockTimeoutError after ``timeout_s``."""
+        deadline = None if timeout_s is None else self._clock() + timeout_s
+        delay = 0.005
+        while not self.try_acquire():
+            if deadline is not None and self._clock() > deadline:
+                raise LockTimeoutError(f"timed out waiting for lock {self.path}")
+            self._sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    def refresh(self) -> None:
+        """Show that the holder is still working (for holders on other hosts)."""
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        if self._owner is None:
+            return
+        self._owner = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    @contextlib.contextmanager
+    def holding(self, timeout_s: float | None = None) -> Iterator[LinkLock]:
+        self.acquire(timeout_s)
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def _read_owner(self, path: Path) -> Owner | None:
+        try:
+            return Owner.parse(path.read_text(errors="replace"))
+        except OSError:
+            return None
+
+    def _is_stale(self) -> bool:
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            return False  # released meanwhile: the next try may succeed
+        owner = self._read_owner(self.path)
+        alive = owner.is_alive() if owner is not None else None
+        if alive is not None:
+            return not alive
+        return self._clock() - mtime > self.stale_after_s
+
+    def _break(self) -> None:
+        aside = self.path.with_name(f"{self.path.name}.stale-{secrets.token_hex(4)}")
+        stale_owner = self._read_owner(self.path)
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        if self._read_owner(aside) == stale_owner:
+            aside.unlink()
+        else:  # someone took the lock between our check and our rename: give it back
+            with contextlib.suppress(OSError):
+                os.link(aside, self.path)
+            aside.unlink()

@@ -1,0 +1,60 @@
+"""Settings of the node cache: ``[cache]`` in stager.toml, ``STAGER_CACHE_*`` variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stager.errors import ConfigError
+from stager.settings import (
+    optional_str,
+    positive_float,
+    setting_field,
+    size_value,
+)
+
+GB = 1000**3
+MATERIALIZE_MODES = ("link", "copy", "symlink")
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "stager" / "node-cache"
+
+
+def _optional_size(value: Any) -> int | None:
+    return None if optional_str(value) is None else size_value(value)
+
+
+def _mode(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in MATERIALIZE_MODES:
+        raise ValueError(f"{value!r} is not one of {', '.join(MATERIALIZE_MODES)}")
+    return text
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheSettings:
+    cache_dir: Path = setting_field(_default_cache_dir, Path, "the cache's root directory")
+    cache_quota: int | None = setting_field(
+        None, _optional_size, "bytes the cache may hold [min(140G, 90% of its file system)]"
+    )
+    cache_materialize: str = setting_field("link", _mode, "link, copy or symlink into sandboxes")
+    cache_stale_after_s: float = setting_field(
+        600.0, positive_float, "locks and reservations of other hosts expire after this"
+    )
+    cache_pin_stale_after_s: float = setting_field(
+        86400.0, positive_float, "pins of other hosts expire after this"
+    )
+
+    def __post_init__(self) -> None:
+        if self.cache_quota is not None and self.cache_quota <= 0:
+            raise ConfigError("cache_quota must be above 0")
+
+
+def default_quota_bytes(root: Path) -> int:
+    """The smaller of 140 GB and 90 % of the file system that holds ``root``."""
+    stat = os.statvfs(root)
+    return min(140 * GB, int(stat.f_blocks * stat.f_frsize * 0.9))

@@ -1,0 +1,192 @@
+"""Stage-in: put a task's inputs into its sandbox through the node cache.
+
+Order of work, so that a bad spec costs no I/O: every input's sandbox path
+and URL are validated first; then inputs without a known digest or size are
+resolved with one HEAD each; then a pure plan picks each input's source
+tier (local cache, then the NFS head, then S3); then missing entries are
+fetched in parallel (single flight per digest across processes) and every
+input is materialized. Entries stay pinned for as long as the caller's
+``with`` block runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from fsd.cache import NodeCache
+from fsd.materialize import materialize
+from stager.digest import HashingWriter, parse_digest
+from stager.errors import ConfigError, NotFoundError
+from stager.locations import S3Url, safe_relative_path
+from stager.objectstore import ObjectInfo, ObjectStore
+from stager.parallel import run_all
+
+
+@dataclass(frozen=True)
+class StageInput:
+    """One input as a task spec names it."""
+
+    source: str
+    path: str
+    digest: str | None = None
+    size: int | None = None
+
+
+class Tier(enum.Enum):
+    LOCAL = "local"
+    NFS_HEAD = "nfs-head"
+    S3 = "s3"
+
+
+@dataclass(frozen=True)
+class ResolvedInput:
+    url: S3Url
+    dest: PurePosixPath
+    digest: str | None
+    size: int
+    info: ObjectInfo | None = None
+
+
+@dataclass(frozen=True)
+class PlannedInput:
+    input: ResolvedInput
+    tier: Tier
+
+
+@dataclass(frozen=True)
+class StagedInput:
+    path: Path
+    digest: str
+    size: int
+    tier: Tier
+    verified: bool
+    materialized_as: str
+
+
+def validate_inputs(inputs: Sequence[StageInput]) -> list[tuple[StageInput, S3Url, PurePosixPath]]:
+    """Check every path and URL before any I/O; the error names the input."""
+    checked = []
+    seen: set[PurePosixPath] = set()
+    for number, item in enumerate(inputs, start=1):
+        dest = safe_relative_path(item.path, what=f"input {number} path")
+        if dest in seen:
+            raise ConfigError(f"input {number}: two inputs are staged to {dest}")
+        seen.add(dest)
+        if item.digest is not None:
+            parse_digest(item.digest)
+        if item.size is not None and item.size < 0:
+            raise ConfigError(f"input {number}: size {item.size} is negative")
+        checked.append((item, S3Url.parse(item.source), dest))
+    return checked
+
+
+def plan_stage_in(
+    inputs: Sequence[ResolvedInput], *, local: set[str], nfs_head: set[str]
+) -> list[PlannedInput]:
+    """The cheapest source of each input: local cache > NFS head > S3."""
+    plan = []
+    for item in inputs:
+        if item.digest is not None and item.digest in local:
+            tier = Tier.LOCAL
+        elif item.digest is not None and item.digest in nfs_head:
+            tier = Tier.NFS_HEAD
+        else:
+            tier = Tier.S3
+        plan.append(PlannedInput(item, tier))
+    return plan
+
+
+class _Stager:
+    def __init__(
+        self,
+        cache: NodeCache,
+        store: ObjectStore,
+        sandbox: Path,
+        mode: str,
+        nfs_head: NodeCache | None,
+    ) -> None:
+        self.cache = cache
+        self.store = store
+        self.sandbox = sandbox
+        self.mode = mode
+        self.nfs_head = nfs_head
+
+    def resolve(self, checked: tuple[StageInput, S3Url, PurePosixPath]) -> ResolvedInput:
+        item, url, dest = checked
+        if item.digest is not None and item.size is not None:
+            return ResolvedInput(url, dest, parse_digest(item.digest), item.size)
+        info = self.store.head(url)
+        if info is None:
+            raise NotFoundError(f"input {url} does not exist")
+        digest = parse_digest(item.digest) if item.digest else info.digest
+        return ResolvedInput(url, dest, digest, info.size, info)
+
+    def stage(self, planned: PlannedInput) -> StagedInput:
+        item = planned.input
+        entry = None
+        tier = planned.tier
+        if tier is Tier.LOCAL and item.digest is not None:
+            entry = self.cache.lookup(item.digest)
+        if entry is None and tier is Tier.NFS_HEAD:
+            entry = self._from_nfs_head(item)
+        if entry is None:
+            tier = Tier.S3 if tier is Tier.LOCAL else tier
+            entry = self.cache.ensure(
+                item.digest,
+                item.size,
+                lambda writer: self.store.read_into(item.url, writer, info=item.info),
+                flight_key=str(item.url),
+            )
+        used = materialize(entry, self.sandbox.joinpath(*item.dest.parts), self.mode)
+        digest = "xxh3-128:" + entry.name
+        return StagedInput(
+            path=self.sandbox.joinpath(*item.dest.parts),
+            digest=digest,
+            size=item.size,
+            tier=tier,
+            verified=item.digest is not None,
+            materialized_as=used,
+        )
+
+    def _from_nfs_head(self, item: ResolvedInput) -> Path | None:
+        assert self.nfs_head is not None and item.digest is not None
+        source = self.nfs_head.lookup(item.digest)
+        if source is None:
+            return None
+
+        def copy(writer: HashingWriter) -> None:
+            with source.open("rb") as handle:
+                shutil.copyfileobj(handle, writer, 1024 * 1024)  # type: ignore[misc]
+
+        return self.cache.ensure(item.digest, item.size, copy)
+
+
+@contextlib.contextmanager
+def staged_inputs(
+    inputs: Sequence[StageInput],
+    sandbox: Path,
+    *,
+    cache: NodeCache,
+    store: ObjectStore,
+    mode: str = "link",
+    nfs_head: NodeCache | None = None,
+    workers: int = 8,
+) -> Iterator[list[StagedInput]]:
+    """Stage ``inputs`` into ``sandbox``; their entries stay pinned inside the block."""
+    checked = validate_inputs(inputs)
+    stager = _Stager(cache, store, sandbox, mode, nfs_head)
+    resolved = run_all(stager.resolve, checked, workers=workers)
+    known = [item.digest for item in resolved if item.digest is not None]
+    with cache.pinned(known):
+        local = {d for d in known if cache.entry_path(d).exists()}
+        head = {d for d in known if nfs_head is not None and nfs_head.entry_path(d).exists()}
+        plan = plan_stage_in(resolved, local=local, nfs_head=head)
+        staged = run_all(stager.stage, plan, workers=workers)
+        learned = [s.digest for s in staged if s.digest not in known]
+        with cache.pinned(learned):
+            yield staged

@@ -1,0 +1,192 @@
+"""The node cache on a local directory, with in-process fill functions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fsd.cache import MARKER_MTIME_NS, NodeCache
+from fsd.materialize import materialize
+from fsd.owner import Owner
+from stager.digest import HashingWriter, digest_bytes
+from stager.errors import CacheFormatError, CacheFullError, IntegrityError
+from tests.helpers import files_under
+
+
+class Source:
+    """Serves bytes to the cache and counts how often it was asked."""
+
+    def __init__(self, *payloads: bytes) -> None:
+        self.payloads = list(payloads)
+        self.calls = 0
+
+    def __call__(self, writer: HashingWriter) -> None:
+        payload = self.payloads[min(self.calls, len(self.payloads) - 1)]
+        self.calls += 1
+        writer.write(payload)
+
+
+def insert(cache: NodeCache, data: bytes) -> Path:
+    return cache.ensure(digest_bytes(data), len(data), Source(data))
+
+
+def test_insert_publishes_a_read_only_verified_entry(tmp_path: Path) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
+    entry = insert(cache, b"hello")
+    assert entry.read_bytes() == b"hello"
+    assert entry.stat().st_mode & 0o777 == 0o444
+    assert entry.stat().st_mtime_ns == MARKER_MTIME_NS
+    assert cache.lookup(digest_bytes(b"hello")) == entry
+    assert files_under(tmp_path / "c" / "tmp") == []
+
+
+def test_present_entries_are_not_fetched_again(tmp_path: Path) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
+    source = Source(b"data")
+    cache.ensure(digest_bytes(b"data"), 4, source)
+    cache.ensure(digest_bytes(b"data"), 4, source)
+    assert source.calls == 1
+    assert cache.stats().fetches == 1
+
+
+def test_bad_bytes_are_fetched_once_more_then_refused(tmp_path: Path) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
+    source = Source(b"evil", b"evil")
+    with pytest.raises(IntegrityError):
+        cache.ensure(digest_bytes(b"good"), 4, source)
+    assert source.calls == 2
+    assert files_under(tmp_path / "c" / "data") == []
+    assert files_under(tmp_path / "c" / "tmp") == []
+    assert cache.stats().reserved_bytes == 0
+
+
+def test_a_second_fetch_can_repair_a_bad_first(tmp_path: Path) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
+    entry = cache.ensure(digest_bytes(b"good"), 4, Source(b"evil", b"good"))
+    assert entry.read_bytes() == b"good"
+
+
+def test_quota_evicts_least_recently_used_first(tmp_path: Path) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=300)
+    a, b, c = (bytes([n]) * 100 for n in (1, 2, 3))
+    for data in (a, b, c):
+        insert(cache, data)
+    assert cache.lookup(digest_bytes(a)) is not None  # a is now more recent than b
+    insert(cache, b"\x04" * 100)
+    assert cache.lookup(digest_bytes(b)) is None
+    assert all(cache.lookup(digest_bytes(d)) for d in (a, c, b"\x04" * 100))
+    assert cache.stats().used_bytes == 300
+
+
+def test_pinned_entries_survive_eviction_pressure(tmp_path: Path) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=200)
+    a, b = b"a" * 100, b"b" * 100
+    insert(cache, a)
+    insert(cache, b)
+    with cache.pinned([digest_bytes(a), digest_bytes(b)]):
+        source = Source(b"c" * 100)
+        with pytest.raises(CacheFullError, match="pinned"):
+            cache.ensure(digest_bytes(b"c" * 100), 100, source)
+        assert source.calls == 0  # failed before any byte moved
+        assert cache.lookup(digest_bytes(a)) and cache.lookup(digest_bytes(b))
+    insert(cache, b"c" * 100)  # unpinned now: room is made
+    assert cache.stats().entries == 2
+
+
+def test_an_input_larger_than_the_quota_fails_before_fetching(tmp_path: Path) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=10)
+    source = Source(b"x" * 11)
+    with pytest.raises(CacheFullError, match="can never fit"):
+        cache.ensure(digest_bytes(b"x" * 11), 11, source)
+    assert source.calls == 0
+
+
+def test_pins_of_dead_processes_are_released(tmp_path: Path) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=100)
+    a = b"a" * 100
+    insert(cache, a)
+    me = Owner.current()
+    dead = Owner(me.host, me.pid, "not-my-start-time", "x")  # same pid, other process
+    pin = tmp_path / "c" / "pins" / digest_bytes(a).split(":")[1] / str(dead)
+    pin.parent.mkdir(parents=True)
+    pin.touch()
+    insert(cache, b"b" * 100)  # needs a's space: the dead pin must not hold it
+    assert cache.lookup(digest_bytes(a)) is None
+    assert not pin.exists()
+
+
+def test_an_entry_written_through_a_link_is_reverified(tmp_path: Path) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
+    entry = insert(cache, b"original")
+    sandbox_file = tmp_path / "sandbox" / "in.txt"
+    materialize(entry, sandbox_file, "link")
+    os.chmod(sandbox_file, 0o644)
+    sandbox_file.write_bytes(b"original")  # same bytes, new mtime: kept
+    assert cache.lookup(digest_bytes(b"original")) == entry
+    assert entry.stat().st_mtime_ns == MARKER_MTIME_NS
+    os.chmod(sandbox_file, 0o644)
+    sandbox_file.write_bytes(b"damaged!")  # other bytes: dropped
+    assert cache.lookup(digest_bytes(b"original")) is None
+    assert not entry.exists()
+    assert cache.stats().used_bytes == 0
+
+
+def test_verify_finds_a_flipped_byte_and_the_next_use_fetches_again(tmp_path: Path) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
+    data = os.urandom(4096)
+    entry = insert(cache, data)
+    os.chmod(entry, 0o644)
+    with entry.open("r+b") as handle:
+        handle.seek(100)
+        handle.write(bytes([data[100] ^ 0xFF]))
+    os.chmod(entry, 0o444)
+    os.utime(entry, ns=(0, MARKER_MTIME_NS))  # a silent corruption: stamps unchanged
+    assert cache.verify() == [digest_bytes(data)]
+    source = Source(data)
+    assert cache.ensure(digest_bytes(data), len(data), source).read_bytes() == data
+    assert source.calls == 1
+
+
+def test_recovery_sweeps_temp_files_of_dead_processes_only(tmp_path: Path) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
+    me = Owner.current()
+    dead = Owner(me.host, me.pid, "not-my-start-time", "x")
+    dead_temp = tmp_path / "c" / "tmp" / f"{'ab' * 16}.{dead}.stager-tmp-"
+    live_temp = tmp_path / "c" / "tmp" / f"{'cd' * 16}.{me}.stager-tmp-"
+    dead_temp.write_bytes(b"partial")
+    live_temp.write_bytes(b"in progress")
+    NodeCache(tmp_path / "c", quota_bytes=10_000)
+    assert not dead_temp.exists()
+    assert live_temp.exists()
+    assert cache.stats().entries == 0
+
+
+def test_unknown_digest_is_named_by_what_was_fetched(tmp_path: Path) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
+    entry = cache.ensure(None, 7, Source(b"foreign"), flight_key="s3://b/k")
+    assert entry == cache.entry_path(digest_bytes(b"foreign"))
+    assert cache.ensure(None, 7, Source(b"foreign"), flight_key="s3://b/k") == entry
+
+
+def test_a_foreign_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("mine")
+    with pytest.raises(CacheFormatError):
+        NodeCache(tmp_path / "home", quota_bytes=100)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "VERSION").write_text("stager-cache/0\n")
+    with pytest.raises(CacheFormatError, match="another format"):
+        NodeCache(tmp_path / "old", quota_bytes=100)
+
+
+@pytest.mark.parametrize("mode", ["link", "copy", "symlink"])
+def test_materialize_modes(tmp_path: Path, mode: str) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
+    entry = insert(cache, b"payload")
+    dest = tmp_path / "sandbox" / "sub" / "in.dat"
+    assert materialize(entry, dest, mode) == mode
+    assert dest.read_bytes() == b"payload"
+    assert (dest.stat().st_ino == entry.stat().st_ino) is (mode != "copy")
+    assert dest.is_symlink() is (mode == "symlink")
