@@ -62,10 +62,14 @@ class NodeCache:
         quota_bytes: int,
         stale_after_s: float = 600.0,
         pin_stale_after_s: float = 86400.0,
+        reserve_wait_s: float = 120.0,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.root = root
         self.quota_bytes = quota_bytes
+        self.reserve_wait_s = reserve_wait_s
+        self._sleep = sleep
         self.stale_after_s = stale_after_s
         self.pin_stale_after_s = pin_stale_after_s
         self._clock = clock
@@ -200,7 +204,29 @@ class NodeCache:
         return final
 
     def _reserve(self, size: int) -> str:
-        """Reserve ``size`` bytes, evicting LRU unpinned entries if needed; return the key."""
+        """Reserve ``size`` bytes, evicting LRU unpinned entries if needed; return the key.
+
+        When pinned entries and other reservations hold the room, wait for
+        them (pins end with their tasks) up to ``reserve_wait_s``, then fail.
+        """
+        deadline = self._clock() + self.reserve_wait_s
+        delay = 0.01
+        while True:
+            key = self._try_reserve(size)
+            if key is not None:
+                return key
+            if self._clock() >= deadline:
+                ledger = read_ledger(self._ledger())
+                raise CacheFullError(
+                    f"cannot make room for {format_size(size)}: "
+                    f"{format_size(ledger.used_bytes)} cached and "
+                    f"{format_size(ledger.reserved_bytes)} reserved of a "
+                    f"{format_size(self.quota_bytes)} quota, and the rest is pinned"
+                )
+            self._sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _try_reserve(self, size: int) -> str | None:
         key = str(Owner.current())
         with self._cache_lock().holding():
             ledger = read_ledger(self._ledger())
@@ -208,12 +234,7 @@ class NodeCache:
             need = ledger.used_bytes + ledger.reserved_bytes + size - self.quota_bytes
             victims = plan_eviction(self._scan(), need)
             if victims is None:
-                raise CacheFullError(
-                    f"cannot make room for {format_size(size)}: "
-                    f"{format_size(ledger.used_bytes)} cached and "
-                    f"{format_size(ledger.reserved_bytes)} reserved of a "
-                    f"{format_size(self.quota_bytes)} quota, and the rest is pinned"
-                )
+                return None
             for victim in victims:
                 with contextlib.suppress(FileNotFoundError):
                     (self.root / "data" / victim.hex[:2] / victim.hex).unlink()

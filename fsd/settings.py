@@ -45,6 +45,9 @@ class CacheSettings:
     cache_stale_after_s: float = setting_field(
         600.0, positive_float, "locks and reservations of other hosts expire after this"
     )
+    cache_reserve_wait_s: float = setting_field(
+        120.0, positive_float, "wait this long for pinned space before failing a fetch"
+    )
     cache_pin_stale_after_s: float = setting_field(
         86400.0, positive_float, "pins of other hosts expire after this"
     )

@@ -128,6 +128,21 @@ class _Stager:
 
     def stage(self, planned: PlannedInput) -> StagedInput:
         item = planned.input
+        entry, tier = self.entry_for(planned)
+        dest = self.sandbox.joinpath(*item.dest.parts)
+        used = materialize(entry, dest, self.mode)
+        return StagedInput(
+            path=dest,
+            digest="xxh3-128:" + entry.name,
+            size=item.size,
+            tier=tier,
+            verified=item.digest is not None,
+            materialized_as=used,
+        )
+
+    def entry_for(self, planned: PlannedInput) -> tuple[Path, Tier]:
+        """The cache entry for an input, fetched from its planned tier if missing."""
+        item = planned.input
         entry = None
         tier = planned.tier
         if tier is Tier.LOCAL and item.digest is not None:
@@ -142,16 +157,7 @@ class _Stager:
                 lambda writer: self.store.read_into(item.url, writer, info=item.info),
                 flight_key=str(item.url),
             )
-        used = materialize(entry, self.sandbox.joinpath(*item.dest.parts), self.mode)
-        digest = "xxh3-128:" + entry.name
-        return StagedInput(
-            path=self.sandbox.joinpath(*item.dest.parts),
-            digest=digest,
-            size=item.size,
-            tier=tier,
-            verified=item.digest is not None,
-            materialized_as=used,
-        )
+        return entry, tier
 
     def _from_nfs_head(self, item: ResolvedInput) -> Path | None:
         assert self.nfs_head is not None and item.digest is not None
@@ -161,9 +167,34 @@ class _Stager:
 
         def copy(writer: HashingWriter) -> None:
             with source.open("rb") as handle:
-                shutil.copyfileobj(handle, writer, 1024 * 1024)  # type: ignore[misc]
+                shutil.copyfileobj(handle, writer, 1024 * 1024)
 
         return self.cache.ensure(item.digest, item.size, copy)
+
+
+def _plan(
+    resolved: Sequence[ResolvedInput], cache: NodeCache, nfs_head: NodeCache | None
+) -> list[PlannedInput]:
+    known = {item.digest for item in resolved if item.digest is not None}
+    local = {d for d in known if cache.entry_path(d).exists()}
+    head = {d for d in known if nfs_head is not None and nfs_head.entry_path(d).exists()}
+    return plan_stage_in(resolved, local=local, nfs_head=head)
+
+
+def warm(
+    urls: Sequence[str],
+    *,
+    cache: NodeCache,
+    store: ObjectStore,
+    nfs_head: NodeCache | None = None,
+    workers: int = 8,
+) -> list[tuple[S3Url, Path, Tier]]:
+    """Fetch the objects at ``urls`` into the cache without a sandbox (preloading)."""
+    inputs = [StageInput(source=url, path=f"input-{n}") for n, url in enumerate(urls)]
+    stager = _Stager(cache, store, Path("/nonexistent-sandbox"), "link", nfs_head)
+    resolved = run_all(stager.resolve, validate_inputs(inputs), workers=workers)
+    fetched = run_all(stager.entry_for, _plan(resolved, cache, nfs_head), workers=workers)
+    return [(item.url, entry, tier) for item, (entry, tier) in zip(resolved, fetched, strict=True)]
 
 
 @contextlib.contextmanager
@@ -183,10 +214,7 @@ def staged_inputs(
     resolved = run_all(stager.resolve, checked, workers=workers)
     known = [item.digest for item in resolved if item.digest is not None]
     with cache.pinned(known):
-        local = {d for d in known if cache.entry_path(d).exists()}
-        head = {d for d in known if nfs_head is not None and nfs_head.entry_path(d).exists()}
-        plan = plan_stage_in(resolved, local=local, nfs_head=head)
-        staged = run_all(stager.stage, plan, workers=workers)
+        staged = run_all(stager.stage, _plan(resolved, cache, nfs_head), workers=workers)
         learned = [s.digest for s in staged if s.digest not in known]
         with cache.pinned(learned):
             yield staged

@@ -81,7 +81,8 @@ def test_quota_evicts_least_recently_used_first(tmp_path: Path) -> None:
 
 
 def test_pinned_entries_survive_eviction_pressure(tmp_path: Path) -> None:
-    cache = NodeCache(tmp_path / "c", quota_bytes=200)
+    waits: list[float] = []
+    cache = NodeCache(tmp_path / "c", quota_bytes=200, reserve_wait_s=0.05, sleep=waits.append)
     a, b = b"a" * 100, b"b" * 100
     insert(cache, a)
     insert(cache, b)
@@ -90,6 +91,7 @@ def test_pinned_entries_survive_eviction_pressure(tmp_path: Path) -> None:
         with pytest.raises(CacheFullError, match="pinned"):
             cache.ensure(digest_bytes(b"c" * 100), 100, source)
         assert source.calls == 0  # failed before any byte moved
+        assert waits  # it waited for the pins to go before failing
         assert cache.lookup(digest_bytes(a)) and cache.lookup(digest_bytes(b))
     insert(cache, b"c" * 100)  # unpinned now: room is made
     assert cache.stats().entries == 2

@@ -1,0 +1,150 @@
+"""``stager cache ...``: the node cache from the command line."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fsd.cache import NodeCache
+from fsd.settings import CacheSettings, default_quota_bytes
+from fsd.stagein import warm
+from stager.cli.context import CliState
+from stager.errors import IntegrityError, from_os_error
+from stager.locations import S3Url
+from stager.settings import load_component
+from stager.units import format_size, parse_size
+
+
+@dataclass
+class CacheContext:
+    core: CliState
+    flags: dict[str, Any] = field(default_factory=dict)
+
+    def open(self) -> NodeCache:
+        settings = load_component(
+            CacheSettings, self.flags, config_path=self.core.config_path, section="cache"
+        )
+        root = settings.cache_dir
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise from_os_error(exc, f"create cache directory {root}") from exc
+        return NodeCache(
+            root,
+            quota_bytes=settings.cache_quota or default_quota_bytes(root),
+            stale_after_s=settings.cache_stale_after_s,
+            pin_stale_after_s=settings.cache_pin_stale_after_s,
+            reserve_wait_s=settings.cache_reserve_wait_s,
+        )
+
+
+@click.group(
+    "cache",
+    epilog="""\b
+Examples:
+  stager cache --cache-dir /scratch/stager fetch s3://my-bucket/apps/blast.tar.gz
+  stager cache fetch s3://my-bucket/run1/reference/      # every object below a prefix
+  stager cache stats
+  stager cache --cache-quota 100G evict --bytes 20G
+""",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Cache root [$STAGER_CACHE_DIR or ~/.cache/stager/node-cache].",
+)
+@click.option("--cache-quota", help="Bytes the cache may hold, e.g. 140G [min(140G, 90% of disk)].")
+@click.pass_context
+def cache_group(ctx: click.Context, /, cache_dir: Path | None, cache_quota: str | None) -> None:
+    """The node's content-addressed scratch cache, shared by every task on the node."""
+    ctx.obj = CacheContext(ctx.obj, {"cache_dir": cache_dir, "cache_quota": cache_quota})
+
+
+@cache_group.command("fetch")
+@click.argument("urls", nargs=-1, required=True)
+@click.pass_obj
+def fetch(context: CacheContext, urls: tuple[str, ...]) -> None:
+    """Warm the cache with objects (or every object below a prefix ending in /)."""
+    store = context.core.object_store()
+    expanded: list[str] = []
+    for text in urls:
+        url = S3Url.parse(text)
+        expanded.extend(str(u) for u, _ in store.list(url)) if url.is_prefix else expanded.append(
+            text
+        )
+    started = time.monotonic()
+    fetched = warm(
+        expanded, cache=context.open(), store=store, workers=context.core.settings.files_in_flight
+    )
+    total = 0
+    for url, entry, tier in fetched:
+        size = entry.stat().st_size
+        total += size
+        click.echo(f"xxh3-128:{entry.name}  {format_size(size):>10}  {tier.value:<8}  {url}")
+    click.echo(
+        f"{len(fetched)} entries ({format_size(total)}) in {time.monotonic() - started:.2f} s"
+    )
+
+
+@cache_group.command("stats")
+@click.pass_obj
+def stats(context: CacheContext) -> None:
+    """Entries, bytes used of the quota, reservations, pins and fetches."""
+    cache = context.open()
+    s = cache.stats()
+    click.echo(f"cache      {cache.root}")
+    click.echo(f"entries    {s.entries} ({s.pinned_entries} pinned)")
+    click.echo(f"used       {format_size(s.used_bytes)} of {format_size(s.quota_bytes)}")
+    click.echo(f"reserved   {format_size(s.reserved_bytes)} by fetches in progress")
+    click.echo(f"fetches    {s.fetches}")
+
+
+@cache_group.command("ls")
+@click.pass_obj
+def ls(context: CacheContext) -> None:
+    """Every entry, most recently used first."""
+    for entry in context.open().entries():
+        used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.last_used_ns / 1e9))
+        pin = "pinned" if entry.pinned else ""
+        click.echo(f"xxh3-128:{entry.hex}  {format_size(entry.size_bytes):>10}  {used}  {pin}")
+
+
+@cache_group.command("verify")
+@click.pass_obj
+def verify(context: CacheContext) -> None:
+    """Re-hash every entry and drop damaged ones (exit 7 if any were found)."""
+    cache = context.open()
+    damaged = cache.verify()
+    for digest in damaged:
+        click.echo(f"damaged and dropped: {digest}")
+    click.echo(f"verified {cache.stats().entries} entries, {len(damaged)} damaged")
+    if damaged:
+        raise IntegrityError(
+            f"{len(damaged)} cache entries were damaged and dropped",
+            hint="they will be fetched again on next use; check the disk",
+        )
+
+
+@cache_group.command("gc")
+@click.pass_obj
+def gc(context: CacheContext) -> None:
+    """Sweep what dead processes left (temp files, reservations, pins); recount."""
+    s = context.open().stats()  # opening runs the recovery
+    click.echo(f"{s.entries} entries, {format_size(s.used_bytes)} used after recovery")
+
+
+@cache_group.command("evict")
+@click.option("--all", "all_unpinned", is_flag=True, help="Evict every unpinned entry.")
+@click.option("--bytes", "free", help="Evict least recently used entries to free this much.")
+@click.pass_obj
+def evict(context: CacheContext, all_unpinned: bool, free: str | None) -> None:
+    """Evict least recently used unpinned entries."""
+    if not all_unpinned and free is None:
+        raise click.UsageError("give --all or --bytes SIZE")
+    victims = context.open().evict(all_unpinned=all_unpinned, free_bytes=parse_size(free or 0))
+    freed = sum(v.size_bytes for v in victims)
+    click.echo(f"evicted {len(victims)} entries ({format_size(freed)})")
