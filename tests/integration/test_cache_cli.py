@@ -1,0 +1,70 @@
+"""``stager cache ...`` as a user runs it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from fsd.cache import MARKER_MTIME_NS
+from stager.digest import digest_bytes
+from stager.locations import S3Url
+from tests.helpers import write_random
+
+
+def test_fetch_stats_ls_verify_evict(run_cli: Any, tmp_path: Path, prefix: S3Url) -> None:
+    data = write_random(tmp_path / "app" / "tool.bin", 300 * 1024)
+    write_random(tmp_path / "app" / "lib.so", 1000)
+    assert run_cli("push", str(tmp_path / "app"), "--to", str(prefix)).returncode == 0
+    cache = ["cache", "--cache-dir", str(tmp_path / "cache")]
+
+    fetched = run_cli(*cache, "fetch", str(prefix))
+    assert fetched.returncode == 0, fetched.stderr
+    assert digest_bytes(data) in fetched.stdout and "2 entries" in fetched.stdout
+    again = run_cli(*cache, "fetch", str(prefix.child("app/tool.bin")))
+    assert "local" in again.stdout
+
+    stats = run_cli(*cache, "stats")
+    assert "entries    2 (0 pinned)" in stats.stdout and "fetches    2" in stats.stdout
+    listing = run_cli(*cache, "ls")
+    assert digest_bytes(data) in listing.stdout
+
+    entry = tmp_path / "cache" / "data" / digest_bytes(data)[9:11] / digest_bytes(data)[9:]
+    os.chmod(entry, 0o644)
+    with entry.open("r+b") as handle:
+        handle.write(b"\0")
+    os.chmod(entry, 0o444)
+    os.utime(entry, ns=(0, MARKER_MTIME_NS))
+    verified = run_cli(*cache, "verify")
+    assert verified.returncode == 7
+    assert f"damaged and dropped: {digest_bytes(data)}" in verified.stdout
+
+    evicted = run_cli(*cache, "evict", "--all")
+    assert "evicted 1 entries" in evicted.stdout
+    assert "entries    0" in run_cli(*cache, "stats").stdout
+
+
+def test_cache_errors_are_one_line(run_cli: Any, tmp_path: Path, prefix: S3Url) -> None:
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("precious")
+    foreign = run_cli("cache", "--cache-dir", str(tmp_path / "home"), "stats")
+    assert foreign.returncode == 2 and "is not a stager cache" in foreign.stderr
+    assert (tmp_path / "home" / "notes.txt").read_text() == "precious"
+
+    write_random(tmp_path / "big.bin", 2000)
+    assert run_cli("push", str(tmp_path / "big.bin"), "--to", str(prefix)).returncode == 0
+    too_big = run_cli(
+        "cache",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--cache-quota",
+        "1K",
+        "fetch",
+        str(prefix.child("big.bin")),
+    )
+    assert too_big.returncode == 9 and "can never fit" in too_big.stderr
+    assert len(too_big.stderr.strip().splitlines()) == 1
+    missing = run_cli(
+        "cache", "--cache-dir", str(tmp_path / "c"), "fetch", str(prefix.child("nope"))
+    )
+    assert missing.returncode == 3
