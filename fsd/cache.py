@@ -232,7 +232,7 @@ class NodeCache:
             ledger = read_ledger(self._ledger())
             self._drop_stale_reservations(ledger)
             need = ledger.used_bytes + ledger.reserved_bytes + size - self.quota_bytes
-            victims = plan_eviction(self._scan(), need)
+            victims = plan_eviction(self._scan(), need) if need > 0 else []
             if victims is None:
                 return None
             for victim in victims:
@@ -274,8 +274,11 @@ class NodeCache:
         owner = str(Owner.current())
         paths = [self.root / "pins" / hex_of(d) / owner for d in digests]
         try:
-            for path in paths:
-                _create_pin(path)
+            # Under the cache lock, so that an eviction either sees the pin or
+            # finished before it (and then ensure() fetches the entry again).
+            with self._cache_lock().holding():
+                for path in paths:
+                    _create_pin(path)
             yield
         finally:
             for path in paths:
@@ -287,7 +290,11 @@ class NodeCache:
     def _live_pins(self) -> set[str]:
         live: set[str] = set()
         for pin_dir in (self.root / "pins").iterdir():
-            for pin in pin_dir.iterdir() if pin_dir.is_dir() else ():
+            try:
+                pins = list(pin_dir.iterdir())
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # its last pin went away meanwhile
+            for pin in pins:
                 with contextlib.suppress(FileNotFoundError):
                     if not self._is_stale(pin.name, pin.stat().st_mtime, self.pin_stale_after_s):
                         live.add(pin_dir.name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,8 +26,22 @@ class LockTimeoutError(StagerError):
     default_hint = "another process holds it; wait, or run 'stager cache gc' if it died"
 
 
+_local_locks: dict[Path, threading.Lock] = {}
+_local_locks_guard = threading.Lock()
+
+
+def _local_lock(path: Path) -> threading.Lock:
+    """The in-process lock that threads take before the file lock of ``path``."""
+    with _local_locks_guard:
+        return _local_locks.setdefault(path, threading.Lock())
+
+
 class LinkLock:
-    """One named lock. Not reentrant; one holder per instance."""
+    """One named lock. Not reentrant; one holder per instance.
+
+    Threads of one process queue on an in-process lock first, so only
+    processes poll the lock file.
+    """
 
     def __init__(
         self,
@@ -41,6 +56,7 @@ class LinkLock:
         self._clock = clock
         self._sleep = sleep
         self._owner: Owner | None = None
+        self._holds_local = False
 
     @property
     def held(self) -> bool:
@@ -72,13 +88,22 @@ class LinkLock:
 
     def acquire(self, timeout_s: float | None = None) -> None:
         """Wait for the lock, polling with backoff; raise LockTimeoutError after ``timeout_s``."""
+        local = _local_lock(self.path)
+        if not local.acquire(timeout=-1 if timeout_s is None else timeout_s):
+            raise LockTimeoutError(f"timed out waiting for lock {self.path}")
+        self._holds_local = True
         deadline = None if timeout_s is None else self._clock() + timeout_s
-        delay = 0.005
-        while not self.try_acquire():
-            if deadline is not None and self._clock() > deadline:
-                raise LockTimeoutError(f"timed out waiting for lock {self.path}")
-            self._sleep(delay)
-            delay = min(delay * 2, 0.25)
+        delay = 0.001
+        try:
+            while not self.try_acquire():
+                if deadline is not None and self._clock() > deadline:
+                    raise LockTimeoutError(f"timed out waiting for lock {self.path}")
+                self._sleep(delay)
+                delay = min(delay * 2, 0.05)
+        except BaseException:
+            self._holds_local = False
+            local.release()
+            raise
 
     def refresh(self) -> None:
         """Show that the holder is still working (for holders on other hosts)."""
@@ -92,6 +117,9 @@ class LinkLock:
         self._owner = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        if self._holds_local:
+            self._holds_local = False
+            _local_lock(self.path).release()
 
     @contextlib.contextmanager
     def holding(self, timeout_s: float | None = None) -> Iterator[LinkLock]:

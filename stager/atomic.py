@@ -41,6 +41,7 @@ def atomic_file(
     mode: int = 0o644,
     temp: Path | None = None,
     before_publish: Callable[[Path], None] | None = None,
+    durable: bool = True,
 ) -> Iterator[BinaryIO]:
     """Yield a binary file that becomes ``final`` when the block exits cleanly.
 
@@ -48,8 +49,9 @@ def atomic_file(
     the file. Parent directories are created. ``temp`` (default: a hidden
     name next to ``final``) must be on the same file system as ``final``;
     ``before_publish`` runs on it after fsync and chmod, just before the
-    rename. ``OSError`` becomes a :class:`~stager.errors.LocalIOError` (or
-    ``DiskFullError``).
+    rename. ``durable=False`` skips both fsyncs (for files that can be rebuilt;
+    the rename still makes them appear whole). ``OSError`` becomes a
+    :class:`~stager.errors.LocalIOError` (or ``DiskFullError``).
     """
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -61,12 +63,14 @@ def atomic_file(
         with handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.chmod(temp, mode)
         if before_publish is not None:
             before_publish(temp)
         os.replace(temp, final)
-        fsync_directory(final.parent)
+        if durable:
+            fsync_directory(final.parent)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()

@@ -75,9 +75,15 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("STAGER_DEBUG", "") not in ("", "0")
 
 
+_terminated: list[int] = []
+
+
 def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
     # A batch system or `timeout` ends jobs with SIGTERM: unwind like Ctrl-C so
-    # that servers we started are stopped and temp files are removed.
+    # that servers we started are stopped and temp files are removed. Python
+    # drops an exception raised while a __del__ or weakref callback runs, so
+    # the signal is also recorded and main() reports it whatever happened.
+    _terminated.append(signum)
     raise KeyboardInterrupt
 
 
@@ -108,4 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             err=True,
         )
         sys.exit(INTERNAL_ERROR_EXIT)
+    if _terminated:
+        click.echo("stager: interrupted (after the step that was running)", err=True)
+        sys.exit(INTERRUPTED_EXIT)
     sys.exit(result if isinstance(result, int) else 0)
