@@ -84,7 +84,7 @@ class NodeCache:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             if not version.exists():
-                if any(p.name not in ("data", "tmp", "locks", "pins") for p in self.root.iterdir()):
+                if any(not _is_cache_name(p.name) for p in self.root.iterdir()):
                     raise CacheFormatError(f"{self.root} is not empty and is not a stager cache")
                 with atomic_file(version) as handle:
                     handle.write(FORMAT.encode())
@@ -375,6 +375,15 @@ class NodeCache:
             pinned_entries=sum(s.pinned for s in states),
             fetches=ledger.fetches,
         )
+
+
+_CACHE_NAMES = ("VERSION", "ledger.json", "data", "tmp", "locks", "pins")
+
+
+def _is_cache_name(name: str) -> bool:
+    """A name the cache itself puts in its root (another process may be creating it)."""
+    base = name.lstrip(".").split(TEMP_MARKER, 1)[0]
+    return base in _CACHE_NAMES
 
 
 def name_for(digest: str | None) -> str:
