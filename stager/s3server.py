@@ -108,6 +108,11 @@ class LocalS3Server:
         return f"http://127.0.0.1:{self.ports['s3']}"
 
     @property
+    def filer_address(self) -> str:
+        """The filer as ``weed mount -filer=`` wants it: ``host:port.grpcport``."""
+        return f"127.0.0.1:{self.ports['filer']}.{self.ports['filer_grpc']}"
+
+    @property
     def log_path(self) -> Path:
         return self.data_dir / "weed.log"
 

@@ -15,6 +15,7 @@ import pytest
 from fsd.cache import NodeCache
 from stager.digest import HashingWriter, digest_bytes
 from stager.errors import DiskFullError
+from stager.s3server import LocalS3Server, find_weed
 from tests.helpers import files_under
 
 MiB = 1024 * 1024
@@ -90,12 +91,50 @@ def test_a_full_disk_gives_a_clear_error_and_no_partial_entry(small_disk: Path) 
     assert cache.stats().reserved_bytes == 0
 
 
-def test_many_processes_sharing_one_cache_under_eviction_pressure(tmp_path: Path) -> None:
-    root = tmp_path / "shared" / "cache"
+@pytest.fixture
+def network_mount(tmp_path: Path, s3_server: LocalS3Server) -> Iterator[Path]:
+    """A real network file system: ``weed mount`` of the test server's filer over FUSE."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse on this machine: FUSE mounts are not available")
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    log = tmp_path / "mount.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                str(find_weed()),
+                "mount",
+                f"-filer={s3_server.filer_address}",
+                f"-dir={mount_point}",
+                f"-filer.path=/shared-{tmp_path.name}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(mount_point) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not os.path.ismount(mount_point):
+            pytest.skip(f"weed mount did not come up: {log.read_text()[-300:]}")
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.mark.parametrize("where", ["local-dir", "network-mount"])
+def test_many_processes_sharing_one_cache_under_eviction_pressure(
+    tmp_path: Path, where: str, request: pytest.FixtureRequest
+) -> None:
+    base = request.getfixturevalue("network_mount") if where == "network-mount" else tmp_path
+    root = base / "shared" / "cache"
     NodeCache(root, quota_bytes=6 * 64 * 1024)
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.shared_child", str(root), str(seed), "40"],
+            [sys.executable, "-m", "tests.shared_child", str(root), str(seed), "25"],
             cwd=REPO,
             stderr=subprocess.PIPE,
             text=True,
