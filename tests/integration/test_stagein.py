@@ -135,3 +135,22 @@ def test_32_processes_fetching_one_object_download_it_once(
     assert tiers["s3"] + tiers["local"] == 32
     entry = cache.lookup(spec.digest)
     assert entry is not None and digest_bytes(entry.read_bytes()) == spec.digest
+
+
+def test_an_input_on_the_nfs_head_is_copied_from_there_not_from_s3(
+    tmp_path: Path, store: ObjectStore, digests: DigestCache, prefix: S3Url
+) -> None:
+    [spec] = pushed_inputs(tmp_path, store, digests, prefix, [300 * 1024])
+    assert spec.digest is not None and spec.size is not None
+    head = NodeCache(tmp_path / "nfs-head", quota_bytes=MiB)
+    with staged_inputs([spec], tmp_path / "warm-head", cache=head, store=store):
+        pass  # the head now holds the input
+    local = NodeCache(tmp_path / "node-cache", quota_bytes=MiB)
+    calls = count_gets(store)
+    with staged_inputs(
+        [spec], tmp_path / "task", cache=local, store=store, nfs_head=head
+    ) as staged:
+        assert staged[0].tier is Tier.NFS_HEAD
+        assert digest_bytes(staged[0].path.read_bytes()) == spec.digest
+    assert calls["GetObject"] == 0
+    assert local.lookup(spec.digest) is not None
