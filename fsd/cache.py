@@ -165,7 +165,7 @@ class NodeCache:
             )
         name = hex_of(digest) if digest else "src-" + hex_of(digest_bytes(flight_key.encode()))
         lock = LinkLock(self.root / "locks" / f"{name}.lock", stale_after_s=self.stale_after_s)
-        with lock.holding():
+        with lock.holding(keep_fresh=True):
             if digest is not None and (found := self.lookup(digest)) is not None:
                 return found
             key = self._reserve(size)
@@ -174,8 +174,9 @@ class NodeCache:
                     return self._insert(digest, size, fill, key)
                 except IntegrityError:
                     return self._insert(digest, size, fill, key)
-            finally:
-                self._settle(key, published_bytes=0)
+            except BaseException:
+                self._settle(key, published_bytes=0)  # a published insert settled itself
+                raise
 
     def _insert(self, digest: str | None, size: int, fill: Fill, key: str) -> Path:
         temp = self.root / "tmp" / f"{name_for(digest)}.{key}{TEMP_MARKER}"
@@ -193,6 +194,7 @@ class NodeCache:
             final.parent.mkdir(exist_ok=True)
             if final.exists():  # another flight (unknown digest) got there first
                 staging.unlink()
+                self._settle(key, published_bytes=0)
                 return final
             os.replace(staging, final)
             fsync_directory(final.parent)
@@ -247,8 +249,7 @@ class NodeCache:
         """Drop reservation ``key``; account a published entry of ``published_bytes``."""
         with self._cache_lock().holding():
             ledger = read_ledger(self._ledger())
-            if ledger.reservations.pop(key, None) is None and not published_bytes:
-                return
+            ledger.reservations.pop(key, None)
             if published_bytes:
                 ledger.used_bytes += published_bytes
                 ledger.fetches += 1

@@ -122,12 +122,28 @@ class LinkLock:
             _local_lock(self.path).release()
 
     @contextlib.contextmanager
-    def holding(self, timeout_s: float | None = None) -> Iterator[LinkLock]:
+    def holding(
+        self, timeout_s: float | None = None, *, keep_fresh: bool = False
+    ) -> Iterator[LinkLock]:
+        """Hold the lock for the block. With ``keep_fresh`` a helper thread
+        refreshes it every ``stale_after_s / 4``, for holds that may outlast
+        ``stale_after_s`` (a long fetch), so other hosts do not break it."""
         self.acquire(timeout_s)
+        done = threading.Event()
+        refresher = threading.Thread(target=self._keep_fresh, args=(done,), daemon=True)
+        if keep_fresh:
+            refresher.start()
         try:
             yield self
         finally:
+            done.set()
+            if keep_fresh:
+                refresher.join()
             self.release()
+
+    def _keep_fresh(self, done: threading.Event) -> None:
+        while not done.wait(self.stale_after_s / 4):
+            self.refresh()
 
     def _read_owner(self, path: Path) -> Owner | None:
         try:

@@ -16,7 +16,6 @@ from stager.settings import (
 )
 
 GB = 1000**3
-MATERIALIZE_MODES = ("link", "copy", "symlink")
 
 
 def _default_cache_dir() -> Path:
@@ -28,20 +27,12 @@ def _optional_size(value: Any) -> int | None:
     return None if optional_str(value) is None else size_value(value)
 
 
-def _mode(value: Any) -> str:
-    text = str(value).strip().lower()
-    if text not in MATERIALIZE_MODES:
-        raise ValueError(f"{value!r} is not one of {', '.join(MATERIALIZE_MODES)}")
-    return text
-
-
 @dataclass(frozen=True, kw_only=True)
 class CacheSettings:
     cache_dir: Path = setting_field(_default_cache_dir, Path, "the cache's root directory")
     cache_quota: int | None = setting_field(
         None, _optional_size, "bytes the cache may hold [min(140G, 90% of its file system)]"
     )
-    cache_materialize: str = setting_field("link", _mode, "link, copy or symlink into sandboxes")
     cache_stale_after_s: float = setting_field(
         600.0, positive_float, "locks and reservations of other hosts expire after this"
     )

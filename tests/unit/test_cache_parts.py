@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -41,6 +42,17 @@ def test_a_lock_of_another_host_is_broken_only_when_old(tmp_path: Path) -> None:
     assert not lock.try_acquire()
     now[0] += 601
     assert lock.try_acquire()
+
+
+def test_a_long_hold_keeps_its_lock_fresh(tmp_path: Path) -> None:
+    lock = LinkLock(tmp_path / "x.lock", stale_after_s=0.2)
+    with lock.holding(keep_fresh=True):
+        os.utime(tmp_path / "x.lock", (0, 0))  # as if taken long ago
+        deadline = time.monotonic() + 5
+        while os.stat(tmp_path / "x.lock").st_mtime == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.stat(tmp_path / "x.lock").st_mtime > 0
+    assert not (tmp_path / "x.lock").exists()
 
 
 def state(name: str, size: int, used: int, pinned: bool = False) -> EntryState:
@@ -93,18 +105,18 @@ def test_two_inputs_on_one_sandbox_path_are_refused() -> None:
 
 def test_cache_settings_come_from_their_own_table_and_environment(tmp_path: Path) -> None:
     (tmp_path / "stager.toml").write_text(
-        'max_concurrency = 4\n[cache]\ncache_quota = "2G"\ncache_materialize = "copy"\n'
+        'max_concurrency = 4\n[cache]\ncache_quota = "2G"\ncache_reserve_wait_s = 5\n'
     )
     settings = load_component(
         CacheSettings, environ={"STAGER_CACHE_DIR": "/scratch/c"}, cwd=tmp_path, section="cache"
     )
     assert settings.cache_quota == 2 * 1024**3
-    assert settings.cache_materialize == "copy"
+    assert settings.cache_reserve_wait_s == 5.0
     assert settings.cache_dir == Path("/scratch/c")
-    with pytest.raises(ConfigError, match="cache_materialize"):
+    with pytest.raises(ConfigError, match="cache_reserve_wait_s"):
         load_component(
             CacheSettings,
-            {"cache_materialize": "teleport"},
+            {"cache_reserve_wait_s": "soon"},
             environ={},
             cwd=tmp_path,
             section="cache",
