@@ -101,6 +101,17 @@ def plan_stage_in(
     return plan
 
 
+def _resolve(store: ObjectStore, checked: tuple[StageInput, S3Url, PurePosixPath]) -> ResolvedInput:
+    item, url, dest = checked
+    if item.digest is not None and item.size is not None:
+        return ResolvedInput(url, dest, parse_digest(item.digest), item.size)
+    info = store.head(url)
+    if info is None:
+        raise NotFoundError(f"input {url} does not exist")
+    digest = parse_digest(item.digest) if item.digest else info.digest
+    return ResolvedInput(url, dest, digest, info.size, info)
+
+
 class _Stager:
     def __init__(
         self,
@@ -115,16 +126,6 @@ class _Stager:
         self.sandbox = sandbox
         self.mode = mode
         self.nfs_head = nfs_head
-
-    def resolve(self, checked: tuple[StageInput, S3Url, PurePosixPath]) -> ResolvedInput:
-        item, url, dest = checked
-        if item.digest is not None and item.size is not None:
-            return ResolvedInput(url, dest, parse_digest(item.digest), item.size)
-        info = self.store.head(url)
-        if info is None:
-            raise NotFoundError(f"input {url} does not exist")
-        digest = parse_digest(item.digest) if item.digest else info.digest
-        return ResolvedInput(url, dest, digest, info.size, info)
 
     def stage(self, planned: PlannedInput) -> StagedInput:
         item = planned.input
@@ -182,24 +183,35 @@ def _plan(
 
 
 def warm(
-    urls: Sequence[str],
+    sources: Sequence[str | StageInput],
     *,
     cache: NodeCache,
     store: ObjectStore,
     nfs_head: NodeCache | None = None,
     workers: int = 8,
 ) -> list[tuple[S3Url, Path, Tier]]:
-    """Fetch the objects at ``urls`` into the cache without a sandbox (preloading)."""
-    inputs = [StageInput(source=url, path=f"input-{n}") for n, url in enumerate(urls)]
+    """Fetch objects (URLs, or inputs with known digests) into the cache without a sandbox."""
+    inputs = [
+        item if isinstance(item, StageInput) else StageInput(source=item, path=f"input-{n}")
+        for n, item in enumerate(sources)
+    ]
     stager = _Stager(cache, store, Path("/nonexistent-sandbox"), "link", nfs_head)
-    resolved = run_all(stager.resolve, validate_inputs(inputs), workers=workers)
+    resolved = resolve_inputs(inputs, store=store, workers=workers)
     fetched = run_all(stager.entry_for, _plan(resolved, cache, nfs_head), workers=workers)
     return [(item.url, entry, tier) for item, (entry, tier) in zip(resolved, fetched, strict=True)]
 
 
+def resolve_inputs(
+    inputs: Sequence[StageInput], *, store: ObjectStore, workers: int = 8
+) -> list[ResolvedInput]:
+    """Validate every input, then learn unknown digests and sizes (one HEAD each)."""
+    checked = validate_inputs(inputs)
+    return run_all(lambda item: _resolve(store, item), checked, workers=workers)
+
+
 @contextlib.contextmanager
 def staged_inputs(
-    inputs: Sequence[StageInput],
+    inputs: Sequence[StageInput] | Sequence[ResolvedInput],
     sandbox: Path,
     *,
     cache: NodeCache,
@@ -208,10 +220,15 @@ def staged_inputs(
     nfs_head: NodeCache | None = None,
     workers: int = 8,
 ) -> Iterator[list[StagedInput]]:
-    """Stage ``inputs`` into ``sandbox``; their entries stay pinned inside the block."""
-    checked = validate_inputs(inputs)
+    """Stage ``inputs`` into ``sandbox``; their entries stay pinned inside the block.
+
+    ``inputs`` are either as a spec names them or already resolved (by
+    :func:`resolve_inputs`, which then costs no second HEAD).
+    """
+    resolved = [item for item in inputs if isinstance(item, ResolvedInput)]
+    if len(resolved) != len(inputs):
+        resolved = resolve_inputs(inputs, store=store, workers=workers)  # type: ignore[arg-type]
     stager = _Stager(cache, store, sandbox, mode, nfs_head)
-    resolved = run_all(stager.resolve, checked, workers=workers)
     known = [item.digest for item in resolved if item.digest is not None]
     with cache.pinned(known):
         staged = run_all(stager.stage, _plan(resolved, cache, nfs_head), workers=workers)

@@ -17,9 +17,14 @@ exceptions (botocore, OSError) are translated at the boundary with
     ├── ThrottledError             exit 6   the store kept asking us to slow down
     ├── PreconditionFailedError    exit 6   a create-only write found the key taken
     ├── IntegrityError             exit 7   digest or size mismatch
-    └── LocalIOError               exit 8   a local file could not be read or written
-        └── DiskFullError          exit 9   no space left on the destination
-            └── CacheFullError     exit 9   the cache quota cannot make room
+    ├── LocalIOError               exit 8   a local file could not be read or written
+    │   └── DiskFullError          exit 9   no space left on the destination
+    │       └── CacheFullError     exit 9   the cache quota cannot make room
+    └── TaskError                           a wrapped task did not succeed
+        ├── CommandFailedError     exit 10  the command exited non-zero or died of a signal
+        ├── MissingOutputError     exit 11  a declared output was not produced
+        ├── TaskTimeoutError       exit 12  the command ran past its timeout and was killed
+        └── StageOutError          exit 13  an output could not be made durable (retry later)
 
 Each error carries ``hint``: one sentence telling the user what to do next.
 Messages never contain secrets (credentials are never formatted into them).
@@ -119,3 +124,29 @@ def from_os_error(exc: OSError, action: str) -> LocalIOError:
 
 class CacheFullError(DiskFullError):
     default_hint = "raise --cache-quota, or unpin or evict entries (stager cache evict)"
+
+
+class TaskError(StagerError):
+    """A wrapped task did not succeed; its outputs were not published."""
+
+    exit_code = 10
+
+
+class CommandFailedError(TaskError):
+    exit_code = 10
+    default_hint = "see the task's stderr log"
+
+
+class MissingOutputError(TaskError):
+    exit_code = 11
+    default_hint = "check that the command writes the output at the path the spec declares"
+
+
+class TaskTimeoutError(TaskError):
+    exit_code = 12
+    default_hint = "raise the task's timeout_s or make the command faster"
+
+
+class StageOutError(TaskError):
+    exit_code = 13
+    default_hint = "the outputs are not durable and no result was recorded; run the task again"

@@ -1,0 +1,329 @@
+"""The job wrapper against the real S3 server, with real commands."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fsd.cache import NodeCache
+from stager.digest import digest_bytes
+from stager.errors import CommandFailedError, MissingOutputError, TaskTimeoutError, UnsafePathError
+from stager.locations import S3Url
+from stager.objectstore import ObjectStore
+from tests.helpers import files_under
+from tests.integration.test_cli import assert_one_line_error
+from worker_hooks.results import ResultManifest
+from worker_hooks.taskspec import parse_spec
+from worker_hooks.wrap import Node, WrapOptions, wrap_task
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def node(tmp_path: Path, store: ObjectStore) -> Node:
+    cache = NodeCache(tmp_path / "cache", quota_bytes=512 * MiB)
+    return Node(cache=cache, store=store, sandbox_dir=tmp_path / "sandboxes")
+
+
+def put(store: ObjectStore, url: S3Url, data: bytes) -> None:
+    store.put_bytes(url, data)
+
+
+def count_calls(store: ObjectStore) -> Counter[str]:
+    calls: Counter[str] = Counter()
+    store.client.meta.events.register(
+        "before-call.s3", lambda model, **_: calls.update([model.name])
+    )
+    return calls
+
+
+def spec_for(prefix: S3Url, command: str, **extra: Any) -> Any:
+    body = {
+        "id": "t1",
+        "command": command,
+        "shell": True,
+        "results": str(prefix.child("results/")),
+        **extra,
+    }
+    return parse_spec(body)
+
+
+def test_file_directory_and_glob_outputs_become_durable(
+    node: Node, store: ObjectStore, prefix: S3Url
+) -> None:
+    reference = os.urandom(7 * MiB)  # multipart on the way in
+    put(store, prefix.child("in/ref.bin"), reference)
+    spec = spec_for(
+        prefix,
+        "mkdir -p dir/sub plots && cat ref.bin > copy.bin && echo a > dir/x && echo b > dir/sub/y"
+        " && echo p1 > plots/1.png && echo p2 > plots/2.png && echo skip > plots/n.txt",
+        inputs=[{"source": str(prefix.child("in/ref.bin")), "path": "ref.bin"}],
+        outputs=[
+            {"path": "copy.bin", "to": str(prefix.child("out/copy.bin"))},
+            {"path": "dir/", "to": str(prefix.child("out/dir/"))},
+            {"path": "plots/*.png", "to": str(prefix.child("out/plots/"))},
+        ],
+    )
+    result = wrap_task(spec, node)
+
+    assert not result.memoized
+    keys = {r.url.removeprefix(str(prefix)): r.digest for r in result.manifest.outputs}
+    assert keys == {
+        "out/copy.bin": digest_bytes(reference),
+        "out/dir/x": digest_bytes(b"a\n"),
+        "out/dir/sub/y": digest_bytes(b"b\n"),
+        "out/plots/1.png": digest_bytes(b"p1\n"),
+        "out/plots/2.png": digest_bytes(b"p2\n"),
+    }
+    for record in result.manifest.outputs:
+        info = store.head(S3Url.parse(record.url))
+        assert info is not None and info.digest == record.digest and info.size == record.size
+    stored = ResultManifest.from_json(store.get_bytes(result.result_url))
+    assert stored == result.manifest
+    assert stored.inputs[0].digest == digest_bytes(reference)
+    assert store.get_bytes(S3Url.parse(stored.logs[0].url)) == b""
+    # The sandbox is gone, nothing stays pinned, and the output is a cache hit now.
+    assert list((node.sandbox_dir).iterdir()) == []
+    assert node.cache.stats().pinned_entries == 0
+    assert node.cache.lookup(digest_bytes(reference)) is not None
+
+
+def test_failing_command_uploads_logs_but_no_outputs_and_no_result(
+    node: Node, store: ObjectStore, prefix: S3Url
+) -> None:
+    spec = spec_for(
+        prefix,
+        "echo made > out.txt; echo oops >&2; exit 3",
+        outputs=[{"path": "out.txt", "to": str(prefix.child("out/out.txt"))}],
+    )
+    with pytest.raises(CommandFailedError, match="exited with code 3") as failure:
+        wrap_task(spec, node)
+    stderr_url = failure.value.hint.rsplit(" ", 1)[-1]
+    assert store.get_bytes(S3Url.parse(stderr_url)) == b"oops\n"
+    assert store.head(prefix.child("out/out.txt")) is None
+    assert not [u for u, _ in store.list(prefix.child("results/")) if u.key.endswith("result.json")]
+    assert list(node.sandbox_dir.iterdir()) == []
+
+
+def test_keep_failed_keeps_the_sandbox(node: Node, prefix: S3Url) -> None:
+    spec = spec_for(prefix, "echo partial > half.txt; kill -KILL $$")
+    with pytest.raises(CommandFailedError, match="SIGKILL"):
+        wrap_task(spec, node, WrapOptions(keep_failed=True))
+    (kept,) = node.sandbox_dir.iterdir()
+    assert (kept / "work" / "half.txt").read_text() == "partial\n"
+
+
+def test_missing_output(node: Node, store: ObjectStore, prefix: S3Url) -> None:
+    spec = spec_for(
+        prefix,
+        "echo one > a.txt",
+        outputs=[
+            {"path": "a.txt", "to": str(prefix.child("out/a.txt"))},
+            {"path": "b.txt", "to": str(prefix.child("out/b.txt"))},
+        ],
+    )
+    with pytest.raises(MissingOutputError, match=r"b\.txt"):
+        wrap_task(spec, node)
+    assert store.head(prefix.child("out/a.txt")) is None
+
+
+def test_output_symlink_out_of_the_sandbox_is_refused(
+    node: Node, store: ObjectStore, prefix: S3Url
+) -> None:
+    spec = spec_for(
+        prefix,
+        "ln -s /etc/hostname leak.txt",
+        outputs=[{"path": "leak.txt", "to": str(prefix.child("out/leak.txt"))}],
+    )
+    with pytest.raises(UnsafePathError, match="outside the sandbox"):
+        wrap_task(spec, node)
+    assert store.head(prefix.child("out/leak.txt")) is None
+
+
+def test_memoized_rerun_makes_no_uploads_and_force_reruns(
+    node: Node, store: ObjectStore, prefix: S3Url, tmp_path: Path
+) -> None:
+    put(store, prefix.child("in/x"), b"input")
+    marker = tmp_path / "runs"
+    spec = spec_for(
+        prefix,
+        f"echo run >> {marker}; cat x > y",
+        inputs=[{"source": str(prefix.child("in/x")), "path": "x"}],
+        outputs=[{"path": "y", "to": str(prefix.child("out/y"))}],
+    )
+    first = wrap_task(spec, node)
+    calls = count_calls(store)
+    again = wrap_task(spec, node)
+    assert again.memoized and again.manifest == first.manifest
+    assert calls["PutObject"] == 0 and calls["CreateMultipartUpload"] == 0
+    assert marker.read_text() == "run\n"
+    forced = wrap_task(spec, node, WrapOptions(force=True))
+    assert not forced.memoized and marker.read_text() == "run\nrun\n"
+    # A changed input is a different task: it runs again.
+    put(store, prefix.child("in/x"), b"other input")
+    changed = wrap_task(spec, node)
+    assert not changed.memoized and changed.result_url != first.result_url
+    assert store.get_bytes(prefix.child("out/y")) == b"other input"
+
+
+def test_timeout_kills_the_command_and_its_children(
+    node: Node, prefix: S3Url, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    spec = spec_for(
+        prefix,
+        f"sleep 300 & echo $! > {pids}; sh -c 'sleep 300' & echo $! >> {pids}; wait",
+        timeout_s=1,
+    )
+    node = Node(cache=node.cache, store=node.store, sandbox_dir=node.sandbox_dir, kill_grace_s=1)
+    started = time.monotonic()
+    with pytest.raises(TaskTimeoutError, match="timeout of 1 s"):
+        wrap_task(spec, node)
+    assert time.monotonic() - started < 60
+    assert [pid for pid in map(int, pids.read_text().split()) if is_running(pid)] == []
+
+
+def is_running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for PID 1 to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def make_tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for info, data in members:
+            info.size = len(data) if data is not None else 0
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def file_member(name: str, data: bytes, mode: int = 0o755) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.mode = mode
+    return info, data
+
+
+def test_bundle_is_extracted_once_and_shared(node: Node, store: ObjectStore, prefix: S3Url) -> None:
+    bundle = make_tar([file_member("bin/tool", b"#!/bin/sh\necho tool says $1\n")])
+    put(store, prefix.child("apps/tool.tar.gz"), bundle)
+    for n in (1, 2):
+        spec = spec_for(
+            prefix,
+            f"app/bin/tool {n} > out.txt",
+            id=f"t{n}",
+            bundle={"source": str(prefix.child("apps/tool.tar.gz"))},
+            outputs=[{"path": "out.txt", "to": str(prefix.child(f"out/{n}.txt"))}],
+        )
+        wrap_task(spec, node)
+        assert store.get_bytes(prefix.child(f"out/{n}.txt")) == f"tool says {n}\n".encode()
+    (extracted,) = node.bundles_dir.iterdir()
+    assert extracted.name == digest_bytes(bundle).split(":")[1]
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        file_member("../escaped.txt", b"x"),
+        file_member("/tmp/absolute.txt", b"x"),
+        (lambda i: (setattr(i, "type", tarfile.SYMTYPE), setattr(i, "linkname", "/etc"), i)[2])(
+            tarfile.TarInfo("etc-link")
+        ),
+    ],
+    ids=["dotdot", "absolute", "symlink"],
+)
+def test_tar_slip_bundle_is_refused_with_nothing_written(
+    node: Node, store: ObjectStore, prefix: S3Url, tmp_path: Path, member: Any
+) -> None:
+    if isinstance(member, tarfile.TarInfo):
+        member = (member, None)
+    bundle = make_tar([file_member("ok.txt", b"fine"), member])
+    put(store, prefix.child("apps/evil.tar.gz"), bundle)
+    spec = spec_for(prefix, "true", bundle={"source": str(prefix.child("apps/evil.tar.gz"))})
+    with pytest.raises(UnsafePathError):
+        wrap_task(spec, node)
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not Path("/tmp/absolute.txt").exists()
+    assert not node.bundles_dir.exists() or list(node.bundles_dir.iterdir()) == []
+
+
+def wrap_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "STAGER_CACHE_DIR": str(tmp_path / "cache"),
+        "STAGER_SANDBOX_DIR": str(tmp_path / "sandboxes"),
+    }
+
+
+def test_inline_form_from_the_command_line(
+    run_cli: Any, store: ObjectStore, prefix: S3Url, tmp_path: Path
+) -> None:
+    put(store, prefix.child("in/ref.fa"), b">chr1\nACGT\n")
+    args = [
+        "wrap",
+        "--in", f"{prefix.child('in/ref.fa')}=ref.fa",
+        "--out", f"result.txt={prefix.child('out/result.txt')}",
+        "--", "sh", "-c", "wc -c < ref.fa > result.txt",
+    ]  # fmt: skip
+    done = run_cli(*args, env=wrap_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "1 outputs durable" in done.stderr
+    assert store.get_bytes(prefix.child("out/result.txt")).strip() == b"11"
+    again = run_cli(*args, env=wrap_env(tmp_path))
+    assert again.returncode == 0 and "already done" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "text"),
+    [
+        ("exit 4", 10, "exited with code 4"),
+        ("true", 11, "did not write output out.txt"),
+        ("sleep 30", 12, "timeout"),
+    ],
+)
+def test_exit_codes_from_the_command_line(
+    run_cli: Any, prefix: S3Url, tmp_path: Path, command: str, code: int, text: str
+) -> None:
+    spec = {
+        "id": "cli",
+        "command": command,
+        "shell": True,
+        "timeout_s": 1,
+        "outputs": [{"path": "out.txt", "to": str(prefix.child("out.txt"))}],
+    }
+    (tmp_path / "task.json").write_text(json.dumps(spec))
+    done = run_cli(
+        "wrap", "--spec", str(tmp_path / "task.json"),
+        env={**wrap_env(tmp_path), "STAGER_KILL_GRACE_S": "1"},
+    )  # fmt: skip
+    assert_one_line_error(done, code, text)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "names"),
+    [
+        ("inputs", [{"source": "s3://bkt/k", "path": "../../etc/passwd"}], "inputs[0].path"),
+        ("inputs", [{"source": "s3://bkt/k", "path": "/etc/passwd"}], "inputs[0].path"),
+        ("outputs", [{"path": "a/../../x", "to": "s3://bkt/x"}], "outputs[0].path"),
+        ("bundle", {"source": "s3://bkt/k.tar", "path": ".."}, "bundle.path"),
+    ],
+)
+def test_path_traversal_in_a_spec_is_refused_before_any_io(
+    run_cli: Any, tmp_path: Path, field: str, value: Any, names: str
+) -> None:
+    spec = {"id": "evil", "command": ["true"], field: value}
+    (tmp_path / "task.json").write_text(json.dumps(spec))
+    done = run_cli("wrap", "--spec", str(tmp_path / "task.json"), env=wrap_env(tmp_path))
+    assert_one_line_error(done, 2, names)
+    assert not (tmp_path / "sandboxes").exists() and not (tmp_path / "cache").exists()
+    assert files_under(tmp_path) == [tmp_path / "task.json"]

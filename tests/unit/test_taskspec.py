@@ -1,0 +1,102 @@
+"""Task specs: validation names the field; any input gives a spec or a ConfigError."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stager.errors import ConfigError, UnsafePathError
+from stager.locations import S3Url
+from worker_hooks.taskspec import inline_spec, parse_spec
+
+VALID: dict[str, Any] = {
+    "id": "align-7",
+    "command": ["./align", "ref.fa"],
+    "env": {"THREADS": "2"},
+    "timeout_s": 60,
+    "inputs": [{"source": "s3://bkt/ref.fa", "path": "ref.fa", "size": "1K"}],
+    "outputs": [
+        {"path": "out.txt", "to": "s3://bkt/out/out.txt"},
+        {"path": "plots/", "to": "s3://bkt/out/plots/"},
+        {"path": "logs/*.log", "to": "s3://bkt/out/logs/"},
+    ],
+    "bundle": {"source": "s3://bkt/apps/align.tar.gz"},
+    "scratch_bytes": "2G",
+}
+
+
+def test_a_valid_spec_parses_with_kinds_and_defaults() -> None:
+    spec = parse_spec(VALID)
+    assert spec.command == ("./align", "ref.fa")
+    assert [o.kind for o in spec.outputs] == ["file", "dir", "glob"]
+    assert spec.inputs[0].size == 1024 and spec.scratch_bytes == 2 * 1024**3
+    assert spec.bundle is not None and spec.bundle.path == "app"
+    assert spec.results_prefix == S3Url("bkt", ".stager/results/")
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        ({"id": "../x"}, "id"),
+        ({"command": []}, "command"),
+        ({"command": ["a", 3]}, "command[1]"),
+        ({"timeout_s": -1}, "timeout_s"),
+        ({"env": {"1BAD": "x"}}, "env"),
+        ({"inputs": [{"source": "s3://bkt/k", "path": "a\x00b"}]}, "inputs[0].path"),
+        ({"inputs": [{"source": "http://x/y", "path": "a"}]}, "inputs[0].source"),
+        ({"inputs": [{"source": "s3://bkt/dir/", "path": "a"}]}, "inputs[0].source"),
+        ({"outputs": [{"path": "d/", "to": "s3://bkt/file"}]}, "outputs[0].to"),
+        ({"outputs": [{"path": "x", "to": "s3://bkt/x", "persist": "tape"}]}, "outputs[0].persist"),
+        ({"scratch_bytes": "lots"}, "scratch_bytes"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_errors_name_the_field(change: dict[str, Any], names: str) -> None:
+    with pytest.raises(ConfigError, match=r"task spec: .*" + names.replace("[", r"\[")):
+        parse_spec({**VALID, **change})
+
+
+@pytest.mark.parametrize("path", ["../etc/passwd", "a/../../b", "/abs", "a\\b"])
+def test_traversal_is_an_unsafe_path(path: str) -> None:
+    with pytest.raises(UnsafePathError):
+        parse_spec({**VALID, "inputs": [{"source": "s3://bkt/k", "path": path}]})
+
+
+def test_inline_form_matches_the_spec_form() -> None:
+    spec = inline_spec(
+        command=["./align", "ref.fa"],
+        inputs=["s3://bkt/ref.fa=ref.fa"],
+        outputs=["result.txt=s3://bkt/out/result.txt"],
+    )
+    assert spec.inputs[0].source == "s3://bkt/ref.fa" and spec.inputs[0].path == "ref.fa"
+    assert spec.outputs[0].to == S3Url("bkt", "out/result.txt")
+    with pytest.raises(ConfigError, match="LEFT=RIGHT"):
+        inline_spec(command=["true"], inputs=["s3://bkt/no-equals"])
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+spec_like = st.fixed_dictionaries(
+    {},
+    optional={
+        key: json_values
+        for key in ("id", "command", "shell", "env", "timeout_s", "inputs", "outputs", "bundle")
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(json_values, spec_like, st.builds(lambda extra: {**VALID, **extra}, spec_like)))
+def test_any_input_gives_a_spec_or_a_config_error(body: Any) -> None:
+    try:
+        parse_spec(body)
+    except ConfigError:
+        pass

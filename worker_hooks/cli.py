@@ -1,0 +1,160 @@
+"""``stager wrap``: one job command with stage-in and stage-out around it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fsd.cli import CacheContext
+from stager.cli.context import CliState
+from stager.errors import ConfigError
+from stager.settings import load_component
+from worker_hooks.settings import MATERIALIZE_MODES, WrapSettings
+from worker_hooks.taskspec import TaskSpec, inline_spec, load_document, parse_spec, split_pair
+from worker_hooks.wrap import Node, WrapOptions, wrap_task
+
+
+def open_node(core: CliState, cache_flags: dict[str, Any], wrap_flags: dict[str, Any]) -> Node:
+    """The node's cache, store and sandbox settings, from flags, variables and stager.toml."""
+    settings = load_component(
+        WrapSettings, wrap_flags, config_path=core.config_path, section="wrap"
+    )
+    return Node(
+        cache=CacheContext(core, cache_flags).open(),
+        store=core.object_store(),
+        sandbox_dir=settings.sandbox_dir,
+        materialize=settings.materialize,
+        kill_grace_s=settings.kill_grace_s,
+        workers=core.settings.files_in_flight,
+    )
+
+
+def node_options(function: Any) -> Any:
+    """The options that say where a node keeps its cache and sandboxes."""
+    for option in reversed(
+        [
+            click.option(
+                "--cache-dir",
+                type=click.Path(file_okay=False, path_type=Path),
+                help="Node cache root [$STAGER_CACHE_DIR or ~/.cache/stager/node-cache].",
+            ),
+            click.option("--cache-quota", help="Bytes the cache may hold, e.g. 100G."),
+            click.option(
+                "--sandbox-dir",
+                type=click.Path(file_okay=False, path_type=Path),
+                help="Where task sandboxes are made [~/.cache/stager/sandboxes].",
+            ),
+            click.option(
+                "--materialize",
+                type=click.Choice(MATERIALIZE_MODES),
+                help="How inputs appear in the sandbox [link].",
+            ),
+        ]
+    ):
+        function = option(function)
+    return function
+
+
+def _spec_from_flags(
+    spec_path: Path | None, command: tuple[str, ...], flags: dict[str, Any]
+) -> TaskSpec:
+    if spec_path is not None:
+        if command or flags["inputs"] or flags["outputs"]:
+            raise ConfigError("give either --spec FILE or --in/--out and a command, not both")
+        return parse_spec(load_document(spec_path))
+    if not command:
+        raise ConfigError("no command to run", hint="give --spec FILE, or the command after '--'")
+    env = dict(split_pair(text, "--env") for text in flags["env"])
+    return inline_spec(
+        command=command,
+        inputs=flags["inputs"],
+        outputs=flags["outputs"],
+        task_id=flags["task_id"],
+        env=env or None,
+        shell=flags["shell"] or None,
+        timeout_s=flags["timeout_s"],
+        bundle={"source": flags["bundle"]} if flags["bundle"] else None,
+        results=flags["results"],
+    )
+
+
+@click.command(
+    "wrap",
+    epilog="""\b
+Examples:
+  stager wrap --spec task.json
+  stager wrap --in s3://b/ref.fa=ref.fa --out result.txt=s3://b/out/result.txt -- ./align ref.fa
+  stager wrap --in s3://b/in/x.csv=x.csv --out 'plots/*.png=s3://b/out/plots/' \\
+      --timeout 600 --shell -- 'python plot.py x.csv > plots/log.txt'
+
+\b
+Exit codes: 0 done (outputs durable, result recorded); 10 the command failed;
+11 an output is missing; 12 timeout; 13 stage-out failed (run again);
+2-9 as for every stager command (bad spec, missing input, credentials, ...).
+""",
+)
+@click.option(
+    "--spec",
+    "spec_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Task spec (JSON, or YAML by extension); see docs/task-spec.md.",
+)
+@click.option("--in", "inputs", multiple=True, help="Input SOURCE=SANDBOX_PATH (repeatable).")
+@click.option(
+    "--out", "outputs", multiple=True, help="Output SANDBOX_PATH=DESTINATION (repeatable)."
+)
+@click.option("--id", "task_id", default="task", show_default=True, help="Task id.")
+@click.option("--env", multiple=True, help="NAME=VALUE for the command (repeatable).")
+@click.option("--timeout", "timeout_s", type=float, help="Seconds before the command is killed.")
+@click.option("--shell", is_flag=True, help="Run the command through /bin/sh -c.")
+@click.option("--bundle", help="Application archive in S3, shown in the sandbox at app/.")
+@click.option("--results", help="Prefix for result manifests and logs [beside the first output].")
+@click.option("--force", is_flag=True, help="Run even if a result for this task exists.")
+@click.option("--keep-failed", is_flag=True, help="Keep the sandbox of a failed task.")
+@node_options
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def wrap_command(
+    core: CliState,
+    /,
+    spec_path: Path | None,
+    command: tuple[str, ...],
+    force: bool,
+    keep_failed: bool,
+    cache_dir: Path | None,
+    cache_quota: str | None,
+    sandbox_dir: Path | None,
+    materialize: str | None,
+    **flags: Any,
+) -> None:
+    """Run one job: stage its inputs in, run it in a sandbox, make its outputs durable.
+
+    Inputs come through the node's cache (one fetch per node); the command
+    runs in a fresh sandbox with its own process group; outputs go to S3
+    with their digests, and the task's result manifest is written last. A
+    task whose result already exists (same command, same input digests) is
+    not run again.
+    """
+    spec = _spec_from_flags(spec_path, command, flags)
+    node = open_node(
+        core,
+        {"cache_dir": cache_dir, "cache_quota": cache_quota},
+        {"sandbox_dir": sandbox_dir, "materialize": materialize},
+    )
+    options = WrapOptions(force=force, keep_failed=keep_failed, live=sys.stdout.isatty())
+    result = wrap_task(spec, node, options)
+    manifest = result.manifest
+    if result.memoized:
+        click.echo(
+            f"task {spec.id}: already done, not run again; result {result.result_url}", err=True
+        )
+        return
+    timings = ", ".join(f"{name} {seconds:.3f} s" for name, seconds in manifest.timings_s.items())
+    click.echo(
+        f"task {spec.id}: done, {len(manifest.outputs)} outputs durable ({timings}); "
+        f"result {result.result_url}",
+        err=True,
+    )

@@ -1,0 +1,88 @@
+"""Finding a finished task's declared outputs in its sandbox, safely.
+
+Each declaration (a file, a directory ending in '/', or a glob) expands to
+files and their destinations. A declaration that matches nothing raises
+:class:`MissingOutputError`; anything that resolves outside the sandbox (a
+symlink the command made to ``/etc/passwd``, say) raises
+:class:`UnsafePathError` rather than being uploaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from stager.errors import ConfigError, MissingOutputError, UnsafePathError
+from stager.locations import S3Url
+from worker_hooks.taskspec import GLOB_CHARACTERS, OutputSpec
+
+
+@dataclass(frozen=True)
+class FoundOutput:
+    path: Path
+    relative: str
+    url: S3Url
+    size: int
+
+
+class _Finder:
+    def __init__(self, sandbox: Path) -> None:
+        self.sandbox = sandbox
+        self.real_root = sandbox.resolve()
+
+    def found(self, path: Path, url: S3Url) -> FoundOutput:
+        relative = path.relative_to(self.sandbox).as_posix()
+        real = path.resolve()
+        if not real.is_relative_to(self.real_root):
+            raise UnsafePathError(f"output {relative} leads outside the sandbox (to {real})")
+        if not real.is_file():
+            raise MissingOutputError(f"output {relative} is not a regular file")
+        return FoundOutput(path, relative, url, real.stat().st_size)
+
+    def file(self, output: OutputSpec) -> list[FoundOutput]:
+        path = self.sandbox / output.path
+        if not path.exists() and not path.is_symlink():
+            raise MissingOutputError(f"the command did not write output {output.path}")
+        url = output.to.child(path.name) if output.to.is_prefix else output.to
+        return [self.found(path, url)]
+
+    def directory(self, output: OutputSpec) -> list[FoundOutput]:
+        root = self.sandbox / output.path.rstrip("/")
+        if root.is_symlink() or not root.is_dir():
+            raise MissingOutputError(f"the command did not make directory {output.path}")
+        found = []
+        for parent, dirs, files in os.walk(root):
+            dirs.sort()
+            for name in sorted(files):
+                path = Path(parent, name)
+                found.append(self.found(path, output.to.child(path.relative_to(root).as_posix())))
+        return found
+
+    def glob(self, output: OutputSpec) -> list[FoundOutput]:
+        pattern = PurePosixPath(output.path)
+        fixed = []
+        for part in pattern.parts:
+            if GLOB_CHARACTERS & set(part):
+                break
+            fixed.append(part)
+        base = self.sandbox.joinpath(*fixed)
+        matches = sorted(p for p in self.sandbox.glob(output.path) if p.is_file())
+        if not matches:
+            raise MissingOutputError(f"no file matches output pattern {output.path}")
+        return [self.found(p, output.to.child(p.relative_to(base).as_posix())) for p in matches]
+
+
+def find_outputs(sandbox: Path, outputs: Sequence[OutputSpec]) -> list[FoundOutput]:
+    """Every file the declarations name, with its destination; two to one key is refused."""
+    finder = _Finder(sandbox)
+    expand = {"file": finder.file, "dir": finder.directory, "glob": finder.glob}
+    found = [item for output in outputs for item in expand[output.kind](output)]
+    seen: dict[S3Url, str] = {}
+    for item in found:
+        if item.url in seen and seen[item.url] != item.relative:
+            raise ConfigError(f"outputs {seen[item.url]} and {item.relative} both go to {item.url}")
+        seen[item.url] = item.relative
+    unique = {item.url: item for item in found}
+    return list(unique.values())

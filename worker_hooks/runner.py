@@ -1,0 +1,115 @@
+"""Running a task's command: its own process group, a timeout, captured logs.
+
+The command starts in a new session, so the timeout (SIGTERM, a grace
+period, then SIGKILL) reaches every process it forked, and so do an
+interrupt of the wrapper and the clean-up after a normal exit: nothing the
+command started outlives it. The group id stays reserved until we reap the
+leader, because we wait for its exit without reaping (``WNOWAIT``) and only
+then signal the group, so a signal can never hit a recycled id.
+
+stdout and stderr go to files; with ``live`` they are also copied to this
+process's own stdout and stderr as they arrive (for a user at a terminal).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from stager.errors import LocalIOError
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    returncode: int
+    timed_out: bool
+    duration_s: float
+
+
+def _tee(source: BinaryIO, log: BinaryIO, echo: BinaryIO) -> None:
+    for chunk in iter(lambda: source.read1(65536), b""):  # type: ignore[attr-defined]
+        log.write(chunk)
+        echo.write(chunk)
+        echo.flush()
+
+
+class _Exited:
+    """Set once the child has exited; the child is not reaped until we call wait()."""
+
+    def __init__(self, pid: int) -> None:
+        self.event = threading.Event()
+        threading.Thread(target=self._wait, args=(pid,), daemon=True).start()
+
+    def _wait(self, pid: int) -> None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        self.event.set()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    stdout_path: Path,
+    stderr_path: Path,
+    timeout_s: float | None = None,
+    kill_grace_s: float = 5.0,
+    live: bool = False,
+) -> RunOutcome:
+    """Run ``argv`` to its end (or its timeout); only a failure to start it raises."""
+    started = time.monotonic()
+    with stdout_path.open("wb") as out_log, stderr_path.open("wb") as err_log:
+        pipe = subprocess.PIPE if live else None
+        try:
+            process = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=pipe or out_log,
+                stderr=pipe or err_log,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise LocalIOError(
+                f"cannot start {argv[0]!r}: {exc.strerror or exc}",
+                hint="check the command's name, its path in the sandbox and its execute bit",
+            ) from exc
+        tees = []
+        if live:
+            assert process.stdout is not None and process.stderr is not None
+            for source, log, echo in (
+                (process.stdout, out_log, sys.stdout.buffer),
+                (process.stderr, err_log, sys.stderr.buffer),
+            ):
+                tee = threading.Thread(target=_tee, args=(source, log, echo), daemon=True)
+                tee.start()
+                tees.append(tee)
+        timed_out = False
+        exited = _Exited(process.pid)
+        try:
+            if not exited.event.wait(timeout_s):
+                timed_out = True
+                _signal_group(process.pid, signal.SIGTERM)
+                exited.event.wait(kill_grace_s)
+        finally:
+            _signal_group(process.pid, signal.SIGKILL)  # stragglers, or all of it if interrupted
+            returncode = process.wait()
+            for tee in tees:
+                tee.join(timeout=5)
+    return RunOutcome(returncode, timed_out, time.monotonic() - started)

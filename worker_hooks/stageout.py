@@ -1,0 +1,85 @@
+"""Stage-out: make a task's outputs durable in S3, each hashed once as it is read.
+
+Each output is copied into the node cache (hashed as it streams), so a later
+task on this node that reads it is a cache hit, and then uploaded from the
+verified entry with its digest in the object's metadata (multipart and
+parallel above the threshold). An output too big for the cache is hashed
+and uploaded from the sandbox instead. Any failure becomes
+:class:`StageOutError`: the caller then writes no result manifest.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from fsd.cache import NodeCache
+from stager.digest import HashingWriter, digest_stream
+from stager.errors import CacheFullError, StageOutError, StagerError, from_os_error
+from stager.locations import S3Url
+from stager.objectstore import ObjectStore
+from stager.parallel import run_all
+from worker_hooks.outputs import FoundOutput
+from worker_hooks.results import FileRecord
+
+
+class _Uploader:
+    def __init__(self, cache: NodeCache | None, store: ObjectStore) -> None:
+        self.cache = cache
+        self.store = store
+
+    def __call__(self, item: FoundOutput) -> FileRecord:
+        source, digest = self._hashed(item)
+        try:
+            self.store.upload_file(source, item.url, digest=digest, size=item.size)
+        except OSError as exc:
+            raise from_os_error(exc, f"read output {item.relative}") from exc
+        return FileRecord(item.relative, str(item.url), digest, item.size)
+
+    def _hashed(self, item: FoundOutput) -> tuple[Path, str]:
+        """A verified file holding the output's bytes, and their digest."""
+        if self.cache is not None:
+            try:
+                entry = self.cache.ensure(
+                    None, item.size, lambda writer: _copy(item, writer), flight_key=str(item.path)
+                )
+                return entry, "xxh3-128:" + entry.name
+            except CacheFullError:
+                pass  # too big for the cache: hash it where it is
+        try:
+            with item.path.open("rb") as handle:
+                digest, _ = digest_stream(handle)
+        except OSError as exc:
+            raise from_os_error(exc, f"read output {item.relative}") from exc
+        return item.path, digest
+
+
+def _copy(item: FoundOutput, writer: HashingWriter) -> None:
+    try:
+        with item.path.open("rb") as handle:
+            shutil.copyfileobj(handle, writer, 1024 * 1024)
+    except OSError as exc:
+        raise from_os_error(exc, f"read output {item.relative}") from exc
+
+
+def upload_outputs(
+    found: Sequence[FoundOutput],
+    *,
+    cache: NodeCache | None,
+    store: ObjectStore,
+    workers: int = 8,
+) -> list[FileRecord]:
+    """Upload every output; return their records in order, or raise StageOutError."""
+    try:
+        return run_all(_Uploader(cache, store), found, workers=workers)
+    except StageOutError:
+        raise
+    except StagerError as exc:
+        raise StageOutError(f"stage-out failed: {exc.one_line()}") from exc
+
+
+def upload_log(path: Path, url: S3Url, *, store: ObjectStore) -> FileRecord:
+    """Upload one captured log (stdout or stderr) from the sandbox."""
+    item = FoundOutput(path, path.name, url, path.stat().st_size)
+    return upload_outputs([item], cache=None, store=store, workers=1)[0]

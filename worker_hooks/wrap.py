@@ -1,0 +1,308 @@
+"""The job wrapper: stage-in, run, stage-out, then the result manifest, last.
+
+:func:`wrap_task` is what ``stager wrap`` and the worker agent call. Its
+contract (DESIGN.md invariants 2, 5, 7):
+
+- the spec was validated before any I/O (:mod:`worker_hooks.taskspec`);
+- inputs are resolved first (one HEAD each where the spec gives no digest),
+  so the task's key is known before anything runs; a committed result for
+  that key whose outputs are intact is returned without running
+  (memoization; ``force`` re-runs and first withdraws the old result);
+- inputs are staged through the node cache and stay pinned while the
+  command runs in a fresh sandbox; nothing stays pinned afterwards;
+- stdout and stderr are uploaded whatever the command did; outputs only if
+  it succeeded, and the result manifest only once every output is durable;
+- it returns only on success; every failure raises a
+  :class:`~stager.errors.StagerError` whose class gives the exit code;
+- the sandbox is removed afterwards (kept on failure with ``keep_failed``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fsd.cache import NodeCache
+from fsd.stagein import ResolvedInput, StagedInput, StageInput, resolve_inputs, staged_inputs
+from stager.errors import (
+    CommandFailedError,
+    DiskFullError,
+    PreconditionFailedError,
+    StageOutError,
+    StagerError,
+    TaskTimeoutError,
+    from_os_error,
+)
+from stager.locations import S3Url
+from stager.objectstore import ObjectStore
+from stager.units import format_size
+from worker_hooks.bundle import ensure_bundle, remove_tree
+from worker_hooks.outputs import find_outputs
+from worker_hooks.results import (
+    FileRecord,
+    ResultManifest,
+    committed_result,
+    log_url,
+    result_url,
+    task_key,
+)
+from worker_hooks.runner import RunOutcome, run_command
+from worker_hooks.stageout import upload_log, upload_outputs
+from worker_hooks.taskspec import TaskSpec
+
+
+@dataclass(frozen=True)
+class Node:
+    """What the wrapper uses of the node it runs on."""
+
+    cache: NodeCache
+    store: ObjectStore
+    sandbox_dir: Path
+    nfs_head: NodeCache | None = None
+    materialize: str = "link"
+    kill_grace_s: float = 5.0
+    workers: int = 8
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.cache.root.parent / (self.cache.root.name + "-bundles")
+
+
+@dataclass(frozen=True)
+class WrapOptions:
+    force: bool = False
+    keep_failed: bool = False
+    live: bool = False
+
+
+@dataclass(frozen=True)
+class WrapResult:
+    manifest: ResultManifest
+    result_url: S3Url
+    memoized: bool
+
+
+@dataclass
+class _Timer:
+    clock: Callable[[], float] = time.monotonic
+    marks: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = self.clock()
+        try:
+            yield
+        finally:
+            self.marks[name] = round(self.clock() - started, 6)
+
+
+def _identity(item: ResolvedInput) -> str:
+    """What names an input's bytes: its digest, else the store's ETag and size."""
+    if item.digest is not None:
+        return item.digest
+    etag = item.info.etag if item.info is not None else None
+    return f"etag:{etag}:{item.size}" if etag else f"url:{item.url}:{item.size}"
+
+
+def _bundle_input(spec: TaskSpec) -> list[StageInput]:
+    if spec.bundle is None:
+        return []
+    b = spec.bundle
+    return [StageInput(str(b.source), "bundle", b.digest, b.size)]
+
+
+def _check_scratch(spec: TaskSpec, sandbox_dir: Path) -> None:
+    if not spec.scratch_bytes:
+        return
+    stat = os.statvfs(sandbox_dir)
+    free = stat.f_bavail * stat.f_frsize
+    if free < spec.scratch_bytes:
+        raise DiskFullError(
+            f"task {spec.id} needs {format_size(spec.scratch_bytes)} of scratch, "
+            f"{sandbox_dir} has {format_size(free)} free",
+            hint="free space on the scratch disk or run the task on another node",
+        )
+
+
+def _make_sandbox(spec: TaskSpec, sandbox_dir: Path) -> Path:
+    try:
+        sandbox_dir.mkdir(parents=True, exist_ok=True)
+        _check_scratch(spec, sandbox_dir)
+        root = Path(tempfile.mkdtemp(prefix=f"{spec.id}.", dir=sandbox_dir))
+        (root / "work").mkdir()
+        (root / "logs").mkdir()
+    except OSError as exc:
+        raise from_os_error(exc, f"make a sandbox in {sandbox_dir}") from exc
+    return root
+
+
+def _argv(spec: TaskSpec) -> list[str]:
+    return ["/bin/sh", "-c", spec.command[0]] if spec.shell else list(spec.command)
+
+
+def _environment(spec: TaskSpec, work: Path) -> dict[str, str]:
+    return {**os.environ, "STAGER_TASK_ID": spec.id, "STAGER_SANDBOX": str(work), **spec.env}
+
+
+def _failure(spec: TaskSpec, outcome: RunOutcome, where: str) -> StagerError | None:
+    if outcome.timed_out:
+        return TaskTimeoutError(
+            f"task {spec.id} ran past its timeout of {spec.timeout_s:g} s and was killed"
+        )
+    if outcome.returncode < 0:
+        name = signal.Signals(-outcome.returncode).name
+        return CommandFailedError(f"task {spec.id}: the command died of {name}", hint=where)
+    if outcome.returncode > 0:
+        return CommandFailedError(
+            f"task {spec.id}: the command exited with code {outcome.returncode}", hint=where
+        )
+    return None
+
+
+class _Run:
+    """One attempt at one task on one node."""
+
+    def __init__(self, spec: TaskSpec, node: Node, options: WrapOptions) -> None:
+        self.spec = spec
+        self.node = node
+        self.options = options
+        self.timer = _Timer()
+        self.started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+
+    def __call__(self) -> WrapResult:
+        node = self.node
+        with self.timer.phase("resolve"):
+            resolved = resolve_inputs(
+                [*self.spec.inputs, *_bundle_input(self.spec)],
+                store=node.store,
+                workers=node.workers,
+            )
+            inputs, bundle = resolved[: len(self.spec.inputs)], resolved[len(self.spec.inputs) :]
+            key = task_key(
+                self.spec, [_identity(i) for i in inputs], _identity(bundle[0]) if bundle else None
+            )
+            url = result_url(self.spec, key)
+            if self.options.force:
+                node.store.delete(url)  # no manifest may vouch for outputs we overwrite
+            elif (done := committed_result(node.store, url)) is not None:
+                return WrapResult(done, url, memoized=True)
+        sandbox = _make_sandbox(self.spec, node.sandbox_dir)
+        succeeded = False
+        try:
+            result = self._in_sandbox(sandbox, inputs, key, url)
+            succeeded = True
+            return result
+        finally:
+            if succeeded or not self.options.keep_failed:
+                remove_tree(sandbox)
+
+    def _in_sandbox(
+        self, sandbox: Path, inputs: Sequence[ResolvedInput], key: str, url: S3Url
+    ) -> WrapResult:
+        node, spec = self.node, self.spec
+        work, logs = sandbox / "work", sandbox / "logs"
+        with contextlib.ExitStack() as pins:
+            with self.timer.phase("stage_in"):
+                if spec.bundle is not None:
+                    bundle_dir = ensure_bundle(
+                        spec.bundle,
+                        bundles_dir=node.bundles_dir,
+                        cache=node.cache,
+                        store=node.store,
+                    )
+                    link = work / spec.bundle.path
+                    link.parent.mkdir(parents=True, exist_ok=True)
+                    link.symlink_to(bundle_dir, target_is_directory=True)
+                staged = pins.enter_context(
+                    staged_inputs(
+                        inputs,
+                        work,
+                        cache=node.cache,
+                        store=node.store,
+                        mode=node.materialize,
+                        nfs_head=node.nfs_head,
+                        workers=node.workers,
+                    )
+                )
+            with self.timer.phase("run"):
+                outcome = run_command(
+                    _argv(spec),
+                    cwd=work,
+                    env=_environment(spec, work),
+                    stdout_path=logs / "stdout",
+                    stderr_path=logs / "stderr",
+                    timeout_s=spec.timeout_s,
+                    kill_grace_s=node.kill_grace_s,
+                    live=self.options.live,
+                )
+        with self.timer.phase("stage_out"):
+            log_records = self._upload_logs(logs, key, outcome)
+            outputs = upload_outputs(
+                find_outputs(work, spec.outputs),
+                cache=node.cache,
+                store=node.store,
+                workers=node.workers,
+            )
+        manifest = ResultManifest(
+            task_id=spec.id,
+            task_key=key,
+            command=spec.command,
+            exit_code=outcome.returncode,
+            host=socket.gethostname(),
+            started_at=self.started_at,
+            timings_s=dict(self.timer.marks),
+            inputs=tuple(_input_record(i, s) for i, s in zip(inputs, staged, strict=True)),
+            outputs=tuple(outputs),
+            logs=tuple(log_records),
+        )
+        _commit(node.store, url, manifest)
+        return WrapResult(manifest, url, memoized=False)
+
+    def _upload_logs(self, logs: Path, key: str, outcome: RunOutcome) -> list[FileRecord]:
+        """Upload stdout and stderr; raise the command's own failure if it failed."""
+        failed = _failure(self.spec, outcome, "see its stderr log")
+        try:
+            records = [
+                upload_log(logs / name, log_url(self.spec, key, name), store=self.node.store)
+                for name in ("stdout", "stderr")
+            ]
+        except StagerError as exc:
+            if failed is not None:
+                failed.hint = f"its logs could not be uploaded ({exc.message}); see {logs}"
+                raise failed from exc
+            raise
+        if failed is not None:
+            failed.hint = f"see its stderr log {records[1].url}"
+            raise failed
+        return records
+
+
+def _input_record(item: ResolvedInput, staged: StagedInput) -> FileRecord:
+    return FileRecord(str(item.dest), str(item.url), staged.digest, staged.size)
+
+
+def _commit(store: ObjectStore, url: S3Url, manifest: ResultManifest) -> None:
+    """Write the manifest create-only; a twin run that committed first is accepted."""
+    try:
+        store.put_bytes(url, manifest.to_json(), create_only=True)
+    except PreconditionFailedError as exc:
+        if committed_result(store, url) is None:
+            raise StageOutError(
+                f"another run committed a different result at {url}",
+                hint="run the task again with --force to replace it",
+            ) from exc
+    except StagerError as exc:
+        raise StageOutError(f"cannot write the result manifest {url}: {exc.one_line()}") from exc
+
+
+def wrap_task(spec: TaskSpec, node: Node, options: WrapOptions | None = None) -> WrapResult:
+    """Run ``spec`` on ``node`` end to end; see the module docstring for the contract."""
+    return _Run(spec, node, options or WrapOptions())()
