@@ -13,6 +13,7 @@ for comparison, plus one ``stager wrap`` process end to end.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -73,7 +74,9 @@ def main() -> None:
                     bare.append(time.perf_counter() - started)
                 spec_path = root / "task.json"
                 spec_path.write_text(
-                    '{"id": "cli", "command": ["true"], "results": "s3://%s/results/"}' % BUCKET
+                    json.dumps(
+                        {"id": "cli", "command": ["true"], "results": f"s3://{BUCKET}/results/"}
+                    )
                 )
                 env = {
                     **os.environ,

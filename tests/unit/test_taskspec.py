@@ -97,6 +97,7 @@ spec_like = st.fixed_dictionaries(
 @given(st.one_of(json_values, spec_like, st.builds(lambda extra: {**VALID, **extra}, spec_like)))
 def test_any_input_gives_a_spec_or_a_config_error(body: Any) -> None:
     try:
-        parse_spec(body)
+        spec = parse_spec(body)
     except ConfigError:
-        pass
+        return
+    assert isinstance(body, dict) and spec.id == body["id"] and spec.command
