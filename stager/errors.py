@@ -24,7 +24,8 @@ exceptions (botocore, OSError) are translated at the boundary with
         ├── CommandFailedError     exit 10  the command exited non-zero or died of a signal
         ├── MissingOutputError     exit 11  a declared output was not produced
         ├── TaskTimeoutError       exit 12  the command ran past its timeout and was killed
-        └── StageOutError          exit 13  an output could not be made durable (retry later)
+        ├── StageOutError          exit 13  an output could not be made durable (retry later)
+        └── TaskCancelledError     exit 14  the task was stopped before it ended (a drain)
 
 Each error carries ``hint``: one sentence telling the user what to do next.
 Messages never contain secrets (credentials are never formatted into them).
@@ -150,3 +151,8 @@ class TaskTimeoutError(TaskError):
 class StageOutError(TaskError):
     exit_code = 13
     default_hint = "the outputs are not durable and no result was recorded; run the task again"
+
+
+class TaskCancelledError(TaskError):
+    exit_code = 14
+    default_hint = "the task was handed back and will run again elsewhere"

@@ -33,6 +33,7 @@ class RunOutcome:
     returncode: int
     timed_out: bool
     duration_s: float
+    cancelled: bool = False
 
 
 def _tee(source: BinaryIO, log: BinaryIO, echo: BinaryIO) -> None:
@@ -55,6 +56,23 @@ class _Exited:
         self.event.set()
 
 
+def _wait_for_exit(
+    exited: _Exited, timeout_s: float | None, cancel: threading.Event | None
+) -> str | None:
+    """Wait for the child; return "timeout" or "cancelled" if that came first."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return "timeout"
+        step = 0.2 if cancel is not None else None
+        waits = [w for w in (step, remaining) if w is not None]
+        if exited.event.wait(min(waits) if waits else None):
+            return None
+        if cancel is not None and cancel.is_set():
+            return "cancelled"
+
+
 def _signal_group(pgid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)
@@ -70,8 +88,9 @@ def run_command(
     timeout_s: float | None = None,
     kill_grace_s: float = 5.0,
     live: bool = False,
+    cancel: threading.Event | None = None,
 ) -> RunOutcome:
-    """Run ``argv`` to its end (or its timeout); only a failure to start it raises."""
+    """Run ``argv`` to its end, its timeout or ``cancel``; only a failure to start raises."""
     started = time.monotonic()
     with stdout_path.open("wb") as out_log, stderr_path.open("wb") as err_log:
         pipe = subprocess.PIPE if live else None
@@ -100,11 +119,11 @@ def run_command(
                 tee = threading.Thread(target=_tee, args=(source, log, echo), daemon=True)
                 tee.start()
                 tees.append(tee)
-        timed_out = False
         exited = _Exited(process.pid)
+        stopped_by = None
         try:
-            if not exited.event.wait(timeout_s):
-                timed_out = True
+            stopped_by = _wait_for_exit(exited, timeout_s, cancel)
+            if stopped_by is not None:
                 _signal_group(process.pid, signal.SIGTERM)
                 exited.event.wait(kill_grace_s)
         finally:
@@ -112,4 +131,9 @@ def run_command(
             returncode = process.wait()
             for tee in tees:
                 tee.join(timeout=5)
-    return RunOutcome(returncode, timed_out, time.monotonic() - started)
+    return RunOutcome(
+        returncode,
+        timed_out=stopped_by == "timeout",
+        duration_s=time.monotonic() - started,
+        cancelled=stopped_by == "cancelled",
+    )

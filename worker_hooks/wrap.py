@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from stager.errors import (
     PreconditionFailedError,
     StageOutError,
     StagerError,
+    TaskCancelledError,
     TaskTimeoutError,
     from_os_error,
 )
@@ -81,6 +83,7 @@ class WrapOptions:
     force: bool = False
     keep_failed: bool = False
     live: bool = False
+    cancel: threading.Event | None = None  # set it to stop the command (a worker's drain)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class WrapResult:
     manifest: ResultManifest
     result_url: S3Url
     memoized: bool
+    staged: tuple[StagedInput, ...] = ()  # how each input arrived (none when memoized)
 
 
 @dataclass
@@ -153,6 +157,8 @@ def _environment(spec: TaskSpec, work: Path) -> dict[str, str]:
 
 
 def _failure(spec: TaskSpec, outcome: RunOutcome, where: str) -> StagerError | None:
+    if outcome.cancelled:
+        return TaskCancelledError(f"task {spec.id} was stopped before it ended")
     if outcome.timed_out:
         return TaskTimeoutError(
             f"task {spec.id} ran past its timeout of {spec.timeout_s:g} s and was killed"
@@ -242,6 +248,7 @@ class _Run:
                     timeout_s=spec.timeout_s,
                     kill_grace_s=node.kill_grace_s,
                     live=self.options.live,
+                    cancel=self.options.cancel,
                 )
         with self.timer.phase("stage_out"):
             log_records = self._upload_logs(logs, key, outcome)
@@ -264,7 +271,7 @@ class _Run:
             logs=tuple(log_records),
         )
         _commit(node.store, url, manifest)
-        return WrapResult(manifest, url, memoized=False)
+        return WrapResult(manifest, url, memoized=False, staged=tuple(staged))
 
     def _upload_logs(self, logs: Path, key: str, outcome: RunOutcome) -> list[FileRecord]:
         """Upload stdout and stderr; raise the command's own failure if it failed."""

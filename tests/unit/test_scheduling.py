@@ -1,0 +1,47 @@
+"""Scheduling policies: which queued tasks a worker gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker_hooks.scheduling import Candidate, choose_tasks
+
+A, B = "worker-a", "worker-b"
+REF_A, REF_B = "xxh3-128:" + "a" * 32, "xxh3-128:" + "b" * 32
+TASKS = [
+    Candidate("needs-b", 1, 100.0, ((REF_B, 1000),)),
+    Candidate("needs-nothing-known", 2, 100.0, ()),
+    Candidate("needs-a", 3, 100.0, ((REF_A, 1000),)),
+]
+HOLDERS = {REF_A: frozenset({A}), REF_B: frozenset({B})}
+
+
+def choose(policy: str, worker: str = A, now: float = 101.0, count: int = 3) -> list[str]:
+    return choose_tasks(
+        TASKS, worker=worker, holders=HOLDERS, policy=policy, count=count, now=now,
+        starvation_s=60,
+    )  # fmt: skip
+
+
+def test_fifo_ignores_data() -> None:
+    assert choose("fifo", count=2) == ["needs-b", "needs-nothing-known"]
+
+
+def test_max_cache_hit_keeps_tasks_for_the_worker_holding_their_data() -> None:
+    assert choose("max-cache-hit") == ["needs-a", "needs-nothing-known"]
+    assert choose("max-cache-hit", worker=B) == ["needs-b", "needs-nothing-known"]
+
+
+def test_good_cache_compute_prefers_hits_but_never_idles() -> None:
+    assert choose("good-cache-compute") == ["needs-a", "needs-nothing-known", "needs-b"]
+
+
+@pytest.mark.parametrize("policy", ["max-cache-hit", "good-cache-compute"])
+def test_starvation_is_bounded(policy: str) -> None:
+    # Past starvation_s every task is eligible and goes in submission order.
+    assert choose(policy, now=100.0 + 60, count=1) == ["needs-b"]
+
+
+def test_unknown_policy() -> None:
+    with pytest.raises(ValueError, match="policy"):
+        choose("random")

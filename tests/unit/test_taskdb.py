@@ -1,0 +1,158 @@
+"""The dispatcher's state machine: fencing, expiry, dependencies, restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stager.errors import ConfigError, PreconditionFailedError
+from worker_hooks.results import FileRecord, ResultManifest
+from worker_hooks.taskdb import InputUse, Limits, StaleAttemptError, TaskDB
+
+DIGEST = "xxh3-128:" + "c" * 32
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def task(task_id: str, *inputs: str) -> dict[str, Any]:
+    return {
+        "id": task_id,
+        "command": ["true"],
+        "inputs": [{"source": s, "path": f"in{n}"} for n, s in enumerate(inputs)],
+        "outputs": [{"path": "out.txt", "to": f"s3://bkt/out/{task_id}.txt"}],
+    }
+
+
+def result_for(task_id: str) -> ResultManifest:
+    return ResultManifest(
+        task_id=task_id, task_key="k", command=("true",), exit_code=0, host="h",
+        started_at="t", outputs=(FileRecord("out.txt", f"s3://bkt/out/{task_id}.txt", DIGEST, 5),),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def db(tmp_path: Path, clock: Clock) -> TaskDB:
+    return TaskDB(tmp_path / "d.sqlite", Limits(lease_s=10, max_failures=2), clock=clock)
+
+
+def submit(db: TaskDB, *bodies: dict[str, Any]) -> None:
+    db.submit_bodies("wf", bodies)
+
+
+def test_a_stale_completion_is_refused_after_the_lease_expired(db: TaskDB, clock: Clock) -> None:
+    submit(db, task("t"))
+    (first,) = db.lease("w1", 5)
+    clock.now += 11
+    assert db.expire() == 1
+    (second,) = db.lease("w2", 5)
+    assert second.attempt == first.attempt + 1
+    with pytest.raises(StaleAttemptError):
+        db.complete("t", first.attempt, "w1", result_for("t"))
+    db.complete("t", second.attempt, "w2", result_for("t"))
+    with pytest.raises(StaleAttemptError):  # nor can it overwrite an accepted result
+        db.complete("t", first.attempt, "w1", result_for("t"))
+    assert db.task("t")["state"] == "done"
+    assert db.assignments("t") == [("t", 1, "w1"), ("t", 2, "w2")]
+
+
+def test_heartbeats_keep_a_lease_and_report_stale_ones(db: TaskDB, clock: Clock) -> None:
+    submit(db, task("t"))
+    (lease,) = db.lease("w1", 1)
+    for _ in range(3):
+        clock.now += 8
+        assert db.heartbeat("w1", [("t", lease.attempt)]) == []
+        assert db.expire() == 0
+    assert db.heartbeat("w1", [("t", lease.attempt + 1)]) == ["t"]
+
+
+def test_expiry_past_the_limit_fails_the_task(db: TaskDB, clock: Clock) -> None:
+    submit(db, task("t"))
+    for _ in range(2):
+        db.lease("w1", 1)
+        clock.now += 11
+        db.expire()
+    info = db.task("t")
+    assert info["state"] == "failed" and "expired" in info["error"]
+
+
+def test_dependant_runs_after_its_producer_with_the_recorded_output(db: TaskDB) -> None:
+    submit(db, task("map"), task("reduce", "task://map/out.txt"))
+    assert db.counts()["waiting"] == 1
+    (lease,) = db.lease("w1", 5)
+    assert lease.task_id == "map"
+    db.complete("map", lease.attempt, "w1", result_for("map"), [InputUse(DIGEST, 5, False)])
+    (reduce_lease,) = db.lease("w1", 5)
+    (item,) = reduce_lease.body["inputs"]
+    assert item == {
+        "source": "s3://bkt/out/map.txt", "path": "in0", "digest": DIGEST, "size": 5,
+    }  # fmt: skip
+
+
+def test_a_failed_producer_fails_its_dependants_transitively(db: TaskDB) -> None:
+    submit(db, task("a"), task("b", "task://a/out.txt"), task("c", "task://b/out.txt"))
+    (lease,) = db.lease("w1", 5)
+    assert db.fail("a", lease.attempt, "w1", "command exited with code 1", retry=False) == "failed"
+    for dependant in ("b", "c"):
+        info = db.task(dependant)
+        assert info["state"] == "failed" and "producer" in info["error"]
+    # A late submission that depends on the failed task fails at once.
+    submit(db, task("d", "task://a/out.txt"))
+    assert db.task("d")["state"] == "failed"
+
+
+def test_release_requeues_without_counting_a_failure(db: TaskDB) -> None:
+    submit(db, task("t"))
+    (lease,) = db.lease("w1", 1)
+    db.release("t", lease.attempt, "w1")
+    info = db.task("t")
+    assert info["state"] == "queued" and info["failures"] == 0
+    with pytest.raises(StaleAttemptError):
+        db.release("t", lease.attempt, "w1")
+
+
+def test_batch_checks(db: TaskDB) -> None:
+    with pytest.raises(ConfigError, match="unknown task"):
+        submit(db, task("b", "task://nope/out.txt"))
+    with pytest.raises(ConfigError, match="cycle"):
+        submit(db, task("x", "task://y/out.txt"), task("y", "task://x/out.txt"))
+    submit(db, task("t"))
+    with pytest.raises(PreconditionFailedError, match="submitted before"):
+        submit(db, task("t"))
+
+
+def test_a_restarted_dispatcher_loses_nothing(tmp_path: Path, clock: Clock) -> None:
+    first = TaskDB(tmp_path / "d.sqlite", Limits(lease_s=10), clock=clock)
+    submit(first, task("a"), task("b", "task://a/out.txt"), task("c"))
+    (lease,) = first.lease("w1", 1)
+    first.close()
+    again = TaskDB(tmp_path / "d.sqlite", Limits(lease_s=10), clock=clock)
+    assert again.counts() == {
+        "waiting": 1, "queued": 1, "leased": 1, "done": 0, "failed": 0, "cancelled": 0,
+    }  # fmt: skip
+    again.complete("a", lease.attempt, "w1", result_for("a"))
+    assert {lease.task_id for lease in again.lease("w2", 5)} == {"b", "c"}
+
+
+def test_cache_reports_steer_max_cache_hit(tmp_path: Path, clock: Clock) -> None:
+    db = TaskDB(tmp_path / "d.sqlite", Limits(policy="max-cache-hit"), clock=clock)
+    held = "xxh3-128:" + "d" * 32
+    body = task("hit")
+    body["inputs"] = [{"source": "s3://bkt/ref", "path": "ref", "digest": held, "size": 9}]
+    db.touch_worker("holder")
+    db.report_cache("holder", added=[held], removed=[], full=True)
+    submit(db, body)
+    assert db.lease("other", 5) == []
+    assert [lease.task_id for lease in db.lease("holder", 5)] == ["hit"]

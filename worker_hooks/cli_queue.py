@@ -1,0 +1,301 @@
+"""``stager dispatcher serve``, ``stager worker``, ``stager submit``, ``stager status``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from stager.cli.context import CliState
+from stager.errors import TaskError, from_os_error
+from stager.settings import load_component
+from stager.units import format_size
+from worker_hooks.cli import node_options, open_node
+from worker_hooks.client import TOKEN_ENV, DispatcherClient, load_token
+from worker_hooks.dispatcher import Dispatcher, serve, tls_context
+from worker_hooks.scheduling import POLICIES
+from worker_hooks.settings import DispatcherSettings, WorkerSettings
+from worker_hooks.taskdb import FINAL_STATES, Limits, TaskDB
+from worker_hooks.worker import Worker
+from worker_hooks.workflow import load_workflow
+
+dispatcher_url_option = click.option(
+    "--dispatcher",
+    "dispatcher_url",
+    envvar="STAGER_DISPATCHER_URL",
+    required=True,
+    help="Dispatcher URL, e.g. https://frontend:8765 [$STAGER_DISPATCHER_URL].",
+)
+token_file_option = click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="STAGER_DISPATCHER_TOKEN_FILE",
+    help=f"File holding the dispatcher's token [${TOKEN_ENV}].",
+)
+ca_file_option = click.option(
+    "--ca-file", help="CA certificate to trust for an https dispatcher (self-signed)."
+)
+
+
+def _client(url: str, token_file: Path | None, ca_file: str | None) -> DispatcherClient:
+    return DispatcherClient(url, load_token(token_file), ca_file=ca_file)
+
+
+def _server_token(token_file: Path | None, db_path: Path) -> tuple[str, Path | None]:
+    """The token to require: from the file, the environment, or new (saved 0600)."""
+    if token_file is None and os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV].strip(), None
+    path = token_file or db_path.with_name("dispatcher.token")
+    if path.exists():
+        return load_token(path), path
+    token = secrets.token_urlsafe(32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+    except OSError as exc:
+        raise from_os_error(exc, f"write token file {path}") from exc
+    return token, path
+
+
+@click.group("dispatcher")
+def dispatcher_group() -> None:
+    """The task dispatcher that workers pull from (runs on the frontend)."""
+
+
+@dispatcher_group.command(
+    "serve",
+    epilog="""\b
+Examples:
+  stager dispatcher serve                               # 127.0.0.1:8765, token file printed
+  stager dispatcher serve --host 0.0.0.0 --tls-cert c.pem --tls-key k.pem
+  stager dispatcher serve --policy max-cache-hit --lease-s 120
+""",
+)
+@click.option("--host", help="Address to listen on [127.0.0.1].")
+@click.option("--port", type=int, help="Port [8765]; 0 picks a free one.")
+@click.option("--db", "dispatcher_db", type=click.Path(path_type=Path), help="Task database.")
+@click.option("--policy", type=click.Choice(POLICIES), help="Scheduling [good-cache-compute].")
+@click.option("--lease-s", type=float, help="Lease length between heartbeats, seconds [60].")
+@click.option("--max-failures", type=int, help="Failed attempts before a task fails [3].")
+@click.option("--starvation-s", type=float, help="Bound on how long a task is passed over [60].")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="PEM cert.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="PEM key.")
+@token_file_option
+@click.option(
+    "--url-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the URL here once listening (for scripts using --port 0).",
+)
+@click.pass_obj
+def serve_command(
+    core: CliState, /, token_file: Path | None, url_file: Path | None, **flags: Any
+) -> None:
+    """Serve the task queue over HTTP(S); state survives restarts (SQLite).
+
+    Every request must carry the token (Authorization: Bearer). Without
+    --token-file or $STAGER_DISPATCHER_TOKEN a new token is made and saved
+    beside the database, readable by you only.
+    """
+    settings = load_component(
+        DispatcherSettings, flags, config_path=core.config_path, section="dispatcher"
+    )
+    token, saved = _server_token(token_file, settings.dispatcher_db)
+    tls = tls_context(
+        str(settings.tls_cert) if settings.tls_cert else None,
+        str(settings.tls_key) if settings.tls_key else None,
+    )
+    limits = Limits(
+        lease_s=settings.lease_s,
+        max_failures=settings.max_failures,
+        worker_timeout_s=settings.worker_timeout_s,
+        starvation_s=settings.starvation_s,
+        policy=settings.policy,
+    )
+    db = TaskDB(settings.dispatcher_db, limits)
+
+    def ready(url: str) -> None:
+        where = f"; token in {saved}" if saved else ""
+        click.echo(f"dispatcher listening on {url} (policy {settings.policy}){where}", err=True)
+        if url_file is not None:
+            url_file.write_text(url + "\n")
+
+    async def main() -> None:
+        await serve(Dispatcher(db, token), host=settings.host, port=settings.port, tls=tls,
+                    on_ready=ready)  # fmt: skip
+
+    try:
+        asyncio.run(main())
+    finally:
+        db.close()
+
+
+@click.command(
+    "worker",
+    epilog="""\b
+Examples:
+  stager worker --dispatcher http://frontend:8765 --token-file ~/.stager-token \\
+      --cache-dir /scratch/stager/cache --sandbox-dir /scratch/stager/sandboxes --slots 2
+  STAGER_DISPATCHER_URL=https://frontend:8765 stager worker --ca-file frontend-ca.pem
+""",
+)
+@dispatcher_url_option
+@token_file_option
+@ca_file_option
+@click.option("--slots", type=int, help="Tasks run at once [1].")
+@click.option("--prefetch", type=int, help="Tasks leased ahead, inputs staged early [1].")
+@click.option("--drain-s", type=float, help="On SIGTERM, let running tasks finish this long [60].")
+@click.option("--heartbeat-s", type=float, help="Seconds between heartbeats [5].")
+@click.option("--worker-id", help="Name shown in `stager status` [host-pid].")
+@node_options
+@click.pass_obj
+def worker_command(
+    core: CliState,
+    /,
+    dispatcher_url: str,
+    token_file: Path | None,
+    ca_file: str | None,
+    worker_id: str | None,
+    cache_dir: Path | None,
+    cache_quota: str | None,
+    sandbox_dir: Path | None,
+    materialize: str | None,
+    **flags: Any,
+) -> None:
+    """Pull tasks from the dispatcher and run them (outbound connections only).
+
+    SIGTERM (a spot interruption notice) drains: no new leases, unstarted
+    tasks are handed back, running ones get --drain-s to finish.
+    """
+    settings = load_component(WorkerSettings, flags, config_path=core.config_path, section="worker")
+    node = open_node(
+        core,
+        {"cache_dir": cache_dir, "cache_quota": cache_quota},
+        {"sandbox_dir": sandbox_dir, "materialize": materialize},
+    )
+    worker = Worker(
+        _client(dispatcher_url, token_file, ca_file),
+        node,
+        settings,
+        worker_id=worker_id,
+        log=lambda line: click.echo(line, err=True),
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    click.echo(f"worker {worker.worker_id}: pulling from {dispatcher_url}", err=True)
+    report = worker.run(stop)
+    click.echo(
+        f"worker {worker.worker_id}: stopped; {report.done} done, {report.failed} failed, "
+        f"{report.handed_back} handed back",
+        err=True,
+    )
+
+
+@click.command(
+    "submit",
+    epilog="""\b
+Examples:
+  stager submit workflow.yaml --wait
+  stager submit tasks.json --dispatcher http://127.0.0.1:8765 --token-file tok
+""",
+)
+@click.argument("workflow_file", type=click.Path(dir_okay=False, path_type=Path))
+@dispatcher_url_option
+@token_file_option
+@ca_file_option
+@click.option("--wait", is_flag=True, help="Show progress until every task has ended.")
+def submit_command(
+    workflow_file: Path, dispatcher_url: str, token_file: Path | None, ca_file: str | None,
+    wait: bool,
+) -> None:  # fmt: skip
+    """Submit a workflow file (JSON or YAML; see docs/workflows.md).
+
+    With --wait, exits 0 only if every task succeeded (10 otherwise).
+    """
+    name, tasks = load_workflow(workflow_file)
+    client = _client(dispatcher_url, token_file, ca_file)
+    ids = client.submit(tasks, workflow=name)
+    click.echo(f"submitted {len(ids)} tasks as workflow {name}", err=True)
+    if wait:
+        wait_for_workflow(client, name, len(ids))
+
+
+def wait_for_workflow(
+    client: DispatcherClient, name: str, total: int, *, poll_s: float = 1.0
+) -> dict[str, Any]:
+    """Poll until every task of ``name`` has ended; raise TaskError if any did not succeed."""
+    with tqdm(total=total, unit="task", desc=name, disable=None) as bar:
+        while True:
+            status = client.status(name)
+            counts = status["counts"]
+            ended = sum(counts[state] for state in FINAL_STATES)
+            bar.update(ended - bar.n)
+            bar.set_postfix(running=counts["leased"], failed=counts["failed"])
+            if ended >= total:
+                break
+            time.sleep(poll_s)
+    if counts["done"] != total:
+        raise TaskError(
+            f"workflow {name}: {counts['failed']} failed, {counts['cancelled']} cancelled "
+            f"of {total} tasks",
+            hint="see `stager status` and the failed tasks' stderr logs",
+        )
+    return status
+
+
+@click.command(
+    "status",
+    epilog="""\b
+Examples:
+  stager status
+  stager status --workflow run1 --json
+""",
+)
+@dispatcher_url_option
+@token_file_option
+@ca_file_option
+@click.option("--workflow", help="Only this workflow's tasks.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
+def status_command(
+    dispatcher_url: str, token_file: Path | None, ca_file: str | None, workflow: str | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Queue counts, workers, throughput and cache hit rate."""
+    status = _client(dispatcher_url, token_file, ca_file).status(workflow)
+    if as_json:
+        click.echo(json.dumps(status, indent=1))
+        return
+    counts = "  ".join(f"{state} {n}" for state, n in status["counts"].items())
+    click.echo(f"tasks      {counts}")
+    click.echo(f"policy     {status['policy']}")
+    rate = status["tasks_per_s_overall"]
+    click.echo(
+        f"throughput {status['tasks_per_s_last_minute']:.2f} tasks/s (last minute), "
+        f"{rate:.2f} overall" if rate else "throughput -"
+    )  # fmt: skip
+    hit = status["cache_hit_rate"]
+    click.echo(
+        f"inputs     {format_size(status['bytes_from_cache'])} from node caches, "
+        f"{format_size(status['bytes_from_s3'])} from S3"
+        + (f" (hit rate {hit:.0%})" if hit is not None else "")
+    )
+    for w in status["workers"]:
+        state = "alive" if w["alive"] else "silent"
+        click.echo(
+            f"worker     {w['id']:<24} {state:<6} running {w['running']:<3} "
+            f"cache {format_size(w['cache_bytes'])} ({w['cached_digests']} entries), "
+            f"seen {w['last_seen_s_ago']} s ago"
+        )
+    if not status["workers"]:
+        click.echo("workers    none has contacted this dispatcher yet")

@@ -1,0 +1,506 @@
+"""The dispatcher's state: tasks, leases, dependencies and replicas, in SQLite (WAL).
+
+Task states::
+
+    waiting --(producers committed)--> queued --(lease)--> leased --(complete)--> done
+       |                                 ^                   |
+       +--(a producer failed)--> failed  +--(expire, release,+--(fail, expire past the
+                                          retryable fail)        limit)--> failed
+    any state but done --(cancel)--> cancelled
+
+Guarantees:
+
+- ``attempt`` is the fencing token: every lease bumps it, and ``complete``,
+  ``fail``, ``release`` and heartbeats are accepted only from the current
+  attempt of a leased task (:class:`StaleAttemptError` otherwise), so a late
+  worker never overwrites an accepted result (DESIGN.md invariant 6).
+- Every change is one transaction; a restarted dispatcher resumes from the
+  file (leases in flight keep their expiry and are honoured or expire).
+- A producer's failure fails its dependants, transitively, with the reason.
+
+Not thread-safe: one owner (the server's event loop) calls it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stager.errors import NotFoundError, PreconditionFailedError
+from worker_hooks.results import ResultManifest
+from worker_hooks.scheduling import Candidate, choose_tasks
+from worker_hooks.workflow import Submission, check_batch, resolve_references
+
+SCHEMA_VERSION = 1
+STATES = ("waiting", "queued", "leased", "done", "failed", "cancelled")
+FINAL_STATES = ("done", "failed", "cancelled")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    workflow TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    lease_expires REAL,
+    submitted_at REAL NOT NULL,
+    queued_at REAL,
+    finished_at REAL,
+    inputs TEXT NOT NULL DEFAULT '[]',
+    result TEXT,
+    error TEXT,
+    bytes_from_s3 INTEGER NOT NULL DEFAULT 0,
+    bytes_from_cache INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, seq);
+CREATE INDEX IF NOT EXISTS tasks_by_workflow ON tasks(workflow, state);
+CREATE TABLE IF NOT EXISTS deps (
+    task TEXT NOT NULL, producer TEXT NOT NULL, PRIMARY KEY (task, producer)
+);
+CREATE INDEX IF NOT EXISTS deps_by_producer ON deps(producer);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY, last_seen REAL NOT NULL, cache_bytes INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS replicas (
+    worker TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (worker, digest)
+);
+CREATE INDEX IF NOT EXISTS replicas_by_digest ON replicas(digest);
+CREATE TABLE IF NOT EXISTS assignments (
+    task TEXT NOT NULL, attempt INTEGER NOT NULL, worker TEXT NOT NULL, at REAL NOT NULL
+);
+"""
+
+
+class StaleAttemptError(PreconditionFailedError):
+    default_hint = "the task was leased again after this attempt's lease ended; drop the result"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    lease_s: float = 60.0
+    max_failures: int = 3
+    worker_timeout_s: float = 30.0
+    starvation_s: float = 60.0
+    policy: str = "good-cache-compute"
+    candidate_window: int = 256
+
+
+@dataclass(frozen=True)
+class Lease:
+    task_id: str
+    attempt: int
+    body: dict[str, Any]
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class InputUse:
+    """How one input reached a task: for the replica catalog and the hit rate."""
+
+    digest: str
+    size: int
+    from_cache: bool
+
+
+def _known_inputs(body: dict[str, Any]) -> list[list[Any]]:
+    return [
+        [item["digest"], int(item.get("size") or 0)]
+        for item in body.get("inputs", [])
+        if isinstance(item, dict) and item.get("digest")
+    ]
+
+
+class TaskDB:
+    def __init__(
+        self, path: Path, limits: Limits, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.limits = limits
+        self._clock = clock
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- submitting ---------------------------------------------------------------
+
+    def known_ids(self, ids: Sequence[str]) -> set[str]:
+        marks = ",".join("?" * len(ids))
+        rows = self._db.execute(f"SELECT id FROM tasks WHERE id IN ({marks})", list(ids))
+        return {row["id"] for row in rows}
+
+    def submit_bodies(self, workflow: str, bodies: Sequence[Any]) -> list[str]:
+        """Validate task bodies (see :func:`check_batch`) and add them; return their ids."""
+        submissions = check_batch(bodies, known=self.known_ids)
+        self.submit(workflow, submissions)
+        return [s.spec.id for s in submissions]
+
+    def submit(self, workflow: str, submissions: Sequence[Submission]) -> None:
+        """Add checked tasks (ids must be new)."""
+        now = self._clock()
+        with self._tx() as db:
+            taken = self.known_ids([s.spec.id for s in submissions])
+            if taken:
+                raise PreconditionFailedError(
+                    f"task {sorted(taken)[0]} was submitted before",
+                    hint="task ids are unique per dispatcher; choose new ids",
+                )
+            for sub in submissions:
+                db.execute(
+                    "INSERT INTO tasks (id, workflow, body, state, submitted_at, inputs)"
+                    " VALUES (?, ?, ?, 'waiting', ?, ?)",
+                    (sub.spec.id, workflow, json.dumps(sub.body), now,
+                     json.dumps(_known_inputs(sub.body))),
+                )  # fmt: skip
+                db.executemany(
+                    "INSERT INTO deps (task, producer) VALUES (?, ?)",
+                    [(sub.spec.id, producer) for producer in sub.producers],
+                )
+            for sub in submissions:
+                for producer in sub.producers:
+                    row = self._row(producer)
+                    if row["state"] == "done":
+                        self._satisfy(sub.spec.id, producer, row["result"], now)
+                    elif row["state"] in ("failed", "cancelled"):
+                        self._fail_chain(sub.spec.id, f"producer {producer} {row['state']}", now)
+                self._queue_if_ready(sub.spec.id, now)
+
+    def _queue_if_ready(self, task_id: str, now: float) -> bool:
+        pending = self._db.execute("SELECT 1 FROM deps WHERE task = ? LIMIT 1", (task_id,))
+        if pending.fetchone() is not None:
+            return False
+        cursor = self._db.execute(
+            "UPDATE tasks SET state = 'queued', queued_at = ? WHERE id = ? AND state = 'waiting'",
+            (now, task_id),
+        )
+        return cursor.rowcount > 0
+
+    def _satisfy(self, task_id: str, producer: str, result_json: str, now: float) -> None:
+        row = self._row(task_id)
+        result = ResultManifest.from_json(result_json.encode())
+        try:
+            body = resolve_references(json.loads(row["body"]), producer, result)
+        except Exception as exc:
+            self._fail_chain(task_id, str(exc), now)
+            return
+        self._db.execute(
+            "UPDATE tasks SET body = ?, inputs = ? WHERE id = ?",
+            (json.dumps(body), json.dumps(_known_inputs(body)), task_id),
+        )
+        self._db.execute("DELETE FROM deps WHERE task = ? AND producer = ?", (task_id, producer))
+        self._queue_if_ready(task_id, now)
+
+    def _fail_chain(self, task_id: str, reason: str, now: float) -> None:
+        """Fail ``task_id`` (unless final) and, transitively, everything waiting on it."""
+        todo = [(task_id, reason)]
+        while todo:
+            current, why = todo.pop()
+            cursor = self._db.execute(
+                "UPDATE tasks SET state = 'failed', error = ?, finished_at = ?, worker = NULL"
+                " WHERE id = ? AND state NOT IN ('done', 'failed', 'cancelled')",
+                (why, now, current),
+            )
+            if cursor.rowcount == 0 and current != task_id:
+                continue
+            dependants = self._db.execute("SELECT task FROM deps WHERE producer = ?", (current,))
+            todo.extend(
+                (row["task"], f"producer {current} failed: {why}") for row in dependants.fetchall()
+            )
+
+    # -- leasing ------------------------------------------------------------------
+
+    def touch_worker(self, worker: str, *, cache_bytes: int | None = None) -> None:
+        self._db.execute(
+            "INSERT INTO workers (id, last_seen, cache_bytes) VALUES (?, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET last_seen = excluded.last_seen,"
+            " cache_bytes = COALESCE(?, workers.cache_bytes)",
+            (worker, self._clock(), cache_bytes or 0, cache_bytes),
+        )
+
+    def report_cache(
+        self, worker: str, *, added: Sequence[str], removed: Sequence[str], full: bool = False
+    ) -> None:
+        """Record what ``worker``'s cache gained and lost (or, with ``full``, all it holds)."""
+        with self._tx() as db:
+            if full:
+                db.execute("DELETE FROM replicas WHERE worker = ?", (worker,))
+            db.executemany(
+                "INSERT OR IGNORE INTO replicas (worker, digest) VALUES (?, ?)",
+                [(worker, d) for d in added],
+            )
+            db.executemany(
+                "DELETE FROM replicas WHERE worker = ? AND digest = ?",
+                [(worker, d) for d in removed],
+            )
+
+    def _holders(self, digests: set[str]) -> dict[str, frozenset[str]]:
+        if not digests:
+            return {}
+        alive_after = self._clock() - self.limits.worker_timeout_s
+        marks = ",".join("?" * len(digests))
+        rows = self._db.execute(
+            "SELECT r.digest, r.worker FROM replicas r JOIN workers w ON w.id = r.worker"
+            f" WHERE w.last_seen >= ? AND r.digest IN ({marks})",
+            [alive_after, *digests],
+        )
+        holders: dict[str, set[str]] = {}
+        for row in rows:
+            holders.setdefault(row["digest"], set()).add(row["worker"])
+        return {digest: frozenset(workers) for digest, workers in holders.items()}
+
+    def lease(self, worker: str, count: int) -> list[Lease]:
+        """Lease up to ``count`` queued tasks to ``worker``, chosen by the policy."""
+        now = self._clock()
+        with self._tx() as db:
+            self.touch_worker(worker)
+            rows = db.execute(
+                "SELECT id, seq, queued_at, inputs FROM tasks WHERE state = 'queued'"
+                " ORDER BY seq LIMIT ?",
+                (self.limits.candidate_window if self.limits.policy != "fifo" else count,),
+            ).fetchall()
+            candidates = [
+                Candidate(r["id"], r["seq"], r["queued_at"] or 0.0,
+                          tuple((d, s) for d, s in json.loads(r["inputs"])))
+                for r in rows
+            ]  # fmt: skip
+            holders = self._holders({d for c in candidates for d, _ in c.inputs})
+            chosen = choose_tasks(
+                candidates, worker=worker, holders=holders, policy=self.limits.policy,
+                count=count, now=now, starvation_s=self.limits.starvation_s,
+            )  # fmt: skip
+            leases = []
+            expires = now + self.limits.lease_s
+            for task_id in chosen:
+                row = db.execute(
+                    "UPDATE tasks SET state = 'leased', attempt = attempt + 1, worker = ?,"
+                    " lease_expires = ? WHERE id = ? RETURNING attempt, body",
+                    (worker, expires, task_id),
+                ).fetchone()
+                db.execute(
+                    "INSERT INTO assignments (task, attempt, worker, at) VALUES (?, ?, ?, ?)",
+                    (task_id, row["attempt"], worker, now),
+                )
+                leases.append(Lease(task_id, row["attempt"], json.loads(row["body"]), expires))
+        return leases
+
+    def _row(self, task_id: str) -> sqlite3.Row:
+        row = self._db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no task {task_id!r}", hint="check the task id")
+        return row  # type: ignore[no-any-return]
+
+    def _current(self, task_id: str, attempt: int, worker: str | None = None) -> sqlite3.Row:
+        """The task row if ``attempt`` is its live lease; else StaleAttemptError."""
+        row = self._row(task_id)
+        if row["state"] != "leased" or row["attempt"] != attempt:
+            raise StaleAttemptError(
+                f"task {task_id} attempt {attempt} is not the current lease "
+                f"(state {row['state']}, attempt {row['attempt']})"
+            )
+        if worker is not None and row["worker"] != worker:
+            raise StaleAttemptError(f"task {task_id} is leased to another worker")
+        return row
+
+    def heartbeat(
+        self, worker: str, held: Sequence[tuple[str, int]], *, cache_bytes: int | None = None
+    ) -> list[str]:
+        """Extend the leases ``worker`` still holds; return the ids it must drop."""
+        now = self._clock()
+        stale = []
+        with self._tx() as db:
+            self.touch_worker(worker, cache_bytes=cache_bytes)
+            for task_id, attempt in held:
+                cursor = db.execute(
+                    "UPDATE tasks SET lease_expires = ? WHERE id = ? AND attempt = ?"
+                    " AND state = 'leased' AND worker = ?",
+                    (now + self.limits.lease_s, task_id, attempt, worker),
+                )
+                if cursor.rowcount == 0:
+                    stale.append(task_id)
+        return stale
+
+    # -- ending an attempt --------------------------------------------------------
+
+    def complete(
+        self,
+        task_id: str,
+        attempt: int,
+        worker: str,
+        result: ResultManifest,
+        uses: Sequence[InputUse] = (),
+    ) -> None:
+        """Accept the result of the current attempt; release the dependants."""
+        now = self._clock()
+        result_json = result.to_json().decode()
+        with self._tx() as db:
+            self._current(task_id, attempt, worker)
+            db.execute(
+                "UPDATE tasks SET state = 'done', result = ?, finished_at = ?,"
+                " lease_expires = NULL, bytes_from_s3 = ?, bytes_from_cache = ? WHERE id = ?",
+                (result_json, now, sum(u.size for u in uses if not u.from_cache),
+                 sum(u.size for u in uses if u.from_cache), task_id),
+            )  # fmt: skip
+            held = {u.digest for u in uses} | {r.digest for r in result.outputs}
+            db.executemany(
+                "INSERT OR IGNORE INTO replicas (worker, digest) VALUES (?, ?)",
+                [(worker, digest) for digest in held],
+            )
+            dependants = db.execute("SELECT task FROM deps WHERE producer = ?", (task_id,))
+            for row in dependants.fetchall():
+                self._satisfy(row["task"], task_id, result_json, now)
+
+    def fail(self, task_id: str, attempt: int, worker: str, error: str, *, retry: bool) -> str:
+        """End the current attempt as failed; retry it within the limit. Returns the new state."""
+        now = self._clock()
+        with self._tx():
+            row = self._current(task_id, attempt, worker)
+            return self._after_failure(row, error, retry, now)
+
+    def _after_failure(self, row: sqlite3.Row, error: str, retry: bool, now: float) -> str:
+        failures = row["failures"] + 1
+        if retry and failures < self.limits.max_failures:
+            self._db.execute(
+                "UPDATE tasks SET state = 'queued', failures = ?, error = ?, worker = NULL,"
+                " lease_expires = NULL, queued_at = ? WHERE id = ?",
+                (failures, error, now, row["id"]),
+            )
+            return "queued"
+        self._db.execute("UPDATE tasks SET failures = ? WHERE id = ?", (failures, row["id"]))
+        if retry:
+            error = f"{error} (after {failures} attempts)"
+        self._fail_chain(row["id"], error, now)
+        return "failed"
+
+    def release(self, task_id: str, attempt: int, worker: str) -> None:
+        """Hand back a task the worker has not finished (a drain); it is not a failure."""
+        with self._tx() as db:
+            self._current(task_id, attempt, worker)
+            db.execute(
+                "UPDATE tasks SET state = 'queued', worker = NULL, lease_expires = NULL,"
+                " queued_at = ? WHERE id = ?",
+                (self._clock(), task_id),
+            )
+
+    def expire(self) -> int:
+        """Re-queue (or fail, past the limit) every lease whose time ran out."""
+        now = self._clock()
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT * FROM tasks WHERE state = 'leased' AND lease_expires < ?", (now,)
+            ).fetchall()
+            for row in rows:
+                self._after_failure(
+                    row, f"lease of attempt {row['attempt']} expired on {row['worker']}", True, now
+                )
+        return len(rows)
+
+    def cancel(self, task_id: str) -> str:
+        """Cancel a task that has not finished (its dependants fail)."""
+        now = self._clock()
+        with self._tx() as db:
+            row = self._row(task_id)
+            if row["state"] in FINAL_STATES:
+                return str(row["state"])
+            db.execute(
+                "UPDATE tasks SET state = 'cancelled', finished_at = ?, worker = NULL,"
+                " error = 'cancelled' WHERE id = ?",
+                (now, task_id),
+            )
+            dependants = db.execute("SELECT task FROM deps WHERE producer = ?", (task_id,))
+            for dependant in dependants.fetchall():
+                self._fail_chain(dependant["task"], f"producer {task_id} was cancelled", now)
+        return "cancelled"
+
+    # -- reading ------------------------------------------------------------------
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        row = self._row(task_id)
+        return {
+            "id": row["id"],
+            "workflow": row["workflow"],
+            "state": row["state"],
+            "attempt": row["attempt"],
+            "failures": row["failures"],
+            "worker": row["worker"],
+            "error": row["error"],
+            "result": json.loads(row["result"]) if row["result"] else None,
+        }
+
+    def assignments(self, task_id: str | None = None) -> list[tuple[str, int, str]]:
+        query = "SELECT task, attempt, worker FROM assignments"
+        rows = self._db.execute(
+            query + (" WHERE task = ? ORDER BY at" if task_id else " ORDER BY at"),
+            (task_id,) if task_id else (),
+        )
+        return [(r["task"], r["attempt"], r["worker"]) for r in rows]
+
+    def counts(self, workflow: str | None = None) -> dict[str, int]:
+        where, args = ("WHERE workflow = ?", (workflow,)) if workflow else ("", ())
+        rows = self._db.execute(
+            f"SELECT state, COUNT(*) AS n FROM tasks {where} GROUP BY state", args
+        )
+        counts = dict.fromkeys(STATES, 0)
+        counts.update({row["state"]: row["n"] for row in rows})
+        return counts
+
+    def status(self, workflow: str | None = None) -> dict[str, Any]:
+        now = self._clock()
+        where, args = ("WHERE workflow = ?", (workflow,)) if workflow else ("", ())
+        totals = self._db.execute(
+            "SELECT SUM(bytes_from_s3) AS s3, SUM(bytes_from_cache) AS cache,"
+            " MIN(submitted_at) AS first, MAX(finished_at) AS last,"
+            " SUM(state = 'done' AND finished_at >= ?) AS recent"
+            f" FROM tasks {where}",
+            (now - 60, *args),
+        ).fetchone()
+        workers = [
+            {
+                "id": w["id"],
+                "alive": now - w["last_seen"] <= self.limits.worker_timeout_s,
+                "last_seen_s_ago": round(now - w["last_seen"], 1),
+                "running": w["running"],
+                "cache_bytes": w["cache_bytes"],
+                "cached_digests": w["cached"],
+            }
+            for w in self._db.execute(
+                "SELECT w.*, (SELECT COUNT(*) FROM tasks t WHERE t.worker = w.id AND"
+                " t.state = 'leased') AS running, (SELECT COUNT(*) FROM replicas r WHERE"
+                " r.worker = w.id) AS cached FROM workers w ORDER BY w.id"
+            )
+        ]
+        from_s3, from_cache = totals["s3"] or 0, totals["cache"] or 0
+        counts = self.counts(workflow)
+        span = (totals["last"] or now) - (totals["first"] or now)
+        return {
+            "policy": self.limits.policy,
+            "counts": counts,
+            "workers": workers,
+            "bytes_from_s3": from_s3,
+            "bytes_from_cache": from_cache,
+            "cache_hit_rate": from_cache / (from_s3 + from_cache) if from_s3 + from_cache else None,
+            "tasks_per_s_last_minute": (totals["recent"] or 0) / 60,
+            "tasks_per_s_overall": counts["done"] / span if span > 0 else None,
+        }

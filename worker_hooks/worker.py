@@ -1,0 +1,319 @@
+"""``stager worker``: the node agent that pulls tasks and runs them through the wrapper.
+
+It only connects out (works behind NAT). Threads, each with one job:
+
+- the *leaser* keeps ``slots + prefetch`` tasks in hand (long-polling the
+  dispatcher) and starts staging the inputs of tasks that must wait for a
+  slot (prefetch: the node cache's single flight lets the later stage-in
+  share that fetch);
+- ``slots`` *runners* run tasks through :func:`~worker_hooks.wrap.wrap_task`
+  and report the outcome with the lease's attempt number (fencing);
+- the *heartbeater* extends the leases in hand, drops those the dispatcher
+  says are stale, and reports what the node cache gained and lost.
+
+Drain (SIGTERM, a spot interruption notice): stop leasing, hand back every
+task not started, let running ones finish for ``drain_s``, then stop them
+and hand them back too; then exit. A worker killed outright (kill -9) loses
+its leases by expiry; the dispatcher re-queues them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from fsd.stagein import StageInput, Tier, warm
+from stager.errors import (
+    AccessDeniedError,
+    CommandFailedError,
+    ConfigError,
+    MissingOutputError,
+    NotFoundError,
+    PreconditionFailedError,
+    StagerError,
+    TaskCancelledError,
+    TaskTimeoutError,
+    UnreachableError,
+)
+from worker_hooks.client import DispatcherClient
+from worker_hooks.settings import WorkerSettings
+from worker_hooks.taskspec import parse_spec
+from worker_hooks.wrap import Node, WrapOptions, WrapResult, wrap_task
+
+# The task's own fault or its spec's: running it elsewhere would not help.
+PERMANENT_ERRORS = (
+    CommandFailedError,
+    MissingOutputError,
+    TaskTimeoutError,
+    ConfigError,
+    NotFoundError,
+    AccessDeniedError,
+)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class _Held:
+    task_id: str
+    attempt: int
+    body: dict[str, Any]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    started: bool = False
+
+
+@dataclass
+class WorkerReport:
+    done: int = 0
+    failed: int = 0
+    handed_back: int = 0
+    stale: int = 0
+
+
+class Worker:
+    def __init__(
+        self,
+        client: DispatcherClient,
+        node: Node,
+        settings: WorkerSettings,
+        *,
+        worker_id: str | None = None,
+        log: Callable[[str], None] = lambda line: None,
+    ) -> None:
+        self.client = client
+        self.node = node
+        self.settings = settings
+        self.worker_id = worker_id or default_worker_id()
+        self.log = log
+        self.report = WorkerReport()
+        self._held: dict[str, _Held] = {}
+        self._lock = threading.Lock()
+        self._ready: queue.Queue[_Held] = queue.Queue()
+        self._room = threading.Condition(self._lock)
+        self._draining = threading.Event()
+        self._finished = threading.Event()
+        self._fatal: StagerError | None = None
+        self._reported_cache: set[str] = set()
+        self._prefetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch")
+
+    # -- the whole life -------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> WorkerReport:
+        """Work until ``stop`` is set (then drain) or the dispatcher is lost for good."""
+        self._stop = stop
+        threads = [threading.Thread(target=self._lease_loop, name="leaser", daemon=True)]
+        threads += [
+            threading.Thread(target=self._run_loop, name=f"runner-{n}", daemon=True)
+            for n in range(self.settings.slots)
+        ]
+        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        for thread in [*threads, beat]:
+            thread.start()
+        stop.wait()
+        self._drain(threads)
+        self._finished.set()
+        beat.join(timeout=5)
+        self._prefetcher.shutdown(wait=False, cancel_futures=True)
+        if self._fatal is not None:
+            raise self._fatal
+        return self.report
+
+    def _drain(self, threads: list[threading.Thread]) -> None:
+        self._draining.set()
+        with self._room:
+            self._room.notify_all()
+        self.log(f"worker {self.worker_id}: draining")
+        while True:
+            try:
+                item = self._ready.get_nowait()
+            except queue.Empty:
+                break
+            self._hand_back(item)
+        deadline = time.monotonic() + self.settings.drain_s
+        for thread in threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            running = list(self._held.values())
+        for item in running:
+            item.cancel.set()  # the runner hands it back once its command is stopped
+        for thread in threads:
+            thread.join(timeout=self.node.kill_grace_s + 30)
+
+    # -- leasing ----------------------------------------------------------------------
+
+    def _lease_loop(self) -> None:
+        first = True
+        lost_since: float | None = None
+        while not self._draining.is_set():
+            with self._room:
+                want = self.settings.slots + self.settings.prefetch - len(self._held)
+                if want <= 0:
+                    self._room.wait(timeout=1.0)
+                    continue
+                busy = bool(self._held)
+            try:
+                leases = self.client.lease(
+                    self.worker_id,
+                    want,
+                    wait_s=1.0 if busy else self.settings.lease_wait_s,
+                    cache=self._cache_report(full=True) if first else None,
+                )
+                first, lost_since = False, None
+            except UnreachableError as exc:
+                lost_since = lost_since or time.monotonic()
+                if time.monotonic() - lost_since > self.settings.dispatcher_lost_s:
+                    self._give_up(exc)
+                    return
+                self._draining.wait(1.0)
+                continue
+            except StagerError as exc:
+                self._give_up(exc)
+                return
+            for lease in leases:
+                self._accept(_Held(lease["task_id"], int(lease["attempt"]), lease["spec"]))
+
+    def _give_up(self, exc: StagerError) -> None:
+        self.log(f"worker {self.worker_id}: giving up: {exc.one_line()}")
+        self._fatal = exc
+        self._stop.set()
+
+    def _accept(self, item: _Held) -> None:
+        with self._lock:
+            self._held[item.task_id] = item
+            idle_slots = self.settings.slots - sum(h.started for h in self._held.values())
+            waiting = self._ready.qsize()
+        if self._draining.is_set():
+            self._hand_back(item)
+            return
+        if waiting >= idle_slots:
+            self._prefetcher.submit(self._prefetch, item)
+        self._ready.put(item)
+
+    def _prefetch(self, item: _Held) -> None:
+        inputs = [
+            StageInput(i["source"], i["path"], i.get("digest"), i.get("size"))
+            for i in item.body.get("inputs", [])
+            if isinstance(i, dict)
+        ]
+        with contextlib.suppress(StagerError):  # the run meets and reports any error
+            warm(inputs, cache=self.node.cache, store=self.node.store, workers=4)
+
+    # -- running ----------------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        while not self._draining.is_set():
+            try:
+                item = self._ready.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if self._draining.is_set() or item.cancel.is_set():
+                self._hand_back(item)
+                continue
+            item.started = True
+            self._run_one(item)
+            with self._room:
+                self._held.pop(item.task_id, None)
+                self._room.notify_all()
+
+    def _run_one(self, item: _Held) -> None:
+        started = time.monotonic()
+        try:
+            result = wrap_task(parse_spec(item.body), self.node, WrapOptions(cancel=item.cancel))
+        except TaskCancelledError:
+            self._hand_back(item)
+            return
+        except StagerError as exc:
+            self._report_failure(item, exc.one_line(), retry=not isinstance(exc, PERMANENT_ERRORS))
+            return
+        except Exception as exc:  # a bug of ours: let another attempt try, and say so
+            self._report_failure(item, f"internal error: {exc!r}", retry=True)
+            return
+        self._report_done(item, result, time.monotonic() - started)
+
+    def _report_done(self, item: _Held, result: WrapResult, seconds: float) -> None:
+        uses = [
+            {"digest": s.digest, "size": s.size, "from_cache": s.tier is not Tier.S3}
+            for s in result.staged
+        ]
+
+        def send() -> None:
+            self.client.complete(
+                item.task_id, item.attempt, self.worker_id, result.manifest.to_json(), uses
+            )
+
+        if self._deliver(item, send):
+            self.report.done += 1
+            how = "memoized" if result.memoized else f"in {seconds:.2f} s"
+            self.log(f"worker {self.worker_id}: {item.task_id} done {how}")
+
+    def _report_failure(self, item: _Held, error: str, *, retry: bool) -> None:
+        def send() -> None:
+            self.client.fail(item.task_id, item.attempt, self.worker_id, error, retry=retry)
+
+        if self._deliver(item, send):
+            self.report.failed += 1
+            self.log(f"worker {self.worker_id}: {item.task_id} failed: {error}")
+
+    def _deliver(self, item: _Held, send: Callable[[], None]) -> bool:
+        """Send an outcome, retrying while the dispatcher is unreachable (bounded)."""
+        deadline = time.monotonic() + self.settings.dispatcher_lost_s
+        while True:
+            try:
+                send()
+                return True
+            except PreconditionFailedError:
+                self.report.stale += 1
+                self.log(f"worker {self.worker_id}: {item.task_id} attempt {item.attempt} is stale")
+                return False
+            except UnreachableError as exc:
+                if time.monotonic() > deadline:
+                    self.log(f"worker {self.worker_id}: cannot report {item.task_id}: {exc}")
+                    return False
+                time.sleep(1.0)
+
+    def _hand_back(self, item: _Held) -> None:
+        with self._room:
+            self._held.pop(item.task_id, None)
+            self._room.notify_all()
+        with contextlib.suppress(StagerError):
+            self.client.release(item.task_id, item.attempt, self.worker_id)
+            self.report.handed_back += 1
+            self.log(f"worker {self.worker_id}: handed back {item.task_id}")
+
+    # -- heartbeats -------------------------------------------------------------------
+
+    def _cache_report(self, *, full: bool) -> dict[str, Any]:
+        current = {"xxh3-128:" + entry.hex for entry in self.node.cache.entries()}
+        added = current if full else current - self._reported_cache
+        removed = set() if full else self._reported_cache - current
+        self._reported_cache = current
+        return {"full": full, "added": sorted(added), "removed": sorted(removed)}
+
+    def _heartbeat_loop(self) -> None:
+        while not self._finished.wait(self.settings.heartbeat_s):
+            with self._lock:
+                held = [(h.task_id, h.attempt) for h in self._held.values()]
+            try:
+                drop = self.client.heartbeat(
+                    self.worker_id,
+                    held,
+                    cache_bytes=self.node.cache.stats().used_bytes,
+                    cache=self._cache_report(full=False),
+                )
+            except StagerError as exc:
+                self.log(f"worker {self.worker_id}: heartbeat failed: {exc.one_line()}")
+                continue
+            with self._lock:
+                for task_id in drop:
+                    if task_id in self._held:
+                        self._held[task_id].cancel.set()
