@@ -61,11 +61,10 @@ def cli(
 
 
 def _register_commands() -> None:
-    from stager.cli.demo import commands as demo_commands
     from stager.cli.s3 import commands as s3_commands
     from stager.cli.transfer import commands as transfer_commands
 
-    for command in (*transfer_commands, *s3_commands, *demo_commands):
+    for command in (*transfer_commands, *s3_commands):
         cli.add_command(command)
     for entry in entry_points(group="stager.commands"):
         cli.add_command(entry.load())
