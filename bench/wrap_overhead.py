@@ -88,8 +88,10 @@ def main() -> None:
                 started = time.perf_counter()
                 subprocess.run(
                     [sys.executable, "-m", "stager", "wrap", "--force", "--spec", str(spec_path)],
-                    env=env, check=True, capture_output=True,
-                )  # fmt: skip
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                )
                 process_s = time.perf_counter() - started
 
     ms = 1000

@@ -131,8 +131,9 @@ def serve_command(
             url_file.write_text(url + "\n")
 
     async def main() -> None:
-        await serve(Dispatcher(db, token), host=settings.host, port=settings.port, tls=tls,
-                    on_ready=ready)  # fmt: skip
+        await serve(
+            Dispatcher(db, token), host=settings.host, port=settings.port, tls=tls, on_ready=ready
+        )
 
     try:
         asyncio.run(main())
@@ -216,9 +217,12 @@ Examples:
 @ca_file_option
 @click.option("--wait", is_flag=True, help="Show progress until every task has ended.")
 def submit_command(
-    workflow_file: Path, dispatcher_url: str, token_file: Path | None, ca_file: str | None,
+    workflow_file: Path,
+    dispatcher_url: str,
+    token_file: Path | None,
+    ca_file: str | None,
     wait: bool,
-) -> None:  # fmt: skip
+) -> None:
     """Submit a workflow file (JSON or YAML; see docs/workflows.md).
 
     With --wait, exits 0 only if every task succeeded (10 otherwise).
@@ -268,9 +272,12 @@ Examples:
 @click.option("--workflow", help="Only this workflow's tasks.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
 def status_command(
-    dispatcher_url: str, token_file: Path | None, ca_file: str | None, workflow: str | None,
+    dispatcher_url: str,
+    token_file: Path | None,
+    ca_file: str | None,
+    workflow: str | None,
     as_json: bool,
-) -> None:  # fmt: skip
+) -> None:
     """Queue counts, workers, throughput and cache hit rate."""
     status = _client(dispatcher_url, token_file, ca_file).status(workflow)
     if as_json:
@@ -282,8 +289,10 @@ def status_command(
     rate = status["tasks_per_s_overall"]
     click.echo(
         f"throughput {status['tasks_per_s_last_minute']:.2f} tasks/s (last minute), "
-        f"{rate:.2f} overall" if rate else "throughput -"
-    )  # fmt: skip
+        f"{rate:.2f} overall"
+        if rate
+        else "throughput -"
+    )
     hit = status["cache_hit_rate"]
     click.echo(
         f"inputs     {format_size(status['bytes_from_cache'])} from node caches, "

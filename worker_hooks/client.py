@@ -102,10 +102,11 @@ class DispatcherClient:
 
     def lease(
         self, worker: str, max_tasks: int, *, wait_s: float, cache: dict[str, Any] | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], float]:
+        """Leased tasks (maybe none after ``wait_s``) and the dispatcher's lease length."""
         body = {"worker": worker, "max_tasks": max_tasks, "wait_s": wait_s, "cache": cache}
-        leases: list[dict[str, Any]] = self.call("POST", "/v1/lease", body, wait_s=wait_s)["leases"]
-        return leases
+        answer = self.call("POST", "/v1/lease", body, wait_s=wait_s)
+        return answer["leases"], float(answer["lease_s"])
 
     def heartbeat(
         self,

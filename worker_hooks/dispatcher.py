@@ -154,12 +154,17 @@ class Dispatcher:
         return web.json_response(
             {
                 "leases": [
-                    {"task_id": x.task_id, "attempt": x.attempt, "spec": x.body,
-                     "expires_at": x.expires_at}
+                    {
+                        "task_id": x.task_id,
+                        "attempt": x.attempt,
+                        "spec": x.body,
+                        "expires_at": x.expires_at,
+                    }
                     for x in leases
-                ]
+                ],
+                "lease_s": self.db.limits.lease_s,
             }
-        )  # fmt: skip
+        )
 
     def _apply_cache_report(self, worker: str, report: Any) -> None:
         if not isinstance(report, dict):
@@ -190,28 +195,34 @@ class Dispatcher:
         except (KeyError, TypeError, ValueError, StagerError) as exc:
             raise ConfigError(f"malformed completion: {exc}") from exc
         self.db.complete(
-            request.match_info["id"], int(_field(body, "attempt", int)),
-            _field(body, "worker", str), result, uses,
-        )  # fmt: skip
+            request.match_info["id"],
+            int(_field(body, "attempt", int)),
+            _field(body, "worker", str),
+            result,
+            uses,
+        )
         await self._changed_now()
         return web.json_response({"state": "done"})
 
     async def fail(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         state = self.db.fail(
-            request.match_info["id"], int(_field(body, "attempt", int)),
-            _field(body, "worker", str), str(_field(body, "error", str, "failed")),
+            request.match_info["id"],
+            int(_field(body, "attempt", int)),
+            _field(body, "worker", str),
+            str(_field(body, "error", str, "failed")),
             retry=bool(body.get("retry", False)),
-        )  # fmt: skip
+        )
         await self._changed_now()
         return web.json_response({"state": state})
 
     async def release(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         self.db.release(
-            request.match_info["id"], int(_field(body, "attempt", int)),
+            request.match_info["id"],
+            int(_field(body, "attempt", int)),
             _field(body, "worker", str),
-        )  # fmt: skip
+        )
         await self._changed_now()
         return web.json_response({"state": "queued"})
 

@@ -76,17 +76,30 @@ class LocalCluster:
         self.start_dispatcher()
 
     def start_dispatcher(self) -> None:
+        """Start (or restart, on the same port) the dispatcher on its database."""
+        port = self.url.rsplit(":", 1)[1] if self.url else "0"
         url_file = self.work_dir / "dispatcher.url"
         url_file.unlink(missing_ok=True)
         self.dispatcher = self._spawn(
             "dispatcher",
             [
-                "dispatcher", "serve", "--port", "0", "--url-file", str(url_file),
-                "--db", str(self.work_dir / "dispatcher.sqlite"),
-                "--token-file", str(self.token_file), "--policy", self.policy,
-                "--lease-s", str(self.lease_s), *self.dispatcher_args,
+                "dispatcher",
+                "serve",
+                "--port",
+                port,
+                "--url-file",
+                str(url_file),
+                "--db",
+                str(self.work_dir / "dispatcher.sqlite"),
+                "--token-file",
+                str(self.token_file),
+                "--policy",
+                self.policy,
+                "--lease-s",
+                str(self.lease_s),
+                *self.dispatcher_args,
             ],
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + 30
         while not url_file.exists() or not url_file.read_text().strip():
             if self.dispatcher.poll() is not None or time.monotonic() > deadline:
@@ -103,11 +116,20 @@ class LocalCluster:
         process = self._spawn(
             name,
             [
-                "worker", "--dispatcher", self.url, "--token-file", str(self.token_file),
-                "--worker-id", name, "--cache-dir", str(node / "cache"),
-                "--sandbox-dir", str(node / "sandboxes"), *args,
+                "worker",
+                "--dispatcher",
+                self.url,
+                "--token-file",
+                str(self.token_file),
+                "--worker-id",
+                name,
+                "--cache-dir",
+                str(node / "cache"),
+                "--sandbox-dir",
+                str(node / "sandboxes"),
+                *args,
             ],
-        )  # fmt: skip
+        )
         self.workers[name] = process
         return process
 

@@ -172,9 +172,14 @@ class TaskDB:
                 db.execute(
                     "INSERT INTO tasks (id, workflow, body, state, submitted_at, inputs)"
                     " VALUES (?, ?, ?, 'waiting', ?, ?)",
-                    (sub.spec.id, workflow, json.dumps(sub.body), now,
-                     json.dumps(_known_inputs(sub.body))),
-                )  # fmt: skip
+                    (
+                        sub.spec.id,
+                        workflow,
+                        json.dumps(sub.body),
+                        now,
+                        json.dumps(_known_inputs(sub.body)),
+                    ),
+                )
                 db.executemany(
                     "INSERT INTO deps (task, producer) VALUES (?, ?)",
                     [(sub.spec.id, producer) for producer in sub.producers],
@@ -282,15 +287,24 @@ class TaskDB:
                 (self.limits.candidate_window if self.limits.policy != "fifo" else count,),
             ).fetchall()
             candidates = [
-                Candidate(r["id"], r["seq"], r["queued_at"] or 0.0,
-                          tuple((d, s) for d, s in json.loads(r["inputs"])))
+                Candidate(
+                    r["id"],
+                    r["seq"],
+                    r["queued_at"] or 0.0,
+                    tuple((d, s) for d, s in json.loads(r["inputs"])),
+                )
                 for r in rows
-            ]  # fmt: skip
+            ]
             holders = self._holders({d for c in candidates for d, _ in c.inputs})
             chosen = choose_tasks(
-                candidates, worker=worker, holders=holders, policy=self.limits.policy,
-                count=count, now=now, starvation_s=self.limits.starvation_s,
-            )  # fmt: skip
+                candidates,
+                worker=worker,
+                holders=holders,
+                policy=self.limits.policy,
+                count=count,
+                now=now,
+                starvation_s=self.limits.starvation_s,
+            )
             leases = []
             expires = now + self.limits.lease_s
             for task_id in chosen:
@@ -360,9 +374,14 @@ class TaskDB:
             db.execute(
                 "UPDATE tasks SET state = 'done', result = ?, finished_at = ?,"
                 " lease_expires = NULL, bytes_from_s3 = ?, bytes_from_cache = ? WHERE id = ?",
-                (result_json, now, sum(u.size for u in uses if not u.from_cache),
-                 sum(u.size for u in uses if u.from_cache), task_id),
-            )  # fmt: skip
+                (
+                    result_json,
+                    now,
+                    sum(u.size for u in uses if not u.from_cache),
+                    sum(u.size for u in uses if u.from_cache),
+                    task_id,
+                ),
+            )
             held = {u.digest for u in uses} | {r.digest for r in result.outputs}
             db.executemany(
                 "INSERT OR IGNORE INTO replicas (worker, digest) VALUES (?, ?)",

@@ -33,10 +33,19 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KEYS = frozenset(
     {
-        "format", "id", "command", "shell", "env", "timeout_s", "inputs",
-        "outputs", "bundle", "scratch_bytes", "results",
+        "format",
+        "id",
+        "command",
+        "shell",
+        "env",
+        "timeout_s",
+        "inputs",
+        "outputs",
+        "bundle",
+        "scratch_bytes",
+        "results",
     }
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,7 @@ class Worker:
         self._finished = threading.Event()
         self._fatal: StagerError | None = None
         self._reported_cache: set[str] = set()
+        self._lease_s = settings.heartbeat_s * 3
         self._prefetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch")
 
     # -- the whole life -------------------------------------------------------------
@@ -111,12 +112,9 @@ class Worker:
     def run(self, stop: threading.Event) -> WorkerReport:
         """Work until ``stop`` is set (then drain) or the dispatcher is lost for good."""
         self._stop = stop
-        threads = [threading.Thread(target=self._lease_loop, name="leaser", daemon=True)]
-        threads += [
-            threading.Thread(target=self._run_loop, name=f"runner-{n}", daemon=True)
-            for n in range(self.settings.slots)
-        ]
-        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        threads = [self._thread(self._lease_loop, "leaser")]
+        threads += [self._thread(self._run_loop, f"runner-{n}") for n in range(self.settings.slots)]
+        beat = self._thread(self._heartbeat_loop, "heartbeat")
         for thread in [*threads, beat]:
             thread.start()
         stop.wait()
@@ -127,6 +125,17 @@ class Worker:
         if self._fatal is not None:
             raise self._fatal
         return self.report
+
+    def _thread(self, target: Callable[[], None], name: str) -> threading.Thread:
+        """A daemon thread whose unexpected death stops the worker (and says why)."""
+
+        def guarded() -> None:
+            try:
+                target()
+            except Exception as exc:
+                self._give_up(StagerError(f"{name} thread failed: {exc!r}"))
+
+        return threading.Thread(target=guarded, name=name, daemon=True)
 
     def _drain(self, threads: list[threading.Thread]) -> None:
         self._draining.set()
@@ -162,13 +171,14 @@ class Worker:
                     continue
                 busy = bool(self._held)
             try:
-                leases = self.client.lease(
+                leases, lease_s = self.client.lease(
                     self.worker_id,
                     want,
                     wait_s=1.0 if busy else self.settings.lease_wait_s,
                     cache=self._cache_report(full=True) if first else None,
                 )
                 first, lost_since = False, None
+                self._lease_s = lease_s
             except UnreachableError as exc:
                 lost_since = lost_since or time.monotonic()
                 if time.monotonic() - lost_since > self.settings.dispatcher_lost_s:
@@ -300,7 +310,12 @@ class Worker:
         return {"full": full, "added": sorted(added), "removed": sorted(removed)}
 
     def _heartbeat_loop(self) -> None:
-        while not self._finished.wait(self.settings.heartbeat_s):
+        last = time.monotonic()
+        while not self._finished.wait(0.25):
+            # Three beats per lease, so one lost request does not cost the lease.
+            if time.monotonic() - last < min(self.settings.heartbeat_s, self._lease_s / 3):
+                continue
+            last = time.monotonic()
             with self._lock:
                 held = [(h.task_id, h.attempt) for h in self._held.values()]
             try:

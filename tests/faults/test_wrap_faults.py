@@ -23,8 +23,12 @@ def run_wrap(server: LocalS3Server, spec: Path, tmp_path: Path) -> subprocess.Co
     }
     return subprocess.run(
         [sys.executable, "-m", "stager", "wrap", "--spec", str(spec)],
-        env=env, capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
 
 
 def test_server_killed_during_stage_out_then_rerun_succeeds(tmp_path: Path) -> None:

@@ -192,11 +192,11 @@ def test_s3_serve_prints_the_environment_and_stops_on_ctrl_c(tmp_path: Path) -> 
         assert_all_gone(servers)
 
 
-def test_sigterm_stops_the_demo_and_its_server(tmp_path: Path) -> None:
+def test_sigterm_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None:
     with running_stager("demo", "--work-dir", str(tmp_path / "demo")) as process:
-        read_until(process, "S3 endpoint")
-        servers = child_pids(process.pid)
-        assert servers
+        read_until(process, "dispatcher ")
+        children = child_pids(process.pid)
+        assert len(children) == 5, "the S3 server, the dispatcher and three workers"
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 130
-        assert_all_gone(servers)
+        assert process.wait(timeout=90) == 130
+        assert_all_gone(children)

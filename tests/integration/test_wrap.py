@@ -271,10 +271,15 @@ def test_inline_form_from_the_command_line(
     put(store, prefix.child("in/ref.fa"), b">chr1\nACGT\n")
     args = [
         "wrap",
-        "--in", f"{prefix.child('in/ref.fa')}=ref.fa",
-        "--out", f"result.txt={prefix.child('out/result.txt')}",
-        "--", "sh", "-c", "wc -c < ref.fa > result.txt",
-    ]  # fmt: skip
+        "--in",
+        f"{prefix.child('in/ref.fa')}=ref.fa",
+        "--out",
+        f"result.txt={prefix.child('out/result.txt')}",
+        "--",
+        "sh",
+        "-c",
+        "wc -c < ref.fa > result.txt",
+    ]
     done = run_cli(*args, env=wrap_env(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "1 outputs durable" in done.stderr
@@ -303,9 +308,11 @@ def test_exit_codes_from_the_command_line(
     }
     (tmp_path / "task.json").write_text(json.dumps(spec))
     done = run_cli(
-        "wrap", "--spec", str(tmp_path / "task.json"),
+        "wrap",
+        "--spec",
+        str(tmp_path / "task.json"),
         env={**wrap_env(tmp_path), "STAGER_KILL_GRACE_S": "1"},
-    )  # fmt: skip
+    )
     assert_one_line_error(done, code, text)
 
 

@@ -18,9 +18,14 @@ HOLDERS = {REF_A: frozenset({A}), REF_B: frozenset({B})}
 
 def choose(policy: str, worker: str = A, now: float = 101.0, count: int = 3) -> list[str]:
     return choose_tasks(
-        TASKS, worker=worker, holders=HOLDERS, policy=policy, count=count, now=now,
+        TASKS,
+        worker=worker,
+        holders=HOLDERS,
+        policy=policy,
+        count=count,
+        now=now,
         starvation_s=60,
-    )  # fmt: skip
+    )
 
 
 def test_fifo_ignores_data() -> None:

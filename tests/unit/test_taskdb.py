@@ -33,9 +33,14 @@ def task(task_id: str, *inputs: str) -> dict[str, Any]:
 
 def result_for(task_id: str) -> ResultManifest:
     return ResultManifest(
-        task_id=task_id, task_key="k", command=("true",), exit_code=0, host="h",
-        started_at="t", outputs=(FileRecord("out.txt", f"s3://bkt/out/{task_id}.txt", DIGEST, 5),),
-    )  # fmt: skip
+        task_id=task_id,
+        task_key="k",
+        command=("true",),
+        exit_code=0,
+        host="h",
+        started_at="t",
+        outputs=(FileRecord("out.txt", f"s3://bkt/out/{task_id}.txt", DIGEST, 5),),
+    )
 
 
 @pytest.fixture
@@ -97,8 +102,11 @@ def test_dependant_runs_after_its_producer_with_the_recorded_output(db: TaskDB) 
     (reduce_lease,) = db.lease("w1", 5)
     (item,) = reduce_lease.body["inputs"]
     assert item == {
-        "source": "s3://bkt/out/map.txt", "path": "in0", "digest": DIGEST, "size": 5,
-    }  # fmt: skip
+        "source": "s3://bkt/out/map.txt",
+        "path": "in0",
+        "digest": DIGEST,
+        "size": 5,
+    }
 
 
 def test_a_failed_producer_fails_its_dependants_transitively(db: TaskDB) -> None:
@@ -140,8 +148,13 @@ def test_a_restarted_dispatcher_loses_nothing(tmp_path: Path, clock: Clock) -> N
     first.close()
     again = TaskDB(tmp_path / "d.sqlite", Limits(lease_s=10), clock=clock)
     assert again.counts() == {
-        "waiting": 1, "queued": 1, "leased": 1, "done": 0, "failed": 0, "cancelled": 0,
-    }  # fmt: skip
+        "waiting": 1,
+        "queued": 1,
+        "leased": 1,
+        "done": 0,
+        "failed": 0,
+        "cancelled": 0,
+    }
     again.complete("a", lease.attempt, "w1", result_for("a"))
     assert {lease.task_id for lease in again.lease("w2", 5)} == {"b", "c"}
 

@@ -1,0 +1,246 @@
+"""The dispatcher and workers as real processes against the real S3 server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import urllib3
+
+from stager.digest import digest_bytes
+from stager.errors import AccessDeniedError, PreconditionFailedError
+from stager.locations import S3Url
+from stager.objectstore import ObjectStore
+from stager.s3server import LocalS3Server
+from worker_hooks.client import DispatcherClient
+from worker_hooks.localcluster import LocalCluster
+from worker_hooks.taskdb import FINAL_STATES
+
+ClusterFactory = Callable[..., LocalCluster]
+
+
+@pytest.fixture
+def make_cluster(s3_server: LocalS3Server, tmp_path: Path) -> Iterator[ClusterFactory]:
+    started: list[LocalCluster] = []
+
+    def make(**kwargs: Any) -> LocalCluster:
+        env = {**s3_server.env(), "STAGER_STATE_DIR": str(tmp_path / "state")}
+        cluster = LocalCluster(tmp_path / f"cluster{len(started)}", env, **kwargs)
+        started.append(cluster)
+        cluster.start()
+        return cluster
+
+    yield make
+    for cluster in started:
+        cluster.stop()
+
+
+def task(task_id: str, command: str, prefix: S3Url, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": task_id,
+        "command": command,
+        "shell": True,
+        "outputs": [{"path": "out.txt", "to": str(prefix.child(f"out/{task_id}.txt"))}],
+        "results": str(prefix.child("results/")),
+        **extra,
+    }
+
+
+def wait_until_ended(client: DispatcherClient, workflow: str, timeout_s: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts = client.status(workflow)["counts"]
+        if sum(counts[s] for s in FINAL_STATES) == sum(counts.values()):
+            return counts
+        assert time.monotonic() < deadline, f"workflow {workflow} did not end: {counts}"
+        time.sleep(0.2)
+
+
+def test_a_workflow_completes_across_worker_processes(
+    make_cluster: ClusterFactory, store: ObjectStore, prefix: S3Url
+) -> None:
+    cluster = make_cluster()
+    for name in ("w1", "w2"):
+        cluster.add_worker(name)
+    maps = [task(f"m{n}", f"echo {n} > out.txt", prefix) for n in range(6)]
+    reduce = task(
+        "sum",
+        "cat in/* | sort > out.txt",
+        prefix,
+        inputs=[{"source": f"task://m{n}/out.txt", "path": f"in/{n}"} for n in range(6)],
+    )
+    cluster.client.submit([*maps, reduce], workflow="wf")
+    assert wait_until_ended(cluster.client, "wf")["done"] == 7
+    assert store.get_bytes(prefix.child("out/sum.txt")) == b"0\n1\n2\n3\n4\n5\n"
+    result = cluster.client.task("sum")["result"]
+    assert result["outputs"][0]["digest"] == digest_bytes(b"0\n1\n2\n3\n4\n5\n")
+    assert {w for _, _, w in cluster.client.assignments()} <= {"w1", "w2"}
+
+
+def test_kill_9_of_a_worker_mid_task_releases_its_task_after_expiry(
+    make_cluster: ClusterFactory, store: ObjectStore, prefix: S3Url, tmp_path: Path
+) -> None:
+    cluster = make_cluster(lease_s=2)
+    victim = cluster.add_worker("victim")
+    started = tmp_path / "started"
+    slow = task("slow", f"touch {started}; sleep 2; echo finished > out.txt", prefix)
+    cluster.client.submit([slow], workflow="wf")
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)  # the worker only; its command is left to finish
+    victim.wait()
+    cluster.add_worker("rescuer")
+    assert wait_until_ended(cluster.client, "wf")["done"] == 1
+    assignments = cluster.client.assignments("slow")
+    assert [(a, w) for _, a, w in assignments] == [(1, "victim"), (2, "rescuer")]
+    assert store.get_bytes(prefix.child("out/slow.txt")) == b"finished\n"
+
+
+def test_a_stale_completion_is_refused(make_cluster: ClusterFactory, prefix: S3Url) -> None:
+    cluster = make_cluster(lease_s=1)
+    client = cluster.client
+    client.submit([task("t", "true", prefix)], workflow="wf")
+    (first,), _ = client.lease("late", 1, wait_s=5)
+    time.sleep(2.5)  # the lease expires; the dispatcher re-queues the task
+    (second,), _ = client.lease("prompt", 1, wait_s=5)
+    assert second["attempt"] == first["attempt"] + 1
+    manifest = (
+        b'{"format": "stager-result/1", "task_id": "t", "task_key": "k", "command": ["true"],'
+        b' "exit_code": 0, "host": "h", "started_at": "s", "timings_s": {}, "inputs": [],'
+        b' "outputs": [], "logs": []}'
+    )
+    with pytest.raises(PreconditionFailedError, match="not the current lease"):
+        client.complete("t", first["attempt"], "late", manifest, [])
+    client.complete("t", second["attempt"], "prompt", manifest, [])
+    with pytest.raises(PreconditionFailedError):
+        client.complete("t", first["attempt"], "late", manifest, [])
+    assert client.task("t")["state"] == "done"
+
+
+def test_dependants_of_a_failed_producer_fail_with_the_reason(
+    make_cluster: ClusterFactory, prefix: S3Url
+) -> None:
+    cluster = make_cluster()
+    cluster.add_worker("w1")
+    producer = task("bad", "exit 7", prefix)
+    consumer = task(
+        "next", "cat x > out.txt", prefix, inputs=[{"source": "task://bad/out.txt", "path": "x"}]
+    )
+    cluster.client.submit([producer, consumer], workflow="wf")
+    counts = wait_until_ended(cluster.client, "wf")
+    assert counts["failed"] == 2
+    assert "exited with code 7" in cluster.client.task("bad")["error"]
+    assert "producer bad failed" in cluster.client.task("next")["error"]
+
+
+def test_requests_without_the_token_get_401(make_cluster: ClusterFactory) -> None:
+    cluster = make_cluster()
+    http = urllib3.PoolManager()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}):
+        response = http.request("GET", cluster.url + "/v1/status", headers=headers)
+        assert response.status == 401
+    with pytest.raises(AccessDeniedError, match="refused the token"):
+        DispatcherClient(cluster.url, "wrong").status()
+    assert "wrong" not in cluster.log_of("dispatcher")
+    assert cluster.token_file.read_text().strip() not in cluster.log_of("dispatcher")
+
+
+def test_sigterm_drain_hands_back_unstarted_tasks(
+    make_cluster: ClusterFactory, prefix: S3Url, tmp_path: Path
+) -> None:
+    cluster = make_cluster()
+    worker = cluster.add_worker("drainer", "--slots", "1", "--prefetch", "2", "--drain-s", "30")
+    started = tmp_path / "started"
+    tasks = [
+        task(f"t{n}", f"touch {started}; sleep 2; echo {n} > out.txt", prefix) for n in range(3)
+    ]
+    cluster.client.submit(tasks, workflow="wf")
+    deadline = time.monotonic() + 60
+    while not (started.exists() and cluster.client.status("wf")["counts"]["leased"] == 3):
+        assert time.monotonic() < deadline, cluster.log_of("drainer")
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0, cluster.log_of("drainer")
+    counts = cluster.client.status("wf")["counts"]
+    assert counts == {**counts, "done": 1, "queued": 2, "leased": 0}
+    assert "2 handed back" in cluster.log_of("drainer")
+
+
+def test_data_aware_policy_sends_tasks_to_the_worker_holding_their_inputs(
+    make_cluster: ClusterFactory, store: ObjectStore, prefix: S3Url
+) -> None:
+    cluster = make_cluster(policy="max-cache-hit", dispatcher_args=["--starvation-s", "600"])
+    refs = {}
+    for name in ("a", "b"):
+        url = prefix.child(f"ref-{name}")
+        refs[name] = (url, store.put_bytes(url, os.urandom(4096)))
+    # Warm each node's cache with its own reference, as earlier tasks would have.
+    for name in ("a", "b"):
+        cache_dir = cluster.work_dir / f"node-{name}" / "cache"
+        warmed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stager",
+                "cache",
+                "--cache-dir",
+                str(cache_dir),
+                "fetch",
+                str(refs[name][0]),
+            ],
+            env=cluster.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert warmed.returncode == 0, warmed.stderr
+    for name in ("a", "b"):
+        cluster.add_worker(f"node-{name}")
+    cluster.wait_for_workers(["node-a", "node-b"])
+    tasks = [
+        task(
+            f"{name}{n}",
+            "cat ref > out.txt",
+            prefix,
+            inputs=[
+                {"source": str(refs[name][0]), "path": "ref", "digest": refs[name][1], "size": 4096}
+            ],
+        )
+        for n in range(6)
+        for name in ("a", "b")
+    ]
+    cluster.client.submit(tasks, workflow="wf")
+    assert wait_until_ended(cluster.client, "wf")["done"] == 12
+    for task_id, _, worker in cluster.client.assignments():
+        assert worker == f"node-{task_id[0]}", (task_id, worker)
+    assert cluster.client.status("wf")["cache_hit_rate"] == 1.0
+
+
+def test_a_dispatcher_restart_loses_no_task(
+    make_cluster: ClusterFactory, store: ObjectStore, prefix: S3Url
+) -> None:
+    cluster = make_cluster()
+    cluster.add_worker("w1")
+    tasks = [task(f"t{n}", f"sleep 0.3; echo {n} > out.txt", prefix) for n in range(8)]
+    cluster.client.submit(tasks, workflow="wf")
+    deadline = time.monotonic() + 60
+    while cluster.client.status("wf")["counts"]["done"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert cluster.dispatcher is not None
+    os.kill(cluster.dispatcher.pid, signal.SIGKILL)
+    cluster.dispatcher.wait()
+    time.sleep(1)
+    cluster.start_dispatcher()
+    assert wait_until_ended(cluster.client, "wf")["done"] == 8
+    for n in range(8):
+        assert store.get_bytes(prefix.child(f"out/t{n}.txt")) == f"{n}\n".encode()
