@@ -32,12 +32,14 @@ class LocalCluster:
         policy: str = "good-cache-compute",
         lease_s: float = 30.0,
         dispatcher_args: Sequence[str] = (),
+        ca_file: str | None = None,
     ) -> None:
         self.work_dir = work_dir
         self.env = {**os.environ, **env}
         self.policy = policy
         self.lease_s = lease_s
         self.dispatcher_args = list(dispatcher_args)
+        self.ca_file = ca_file
         self.token_file = work_dir / "dispatcher.token"
         self.dispatcher: subprocess.Popen[bytes] | None = None
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
@@ -108,7 +110,8 @@ class LocalCluster:
                 )
             time.sleep(0.05)
         self.url = url_file.read_text().strip()
-        self._client = DispatcherClient(self.url, self.token_file.read_text().strip())
+        token = self.token_file.read_text().strip()
+        self._client = DispatcherClient(self.url, token, ca_file=self.ca_file)
 
     def add_worker(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         """Start a worker with its own cache and sandboxes under ``<work_dir>/<name>``."""

@@ -15,7 +15,7 @@ import pytest
 import urllib3
 
 from stager.digest import digest_bytes
-from stager.errors import AccessDeniedError, PreconditionFailedError
+from stager.errors import AccessDeniedError, PreconditionFailedError, UnreachableError
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 from stager.s3server import LocalS3Server
@@ -244,3 +244,38 @@ def test_a_dispatcher_restart_loses_no_task(
     assert wait_until_ended(cluster.client, "wf")["done"] == 8
     for n in range(8):
         assert store.get_bytes(prefix.child(f"out/t{n}.txt")) == f"{n}\n".encode()
+
+
+def test_tls_when_given_a_certificate(make_cluster: ClusterFactory, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"openssl cannot make a test certificate: {made.stderr.decode()[-200:]}")
+    cluster = make_cluster(
+        dispatcher_args=["--tls-cert", str(cert), "--tls-key", str(key)], ca_file=str(cert)
+    )
+    assert cluster.url.startswith("https://")
+    assert cluster.client.status()["counts"]["queued"] == 0
+    with pytest.raises(UnreachableError):  # an untrusting client refuses the unknown cert
+        DispatcherClient(cluster.url, "x").status()
