@@ -17,6 +17,7 @@ is merged key by key).
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +87,7 @@ def check_batch(
     """
     checked = [check_task(body) for body in bodies]
     ids = [s.spec.id for s in checked]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
     if duplicates:
         raise ConfigError(f"task id {duplicates[0]} is used twice in the workflow")
     in_batch = set(ids)

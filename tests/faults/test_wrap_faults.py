@@ -6,7 +6,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
 
 from stager.locations import S3Url
 from stager.s3server import LocalS3Server
@@ -29,6 +33,18 @@ def run_wrap(server: LocalS3Server, spec: Path, tmp_path: Path) -> subprocess.Co
         timeout=180,
         check=False,
     )
+
+
+def wait_until_readable(client: Any, bucket: str, key: str, timeout_s: float = 60) -> None:
+    """A restarted server answers before its volumes are back; wait for old data."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            return
+        except ClientError:
+            assert time.monotonic() < deadline, "the restarted server never served old data"
+            time.sleep(0.5)
 
 
 def test_server_killed_during_stage_out_then_rerun_succeeds(tmp_path: Path) -> None:
@@ -63,6 +79,7 @@ def test_server_killed_during_stage_out_then_rerun_succeeds(tmp_path: Path) -> N
         server = LocalS3Server(tmp_path / "s3", s3_port=port, credentials=credentials)
         server.start()
         client = server.client()
+        wait_until_readable(client, "wrapfault", "in/x")
         keys = [o["Key"] for o in client.list_objects_v2(Bucket="wrapfault").get("Contents", [])]
         assert not [k for k in keys if k.endswith("result.json")]
 
