@@ -191,11 +191,11 @@ def worker_command(
         worker_id=worker_id,
         log=lambda line: click.echo(line, err=True),
     )
-    stop = threading.Event()
+    signals: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, lambda number, _: signals.append(number))  # no locks in a handler
     click.echo(f"worker {worker.worker_id}: pulling from {dispatcher_url}", err=True)
-    report = worker.run(stop)
+    report = worker.run(threading.Event(), signalled=lambda: bool(signals))
     click.echo(
         f"worker {worker.worker_id}: stopped; {report.done} done, {report.failed} failed, "
         f"{report.handed_back} handed back",

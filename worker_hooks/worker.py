@@ -109,15 +109,22 @@ class Worker:
 
     # -- the whole life -------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> WorkerReport:
-        """Work until ``stop`` is set (then drain) or the dispatcher is lost for good."""
+    def run(
+        self, stop: threading.Event, signalled: Callable[[], bool] = lambda: False
+    ) -> WorkerReport:
+        """Work until ``stop`` is set or ``signalled()`` (then drain), or the dispatcher is lost.
+
+        ``signalled`` is polled, so a signal handler need only record the
+        signal: setting an Event from a handler can deadlock on its lock.
+        """
         self._stop = stop
         threads = [self._thread(self._lease_loop, "leaser")]
         threads += [self._thread(self._run_loop, f"runner-{n}") for n in range(self.settings.slots)]
         beat = self._thread(self._heartbeat_loop, "heartbeat")
         for thread in [*threads, beat]:
             thread.start()
-        stop.wait()
+        while not stop.wait(0.2) and not signalled():
+            pass
         self._drain(threads)
         self._finished.set()
         beat.join(timeout=5)

@@ -200,3 +200,8 @@ def test_sigterm_stops_the_demo_and_everything_it_started(tmp_path: Path) -> Non
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=90) == 130
         assert_all_gone(children)
+    # Each worker drained on SIGTERM and said so (none needed the SIGKILL fallback).
+    logs = sorted((tmp_path / "demo" / "cluster" / "logs").glob("node-*.log"))
+    assert len(logs) == 3
+    for log in logs:
+        assert "stopped;" in log.read_text(), log.read_text()
