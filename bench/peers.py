@@ -54,10 +54,10 @@ class Tool:
     def env(self, endpoint: Endpoint, work: Path) -> Mapping[str, str]:
         return {**os.environ, **endpoint.aws_env()}
 
-    def upload(self, source: Path, dest: S3Url) -> list[str]:
+    def upload(self, source: Path, dest: S3Url, endpoint: Endpoint) -> list[str]:
         raise NotImplementedError
 
-    def download(self, source: S3Url, dest: Path) -> list[str]:
+    def download(self, source: S3Url, dest: Path, endpoint: Endpoint) -> list[str]:
         raise NotImplementedError
 
 
@@ -68,16 +68,16 @@ class Stager(Tool):
     def env(self, endpoint: Endpoint, work: Path) -> Mapping[str, str]:
         return {**super().env(endpoint, work), "STAGER_STATE_DIR": str(work / "stager-state")}
 
-    def upload(self, source: Path, dest: S3Url) -> list[str]:
+    def _stager(self, endpoint: Endpoint) -> list[str]:
+        return [sys.executable, "-m", "stager", "--no-progress", "--endpoint-url", endpoint.url]
+
+    def upload(self, source: Path, dest: S3Url, endpoint: Endpoint) -> list[str]:
         # push keeps the directory's name below the prefix; push its files instead.
         files = sorted(str(p) for p in source.iterdir())
-        return [sys.executable, "-m", "stager", "--no-progress", "push", *files, "--to", str(dest)]
+        return [*self._stager(endpoint), "push", *files, "--to", str(dest)]
 
-    def download(self, source: S3Url, dest: Path) -> list[str]:
-        return [
-            sys.executable, "-m", "stager", "--no-progress", "cache", "--cache-dir", str(dest),
-            "fetch", str(source),
-        ]  # fmt: skip
+    def download(self, source: S3Url, dest: Path, endpoint: Endpoint) -> list[str]:
+        return [*self._stager(endpoint), "cache", "--cache-dir", str(dest), "fetch", str(source)]
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,24 @@ class AwsCli(_PeerBinary):
     name: str = "aws-cli"
     binary: str = "aws"
 
-    def upload(self, source: Path, dest: S3Url) -> list[str]:
-        return [self.path, "s3", "cp", "--recursive", "--only-show-errors", str(source), str(dest)]
+    def _cp(self, endpoint: Endpoint, source: str, dest: str) -> list[str]:
+        return [
+            self.path,
+            "--endpoint-url",
+            endpoint.url,
+            "s3",
+            "cp",
+            "--recursive",
+            "--only-show-errors",
+            source,
+            dest,
+        ]
 
-    def download(self, source: S3Url, dest: Path) -> list[str]:
-        return [self.path, "s3", "cp", "--recursive", "--only-show-errors", str(source), str(dest)]
+    def upload(self, source: Path, dest: S3Url, endpoint: Endpoint) -> list[str]:
+        return self._cp(endpoint, str(source), str(dest))
+
+    def download(self, source: S3Url, dest: Path, endpoint: Endpoint) -> list[str]:
+        return self._cp(endpoint, str(source), str(dest))
 
 
 @dataclass(frozen=True)
@@ -110,11 +123,11 @@ class S5cmd(_PeerBinary):
     name: str = "s5cmd"
     binary: str = "s5cmd"
 
-    def upload(self, source: Path, dest: S3Url) -> list[str]:
-        return [self.path, "cp", f"{source}/*", str(dest)]
+    def upload(self, source: Path, dest: S3Url, endpoint: Endpoint) -> list[str]:
+        return [self.path, "--endpoint-url", endpoint.url, "cp", f"{source}/*", str(dest)]
 
-    def download(self, source: S3Url, dest: Path) -> list[str]:
-        return [self.path, "cp", f"{source}*", f"{dest}/"]
+    def download(self, source: S3Url, dest: Path, endpoint: Endpoint) -> list[str]:
+        return [self.path, "--endpoint-url", endpoint.url, "cp", f"{source}*", f"{dest}/"]
 
 
 @dataclass(frozen=True)
@@ -138,17 +151,19 @@ class Rclone(_PeerBinary):
             **{f"RCLONE_CONFIG_BENCH_{k}": v for k, v in remote.items()},
         }
 
-    def upload(self, source: Path, dest: S3Url) -> list[str]:
-        return [self.path, "copy", str(source), f"bench:{dest.bucket}/{dest.key}"]
+    def upload(self, source: Path, dest: S3Url, endpoint: Endpoint) -> list[str]:
+        remote = f"bench:{dest.bucket}/{dest.key}"
+        return [self.path, "copy", "--s3-endpoint", endpoint.url, str(source), remote]
 
-    def download(self, source: S3Url, dest: Path) -> list[str]:
-        return [self.path, "copy", f"bench:{source.bucket}/{source.key}", str(dest)]
+    def download(self, source: S3Url, dest: Path, endpoint: Endpoint) -> list[str]:
+        remote = f"bench:{source.bucket}/{source.key}"
+        return [self.path, "copy", "--s3-endpoint", endpoint.url, remote, str(dest)]
 
 
 _S3FS_SCRIPT = """
 import sys, s3fs
-op, src, dst = sys.argv[1:]
-fs = s3fs.S3FileSystem()
+op, src, dst, endpoint = sys.argv[1:]
+fs = s3fs.S3FileSystem(endpoint_url=endpoint)
 (fs.put if op == "put" else fs.get)(src, dst, recursive=True)
 """
 
@@ -159,11 +174,11 @@ class S3fs(Tool):
 
     name: str = "s3fs"
 
-    def upload(self, source: Path, dest: S3Url) -> list[str]:
-        return [sys.executable, "-c", _S3FS_SCRIPT, "put", f"{source}/", str(dest)]
+    def upload(self, source: Path, dest: S3Url, endpoint: Endpoint) -> list[str]:
+        return [sys.executable, "-c", _S3FS_SCRIPT, "put", f"{source}/", str(dest), endpoint.url]
 
-    def download(self, source: S3Url, dest: Path) -> list[str]:
-        return [sys.executable, "-c", _S3FS_SCRIPT, "get", str(source), f"{dest}/"]
+    def download(self, source: S3Url, dest: Path, endpoint: Endpoint) -> list[str]:
+        return [sys.executable, "-c", _S3FS_SCRIPT, "get", str(source), f"{dest}/", endpoint.url]
 
 
 TOOLS: dict[str, Tool] = {

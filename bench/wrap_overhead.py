@@ -48,7 +48,8 @@ def main() -> None:
                     store=store,
                     sandbox_dir=root / "sandboxes",
                 )
-                walls, phases = [], {}
+                walls: list[float] = []
+                phases: dict[str, list[float]] = {}
                 for n in range(args.tasks + 1):
                     spec = parse_spec(
                         {

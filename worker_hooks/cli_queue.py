@@ -21,7 +21,6 @@ from stager.settings import load_component
 from stager.units import format_size
 from worker_hooks.cli import node_options, open_node
 from worker_hooks.client import TOKEN_ENV, DispatcherClient, load_token
-from worker_hooks.dispatcher import Dispatcher, serve, tls_context
 from worker_hooks.scheduling import POLICIES
 from worker_hooks.settings import DispatcherSettings, WorkerSettings
 from worker_hooks.taskdb import FINAL_STATES, Limits, TaskDB
@@ -107,6 +106,8 @@ def serve_command(
     --token-file or $STAGER_DISPATCHER_TOKEN a new token is made and saved
     beside the database, readable by you only.
     """
+    from worker_hooks.dispatcher import Dispatcher, serve, tls_context  # only the server needs it
+
     settings = load_component(
         DispatcherSettings, flags, config_path=core.config_path, section="dispatcher"
     )

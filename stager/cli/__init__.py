@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import traceback
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from types import FrameType
 
@@ -27,7 +27,29 @@ INTERNAL_ERROR_EXIT = 70
 INTERRUPTED_EXIT = 130
 
 
+class _PluginGroup(click.Group):
+    """A group whose plug-in commands (entry points) are imported only when used.
+
+    Importing every command module costs every invocation its imports (the
+    dispatcher's HTTP server, for one); ``stager wrap`` runs once per task.
+    """
+
+    def _plugins(self) -> dict[str, EntryPoint]:
+        return {entry.name: entry for entry in entry_points(group="stager.commands")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._plugins()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and (entry := self._plugins().get(cmd_name)) is not None:
+            loaded: click.Command = entry.load()
+            return loaded
+        return command
+
+
 @click.group(
+    cls=_PluginGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="""\b
 Examples:
@@ -66,8 +88,6 @@ def _register_commands() -> None:
 
     for command in (*transfer_commands, *s3_commands):
         cli.add_command(command)
-    for entry in entry_points(group="stager.commands"):
-        cli.add_command(entry.load())
 
 
 def _debug_requested(argv: list[str]) -> bool:

@@ -1,0 +1,1 @@
+"""Benchmarks: stager side by side with the transfer tools people use today."""

@@ -1,0 +1,276 @@
+"""``stager bench transfer``: upload and cold download, stager next to its peers.
+
+For each workload (shaped like the S3 clients' own benchmark suites) every
+tool uploads the same generated files, then downloads the same objects
+into an empty directory (stager: into an empty node cache, which is what
+its stage-in does). Each run is a separate process: wall time and peak
+memory (``wait4``'s maximum RSS) are the tool's own. Every run is checked:
+uploads by listing the keys and sizes, downloads by hashing every file
+received against the source. In the same run: warm stage-in (a cache hit
+linked into a sandbox) per file, and what hashing the bytes costs as a
+share of stager's cold download.
+
+Absolute times are noisy on shared machines; the report's point is the
+ratio to the other tools measured minutes apart on the same server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.peers import TOOLS, Endpoint, Tool
+from fsd.cache import NodeCache
+from fsd.stagein import StageInput, resolve_inputs, staged_inputs
+from stager.digest import Hasher, digest_stream
+from stager.locations import S3Url
+from stager.objectstore import ObjectStore
+from stager.settings import Settings
+
+KiB, MiB, GiB = 1024, 1024**2, 1024**3
+BUCKET = "stager-bench"
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    files: int
+    file_bytes: int
+
+    def scaled(self, scale: float) -> Workload:
+        """Large files shrink in size, small ones in count (the shape is kept)."""
+        if self.file_bytes >= MiB:
+            return Workload(self.name, self.files, max(MiB, int(self.file_bytes * scale)))
+        return Workload(self.name, max(10, int(self.files * scale)), self.file_bytes)
+
+    @property
+    def label(self) -> str:
+        size = (
+            f"{self.file_bytes // MiB} MiB"
+            if self.file_bytes >= MiB
+            else f"{self.file_bytes // KiB} KiB"
+        )
+        return f"{self.files} x {size}"
+
+
+WORKLOADS = (
+    Workload("one-large", 1, GiB),
+    Workload("ten-medium", 10, 100 * MiB),
+    Workload("many-small", 1000, 64 * KiB),
+    Workload("very-many-tiny", 10000, 4 * KiB),
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    tool: str
+    workload: str
+    direction: str
+    seconds: float
+    peak_rss_bytes: int
+    ok: bool
+    note: str = ""
+
+
+@dataclass
+class TransferReport:
+    conditions: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)
+    warm_stage_in_ms_per_file: dict[str, float] = field(default_factory=dict)
+    digest_share_of_cold: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ratios": self.ratios()}
+
+    def ratios(self) -> dict[str, dict[str, float]]:
+        """Per "workload/direction": peer time / stager time (above 1: stager is faster)."""
+        ratios: dict[str, dict[str, float]] = {}
+        by_key = {(r.workload, r.direction, r.tool): r for r in self.runs if r.ok}
+        for (workload, direction, tool), run in by_key.items():
+            mine = by_key.get((workload, direction, "stager"))
+            if tool != "stager" and mine is not None:
+                key = f"{workload}/{direction}"
+                ratios.setdefault(key, {})[tool] = round(run.seconds / mine.seconds, 3)
+        return ratios
+
+
+TIME_BINARY = "/usr/bin/time"
+
+
+def measure(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, int, int, str]:
+    """Run one command; (seconds, peak RSS bytes, exit code, stderr tail).
+
+    The command runs under GNU time, a small process that forks it: a child
+    forked from this (large) process would count our memory as its own.
+    """
+    with tempfile.NamedTemporaryFile(suffix=".rss") as rss, tempfile.TemporaryFile() as errors:
+        started = time.perf_counter()
+        code = subprocess.run(
+            [TIME_BINARY, "-f", "%M", "-o", rss.name, *argv],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            check=False,
+        ).returncode
+        seconds = time.perf_counter() - started
+        errors.seek(0)
+        tail = errors.read()[-300:].decode(errors="replace").strip()
+        lines = Path(rss.name).read_text().split()
+    peak_kib = int(lines[-1]) if lines and lines[-1].isdigit() else 0
+    return seconds, peak_kib * 1024, code, tail
+
+
+def make_files(root: Path, workload: Workload) -> Counter[str]:
+    """Write the workload's files; return the multiset of their digests."""
+    root.mkdir(parents=True)
+    digests: Counter[str] = Counter()
+    for n in range(workload.files):
+        hasher = Hasher()
+        with (root / f"f{n:05d}.bin").open("wb") as out:
+            for offset in range(0, workload.file_bytes, 4 * MiB):
+                chunk = os.urandom(min(4 * MiB, workload.file_bytes - offset))
+                hasher.update(chunk)
+                out.write(chunk)
+        digests[hasher.digest] += 1
+    return digests
+
+
+def digests_under(root: Path) -> Counter[str]:
+    found: Counter[str] = Counter()
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and "stager-tmp" not in path.name:
+            if "/locks/" in str(path) or path.name in ("VERSION", "ledger.json"):
+                continue
+            with path.open("rb") as handle:
+                found[digest_stream(handle)[0]] += 1
+    return found
+
+
+class TransferBench:
+    def __init__(
+        self,
+        store: ObjectStore,
+        endpoint: Endpoint,
+        work: Path,
+        *,
+        tools: Sequence[Tool],
+        log: Callable[[str], None],
+    ) -> None:
+        self.store = store
+        self.endpoint = endpoint
+        self.work = work
+        self.tools = tools
+        self.log = log
+
+    def run(self, workloads: Sequence[Workload], conditions: dict[str, Any]) -> TransferReport:
+        report = TransferReport(conditions)
+        self.store.ensure_bucket(BUCKET)
+        for workload in workloads:
+            source = self.work / "source" / workload.name
+            expected = make_files(source, workload)
+            for tool in self.tools:
+                report.runs.append(self._upload(tool, workload, source))
+            canonical = S3Url(BUCKET, f"stager/{workload.name}/")
+            for tool in self.tools:
+                report.runs.append(self._download(tool, workload, canonical, expected))
+            self._stager_extras(report, workload, canonical, source)
+            shutil.rmtree(source)
+        return report
+
+    def _record(
+        self,
+        tool: Tool,
+        workload: Workload,
+        direction: str,
+        argv: list[str],
+        check: Callable[[], str],
+    ) -> Run:
+        seconds, rss, code, tail = measure(argv, tool.env(self.endpoint, self.work))
+        problem = f"exit {code}: {tail}" if code else check()
+        run = Run(tool.name, workload.name, direction, round(seconds, 3), rss, not problem, problem)
+        status = "ok" if run.ok else f"FAILED ({problem})"
+        self.log(
+            f"{workload.label:>16} {direction:<9} {tool.name:<8} {seconds:8.2f} s "
+            f"{rss / MiB:7.0f} MiB  {status}"
+        )
+        return run
+
+    def _upload(self, tool: Tool, workload: Workload, source: Path) -> Run:
+        dest = S3Url(BUCKET, f"{tool.name}/{workload.name}/")
+
+        def check() -> str:
+            sizes = Counter(size for _, size in self.store.list(dest))
+            wanted = Counter({workload.file_bytes: workload.files})
+            return "" if sizes == wanted else f"uploaded {sum(sizes.values())} objects, sizes off"
+
+        return self._record(
+            tool, workload, "upload", tool.upload(source, dest, self.endpoint), check
+        )
+
+    def _download(
+        self, tool: Tool, workload: Workload, source: S3Url, expected: Counter[str]
+    ) -> Run:
+        dest = self.work / "download" / tool.name
+        dest.mkdir(parents=True)
+
+        def check() -> str:
+            got = digests_under(dest)
+            return "" if got == expected else f"{sum(got.values())} files, digests differ"
+
+        try:
+            return self._record(
+                tool, workload, "download", tool.download(source, dest, self.endpoint), check
+            )
+        finally:
+            shutil.rmtree(dest, ignore_errors=True)
+
+    def _stager_extras(
+        self, report: TransferReport, workload: Workload, canonical: S3Url, source: Path
+    ) -> None:
+        """Warm stage-in per file, and the digest's share of a cold stage-in."""
+        cache_root = self.work / "warm-cache"
+        cache = NodeCache(cache_root, quota_bytes=64 * GiB)
+        listed = [
+            StageInput(str(u), f"in/{u.key.rsplit('/', 1)[1]}")
+            for u, _ in self.store.list(canonical)
+        ]
+        inputs = resolve_inputs(listed, store=self.store)  # the digests, as a spec gives them
+        started = time.perf_counter()
+        with staged_inputs(inputs, self.work / "sandbox-cold", cache=cache, store=self.store):
+            pass
+        cold_s = time.perf_counter() - started
+        started = time.perf_counter()
+        with staged_inputs(inputs, self.work / "sandbox-warm", cache=cache, store=self.store):
+            pass
+        warm_s = time.perf_counter() - started
+        report.warm_stage_in_ms_per_file[workload.name] = round(warm_s / len(inputs) * 1000, 3)
+        started = time.perf_counter()
+        for path in source.iterdir():
+            with path.open("rb") as handle:
+                hasher = Hasher()
+                while chunk := handle.read(256 * KiB):  # as the stream delivers it
+                    hasher.update(chunk)
+        hash_s = time.perf_counter() - started
+        report.digest_share_of_cold[workload.name] = round(hash_s / cold_s, 4)
+        for directory in (cache_root, self.work / "sandbox-cold", self.work / "sandbox-warm"):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def available_tools(names: Sequence[str]) -> tuple[list[Tool], list[str]]:
+    """The named tools that are installed, and the names of those that are not."""
+    chosen = [TOOLS[name] for name in names]
+    return [t for t in chosen if t.available()], [t.name for t in chosen if not t.available()]
+
+
+def endpoint_of(settings: Settings, access_key: str, secret_key: str) -> Endpoint:
+    assert settings.endpoint_url is not None
+    return Endpoint(settings.endpoint_url, access_key, secret_key, settings.region or "us-east-1")
