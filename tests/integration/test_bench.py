@@ -1,0 +1,46 @@
+"""The transfer benchmark runs end to end and checks what every tool delivered."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.transfer import TIME_BINARY, Workload, digests_under, make_files
+
+
+def test_digests_of_a_cache_match_the_source(tmp_path: Path) -> None:
+    expected = make_files(tmp_path / "src", Workload("w", 3, 1000))
+    assert digests_under(tmp_path / "src") == expected
+    (tmp_path / "src" / "f00000.bin").write_bytes(b"changed")
+    assert digests_under(tmp_path / "src") != expected
+
+
+@pytest.mark.skipif(not Path(TIME_BINARY).exists(), reason="GNU time is not installed")
+def test_stager_transfer_bench_writes_verified_figures(run_cli: Any, tmp_path: Path) -> None:
+    done = run_cli(
+        "bench",
+        "transfer",
+        "--scale",
+        "0.001",
+        "--tools",
+        "stager,s3fs",
+        "--workloads",
+        "many-small",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert done.returncode == 0, done.stderr
+    (result,) = (tmp_path / "out").glob("transfer-*.json")
+    data = json.loads(result.read_text())
+    assert {(r["tool"], r["direction"]) for r in data["runs"]} == {
+        ("stager", "upload"),
+        ("stager", "download"),
+        ("s3fs", "upload"),
+        ("s3fs", "download"),
+    }
+    assert all(r["ok"] and r["peak_rss_bytes"] > 0 for r in data["runs"])
+    assert set(data["ratios"]) == {"many-small/upload", "many-small/download"}
+    assert data["warm_stage_in_ms_per_file"]["many-small"] > 0
