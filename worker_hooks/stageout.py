@@ -17,7 +17,6 @@ from pathlib import Path
 from fsd.cache import NodeCache
 from stager.digest import HashingWriter, digest_stream
 from stager.errors import CacheFullError, StageOutError, StagerError, from_os_error
-from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 from stager.parallel import run_all
 from worker_hooks.outputs import FoundOutput
@@ -77,9 +76,3 @@ def upload_outputs(
         raise
     except StagerError as exc:
         raise StageOutError(f"stage-out failed: {exc.one_line()}") from exc
-
-
-def upload_log(path: Path, url: S3Url, *, store: ObjectStore) -> FileRecord:
-    """Upload one captured log (stdout or stderr) from the sandbox."""
-    item = FoundOutput(path, path.name, url, path.stat().st_size)
-    return upload_outputs([item], cache=None, store=store, workers=1)[0]

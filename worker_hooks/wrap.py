@@ -10,7 +10,7 @@ contract (DESIGN.md invariants 2, 5, 7):
   (memoization; ``force`` re-runs and first withdraws the old result);
 - inputs are staged through the node cache and stay pinned while the
   command runs in a fresh sandbox; nothing stays pinned afterwards;
-- stdout and stderr are uploaded whatever the command did; outputs only if
+- stdout and stderr (when not empty) are uploaded whatever the command did; outputs only if
   it succeeded, and the result manifest only once every output is durable;
 - it returns only on success; every failure raises a
   :class:`~stager.errors.StagerError` whose class gives the exit code;
@@ -47,7 +47,7 @@ from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 from stager.units import format_size
 from worker_hooks.bundle import ensure_bundle, remove_tree
-from worker_hooks.outputs import find_outputs
+from worker_hooks.outputs import FoundOutput, find_outputs
 from worker_hooks.results import (
     FileRecord,
     ResultManifest,
@@ -57,7 +57,7 @@ from worker_hooks.results import (
     task_key,
 )
 from worker_hooks.runner import RunOutcome, run_command
-from worker_hooks.stageout import upload_log, upload_outputs
+from worker_hooks.stageout import upload_outputs
 from worker_hooks.taskspec import TaskSpec
 
 
@@ -274,20 +274,23 @@ class _Run:
         return WrapResult(manifest, url, memoized=False, staged=tuple(staged))
 
     def _upload_logs(self, logs: Path, key: str, outcome: RunOutcome) -> list[FileRecord]:
-        """Upload stdout and stderr; raise the command's own failure if it failed."""
+        """Upload the non-empty logs (in parallel); raise the command's failure if it failed."""
         failed = _failure(self.spec, outcome, "see its stderr log")
+        items = [
+            FoundOutput(logs / name, name, log_url(self.spec, key, name), size)
+            for name in ("stdout", "stderr")
+            if (size := (logs / name).stat().st_size) > 0
+        ]
         try:
-            records = [
-                upload_log(logs / name, log_url(self.spec, key, name), store=self.node.store)
-                for name in ("stdout", "stderr")
-            ]
+            records = upload_outputs(items, cache=None, store=self.node.store, workers=2)
         except StagerError as exc:
             if failed is not None:
                 failed.hint = f"its logs could not be uploaded ({exc.message}); see {logs}"
                 raise failed from exc
             raise
         if failed is not None:
-            failed.hint = f"see its stderr log {records[1].url}"
+            stderr = [r.url for r in records if r.path == "stderr"]
+            failed.hint = f"see its stderr log {stderr[0]}" if stderr else "its stderr was empty"
             raise failed
         return records
 
