@@ -38,12 +38,14 @@ $(BENCH_STAMP):
 bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	$(BIN)/stager bench transfer --scale 0.1
-	$(BIN)/python bench/dispatch_rate.py --tasks 1000
+	$(BIN)/stager bench workflow --tasks 30 --reference-mib 128
+	$(BIN)/stager bench dispatch --tasks 1000
 
 bench-full: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	$(BIN)/stager bench transfer
-	$(BIN)/python bench/dispatch_rate.py --tasks 5000
+	$(BIN)/stager bench workflow --tasks 100 --reference-mib 1024
+	$(BIN)/stager bench dispatch --tasks 5000
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache

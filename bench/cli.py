@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
+from bench.dispatch import run_dispatch_bench
 from bench.peers import TOOLS, peer_bin_dir
 from bench.report import conditions, transfer_markdown, transfer_plot, write_json
 from bench.transfer import TIME_BINARY, WORKLOADS, TransferBench, available_tools, endpoint_of
+from bench.workflow import run_workflow_bench
 from stager.errors import ConfigError
 from stager.objectstore import ObjectStore
 from stager.s3server import LocalS3Server
+from stager.units import format_size
 
 
 @click.group("bench")
@@ -119,3 +123,83 @@ def transfer_command(
             f"{len(failed)} runs failed or delivered wrong bytes: "
             + "; ".join(f"{r.tool} {r.workload} {r.direction}: {r.note}" for r in failed[:3])
         )
+
+
+def _save(out: Path, name: str, data: dict[str, object], markdown: str) -> None:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    write_json(data, out / f"{name}-{stamp}.json")
+    (out / f"{name}-{stamp}.md").write_text(markdown)
+    click.echo(markdown)
+    click.echo(f"wrote {out}/{name}-{stamp}.json, .md")
+
+
+out_option = click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench/results"),
+    show_default=True,
+    help="Where the JSON and markdown go.",
+)
+
+
+@bench_group.command(
+    "workflow",
+    epilog="""\b
+Examples:
+  stager bench workflow                        # 30 tasks, 3 workers, 128 MiB reference
+  stager bench workflow --tasks 100 --reference-mib 1024
+""",
+)
+@click.option("--tasks", default=30, show_default=True)
+@click.option("--workers", default=3, show_default=True)
+@click.option("--reference-mib", default=128, show_default=True)
+@out_option
+def workflow_command(tasks: int, workers: int, reference_mib: int, out: Path) -> None:
+    """Data diffusion: stager's caches vs a per-task-download job script vs the ideal."""
+    with tempfile.TemporaryDirectory(prefix="stager-bench-") as scratch:
+        figures = run_workflow_bench(
+            Path(scratch),
+            tasks=tasks,
+            workers=workers,
+            reference_bytes=reference_mib * 1024 * 1024,
+            log=click.echo,
+        )
+    data = {**figures.to_json(), "conditions": conditions({})}
+    f = figures
+    markdown = (
+        "| run | makespan | read from S3 |\n|---|---|---|\n"
+        f"| stager (node caches, data-aware) | {f.stager_makespan_s:.1f} s "
+        f"| {format_size(f.stager_bytes_from_s3)} |\n"
+        f"| naive ({f.downloader} per task) | {f.naive_makespan_s:.1f} s "
+        f"| {format_size(f.naive_bytes_from_s3)} |\n"
+        f"| ideal | {f.ideal_makespan_s:.1f} s | {format_size(f.reference_bytes)} x nodes |\n\n"
+        f"{f.tasks} tasks, {f.workers} workers, reference {format_size(f.reference_bytes)}; "
+        f"naive/stager {data['naive_over_stager']}, stager/ideal {data['stager_over_ideal']}\n"
+    )
+    _save(out, "workflow", data, markdown)
+
+
+@bench_group.command(
+    "dispatch",
+    epilog="""\b
+Examples:
+  stager bench dispatch --tasks 1000
+  stager bench dispatch --tasks 5000 --workers 2 --slots 4
+""",
+)
+@click.option("--tasks", default=1000, show_default=True)
+@click.option("--workers", default=2, show_default=True)
+@click.option("--slots", default=1, show_default=True, help="Tasks per worker at once.")
+@out_option
+def dispatch_command(tasks: int, workers: int, slots: int, out: Path) -> None:
+    """Tasks/s for `true` tasks through the whole path, next to the raw spawn rate."""
+    with tempfile.TemporaryDirectory(prefix="stager-bench-") as scratch:
+        f = run_dispatch_bench(Path(scratch), tasks=tasks, workers=workers, slots=slots)
+    data = {**asdict(f), "conditions": conditions({})}
+    markdown = (
+        f"{f.done} of {f.tasks} `true` tasks in {f.seconds} s on {f.workers} workers x "
+        f"{f.slots} slots: **{f.tasks_per_s} tasks/s**, {f.share_of_raw:.1%} of the raw "
+        f"spawn rate ({f.raw_spawns_per_s}/s, subprocess.run in a loop). Lease round trip "
+        f"median {f.lease_rtt_median_ms} ms, p99 {f.lease_rtt_p99_ms} ms.\n"
+    )
+    _save(out, "dispatch", data, markdown)

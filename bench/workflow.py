@@ -1,0 +1,174 @@
+"""``stager bench workflow``: the data-diffusion experiment.
+
+N tasks each read one shared reference plus a small input of their own, on
+K worker processes (separate caches, as separate nodes):
+
+- ``stager``: inputs declared in the spec, staged through each node's cache
+  and placed by the data-aware policy (one reference download per node);
+- ``naive``: the same commands in a job script that downloads every input
+  for every task with ``aws s3 cp`` (or s5cmd / ``stager pull``, whichever
+  is installed), as batch jobs commonly do;
+- ``ideal``: the compute time spread over K workers plus one reference
+  download, the floor any staging layer can reach.
+
+Reported: makespan (submission to the last completion), bytes read from S3,
+and the ratios naive/stager and stager/ideal. Both runs go through the same
+dispatcher and workers; only the data path differs.
+"""
+
+from __future__ import annotations
+
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.peers import TOOLS, Endpoint
+from fsd.cache import NodeCache
+from fsd.stagein import warm
+from stager.digestcache import DigestCache
+from stager.locations import S3Url
+from stager.objectstore import ObjectStore
+from stager.push import push
+from stager.s3server import LocalS3Server
+from worker_hooks.cli_queue import wait_for_workflow
+from worker_hooks.demo import BUCKET, DemoShape, build_workflow, generate_dataset
+from worker_hooks.localcluster import LocalCluster
+
+COMPUTE = "{ cksum < reference.bin; cksum < input.dat; } > result.txt"
+
+
+@dataclass(frozen=True)
+class WorkflowFigures:
+    tasks: int
+    workers: int
+    reference_bytes: int
+    downloader: str
+    stager_makespan_s: float
+    stager_bytes_from_s3: int
+    naive_makespan_s: float
+    naive_bytes_from_s3: int
+    ideal_makespan_s: float
+    compute_s_per_task: float
+    reference_fetch_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "naive_over_stager": round(self.naive_makespan_s / self.stager_makespan_s, 3),
+            "stager_over_ideal": round(self.stager_makespan_s / self.ideal_makespan_s, 3),
+        }
+
+
+def _download_command(endpoint: Endpoint, url: str, path: str) -> tuple[str, str]:
+    """(tool name, shell command) that fetches ``url`` to ``path`` the naive way."""
+    for name in ("aws-cli", "s5cmd"):
+        tool = TOOLS[name]
+        if tool.available():
+            binary = shlex.quote(tool.path)  # type: ignore[attr-defined]
+            verb = "s3 cp --only-show-errors" if name == "aws-cli" else "cp"
+            return name, f"{binary} --endpoint-url {endpoint.url} {verb} {url} {path}"
+    stager = f"{shlex.quote(sys.executable)} -m stager --no-progress"
+    return "stager-pull", f"{stager} --endpoint-url {endpoint.url} pull {url} {path}"
+
+
+def naive_tasks(
+    tasks: list[dict[str, Any]], endpoint: Endpoint
+) -> tuple[str, list[dict[str, Any]]]:
+    """The same tasks with no declared inputs: the script downloads each one itself."""
+    converted = []
+    tool = "none"
+    for task in tasks:
+        fetches = []
+        for item in task["inputs"]:
+            tool, command = _download_command(endpoint, item["source"], item["path"])
+            fetches.append(command)
+        converted.append(
+            {
+                **task,
+                "id": "naive-" + task["id"],
+                "inputs": [],
+                "command": " && ".join([*fetches, task["command"]]),
+            }
+        )
+    return tool, converted
+
+
+def _compute_seconds(sample: Path, runs: int = 3) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(["sh", "-c", COMPUTE], cwd=sample, check=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def run_workflow_bench(
+    work: Path, *, tasks: int, workers: int, reference_bytes: int, log: Any
+) -> WorkflowFigures:
+    shape = DemoShape(map_tasks=tasks, workers=workers, reference_bytes=reference_bytes)
+    with LocalS3Server(work / "s3") as server:
+        settings = server.settings(state_dir=work / "state", progress=False)
+        endpoint = Endpoint(
+            server.endpoint_url,
+            server.credentials.access_key,
+            server.credentials.secret_key,
+            "us-east-1",
+        )
+        with (
+            ObjectStore(settings, credentials=server.credentials) as store,
+            DigestCache(settings.state_dir / "digests.sqlite") as digests,
+        ):
+            store.ensure_bucket(BUCKET)
+            dataset = generate_dataset(work / "frontend", shape)
+            pushed = push(
+                [str(dataset)], S3Url(BUCKET, "bench/data/"), store=store, digests=digests
+            )
+            maps = [t for t in build_workflow(pushed, shape)["tasks"] if t["id"] != "reduce"]
+            defaults = {"shell": True, "timeout_s": 3600, "results": f"s3://{BUCKET}/results/"}
+            stager_tasks = [{**defaults, **t} for t in maps]
+            tool, naive = naive_tasks(stager_tasks, endpoint)
+            sample = work / "sample"
+            sample.mkdir()
+            (sample / "reference.bin").symlink_to(dataset / "reference.bin")
+            (sample / "input.dat").symlink_to(dataset / "inputs" / "task-0000.dat")
+            compute_s = _compute_seconds(sample)
+            started = time.perf_counter()
+            warm(
+                [stager_tasks[0]["inputs"][0]["source"]],
+                cache=NodeCache(work / "probe-cache", quota_bytes=1 << 40),
+                store=store,
+            )
+            fetch_s = time.perf_counter() - started
+            env = {**server.env(), "STAGER_STATE_DIR": str(work / "state")}
+            figures = {}
+            for mode, batch in (("stager", stager_tasks), ("naive", naive)):
+                with LocalCluster(work / f"cluster-{mode}", env) as cluster:
+                    names = [f"{mode}-node-{n}" for n in range(workers)]
+                    for name in names:
+                        cluster.add_worker(name)
+                    cluster.wait_for_workers(names)
+                    started = time.perf_counter()
+                    cluster.client.submit(batch, workflow=mode)
+                    status = wait_for_workflow(cluster.client, mode, len(batch), poll_s=0.2)
+                    figures[mode] = (time.perf_counter() - started, status["bytes_from_s3"])
+                log(f"{mode}: {figures[mode][0]:.1f} s")
+    input_bytes = sum(e.size for e in pushed.manifest.entries) - reference_bytes
+    naive_bytes = tasks * reference_bytes + input_bytes
+    return WorkflowFigures(
+        tasks=tasks,
+        workers=workers,
+        reference_bytes=reference_bytes,
+        downloader=tool,
+        stager_makespan_s=round(figures["stager"][0], 2),
+        stager_bytes_from_s3=figures["stager"][1],
+        naive_makespan_s=round(figures["naive"][0], 2),
+        naive_bytes_from_s3=naive_bytes,
+        ideal_makespan_s=round(compute_s * tasks / workers + fetch_s, 2),
+        compute_s_per_task=round(compute_s, 3),
+        reference_fetch_s=round(fetch_s, 3),
+    )
