@@ -19,6 +19,14 @@ from stager.objectstore import ObjectStore
 from stager.s3server import LocalS3Server
 from stager.units import format_size
 
+out_option = click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench/results"),
+    show_default=True,
+    help="Where the JSON, markdown and PNG go.",
+)
+
 
 @click.group("bench")
 def bench_group() -> None:
@@ -47,13 +55,7 @@ Examples:
     show_default=True,
     help="Comma-separated workloads.",
 )
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("bench/results"),
-    show_default=True,
-    help="Where the JSON, markdown and PNG go.",
-)
+@out_option
 @click.option(
     "--work-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -131,15 +133,6 @@ def _save(out: Path, name: str, data: dict[str, object], markdown: str) -> None:
     (out / f"{name}-{stamp}.md").write_text(markdown)
     click.echo(markdown)
     click.echo(f"wrote {out}/{name}-{stamp}.json, .md")
-
-
-out_option = click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("bench/results"),
-    show_default=True,
-    help="Where the JSON and markdown go.",
-)
 
 
 @bench_group.command(
