@@ -32,6 +32,7 @@ from stager.errors import CacheFormatError, CacheFullError, IntegrityError, from
 from stager.units import format_size
 
 FORMAT = "stager-cache/1\n"
+SMALL_ENTRY_BYTES = 1024 * 1024  # below this, space is accounted at publication (rule 5)
 MARKER_MTIME_NS = 1_000_000_000
 READ_ONLY = 0o444
 
@@ -168,17 +169,21 @@ class NodeCache:
         with lock.holding(keep_fresh=True):
             if digest is not None and (found := self.lookup(digest)) is not None:
                 return found
+            if size < SMALL_ENTRY_BYTES and self._fits_now(size):
+                return self._insert_small(digest, size, fill)
             key = self._reserve(size)
             try:
                 try:
-                    return self._insert(digest, size, fill, key)
+                    staged = self._stage(digest, size, fill, key)
                 except IntegrityError:
-                    return self._insert(digest, size, fill, key)
+                    staged = self._stage(digest, size, fill, key)
+                return self._publish(*staged, size, key)
             except BaseException:
                 self._settle(key, published_bytes=0)  # a published insert settled itself
                 raise
 
-    def _insert(self, digest: str | None, size: int, fill: Fill, key: str) -> Path:
+    def _stage(self, digest: str | None, size: int, fill: Fill, key: str) -> tuple[Path, str]:
+        """Write the bytes to a read-only staging file in ``tmp/``; check size and digest."""
         temp = self.root / "tmp" / f"{name_for(digest)}.{key}{TEMP_MARKER}"
         staging = self.root / "tmp" / f"{name_for(digest)}.{key}.ready"
         with atomic_file(staging, mode=READ_ONLY, temp=temp, before_publish=_mark) as handle:
@@ -189,7 +194,11 @@ class NodeCache:
                 raise IntegrityError(f"fetched {got.size} bytes for an input of {size}")
             if digest is not None and got.digest != parse_digest(digest):
                 raise IntegrityError(f"fetched bytes hash to {got.digest}, expected {digest}")
-        final = self.entry_path(got.digest)
+        return staging, got.digest
+
+    def _publish(self, staging: Path, got_digest: str, size: int, key: str) -> Path:
+        """Rename a staged entry into ``data/`` and settle reservation ``key``."""
+        final = self.entry_path(got_digest)
         try:
             final.parent.mkdir(exist_ok=True)
             if final.exists():  # another flight (unknown digest) got there first
@@ -204,6 +213,48 @@ class NodeCache:
             raise from_os_error(exc, f"publish {final}") from exc
         self._settle(key, published_bytes=size)
         return final
+
+    def _fits_now(self, size: int) -> bool:
+        """A lock-free hint: the ledger (replaced by rename) shows room without evicting."""
+        ledger = read_ledger(self._ledger())
+        return ledger.used_bytes + ledger.reserved_bytes + size <= self.quota_bytes
+
+    def _insert_small(self, digest: str | None, size: int, fill: Fill) -> Path:
+        """A small entry: bytes first, then one cache-lock hold makes room, counts, publishes.
+
+        Half the cache-lock holds of a reserved insert. If pinned entries
+        hold the room, fall back to reserving (and waiting) like any insert.
+        """
+        key = str(Owner.current())
+        try:
+            staged = self._stage(digest, size, fill, key)
+        except IntegrityError:
+            staged = self._stage(digest, size, fill, key)
+        staging, got_digest = staged
+        try:
+            final = self.entry_path(got_digest)
+            with self._cache_lock().holding():
+                ledger = read_ledger(self._ledger())
+                published = final.exists() or self._make_room(ledger, size)
+                if published and not final.exists():
+                    final.parent.mkdir(exist_ok=True)
+                    os.replace(staging, final)
+                    ledger.used_bytes += size
+                    ledger.fetches += 1
+                    write_ledger(self._ledger(), ledger)
+            if published:
+                staging.unlink(missing_ok=True)  # a twin published first
+                fsync_directory(final.parent)
+                return final
+            reservation = self._reserve(size)
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
+        try:
+            return self._publish(staging, got_digest, size, reservation)
+        except BaseException:
+            self._settle(reservation, published_bytes=0)
+            raise
 
     def _reserve(self, size: int) -> str:
         """Reserve ``size`` bytes, evicting LRU unpinned entries if needed; return the key.
@@ -228,19 +279,25 @@ class NodeCache:
             self._sleep(delay)
             delay = min(delay * 2, 1.0)
 
+    def _make_room(self, ledger: Ledger, size: int) -> bool:
+        """Under the cache lock: evict LRU unpinned entries until ``size`` more fits."""
+        self._drop_stale_reservations(ledger)
+        need = ledger.used_bytes + ledger.reserved_bytes + size - self.quota_bytes
+        victims = plan_eviction(self._scan(), need) if need > 0 else []
+        if victims is None:
+            return False
+        for victim in victims:
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / "data" / victim.hex[:2] / victim.hex).unlink()
+                ledger.used_bytes -= victim.size_bytes
+        return True
+
     def _try_reserve(self, size: int) -> str | None:
         key = str(Owner.current())
         with self._cache_lock().holding():
             ledger = read_ledger(self._ledger())
-            self._drop_stale_reservations(ledger)
-            need = ledger.used_bytes + ledger.reserved_bytes + size - self.quota_bytes
-            victims = plan_eviction(self._scan(), need) if need > 0 else []
-            if victims is None:
+            if not self._make_room(ledger, size):
                 return None
-            for victim in victims:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.root / "data" / victim.hex[:2] / victim.hex).unlink()
-                    ledger.used_bytes -= victim.size_bytes
             ledger.reservations[key] = Reservation(size, self._clock())
             write_ledger(self._ledger(), ledger)
         return key

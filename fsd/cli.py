@@ -11,7 +11,7 @@ import click
 
 from fsd.cache import NodeCache
 from fsd.settings import CacheSettings, default_quota_bytes
-from fsd.stagein import warm
+from fsd.stagein import StageInput, warm
 from stager.cli.context import CliState
 from stager.errors import IntegrityError, from_os_error
 from stager.locations import S3Url
@@ -70,12 +70,17 @@ def cache_group(ctx: click.Context, /, cache_dir: Path | None, cache_quota: str 
 def fetch(context: CacheContext, urls: tuple[str, ...]) -> None:
     """Warm the cache with objects (or every object below a prefix ending in /)."""
     store = context.core.object_store()
-    expanded: list[str] = []
+    expanded: list[str | StageInput] = []
     for text in urls:
         url = S3Url.parse(text)
-        expanded.extend(str(u) for u, _ in store.list(url)) if url.is_prefix else expanded.append(
-            text
-        )
+        if url.is_prefix:  # the listing gives sizes: small objects need no HEAD
+            listed = list(store.list(url))
+            expanded.extend(
+                StageInput(str(u), f"listed-{len(expanded)}-{n}", size=size)
+                for n, (u, size) in enumerate(listed)
+            )
+        else:
+            expanded.append(text)
     started = time.monotonic()
     fetched = warm(
         expanded, cache=context.open(), store=store, workers=context.core.settings.files_in_flight

@@ -23,7 +23,7 @@ from fsd.materialize import materialize
 from stager.digest import HashingWriter, parse_digest
 from stager.errors import ConfigError, NotFoundError
 from stager.locations import S3Url, safe_relative_path
-from stager.objectstore import ObjectInfo, ObjectStore
+from stager.objectstore import ObjectInfo, ObjectStore, check_received
 from stager.parallel import run_all
 
 
@@ -102,9 +102,20 @@ def plan_stage_in(
 
 
 def _resolve(store: ObjectStore, checked: tuple[StageInput, S3Url, PurePosixPath]) -> ResolvedInput:
+    """What is known of an input; a HEAD only where it saves work or is needed.
+
+    A small object of known size and unknown digest needs no HEAD: its one
+    GET returns the same metadata, checked as the bytes arrive (the entry
+    is then named by what arrived). A large one needs the HEAD's ETag to
+    pin its ranged GETs to one version.
+    """
     item, url, dest = checked
-    if item.digest is not None and item.size is not None:
-        return ResolvedInput(url, dest, parse_digest(item.digest), item.size)
+    if item.size is not None and (
+        item.digest is not None or item.size < store.settings.multipart_threshold_bytes
+    ):
+        return ResolvedInput(
+            url, dest, parse_digest(item.digest) if item.digest else None, item.size
+        )
     info = store.head(url)
     if info is None:
         raise NotFoundError(f"input {url} does not exist")
@@ -155,10 +166,15 @@ class _Stager:
             entry = self.cache.ensure(
                 item.digest,
                 item.size,
-                lambda writer: self.store.read_into(item.url, writer, info=item.info),
+                lambda writer: self._fetch(item, writer),
                 flight_key=str(item.url),
             )
         return entry, tier
+
+    def _fetch(self, item: ResolvedInput, writer: HashingWriter) -> None:
+        """Stream the object into ``writer``; its own recorded digest and size must match."""
+        info = self.store.read_into(item.url, writer, info=item.info)
+        check_received(info, writer.hasher)
 
     def _from_nfs_head(self, item: ResolvedInput) -> Path | None:
         assert self.nfs_head is not None and item.digest is not None

@@ -192,3 +192,29 @@ def test_materialize_modes(tmp_path: Path, mode: str) -> None:
     assert dest.read_bytes() == b"payload"
     assert (dest.stat().st_ino == entry.stat().st_ino) is (mode != "copy")
     assert dest.is_symlink() is (mode == "symlink")
+
+
+class _StaleHintCache(NodeCache):
+    """A cache whose lock-free room hint is out of date, as when another
+    process filled the cache between the hint and the cache lock."""
+
+    def _fits_now(self, size: int) -> bool:
+        return True
+
+
+def test_a_small_insert_that_finds_no_room_waits_like_any_insert(tmp_path: Path) -> None:
+    waits: list[float] = []
+    cache = _StaleHintCache(
+        tmp_path / "c", quota_bytes=200, reserve_wait_s=0.05, sleep=waits.append
+    )
+    a, b = b"a" * 100, b"b" * 100
+    insert(cache, a)
+    insert(cache, b)
+    with cache.pinned([digest_bytes(a), digest_bytes(b)]):
+        with pytest.raises(CacheFullError, match="pinned"):
+            cache.ensure(digest_bytes(b"c" * 100), 100, Source(b"c" * 100))
+        assert waits
+    assert cache.stats().used_bytes == 200  # the quota held
+    assert [p for p in files_under(tmp_path / "c" / "tmp")] == []  # the staged bytes are gone
+    insert(cache, b"c" * 100)  # unpinned: the small path evicts the LRU entry
+    assert cache.stats().used_bytes == 200 and cache.lookup(digest_bytes(a)) is None
