@@ -236,6 +236,26 @@ def submit_command(
         wait_for_workflow(client, name, len(ids))
 
 
+@click.command(
+    "cancel",
+    epilog="""\b
+Examples:
+  stager cancel map-0007 map-0008
+""",
+)
+@click.argument("task_ids", nargs=-1, required=True)
+@dispatcher_url_option
+@token_file_option
+@ca_file_option
+def cancel_command(
+    task_ids: tuple[str, ...], dispatcher_url: str, token_file: Path | None, ca_file: str | None
+) -> None:
+    """Cancel tasks that have not finished (their dependants fail)."""
+    client = _client(dispatcher_url, token_file, ca_file)
+    for task_id in task_ids:
+        click.echo(f"{task_id}: {client.cancel(task_id)}")
+
+
 def wait_for_workflow(
     client: DispatcherClient, name: str, total: int, *, poll_s: float = 1.0
 ) -> dict[str, Any]:

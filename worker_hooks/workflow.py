@@ -145,10 +145,22 @@ def resolve_references(
 
 
 def load_workflow(path: Path) -> tuple[str, list[dict[str, Any]]]:
-    """The workflow's name and its task bodies, with defaults merged in."""
+    """The workflow's name and its task bodies, with defaults merged in.
+
+    The file holds a workflow (an object with ``tasks``), a list of task
+    specs, or one task spec.
+    """
     document = load_document(path)
+    if isinstance(document, list):
+        document = {"tasks": document}
+    elif isinstance(document, dict) and "tasks" not in document and "id" in document:
+        document = {"tasks": [document]}
     if not isinstance(document, dict) or not isinstance(document.get("tasks"), list):
-        raise ConfigError(f"{path}: a workflow is an object with a 'tasks' list")
+        raise ConfigError(
+            f"{path}: expected a workflow (an object with a 'tasks' list), a list of task "
+            "specs or one task spec",
+            hint="see docs/workflows.md",
+        )
     defaults = document.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise ConfigError(f"{path}: 'defaults' must be an object")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 import urllib3
+import yaml
 
 from stager.digest import digest_bytes
 from stager.errors import AccessDeniedError, PreconditionFailedError, UnreachableError
@@ -279,3 +281,55 @@ def test_tls_when_given_a_certificate(make_cluster: ClusterFactory, tmp_path: Pa
     assert cluster.client.status()["counts"]["queued"] == 0
     with pytest.raises(UnreachableError):  # an untrusting client refuses the unknown cert
         DispatcherClient(cluster.url, "x").status()
+
+
+def test_submit_wait_status_and_cancel_from_the_command_line(
+    make_cluster: ClusterFactory, prefix: S3Url, tmp_path: Path
+) -> None:
+    cluster = make_cluster()
+    cluster.add_worker("w1")
+    env = {
+        **cluster.env,
+        "STAGER_DISPATCHER_URL": cluster.url,
+        "STAGER_DISPATCHER_TOKEN_FILE": str(cluster.token_file),
+    }
+
+    def stager(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "stager", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(task("single", "echo hi > out.txt", prefix)))
+    done = stager("submit", str(one), "--wait")
+    assert done.returncode == 0, done.stderr
+    batch = tmp_path / "batch.yaml"
+    batch.write_text(
+        yaml.safe_dump([task("good", "echo ok > out.txt", prefix), task("bad", "exit 3", prefix)])
+    )
+    failed = stager("submit", str(batch), "--wait")
+    assert failed.returncode == 10 and "1 failed" in failed.stderr
+    status = stager("status", "--workflow", "batch")
+    assert status.returncode == 0, status.stderr
+    assert "done 1" in status.stdout and "failed 1" in status.stdout and "w1" in status.stdout
+    parked = tmp_path / "parked.json"
+    parked.write_text(
+        json.dumps(
+            task(
+                "parked", "true", prefix, inputs=[{"source": "task://blocker/out.txt", "path": "x"}]
+            )
+        )
+    )
+    blocker = tmp_path / "blocker.json"
+    blocker.write_text(json.dumps([task("blocker", "sleep 30", prefix)]))
+    assert stager("submit", str(blocker)).returncode == 0
+    assert stager("submit", str(parked)).returncode == 0
+    cancelled = stager("cancel", "blocker")
+    assert cancelled.returncode == 0 and "blocker: cancelled" in cancelled.stdout
+    assert cluster.client.task("parked")["state"] == "failed"
+    assert "cancelled" in cluster.client.task("parked")["error"]
