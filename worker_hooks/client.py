@@ -88,7 +88,10 @@ class DispatcherClient:
             error = _BY_STATUS.get(response.status, StagerError)
             message = data.get("error", f"HTTP {response.status}")
             if response.status == 401:
-                raise error(f"the dispatcher refused the token: {message}")
+                raise error(
+                    f"the dispatcher refused the token: {message}",
+                    hint=f"use the token the dispatcher serves with (--token-file or {TOKEN_ENV})",
+                )
             raise error(f"dispatcher: {message}", hint="")
         return data
 

@@ -20,7 +20,7 @@ from stager.digest import digest_bytes
 from stager.errors import AccessDeniedError, PreconditionFailedError, UnreachableError
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
-from stager.s3server import LocalS3Server
+from stager.s3server import LocalS3Server, free_ports
 from worker_hooks.client import DispatcherClient
 from worker_hooks.localcluster import LocalCluster
 from worker_hooks.taskdb import FINAL_STATES
@@ -333,3 +333,47 @@ def test_submit_wait_status_and_cancel_from_the_command_line(
     assert cancelled.returncode == 0 and "blocker: cancelled" in cancelled.stdout
     assert cluster.client.task("parked")["state"] == "failed"
     assert "cancelled" in cluster.client.task("parked")["error"]
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "text"),
+    [("dead dispatcher", 5, "is unreachable"), ("wrong token", 4, "refused the token")],
+)
+def test_a_worker_that_cannot_reach_its_dispatcher_says_so_and_exits(
+    make_cluster: ClusterFactory, tmp_path: Path, case: str, code: int, text: str
+) -> None:
+    if case == "dead dispatcher":
+        (port,) = free_ports(1)
+        url, token = f"http://127.0.0.1:{port}", "not-the-token-4f2a"
+        env = dict(os.environ)
+    else:
+        cluster = make_cluster()
+        url, token, env = cluster.url, "not-the-token-4f2a", cluster.env
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stager",
+            "worker",
+            "--dispatcher",
+            url,
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--sandbox-dir",
+            str(tmp_path / "sb"),
+        ],
+        env={
+            **env,
+            "STAGER_DISPATCHER_TOKEN": token,
+            "STAGER_DISPATCHER_LOST_S": "2",
+            "STAGER_LEASE_WAIT_S": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == code, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("stager: error: ") and text in last
+    assert "Traceback" not in done.stderr and token not in done.stderr
