@@ -329,6 +329,9 @@ class NodeCache:
     @contextlib.contextmanager
     def pinned(self, digests: list[str]) -> Iterator[None]:
         """Pin ``digests`` (present or not yet) for the duration of the block."""
+        if not digests:  # nothing to pin: no need for the cache lock
+            yield
+            return
         owner = str(Owner.current())
         paths = [self.root / "pins" / hex_of(d) / owner for d in digests]
         try:

@@ -141,6 +141,7 @@ class ObjectStore:
     def __init__(self, settings: Settings, *, credentials: Credentials | None = None) -> None:
         self.settings = settings
         self.client = make_client(settings, credentials)
+        self._buckets_seen: set[str] = set()  # buckets known to exist (never forgotten)
         self._transfers = TransferManager(
             self.client,
             TransferConfig(
@@ -177,7 +178,8 @@ class ObjectStore:
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
                 raise translate(exc, str(url), "read") from exc
-            self.check_bucket(url.bucket)
+            if url.bucket not in self._buckets_seen:  # once per bucket, not per missing key
+                self.check_bucket(url.bucket)
             return None
         except BotoCoreError as exc:
             raise translate(exc, str(url), "read") from exc
@@ -195,6 +197,7 @@ class ObjectStore:
                         hint="create it first or check its name",
                     ) from exc
                 raise
+        self._buckets_seen.add(bucket)
 
     def ensure_bucket(self, bucket: str) -> None:
         """Create ``bucket`` unless it exists."""
