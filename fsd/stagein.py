@@ -101,18 +101,19 @@ def plan_stage_in(
     return plan
 
 
-def _resolve(store: ObjectStore, checked: tuple[StageInput, S3Url, PurePosixPath]) -> ResolvedInput:
-    """What is known of an input; a HEAD only where it saves work or is needed.
+def _resolve(
+    store: ObjectStore, checked: tuple[StageInput, S3Url, PurePosixPath], *, fetch_only: bool
+) -> ResolvedInput:
+    """What is known of an input: one HEAD unless the digest and size are given.
 
-    A small object of known size and unknown digest needs no HEAD: its one
-    GET returns the same metadata, checked as the bytes arrive (the entry
-    is then named by what arrived). A large one needs the HEAD's ETag to
-    pin its ranged GETs to one version.
+    With ``fetch_only`` (warming a cache, where nothing is keyed on the
+    input's identity) a small object of known size needs no HEAD: its one
+    GET returns the same metadata, checked as the bytes arrive. A large one
+    needs the HEAD's ETag to pin its ranged GETs to one version.
     """
     item, url, dest = checked
-    if item.size is not None and (
-        item.digest is not None or item.size < store.settings.multipart_threshold_bytes
-    ):
+    small = item.size is not None and item.size < store.settings.multipart_threshold_bytes
+    if item.size is not None and (item.digest is not None or (fetch_only and small)):
         return ResolvedInput(
             url, dest, parse_digest(item.digest) if item.digest else None, item.size
         )
@@ -212,7 +213,8 @@ def warm(
         for n, item in enumerate(sources)
     ]
     stager = _Stager(cache, store, Path("/nonexistent-sandbox"), "link", nfs_head)
-    resolved = resolve_inputs(inputs, store=store, workers=workers)
+    checked = validate_inputs(inputs)
+    resolved = run_all(lambda i: _resolve(store, i, fetch_only=True), checked, workers=workers)
     fetched = run_all(stager.entry_for, _plan(resolved, cache, nfs_head), workers=workers)
     return [(item.url, entry, tier) for item, (entry, tier) in zip(resolved, fetched, strict=True)]
 
@@ -222,7 +224,7 @@ def resolve_inputs(
 ) -> list[ResolvedInput]:
     """Validate every input, then learn unknown digests and sizes (one HEAD each)."""
     checked = validate_inputs(inputs)
-    return run_all(lambda item: _resolve(store, item), checked, workers=workers)
+    return run_all(lambda item: _resolve(store, item, fetch_only=False), checked, workers=workers)
 
 
 @contextlib.contextmanager

@@ -174,6 +174,23 @@ def test_memoized_rerun_makes_no_uploads_and_force_reruns(
     assert store.get_bytes(prefix.child("out/y")) == b"other input"
 
 
+def test_a_changed_input_of_the_same_size_is_not_memoized(
+    node: Node, store: ObjectStore, prefix: S3Url
+) -> None:
+    put(store, prefix.child("in/x"), b"AAAA")
+    spec = spec_for(
+        prefix,
+        "cat x > y",
+        inputs=[{"source": str(prefix.child("in/x")), "path": "x", "size": 4}],
+        outputs=[{"path": "y", "to": str(prefix.child("out/y"))}],
+    )
+    wrap_task(spec, node)
+    put(store, prefix.child("in/x"), b"BBBB")
+    again = wrap_task(spec, node)
+    assert not again.memoized
+    assert store.get_bytes(prefix.child("out/y")) == b"BBBB"
+
+
 def test_timeout_kills_the_command_and_its_children(
     node: Node, prefix: S3Url, tmp_path: Path
 ) -> None:
