@@ -10,9 +10,9 @@ from pathlib import Path
 import click
 
 from bench.dispatch import run_dispatch_bench
-from bench.peers import TOOLS, peer_bin_dir
+from bench.peers import TOOLS, Endpoint, peer_bin_dir
 from bench.report import conditions, transfer_markdown, transfer_plot, write_json
-from bench.transfer import TIME_BINARY, WORKLOADS, TransferBench, available_tools, endpoint_of
+from bench.transfer import TIME_BINARY, WORKLOADS, TransferBench, available_tools
 from bench.workflow import run_workflow_bench
 from stager.errors import ConfigError
 from stager.objectstore import ObjectStore
@@ -93,9 +93,7 @@ def transfer_command(
         root = Path(scratch)
         with LocalS3Server(root / "s3") as server:
             settings = server.settings(state_dir=root / "state", progress=False)
-            endpoint = endpoint_of(
-                settings, server.credentials.access_key, server.credentials.secret_key
-            )
+            endpoint = Endpoint.of(server)
             with ObjectStore(settings, credentials=server.credentials) as store:
                 bench = TransferBench(store, endpoint, root / "work", tools=present, log=click.echo)
                 report = bench.run(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stager.locations import S3Url
+from stager.s3server import REGION, LocalS3Server
 
 PEER_VENV_ENV = "STAGER_BENCH_PEERS"
 
@@ -33,6 +34,12 @@ class Endpoint:
     access_key: str
     secret_key: str
     region: str
+
+    @classmethod
+    def of(cls, server: LocalS3Server) -> Endpoint:
+        """The endpoint and keys of the embedded server."""
+        keys = server.credentials
+        return cls(server.endpoint_url, keys.access_key, keys.secret_key, REGION)
 
     def aws_env(self) -> dict[str, str]:
         return {

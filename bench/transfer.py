@@ -33,7 +33,6 @@ from fsd.stagein import StageInput, resolve_inputs, staged_inputs
 from stager.digest import Hasher, digest_stream
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
-from stager.settings import Settings
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 BUCKET = "stager-bench"
@@ -269,8 +268,3 @@ def available_tools(names: Sequence[str]) -> tuple[list[Tool], list[str]]:
     """The named tools that are installed, and the names of those that are not."""
     chosen = [TOOLS[name] for name in names]
     return [t for t in chosen if t.available()], [t.name for t in chosen if not t.available()]
-
-
-def endpoint_of(settings: Settings, access_key: str, secret_key: str) -> Endpoint:
-    assert settings.endpoint_url is not None
-    return Endpoint(settings.endpoint_url, access_key, secret_key, settings.region or "us-east-1")

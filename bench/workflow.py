@@ -113,12 +113,7 @@ def run_workflow_bench(
     shape = DemoShape(map_tasks=tasks, workers=workers, reference_bytes=reference_bytes)
     with LocalS3Server(work / "s3") as server:
         settings = server.settings(state_dir=work / "state", progress=False)
-        endpoint = Endpoint(
-            server.endpoint_url,
-            server.credentials.access_key,
-            server.credentials.secret_key,
-            "us-east-1",
-        )
+        endpoint = Endpoint.of(server)
         with (
             ObjectStore(settings, credentials=server.credentials) as store,
             DigestCache(settings.state_dir / "digests.sqlite") as digests,

@@ -284,25 +284,18 @@ def test_tls_when_given_a_certificate(make_cluster: ClusterFactory, tmp_path: Pa
 
 
 def test_submit_wait_status_and_cancel_from_the_command_line(
-    make_cluster: ClusterFactory, prefix: S3Url, tmp_path: Path
+    make_cluster: ClusterFactory, prefix: S3Url, tmp_path: Path, run_cli: Any
 ) -> None:
     cluster = make_cluster()
     cluster.add_worker("w1")
     env = {
-        **cluster.env,
         "STAGER_DISPATCHER_URL": cluster.url,
         "STAGER_DISPATCHER_TOKEN_FILE": str(cluster.token_file),
     }
 
     def stager(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "stager", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        result: subprocess.CompletedProcess[str] = run_cli(*args, env=env)
+        return result
 
     one = tmp_path / "one.json"
     one.write_text(json.dumps(task("single", "echo hi > out.txt", prefix)))
