@@ -103,7 +103,10 @@ def test_kill_9_of_a_worker_mid_task_releases_its_task_after_expiry(
     cluster.add_worker("rescuer")
     assert wait_until_ended(cluster.client, "wf")["done"] == 1
     assignments = cluster.client.assignments("slow")
-    assert [(a, w) for _, a, w in assignments] == [(1, "victim"), (2, "rescuer")]
+    # The victim's attempt was lost; every later one (one, unless a loaded
+    # machine delayed a heartbeat past the short lease) went to the rescuer.
+    assert assignments[0][1:] == (1, "victim")
+    assert len(assignments) >= 2 and {w for _, _, w in assignments[1:]} == {"rescuer"}
     assert store.get_bytes(prefix.child("out/slow.txt")) == b"finished\n"
 
 
