@@ -29,7 +29,7 @@ from typing import Any
 
 from bench.peers import TOOLS, Endpoint, Tool
 from fsd.cache import NodeCache
-from fsd.stagein import StageInput, resolve_inputs, staged_inputs
+from fsd.stagein import StageInput, resolve_inputs, staged_resolved
 from stager.digest import Hasher, digest_stream
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
@@ -244,11 +244,11 @@ class TransferBench:
         ]
         inputs = resolve_inputs(listed, store=self.store)  # the digests, as a spec gives them
         started = time.perf_counter()
-        with staged_inputs(inputs, self.work / "sandbox-cold", cache=cache, store=self.store):
+        with staged_resolved(inputs, self.work / "sandbox-cold", cache=cache, store=self.store):
             pass
         cold_s = time.perf_counter() - started
         started = time.perf_counter()
-        with staged_inputs(inputs, self.work / "sandbox-warm", cache=cache, store=self.store):
+        with staged_resolved(inputs, self.work / "sandbox-warm", cache=cache, store=self.store):
             pass
         warm_s = time.perf_counter() - started
         report.warm_stage_in_ms_per_file[workload.name] = round(warm_s / len(inputs) * 1000, 3)

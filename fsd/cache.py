@@ -173,11 +173,7 @@ class NodeCache:
                 return self._insert_small(digest, size, fill)
             key = self._reserve(size)
             try:
-                try:
-                    staged = self._stage(digest, size, fill, key)
-                except IntegrityError:
-                    staged = self._stage(digest, size, fill, key)
-                return self._publish(*staged, size, key)
+                return self._publish(*self._stage_twice(digest, size, fill, key), size, key)
             except BaseException:
                 self._settle(key, published_bytes=0)  # a published insert settled itself
                 raise
@@ -195,6 +191,13 @@ class NodeCache:
             if digest is not None and got.digest != parse_digest(digest):
                 raise IntegrityError(f"fetched bytes hash to {got.digest}, expected {digest}")
         return staging, got.digest
+
+    def _stage_twice(self, digest: str | None, size: int, fill: Fill, key: str) -> tuple[Path, str]:
+        """Stage; a mismatch is fetched once more, then raised as IntegrityError."""
+        try:
+            return self._stage(digest, size, fill, key)
+        except IntegrityError:
+            return self._stage(digest, size, fill, key)
 
     def _publish(self, staging: Path, got_digest: str, size: int, key: str) -> Path:
         """Rename a staged entry into ``data/`` and settle reservation ``key``."""
@@ -225,12 +228,7 @@ class NodeCache:
         Half the cache-lock holds of a reserved insert. If pinned entries
         hold the room, fall back to reserving (and waiting) like any insert.
         """
-        key = str(Owner.current())
-        try:
-            staged = self._stage(digest, size, fill, key)
-        except IntegrityError:
-            staged = self._stage(digest, size, fill, key)
-        staging, got_digest = staged
+        staging, got_digest = self._stage_twice(digest, size, fill, str(Owner.current()))
         try:
             final = self.entry_path(got_digest)
             with self._cache_lock().holding():

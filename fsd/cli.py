@@ -74,11 +74,7 @@ def fetch(context: CacheContext, urls: tuple[str, ...]) -> None:
     for text in urls:
         url = S3Url.parse(text)
         if url.is_prefix:  # the listing gives sizes: small objects need no HEAD
-            listed = list(store.list(url))
-            expanded.extend(
-                StageInput(str(u), f"listed-{len(expanded)}-{n}", size=size)
-                for n, (u, size) in enumerate(listed)
-            )
+            expanded.extend(StageInput(str(u), u.key, size=size) for u, size in store.list(url))
         else:
             expanded.append(text)
     started = time.monotonic()

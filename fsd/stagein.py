@@ -12,6 +12,7 @@ input is materialized. Entries stay pinned for as long as the caller's
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import shutil
 from collections.abc import Iterator, Sequence
@@ -207,9 +208,15 @@ def warm(
     nfs_head: NodeCache | None = None,
     workers: int = 8,
 ) -> list[tuple[S3Url, Path, Tier]]:
-    """Fetch objects (URLs, or inputs with known digests) into the cache without a sandbox."""
+    """Fetch objects into the cache without a sandbox (preloading).
+
+    A source is a URL, or a :class:`StageInput` whose known digest or size
+    saves work; its ``path`` is not used.
+    """
     inputs = [
-        item if isinstance(item, StageInput) else StageInput(source=item, path=f"input-{n}")
+        dataclasses.replace(item, path=f"input-{n}")
+        if isinstance(item, StageInput)
+        else StageInput(source=item, path=f"input-{n}")
         for n, item in enumerate(sources)
     ]
     stager = _Stager(cache, store, Path("/nonexistent-sandbox"), "link", nfs_head)
@@ -229,7 +236,7 @@ def resolve_inputs(
 
 @contextlib.contextmanager
 def staged_inputs(
-    inputs: Sequence[StageInput] | Sequence[ResolvedInput],
+    inputs: Sequence[StageInput],
     sandbox: Path,
     *,
     cache: NodeCache,
@@ -238,14 +245,26 @@ def staged_inputs(
     nfs_head: NodeCache | None = None,
     workers: int = 8,
 ) -> Iterator[list[StagedInput]]:
-    """Stage ``inputs`` into ``sandbox``; their entries stay pinned inside the block.
+    """Stage ``inputs`` (as a spec names them) into ``sandbox``; pinned inside the block."""
+    resolved = resolve_inputs(inputs, store=store, workers=workers)
+    with staged_resolved(
+        resolved, sandbox, cache=cache, store=store, mode=mode, nfs_head=nfs_head, workers=workers
+    ) as staged:
+        yield staged
 
-    ``inputs`` are either as a spec names them or already resolved (by
-    :func:`resolve_inputs`, which then costs no second HEAD).
-    """
-    resolved = [item for item in inputs if isinstance(item, ResolvedInput)]
-    if len(resolved) != len(inputs):
-        resolved = resolve_inputs(inputs, store=store, workers=workers)  # type: ignore[arg-type]
+
+@contextlib.contextmanager
+def staged_resolved(
+    resolved: Sequence[ResolvedInput],
+    sandbox: Path,
+    *,
+    cache: NodeCache,
+    store: ObjectStore,
+    mode: str = "link",
+    nfs_head: NodeCache | None = None,
+    workers: int = 8,
+) -> Iterator[list[StagedInput]]:
+    """Stage inputs already resolved by :func:`resolve_inputs` (no second HEAD)."""
     stager = _Stager(cache, store, sandbox, mode, nfs_head)
     known = [item.digest for item in resolved if item.digest is not None]
     with cache.pinned(known):

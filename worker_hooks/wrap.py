@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fsd.cache import NodeCache
-from fsd.stagein import ResolvedInput, StagedInput, StageInput, resolve_inputs, staged_inputs
+from fsd.stagein import ResolvedInput, StagedInput, StageInput, resolve_inputs, staged_resolved
 from stager.errors import (
     CommandFailedError,
     DiskFullError,
@@ -228,7 +228,7 @@ class _Run:
                     link.parent.mkdir(parents=True, exist_ok=True)
                     link.symlink_to(bundle_dir, target_is_directory=True)
                 staged = pins.enter_context(
-                    staged_inputs(
+                    staged_resolved(
                         inputs,
                         work,
                         cache=node.cache,

@@ -9,7 +9,7 @@ from typing import Any
 from fsd.cache import MARKER_MTIME_NS
 from stager.digest import digest_bytes
 from stager.locations import S3Url
-from tests.helpers import write_random
+from tests.helpers import put_tampered, write_random
 
 
 def test_fetch_stats_ls_verify_evict(run_cli: Any, tmp_path: Path, prefix: S3Url) -> None:
@@ -68,3 +68,17 @@ def test_cache_errors_are_one_line(run_cli: Any, tmp_path: Path, prefix: S3Url) 
         "cache", "--cache-dir", str(tmp_path / "c"), "fetch", str(prefix.child("nope"))
     )
     assert missing.returncode == 3
+
+
+def test_fetching_a_prefix_checks_each_object_against_its_own_digest(
+    run_cli: Any, tmp_path: Path, prefix: S3Url, raw_client: Any
+) -> None:
+    # Small listed objects come with one GET and no HEAD: the GET's metadata must still win.
+    raw_client.put_object(Bucket=prefix.bucket, Key=prefix.child("ok").key, Body=b"fine")
+    put_tampered(raw_client, prefix.child("bad"), b"rotten", claimed=b"honest")
+    done = run_cli("cache", "--cache-dir", str(tmp_path / "c"), "fetch", str(prefix))
+    assert done.returncode == 7, done.stderr
+    assert "does not match" in done.stderr and "Traceback" not in done.stderr
+    stored = [p.name for p in (tmp_path / "c" / "data").glob("*/*")]
+    assert digest_bytes(b"rotten")[len("xxh3-128:") :] not in stored
+    assert [p for p in (tmp_path / "c" / "tmp").iterdir()] == []
