@@ -156,19 +156,18 @@ def _environment(spec: TaskSpec, work: Path) -> dict[str, str]:
     return {**os.environ, "STAGER_TASK_ID": spec.id, "STAGER_SANDBOX": str(work), **spec.env}
 
 
-def _failure(spec: TaskSpec, outcome: RunOutcome, where: str) -> StagerError | None:
-    if outcome.cancelled:
-        return TaskCancelledError(f"task {spec.id} was stopped before it ended")
+def _failure(spec: TaskSpec, outcome: RunOutcome) -> StagerError | None:
+    """The command's own failure (timeout, signal, non-zero exit), if any."""
     if outcome.timed_out:
         return TaskTimeoutError(
             f"task {spec.id} ran past its timeout of {spec.timeout_s:g} s and was killed"
         )
     if outcome.returncode < 0:
         name = signal.Signals(-outcome.returncode).name
-        return CommandFailedError(f"task {spec.id}: the command died of {name}", hint=where)
+        return CommandFailedError(f"task {spec.id}: the command died of {name}")
     if outcome.returncode > 0:
         return CommandFailedError(
-            f"task {spec.id}: the command exited with code {outcome.returncode}", hint=where
+            f"task {spec.id}: the command exited with code {outcome.returncode}"
         )
     return None
 
@@ -274,8 +273,14 @@ class _Run:
         return WrapResult(manifest, url, memoized=False, staged=tuple(staged))
 
     def _upload_logs(self, logs: Path, key: str, outcome: RunOutcome) -> list[FileRecord]:
-        """Upload the non-empty logs (in parallel); raise the command's failure if it failed."""
-        failed = _failure(self.spec, outcome, "see its stderr log")
+        """Upload the non-empty logs (in parallel); raise the command's failure if it failed.
+
+        A cancelled attempt (a drain) uploads nothing: it is handed back, and
+        the attempt that completes it leaves the logs.
+        """
+        if outcome.cancelled:
+            raise TaskCancelledError(f"task {self.spec.id} was stopped before it ended")
+        failed = _failure(self.spec, outcome)
         items = [
             FoundOutput(logs / name, name, log_url(self.spec, key, name), size)
             for name in ("stdout", "stderr")

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tarfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,7 +16,14 @@ import pytest
 
 from fsd.cache import NodeCache
 from stager.digest import digest_bytes
-from stager.errors import CommandFailedError, MissingOutputError, TaskTimeoutError, UnsafePathError
+from stager.errors import (
+    CommandFailedError,
+    DiskFullError,
+    MissingOutputError,
+    TaskCancelledError,
+    TaskTimeoutError,
+    UnsafePathError,
+)
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 from tests.helpers import files_under
@@ -189,6 +197,42 @@ def test_a_changed_input_of_the_same_size_is_not_memoized(
     again = wrap_task(spec, node)
     assert not again.memoized
     assert store.get_bytes(prefix.child("out/y")) == b"BBBB"
+
+
+def test_a_task_needing_more_scratch_than_is_free_fails_before_running(
+    node: Node, prefix: S3Url, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    spec = spec_for(prefix, f"touch {marker}", scratch_bytes=2**59)
+    with pytest.raises(DiskFullError, match=r"needs .* of scratch"):
+        wrap_task(spec, node)
+    assert not marker.exists()
+    assert list(node.sandbox_dir.iterdir()) == []
+
+
+def test_a_cancelled_task_stops_and_records_nothing(
+    node: Node, store: ObjectStore, prefix: S3Url, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    spec = spec_for(
+        prefix,
+        f"echo noisy; touch {started}; sleep 60; echo done > out.txt",
+        outputs=[{"path": "out.txt", "to": str(prefix.child("out/out.txt"))}],
+    )
+    cancel = threading.Event()
+
+    def cancel_once_running() -> None:
+        while not started.exists():
+            time.sleep(0.05)
+        cancel.set()
+
+    threading.Thread(target=cancel_once_running, daemon=True).start()
+    began = time.monotonic()
+    with pytest.raises(TaskCancelledError):
+        wrap_task(spec, node, WrapOptions(cancel=cancel))
+    assert time.monotonic() - began < 50  # stopped, not run to its end
+    assert list(store.list(prefix)) == []  # no logs, no outputs, no result
+    assert node.cache.stats().pinned_entries == 0
 
 
 def test_timeout_kills_the_command_and_its_children(
