@@ -420,6 +420,20 @@ class NodeCache:
             write_ledger(self._ledger(), ledger)
         return victims
 
+    def holdings(self) -> tuple[set[str], int]:
+        """The digests of the entries present and their total bytes.
+
+        One walk of ``data/``: no pins, no lock, no side effects (for a
+        worker's frequent reports to its dispatcher).
+        """
+        digests: set[str] = set()
+        total = 0
+        for path in (self.root / "data").glob("*/*"):
+            with contextlib.suppress(FileNotFoundError):
+                total += path.stat().st_size
+                digests.add("xxh3-128:" + path.name)
+        return digests, total
+
     def entries(self) -> list[EntryState]:
         return sorted(self._scan(), key=lambda s: s.last_used_ns, reverse=True)
 

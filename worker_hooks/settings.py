@@ -90,7 +90,8 @@ class WorkerSettings:
         1, int, "tasks leased ahead, their inputs staged while others run"
     )
     heartbeat_s: float = setting_field(5.0, positive_float, "seconds between heartbeats")
-    lease_wait_s: float = setting_field(20.0, positive_float, "long-poll wait for work")
+    # Short enough that an idle worker drains quickly; new work wakes a poll at once.
+    lease_wait_s: float = setting_field(5.0, positive_float, "long-poll wait for work")
     drain_s: float = setting_field(
         60.0, positive_float, "on SIGTERM, let running tasks end this long"
     )

@@ -118,7 +118,8 @@ class Worker:
         signal: setting an Event from a handler can deadlock on its lock.
         """
         self._stop = stop
-        threads = [self._thread(self._lease_loop, "leaser")]
+        first_report = self._first_cache_report()
+        threads = [self._thread(lambda: self._lease_loop(first_report), "leaser")]
         threads += [self._thread(self._run_loop, f"runner-{n}") for n in range(self.settings.slots)]
         beat = self._thread(self._heartbeat_loop, "heartbeat")
         for thread in [*threads, beat]:
@@ -167,7 +168,7 @@ class Worker:
 
     # -- leasing ----------------------------------------------------------------------
 
-    def _lease_loop(self) -> None:
+    def _lease_loop(self, first_report: dict[str, Any]) -> None:
         first = True
         lost_since: float | None = None
         while not self._draining.is_set():
@@ -182,7 +183,7 @@ class Worker:
                     self.worker_id,
                     want,
                     wait_s=1.0 if busy else self.settings.lease_wait_s,
-                    cache=self._cache_report(full=True) if first else None,
+                    cache=first_report if first else None,
                 )
                 first, lost_since = False, None
                 self._lease_s = lease_s
@@ -309,12 +310,10 @@ class Worker:
 
     # -- heartbeats -------------------------------------------------------------------
 
-    def _cache_report(self, *, full: bool) -> dict[str, Any]:
-        current = {"xxh3-128:" + entry.hex for entry in self.node.cache.entries()}
-        added = current if full else current - self._reported_cache
-        removed = set() if full else self._reported_cache - current
-        self._reported_cache = current
-        return {"full": full, "added": sorted(added), "removed": sorted(removed)}
+    def _first_cache_report(self) -> dict[str, Any]:
+        """Everything the cache holds, for the first contact (before the other threads)."""
+        self._reported_cache, _ = self.node.cache.holdings()
+        return {"full": True, "added": sorted(self._reported_cache), "removed": []}
 
     def _heartbeat_loop(self) -> None:
         last = time.monotonic()
@@ -325,16 +324,20 @@ class Worker:
             last = time.monotonic()
             with self._lock:
                 held = [(h.task_id, h.attempt) for h in self._held.values()]
+            current, cache_bytes = self.node.cache.holdings()
+            delta = {
+                "full": False,
+                "added": sorted(current - self._reported_cache),
+                "removed": sorted(self._reported_cache - current),
+            }
             try:
                 drop = self.client.heartbeat(
-                    self.worker_id,
-                    held,
-                    cache_bytes=self.node.cache.stats().used_bytes,
-                    cache=self._cache_report(full=False),
+                    self.worker_id, held, cache_bytes=cache_bytes, cache=delta
                 )
-            except StagerError as exc:
+            except StagerError as exc:  # the delta is sent again with the next beat
                 self.log(f"worker {self.worker_id}: heartbeat failed: {exc.one_line()}")
                 continue
+            self._reported_cache = current
             with self._lock:
                 for task_id in drop:
                     if task_id in self._held:

@@ -373,3 +373,32 @@ def test_a_worker_that_cannot_reach_its_dispatcher_says_so_and_exits(
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("stager: error: ") and text in last
     assert "Traceback" not in done.stderr and token not in done.stderr
+
+
+def test_workers_report_what_their_cache_gains_and_loses(
+    make_cluster: ClusterFactory, store: ObjectStore, prefix: S3Url, run_cli: Any
+) -> None:
+    cluster = make_cluster()
+    cluster.add_worker("w1", "--heartbeat-s", "0.5")
+    url = prefix.child("ref")
+    digest = store.put_bytes(url, b"reference bytes")
+    body = task(
+        "reader",
+        "cat ref ref > out.txt",
+        prefix,
+        inputs=[{"source": str(url), "path": "ref", "digest": digest, "size": 15}],
+    )
+    cluster.client.submit([body], workflow="wf")
+    wait_until_ended(cluster.client, "wf")
+
+    def cached() -> int:
+        (worker,) = cluster.client.status()["workers"]
+        return int(worker["cached_digests"])
+
+    assert cached() == 2  # the input and the output the task wrote
+    cache_dir = cluster.work_dir / "w1" / "cache"
+    assert run_cli("cache", "--cache-dir", str(cache_dir), "evict", "--all").returncode == 0
+    deadline = time.monotonic() + 30
+    while cached() != 0:
+        assert time.monotonic() < deadline, "the eviction never reached the dispatcher"
+        time.sleep(0.2)

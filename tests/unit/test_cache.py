@@ -218,3 +218,12 @@ def test_a_small_insert_that_finds_no_room_waits_like_any_insert(tmp_path: Path)
     assert [p for p in files_under(tmp_path / "c" / "tmp")] == []  # the staged bytes are gone
     insert(cache, b"c" * 100)  # unpinned: the small path evicts the LRU entry
     assert cache.stats().used_bytes == 200 and cache.lookup(digest_bytes(a)) is None
+
+
+def test_holdings_lists_entries_and_their_bytes(tmp_path: Path) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
+    insert(cache, b"x" * 10)
+    insert(cache, b"y" * 32)
+    assert cache.holdings() == ({digest_bytes(b"x" * 10), digest_bytes(b"y" * 32)}, 42)
+    cache.evict(all_unpinned=True)
+    assert cache.holdings() == (set(), 0)
