@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import hmac
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -38,6 +38,15 @@ def _status_of(exc: StagerError) -> int:
     if isinstance(exc, ConfigError):
         return 400
     return 500
+
+
+@contextlib.contextmanager
+def _parsing(what: str) -> Iterator[None]:
+    """Turn a malformed request field into a 400 (ConfigError), not a 500."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"malformed {what}: {exc!r}") from exc
 
 
 def _field(
@@ -167,33 +176,35 @@ class Dispatcher:
         )
 
     def _apply_cache_report(self, worker: str, report: Any) -> None:
-        if not isinstance(report, dict):
+        if report is None:
             return
-        self.db.report_cache(
-            worker,
-            added=[str(d) for d in report.get("added", [])],
-            removed=[str(d) for d in report.get("removed", [])],
-            full=bool(report.get("full", False)),
-        )
+        with _parsing("cache report"):
+            added = [str(d) for d in report.get("added", [])]
+            removed = [str(d) for d in report.get("removed", [])]
+            full = bool(report.get("full", False))
+        self.db.report_cache(worker, added=added, removed=removed, full=full)
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         worker = _field(body, "worker", str)
-        held = [(str(task_id), int(attempt)) for task_id, attempt in body.get("held", [])]
+        with _parsing("heartbeat"):
+            held = [(str(task_id), int(attempt)) for task_id, attempt in body.get("held", [])]
+            cache_bytes = None if body.get("cache_bytes") is None else int(body["cache_bytes"])
         self._apply_cache_report(worker, body.get("cache"))
-        drop = self.db.heartbeat(worker, held, cache_bytes=body.get("cache_bytes"))
+        drop = self.db.heartbeat(worker, held, cache_bytes=cache_bytes)
         return web.json_response({"drop": drop})
 
     async def complete(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         try:
             result = ResultManifest.from_json(str(_field(body, "result", str)).encode())
+        except StagerError as exc:  # a client's bad document: 400, not a server error
+            raise ConfigError(f"malformed completion: {exc.message}") from exc
+        with _parsing("completion"):
             uses = [
                 InputUse(str(u["digest"]), int(u["size"]), bool(u["from_cache"]))
                 for u in body.get("uses", [])
             ]
-        except (KeyError, TypeError, ValueError, StagerError) as exc:
-            raise ConfigError(f"malformed completion: {exc}") from exc
         self.db.complete(
             request.match_info["id"],
             int(_field(body, "attempt", int)),

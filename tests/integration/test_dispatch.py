@@ -402,3 +402,29 @@ def test_workers_report_what_their_cache_gains_and_loses(
     while cached() != 0:
         assert time.monotonic() < deadline, "the eviction never reached the dispatcher"
         time.sleep(0.2)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/heartbeat", {"worker": "w", "held": [1, 2]}),
+        ("/v1/heartbeat", {"worker": "w", "held": [], "cache_bytes": "lots"}),
+        ("/v1/lease", {"worker": "w", "cache": {"added": 5}}),
+        ("/v1/tasks/t/complete", {"worker": "w", "attempt": 1, "result": "{not json"}),
+        ("/v1/tasks", {"tasks": [{"id": "x", "command": ["true"], "inputs": "nope"}]}),
+        ("/v1/lease", ["not", "an", "object"]),
+    ],
+)
+def test_malformed_requests_get_400_and_leave_no_traceback(
+    make_cluster: ClusterFactory, path: str, body: Any
+) -> None:
+    cluster = make_cluster()
+    response = urllib3.PoolManager().request(
+        "POST",
+        cluster.url + path,
+        body=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {cluster.token_file.read_text().strip()}"},
+    )
+    assert response.status == 400, response.data
+    assert json.loads(response.data)["error"]
+    assert "Traceback" not in cluster.log_of("dispatcher")
