@@ -147,9 +147,21 @@ class TaskDB:
 
     # -- submitting ---------------------------------------------------------------
 
+    def _rows_in(
+        self, query: str, values: Sequence[str], before: Sequence[Any] = ()
+    ) -> Iterator[sqlite3.Row]:
+        """Rows of ``query`` (ending in ``IN ({marks})``) for ``values``, in chunks.
+
+        SQLite caps the variables of one statement (999 in older builds),
+        and a workflow may name tens of thousands of tasks or digests.
+        """
+        for start in range(0, len(values), 500):
+            chunk = list(values[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            yield from self._db.execute(query.format(marks=marks), [*before, *chunk])
+
     def known_ids(self, ids: Sequence[str]) -> set[str]:
-        marks = ",".join("?" * len(ids))
-        rows = self._db.execute(f"SELECT id FROM tasks WHERE id IN ({marks})", list(ids))
+        rows = self._rows_in("SELECT id FROM tasks WHERE id IN ({marks})", ids)
         return {row["id"] for row in rows}
 
     def submit_bodies(self, workflow: str, bodies: Sequence[Any]) -> list[str]:
@@ -265,11 +277,11 @@ class TaskDB:
         if not digests:
             return {}
         alive_after = self._clock() - self.limits.worker_timeout_s
-        marks = ",".join("?" * len(digests))
-        rows = self._db.execute(
+        rows = self._rows_in(
             "SELECT r.digest, r.worker FROM replicas r JOIN workers w ON w.id = r.worker"
-            f" WHERE w.last_seen >= ? AND r.digest IN ({marks})",
-            [alive_after, *digests],
+            " WHERE w.last_seen >= ? AND r.digest IN ({marks})",
+            sorted(digests),
+            before=[alive_after],
         )
         holders: dict[str, set[str]] = {}
         for row in rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,14 @@ def test_cache_reports_steer_max_cache_hit(tmp_path: Path, clock: Clock) -> None
     submit(db, body)
     assert db.lease("other", 5) == []
     assert [lease.task_id for lease in db.lease("holder", 5)] == ["hit"]
+
+
+def test_a_workflow_larger_than_sqlites_variable_limit(db: TaskDB) -> None:
+    # As an older SQLite build would: at most 999 variables per statement.
+    db._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    bodies = [task(f"t{n}") for n in range(1200)]
+    db.submit_bodies("big", bodies)
+    assert db.counts("big")["queued"] == 1200
+    assert db.known_ids([f"t{n}" for n in range(0, 2400, 2)]) == {
+        f"t{n}" for n in range(0, 1200, 2)
+    }
