@@ -149,7 +149,7 @@ def run_workflow_bench(
                     cluster.wait_for_workers(names)
                     started = time.perf_counter()
                     cluster.client.submit(batch, workflow=mode)
-                    status = wait_for_workflow(cluster.client, mode, len(batch), poll_s=0.2)
+                    status = wait_for_workflow(cluster.client, mode, poll_s=0.2)
                     figures[mode] = (time.perf_counter() - started, status["bytes_from_s3"])
                 log(f"{mode}: {figures[mode][0]:.1f} s")
     input_bytes = sum(e.size for e in pushed.manifest.entries) - reference_bytes

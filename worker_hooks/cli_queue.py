@@ -233,7 +233,7 @@ def submit_command(
     ids = client.submit(tasks, workflow=name)
     click.echo(f"submitted {len(ids)} tasks as workflow {name}", err=True)
     if wait:
-        wait_for_workflow(client, name, len(ids))
+        wait_for_workflow(client, name)
 
 
 @click.command(
@@ -257,14 +257,20 @@ def cancel_command(
 
 
 def wait_for_workflow(
-    client: DispatcherClient, name: str, total: int, *, poll_s: float = 1.0
+    client: DispatcherClient, name: str, *, poll_s: float = 1.0
 ) -> dict[str, Any]:
-    """Poll until every task of ``name`` has ended; raise TaskError if any did not succeed."""
-    with tqdm(total=total, unit="task", desc=name, disable=None) as bar:
+    """Poll until every task of workflow ``name`` has ended; raise TaskError unless all are done.
+
+    The total is the workflow's own count, so tasks submitted under the same
+    name earlier (or later, while waiting) are waited for and judged too.
+    """
+    with tqdm(unit="task", desc=name, disable=None) as bar:
         while True:
             status = client.status(name)
             counts = status["counts"]
+            total = sum(counts.values())
             ended = sum(counts[state] for state in FINAL_STATES)
+            bar.total = total
             bar.update(ended - bar.n)
             bar.set_postfix(running=counts["leased"], failed=counts["failed"])
             if ended >= total:

@@ -146,7 +146,7 @@ def run_demo(
                 tasks = [{**workflow["defaults"], **t} for t in workflow["tasks"]]
                 ids = cluster.client.submit(tasks, workflow=workflow["name"])
                 echo(f"submitted {len(ids)} tasks ({shape.map_tasks} map + 1 reduce)")
-                status = wait_for_workflow(cluster.client, workflow["name"], len(ids))
+                status = wait_for_workflow(cluster.client, workflow["name"])
                 wall_s = time.monotonic() - started
                 checked = verify_outputs(cluster.client, store, ids)
                 per_worker = Counter(w for _, _, w in cluster.client.assignments())

@@ -304,6 +304,14 @@ def test_submit_wait_status_and_cancel_from_the_command_line(
     one.write_text(json.dumps(task("single", "echo hi > out.txt", prefix)))
     done = stager("submit", str(one), "--wait")
     assert done.returncode == 0, done.stderr
+    # The same stem is the same workflow: waiting covers the earlier task as well.
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "one.json").write_text(
+        json.dumps(task("single-2", "sleep 1; echo hi > out.txt", prefix))
+    )
+    again = stager("submit", str(tmp_path / "again" / "one.json"), "--wait")
+    assert again.returncode == 0, again.stderr
+    assert cluster.client.status("one")["counts"]["done"] == 2
     batch = tmp_path / "batch.yaml"
     batch.write_text(
         yaml.safe_dump([task("good", "echo ok > out.txt", prefix), task("bad", "exit 3", prefix)])
