@@ -152,28 +152,31 @@ class LocalCluster:
             time.sleep(0.1)
 
     @staticmethod
-    def end(process: subprocess.Popen[bytes], signum: int, timeout_s: float) -> int:
-        """Signal a process group, wait up to ``timeout_s``, then SIGKILL; return the exit code."""
+    def _signal(process: subprocess.Popen[bytes], signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signum)
+
+    @classmethod
+    def _reap(cls, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for an ending process, then SIGKILL its group."""
         try:
-            return process.wait(timeout=timeout_s)
+            process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            return process.wait()
+            cls._signal(process, signal.SIGKILL)
+            process.wait()
 
     def stop(self) -> None:
+        """SIGTERM every worker at once (they drain in parallel), then the dispatcher."""
         for process in self.workers.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
+            self._signal(process, signal.SIGTERM)
         for process in self.workers.values():
-            self.end(process, signal.SIGTERM, 30)
+            self._reap(process, 30)
         self.stop_dispatcher()
 
     def stop_dispatcher(self) -> None:
         if self.dispatcher is not None:
-            self.end(self.dispatcher, signal.SIGTERM, 10)
+            self._signal(self.dispatcher, signal.SIGTERM)
+            self._reap(self.dispatcher, 10)
             self.dispatcher = None
 
     def __enter__(self) -> LocalCluster:
