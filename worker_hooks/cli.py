@@ -58,12 +58,28 @@ def node_options(function: Any) -> Any:
     return function
 
 
+# Inline task flags (dest -> the option's name); the task id has a default.
+_INLINE_FLAGS = {
+    "inputs": "--in",
+    "outputs": "--out",
+    "env": "--env",
+    "timeout_s": "--timeout",
+    "shell": "--shell",
+    "bundle": "--bundle",
+    "results": "--results",
+}
+
+
 def _spec_from_flags(
     spec_path: Path | None, command: tuple[str, ...], flags: dict[str, Any]
 ) -> TaskSpec:
     if spec_path is not None:
-        if command or flags["inputs"] or flags["outputs"]:
-            raise ConfigError("give either --spec FILE or --in/--out and a command, not both")
+        inline = [name for name in _INLINE_FLAGS if flags[name]] + (["command"] if command else [])
+        if inline:
+            raise ConfigError(
+                f"--spec FILE cannot be combined with {_INLINE_FLAGS.get(inline[0], 'a command')}",
+                hint="put the setting in the spec file, or describe the task inline only",
+            )
         return parse_spec(load_document(spec_path))
     if not command:
         raise ConfigError("no command to run", hint="give --spec FILE, or the command after '--'")

@@ -401,3 +401,11 @@ def test_path_traversal_in_a_spec_is_refused_before_any_io(
     assert_one_line_error(done, 2, names)
     assert not (tmp_path / "sandboxes").exists() and not (tmp_path / "cache").exists()
     assert files_under(tmp_path) == [tmp_path / "task.json"]
+
+
+def test_a_spec_file_with_inline_flags_is_refused(run_cli: Any, tmp_path: Path) -> None:
+    (tmp_path / "task.json").write_text(json.dumps({"id": "t", "command": ["true"]}))
+    done = run_cli(
+        "wrap", "--spec", str(tmp_path / "task.json"), "--timeout", "5", env=wrap_env(tmp_path)
+    )
+    assert_one_line_error(done, 2, "cannot be combined with --timeout")
