@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from stager.digest import digest_bytes, parse_digest
-from stager.errors import NotFoundError, StagerError
+from stager.errors import IntegrityError, NotFoundError, StagerError
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
+from stager.parallel import run_all
 from worker_hooks.taskspec import TaskSpec
 
 FORMAT = "stager-result/1"
@@ -107,14 +108,26 @@ def log_url(spec: TaskSpec, key: str, name: str) -> S3Url:
     return spec.results_prefix.child(f"{key}/{name}")
 
 
-def committed_result(store: ObjectStore, url: S3Url) -> ResultManifest | None:
-    """The result at ``url`` if it exists and every output it lists is still intact."""
+def committed_result(store: ObjectStore, url: S3Url, *, workers: int = 16) -> ResultManifest | None:
+    """The result at ``url`` if it exists and every output it lists is still intact.
+
+    Outputs are checked with parallel HEADs. A result that cannot be read
+    raises :class:`IntegrityError` (``--force`` replaces it).
+    """
     try:
-        manifest = ResultManifest.from_json(store.get_bytes(url))
+        data = store.get_bytes(url)
     except NotFoundError:
         return None
-    for record in manifest.outputs:
+    try:
+        manifest = ResultManifest.from_json(data)
+    except StagerError as exc:
+        raise IntegrityError(
+            f"the recorded result {url} is unreadable: {exc.message}",
+            hint="run the task with --force to replace it",
+        ) from exc
+
+    def intact(record: FileRecord) -> bool:
         info = store.head(S3Url.parse(record.url))
-        if info is None or info.digest != record.digest or info.size != record.size:
-            return None
-    return manifest
+        return info is not None and info.digest == record.digest and info.size == record.size
+
+    return manifest if all(run_all(intact, manifest.outputs, workers=workers)) else None

@@ -19,6 +19,7 @@ from stager.digest import digest_bytes
 from stager.errors import (
     CommandFailedError,
     DiskFullError,
+    IntegrityError,
     MissingOutputError,
     TaskCancelledError,
     TaskTimeoutError,
@@ -233,6 +234,19 @@ def test_a_cancelled_task_stops_and_records_nothing(
     assert time.monotonic() - began < 50  # stopped, not run to its end
     assert list(store.list(prefix)) == []  # no logs, no outputs, no result
     assert node.cache.stats().pinned_entries == 0
+
+
+def test_a_damaged_recorded_result_is_reported_and_force_replaces_it(
+    node: Node, store: ObjectStore, prefix: S3Url
+) -> None:
+    spec = spec_for(prefix, "echo x > y", outputs=[{"path": "y", "to": str(prefix.child("y"))}])
+    first = wrap_task(spec, node)
+    store.put_bytes(first.result_url, b"{ not a result")
+    with pytest.raises(IntegrityError, match="unreadable") as failure:
+        wrap_task(spec, node)
+    assert "--force" in failure.value.hint
+    forced = wrap_task(spec, node, WrapOptions(force=True))
+    assert ResultManifest.from_json(store.get_bytes(forced.result_url)) == forced.manifest
 
 
 def test_timeout_kills_the_command_and_its_children(
