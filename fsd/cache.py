@@ -31,7 +31,7 @@ from stager.digest import HashingWriter, digest_bytes, digest_stream, parse_dige
 from stager.errors import CacheFormatError, CacheFullError, IntegrityError, from_os_error
 from stager.units import format_size
 
-FORMAT = "stager-cache/1\n"
+FORMAT = "stager-cache/2\n"
 SMALL_ENTRY_BYTES = 1024 * 1024  # below this, space is accounted at publication (rule 5)
 MARKER_MTIME_NS = 1_000_000_000
 READ_ONLY = 0o444
@@ -92,6 +92,7 @@ class NodeCache:
             if version.read_text() != FORMAT:
                 raise CacheFormatError(
                     f"{self.root} holds a cache of another format: {version.read_text().strip()!r}"
+                    " (a cache holds only copies: empty it, or use another --cache-dir)"
                 )
             for name in ("data", "tmp", "locks", "pins"):
                 (self.root / name).mkdir(exist_ok=True)
@@ -331,33 +332,31 @@ class NodeCache:
             yield
             return
         owner = str(Owner.current())
-        paths = [self.root / "pins" / hex_of(d) / owner for d in digests]
+        # One flat directory of pin files: no per-digest directory that a
+        # concurrent unpinner could remove between our mkdir and our create.
+        paths = [self.root / "pins" / f"{hex_of(d)}.{owner}" for d in digests]
         try:
             # Under the cache lock, so that an eviction either sees the pin or
             # finished before it (and then ensure() fetches the entry again).
             with self._cache_lock().holding():
                 for path in paths:
-                    _create_pin(path)
+                    path.touch()
             yield
         finally:
             for path in paths:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-                with contextlib.suppress(OSError):
-                    path.parent.rmdir()
 
     def _live_pins(self) -> set[str]:
         live: set[str] = set()
-        for pin_dir in (self.root / "pins").iterdir():
-            try:
-                pins = list(pin_dir.iterdir())
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # its last pin went away meanwhile
-            for pin in pins:
-                with contextlib.suppress(FileNotFoundError):
-                    if not self._is_stale(pin.name, pin.stat().st_mtime, self.pin_stale_after_s):
-                        live.add(pin_dir.name)
-                        break
+        for pin in (self.root / "pins").iterdir():
+            hexdigest, _, owner = pin.name.partition(".")
+            if hexdigest in live:
+                continue
+            with contextlib.suppress(FileNotFoundError):  # unpinned meanwhile
+                if not self._is_stale(owner, pin.stat().st_mtime, self.pin_stale_after_s):
+                    live.add(hexdigest)
+                else:
                     pin.unlink()
         return live
 
@@ -466,16 +465,3 @@ def name_for(digest: str | None) -> str:
 def _mark(path: Path) -> None:
     """Give a finished entry the marker mtime (rule 3) before it is published."""
     os.utime(path, ns=(time.time_ns(), MARKER_MTIME_NS))
-
-
-def _create_pin(path: Path) -> None:
-    # A concurrent unpinner may remove the empty directory between our mkdir
-    # and our create: try again.
-    for _ in range(10):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            path.touch()
-            return
-        except FileNotFoundError:
-            continue
-    path.touch()

@@ -111,8 +111,7 @@ def test_pins_of_dead_processes_are_released(tmp_path: Path) -> None:
     insert(cache, a)
     me = Owner.current()
     dead = Owner(me.host, me.pid, "not-my-start-time", "x")  # same pid, other process
-    pin = tmp_path / "c" / "pins" / digest_bytes(a).split(":")[1] / str(dead)
-    pin.parent.mkdir(parents=True)
+    pin = tmp_path / "c" / "pins" / f"{digest_bytes(a).split(':')[1]}.{dead}"
     pin.touch()
     insert(cache, b"b" * 100)  # needs a's space: the dead pin must not hold it
     assert cache.lookup(digest_bytes(a)) is None
