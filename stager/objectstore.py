@@ -9,17 +9,20 @@ Contract:
   its size and digest match what the object's metadata promised. Objects
   without a digest (written by other tools) are hashed the same way and
   reported as unverified.
-- Multipart uploads and parallel ranged GETs are s3transfer's; nothing here
-  splits or reassembles parts.
+- Object bytes move through the native client (:mod:`stager.crt`, the
+  default) or s3transfer (``transfer_client = "s3transfer"``); either one
+  splits multipart uploads and parallel ranged GETs, nothing here does.
 - Every botocore error leaves this module as a :class:`~stager.errors.StagerError`.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -33,6 +36,9 @@ from stager.errors import IntegrityError, NotFoundError
 from stager.locations import S3Url
 from stager.s3errors import translate, translating
 from stager.settings import Settings
+
+if TYPE_CHECKING:
+    from stager import crt
 
 DIGEST_METADATA_KEY = "stager-digest"
 
@@ -66,11 +72,8 @@ class Credentials:
     secret_key: str = field(repr=False)
 
 
-def make_client(settings: Settings, credentials: Credentials | None = None) -> Any:
-    """A boto3 S3 client configured from ``settings`` (standard retries, bounded).
-
-    Without ``credentials`` the keys come from the standard AWS chain.
-    """
+def make_session(settings: Settings, credentials: Credentials | None = None) -> Any:
+    """A boto3 session for ``settings``; without ``credentials``, keys come from the AWS chain."""
     keys = (
         {
             "aws_access_key_id": credentials.access_key,
@@ -80,11 +83,18 @@ def make_client(settings: Settings, credentials: Credentials | None = None) -> A
         else {}
     )
     try:
-        session = boto3.session.Session(
+        return boto3.session.Session(
             profile_name=settings.profile, region_name=settings.region, **keys
         )
     except BotoCoreError as exc:
         raise translate(exc, "the AWS configuration", "load") from exc
+
+
+def make_client(
+    settings: Settings, credentials: Credentials | None = None, *, session: Any = None
+) -> Any:
+    """A boto3 S3 client configured from ``settings`` (standard retries, bounded)."""
+    session = session or make_session(settings, credentials)
     config = Config(
         retries={"mode": "standard", "max_attempts": settings.max_attempts},
         connect_timeout=settings.connect_timeout_s,
@@ -140,8 +150,15 @@ class ObjectStore:
 
     def __init__(self, settings: Settings, *, credentials: Credentials | None = None) -> None:
         self.settings = settings
-        self.client = make_client(settings, credentials)
+        self._session = make_session(settings, credentials)
+        self.client = make_client(settings, session=self._session)
         self._buckets_seen: set[str] = set()  # buckets known to exist (never forgotten)
+        # Requests sent, by S3 operation name, whichever client sent them.
+        self.requests: Counter[str] = Counter()
+        self._requests_lock = threading.Lock()
+        self.client.meta.events.register("before-call.s3", self._count_botocore)
+        self._native: crt.CrtTransfers | None = None
+        self._native_lock = threading.Lock()
         self._transfers = TransferManager(
             self.client,
             TransferConfig(
@@ -158,6 +175,36 @@ class ObjectStore:
 
     def close(self, *, cancel: bool = False) -> None:
         self._transfers.shutdown(cancel=cancel)
+
+    def _count(self, operation: str) -> None:
+        with self._requests_lock:
+            self.requests[operation] += 1
+
+    def _count_botocore(self, model: Any, **_: Any) -> None:
+        self._count(model.name)
+
+    def _bulk(self) -> crt.CrtTransfers | None:
+        """The native client for object bytes, created on first use (None if not chosen)."""
+        if self.settings.transfer_client != "crt":
+            return None
+        from stager.crt import CrtTransfers  # awscrt loads in ~80 ms: only when bytes move
+
+        with self._native_lock:
+            if self._native is None:
+                self._native = CrtTransfers(
+                    self.settings,
+                    self._frozen_keys,
+                    endpoint_url=self.client.meta.endpoint_url,
+                    region=self.client.meta.region_name or "us-east-1",
+                )
+            return self._native
+
+    def _frozen_keys(self) -> tuple[str, str, str | None] | None:
+        credentials = self._session.get_credentials()
+        if credentials is None:
+            return None
+        frozen = credentials.get_frozen_credentials()
+        return frozen.access_key, frozen.secret_key, frozen.token
 
     def __enter__(self) -> ObjectStore:
         return self
@@ -233,6 +280,11 @@ class ObjectStore:
         threshold this is one PUT; above it, s3transfer's parallel multipart.
         """
         metadata = {DIGEST_METADATA_KEY: digest}
+        bulk = self._bulk()
+        if bulk is not None:
+            self._count("PutObject")
+            bulk.put_file(path, url, size=size, metadata=metadata, on_bytes=on_bytes)
+            return
         if size < self.settings.multipart_threshold_bytes:
             with path.open("rb") as body, translating(url, "upload to"):
                 self.client.put_object(Bucket=url.bucket, Key=url.key, Body=body, Metadata=metadata)
@@ -263,7 +315,21 @@ class ObjectStore:
         parts come as parallel ranged GETs pinned to ``info.etag``; otherwise
         one GET, whose own headers describe the object. The caller checks
         ``writer.hasher`` against the result (see :func:`check_received`).
+        With the native client (``transfer_client = "crt"``), it splits large
+        objects itself and the GET's own headers describe the object.
         """
+        bulk = self._bulk()
+        if bulk is not None:
+            self._count("GetObject")
+            headers = bulk.get(
+                url, writer.write, on_bytes, size_hint=info.size if info is not None else None
+            )
+            return ObjectInfo(
+                url,
+                headers.object_size(),
+                headers.get(f"x-amz-meta-{DIGEST_METADATA_KEY}"),
+                headers.get("etag"),
+            )
         if info is not None and info.size >= self.settings.multipart_threshold_bytes:
             with translating(url, "download"):
                 future = self._transfers.download(

@@ -72,7 +72,12 @@ def _from_client_error(exc: bce.ClientError, where: str, action: str) -> StagerE
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
     status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-    detail = error.get("Message") or code or status
+    return _from_response(code, status, error.get("Message") or "", where, action)
+
+
+def _from_response(code: str, status: str, message: str, where: str, action: str) -> StagerError:
+    """The stager error for an S3 error response (its code, HTTP status and message)."""
+    detail = message or code or status
     if code in _NOT_FOUND or status == "404":
         what = "bucket" if code == "NoSuchBucket" else "object"
         return NotFoundError(f"cannot {action} {where}: no such {what}")
@@ -99,3 +104,42 @@ def translating(where: object, action: str) -> Iterator[None]:
         raise
     except (bce.BotoCoreError, bce.ClientError, RetriesExceededError) as exc:
         raise translate(exc, str(where), action) from exc
+
+
+def translate_crt(exc: Exception, where: str, action: str) -> StagerError:
+    """Return the stager error for ``exc`` from the native client (:mod:`stager.crt`)."""
+    from awscrt import exceptions as crt_errors  # loaded with the client, not at start-up
+    from awscrt import s3 as crt_s3
+
+    if isinstance(exc, StagerError):
+        return exc
+    if isinstance(exc, crt_s3.S3ResponseError):
+        body = (exc.body or b"").decode("utf-8", "replace")
+        code = _xml_text(body, "Code")
+        return _from_response(code, str(exc.status_code), _xml_text(body, "Message"), where, action)
+    if isinstance(exc, crt_errors.AwsCrtError):
+        if exc.name == "AWS_ERROR_S3_INTERNAL_ERROR":  # 5xx after the client's own retries
+            return _from_response("", "500", exc.message, where, action)
+        if exc.name == "AWS_ERROR_S3_SLOW_DOWN":
+            return _from_response("SlowDown", "503", exc.message, where, action)
+        if exc.name.startswith(_CRT_UNREACHABLE_PREFIXES) or "TIMEOUT" in exc.name:
+            return UnreachableError(
+                f"cannot {action} {where}: the S3 endpoint did not answer ({exc.name})"
+            )
+        return StagerError(f"cannot {action} {where}: {exc.name}: {exc.message}")
+    return StagerError(f"cannot {action} {where}: {exc.__class__.__name__}: {exc}")
+
+
+_CRT_UNREACHABLE_PREFIXES = (
+    "AWS_IO_SOCKET",
+    "AWS_IO_DNS",
+    "AWS_ERROR_HTTP_CONNECTION",
+    "AWS_IO_TLS",
+)
+
+
+def _xml_text(body: str, tag: str) -> str:
+    """The text of the first ``<tag>`` in an S3 error body ("" if none)."""
+    start = body.find(f"<{tag}>")
+    end = body.find(f"</{tag}>", start)
+    return body[start + len(tag) + 2 : end].strip() if start >= 0 and end > start else ""

@@ -70,6 +70,18 @@ def bool_value(value: Any) -> bool:
     raise ValueError(f"{value!r} is not true or false")
 
 
+def one_of(*choices: str) -> Callable[[Any], str]:
+    """A parser that accepts exactly one of ``choices`` (case and blanks ignored)."""
+
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
 def setting_field(default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
     """A settings field: its default (or a zero-argument factory), parser and doc line."""
     metadata = {"parse": parse, "doc": doc}
@@ -98,6 +110,9 @@ class Settings:
     )
     max_concurrency: int = setting_field(10, positive_int, "parallel requests per transfer manager")
     files_in_flight: int = setting_field(16, positive_int, "files pushed or pulled at once")
+    transfer_client: str = setting_field(
+        "crt", one_of("crt", "s3transfer"), "what moves object bytes: crt (native) or s3transfer"
+    )
     state_dir: Path = setting_field(_default_state_dir, Path, "local state (digest cache)")
     progress: bool = setting_field(True, bool_value, "show progress bars on a terminal")
 

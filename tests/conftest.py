@@ -7,6 +7,7 @@ ports and is stopped (SIGTERM, bounded wait, SIGKILL) when the session ends.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import subprocess
@@ -51,6 +52,16 @@ def settings(s3_server: LocalS3Server, tmp_path: Path) -> Settings:
 @pytest.fixture
 def store(settings: Settings, s3_server: LocalS3Server) -> Iterator[ObjectStore]:
     with ObjectStore(settings, credentials=s3_server.credentials) as object_store:
+        yield object_store
+
+
+@pytest.fixture(params=["crt", "s3transfer"])
+def either_store(
+    request: pytest.FixtureRequest, settings: Settings, s3_server: LocalS3Server
+) -> Iterator[ObjectStore]:
+    """A store whose object bytes move through each client in turn."""
+    chosen = dataclasses.replace(settings, transfer_client=request.param)
+    with ObjectStore(chosen, credentials=s3_server.credentials) as object_store:
         yield object_store
 
 

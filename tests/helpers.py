@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from stager.atomic import TEMP_MARKER
 from stager.digest import digest_bytes
 from stager.locations import S3Url
-from stager.objectstore import DIGEST_METADATA_KEY
+from stager.objectstore import DIGEST_METADATA_KEY, ObjectStore
 
 
 def write_random(path: Path, size: int) -> bytes:
@@ -39,3 +40,9 @@ def put_tampered(raw_client: Any, url: S3Url, body: bytes, claimed: bytes) -> No
         Body=body,
         Metadata={DIGEST_METADATA_KEY: digest_bytes(claimed)},
     )
+
+
+def count_requests(store: ObjectStore) -> Counter[str]:
+    """The store's live count of S3 requests by operation, from zero now."""
+    store.requests.clear()
+    return store.requests

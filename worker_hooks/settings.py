@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stager.settings import optional_str, positive_float, positive_int, setting_field
+from stager.settings import one_of, optional_str, positive_float, positive_int, setting_field
 from worker_hooks.scheduling import POLICIES
 
 MATERIALIZE_MODES = ("link", "copy", "symlink")
@@ -23,31 +23,17 @@ def _optional_path(value: Any) -> Path | None:
     return Path(text) if text else None
 
 
-def _materialize(value: Any) -> str:
-    text = str(value).strip().lower()
-    if text not in MATERIALIZE_MODES:
-        raise ValueError(f"{value!r} is not one of {', '.join(MATERIALIZE_MODES)}")
-    return text
-
-
 @dataclass(frozen=True, kw_only=True)
 class WrapSettings:
     sandbox_dir: Path = setting_field(
         _default_sandbox_dir, Path, "where task sandboxes are made (same disk as the cache)"
     )
     materialize: str = setting_field(
-        "link", _materialize, "how inputs appear in a sandbox: link, copy or symlink"
+        "link", one_of(*MATERIALIZE_MODES), "how inputs appear in a sandbox: link, copy or symlink"
     )
     kill_grace_s: float = setting_field(
         5.0, positive_float, "after a timeout's SIGTERM, wait this long before SIGKILL"
     )
-
-
-def _policy(value: Any) -> str:
-    text = str(value).strip()
-    if text not in POLICIES:
-        raise ValueError(f"{value!r} is not one of {', '.join(POLICIES)}")
-    return text
 
 
 def _default_dispatcher_db() -> Path:
@@ -75,7 +61,7 @@ class DispatcherSettings:
         60.0, positive_float, "a task queued this long goes first whatever the policy"
     )
     policy: str = setting_field(
-        "good-cache-compute", _policy, "fifo, max-cache-hit, good-cache-compute"
+        "good-cache-compute", one_of(*POLICIES), "fifo, max-cache-hit, good-cache-compute"
     )
     tls_cert: Path | None = setting_field(None, _optional_path, "TLS certificate (PEM)")
     tls_key: Path | None = setting_field(None, _optional_path, "TLS private key (PEM)")

@@ -20,18 +20,10 @@ from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 from stager.push import push
 from stager.s3server import LocalS3Server
-from tests.helpers import files_under, write_random
+from tests.helpers import count_requests, files_under, write_random
 
 MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[2]
-
-
-def count_gets(store: ObjectStore) -> Counter[str]:
-    calls: Counter[str] = Counter()
-    store.client.meta.events.register(
-        "before-call.s3", lambda model, **_: calls.update([model.name])
-    )
-    return calls
 
 
 def pushed_inputs(
@@ -54,7 +46,7 @@ def test_second_task_on_a_node_reads_from_the_cache_only(
     with staged_inputs(inputs, tmp_path / "task1", cache=cache, store=store) as first:
         assert {s.tier for s in first} == {Tier.S3}
         assert all(s.verified and s.materialized_as == "link" for s in first)
-    calls = count_gets(store)
+    calls = count_requests(store)
     with staged_inputs(inputs, tmp_path / "task2", cache=cache, store=store) as second:
         assert {s.tier for s in second} == {Tier.LOCAL}
     assert calls["GetObject"] == 0 and calls["HeadObject"] == 0
@@ -80,7 +72,7 @@ def test_a_spec_path_that_escapes_is_refused_before_any_io(
     tmp_path: Path, store: ObjectStore, prefix: S3Url
 ) -> None:
     cache = NodeCache(tmp_path / "cache", quota_bytes=MiB)
-    calls = count_gets(store)
+    calls = count_requests(store)
     spec = [StageInput(source=str(prefix.child("a")), path="../../etc/passwd")]
     with (
         pytest.raises(UnsafePathError, match="input 1 path"),
@@ -146,7 +138,7 @@ def test_an_input_on_the_nfs_head_is_copied_from_there_not_from_s3(
     with staged_inputs([spec], tmp_path / "warm-head", cache=head, store=store):
         pass  # the head now holds the input
     local = NodeCache(tmp_path / "node-cache", quota_bytes=MiB)
-    calls = count_gets(store)
+    calls = count_requests(store)
     with staged_inputs(
         [spec], tmp_path / "task", cache=local, store=store, nfs_head=head
     ) as staged:

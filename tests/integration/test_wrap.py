@@ -8,7 +8,6 @@ import os
 import tarfile
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from stager.errors import (
 )
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
-from tests.helpers import files_under
+from tests.helpers import count_requests, files_under
 from tests.integration.test_cli import assert_one_line_error
 from worker_hooks.results import ResultManifest
 from worker_hooks.taskspec import parse_spec
@@ -44,14 +43,6 @@ def node(tmp_path: Path, store: ObjectStore) -> Node:
 
 def put(store: ObjectStore, url: S3Url, data: bytes) -> None:
     store.put_bytes(url, data)
-
-
-def count_calls(store: ObjectStore) -> Counter[str]:
-    calls: Counter[str] = Counter()
-    store.client.meta.events.register(
-        "before-call.s3", lambda model, **_: calls.update([model.name])
-    )
-    return calls
 
 
 def spec_for(prefix: S3Url, command: str, **extra: Any) -> Any:
@@ -169,7 +160,7 @@ def test_memoized_rerun_makes_no_uploads_and_force_reruns(
         outputs=[{"path": "y", "to": str(prefix.child("out/y"))}],
     )
     first = wrap_task(spec, node)
-    calls = count_calls(store)
+    calls = count_requests(store)
     again = wrap_task(spec, node)
     assert again.memoized and again.manifest == first.manifest
     assert calls["PutObject"] == 0 and calls["CreateMultipartUpload"] == 0

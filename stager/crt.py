@@ -1,0 +1,219 @@
+"""Bulk bytes through the native S3 client (awscrt).
+
+awscrt is the engine behind s3transfer's CRT path. Its S3 client builds,
+signs, retries and pools requests in C, and splits large objects into
+parallel ranged GETs or multipart uploads itself. A transfer of thousands
+of small objects therefore does not pay botocore's Python cost per request
+(about 1-2 ms of CPU per object), and a large download no longer funnels
+through one Python IO thread.
+
+Only data moves here: GET and PUT of whole objects. Listings, HEADs,
+bucket checks and conditional writes stay on botocore, in
+:mod:`stager.objectstore`, which decides when this client is used.
+
+Body chunks of a GET arrive in order (the client guarantees it, and
+:meth:`CrtTransfers.get` checks every offset), so the caller's sink can
+hash them as they stream.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from awscrt.auth import AwsCredentials, AwsCredentialsProvider
+from awscrt.http import HttpHeaders, HttpRequest
+from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
+from awscrt.s3 import (
+    S3Client,
+    S3RequestTlsMode,
+    S3RequestType,
+    S3ResponseError,
+    S3RetryConfig,
+    S3RetryMode,
+)
+
+from stager.errors import AccessDeniedError, IntegrityError, StagerError
+from stager.locations import S3Url
+from stager.s3errors import translate_crt
+from stager.settings import MiB, Settings
+
+# The smallest buffer pool the native client accepts; a 1 GiB download
+# peaks near 160 MiB of resident memory with it.
+MEMORY_LIMIT_BYTES = 256 * MiB
+_WAIT_SLICE_S = 0.5  # how often a waiting thread wakes to notice Ctrl-C
+
+Sink = Callable[[bytes], object]
+ProgressCallback = Callable[[int], None]
+FrozenKeys = tuple[str, str, str | None]  # access key, secret key, session token
+
+
+class CrtTransfers:
+    """GET and PUT of whole objects on one endpoint. Thread-safe; one per process is plenty."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        keys: Callable[[], FrozenKeys | None],
+        *,
+        endpoint_url: str,
+        region: str,
+    ) -> None:
+        """``endpoint_url`` and ``region`` as botocore resolved them (flags, variables, profile)."""
+        self._keys = keys
+        self._region = region
+        self._part_size = settings.part_size_bytes
+        endpoint = urlsplit(endpoint_url)
+        # AWS's own endpoints take virtual-host addressing; any other, path-style.
+        self._endpoint_host = (
+            None if endpoint.netloc.endswith(".amazonaws.com") else endpoint.netloc
+        )
+        secure = endpoint.scheme == "https"
+        retries = (
+            S3RetryConfig(retry_mode=S3RetryMode.NONE)
+            if settings.max_attempts == 1
+            else S3RetryConfig(max_retries=settings.max_attempts - 1)
+        )
+        loops = EventLoopGroup()
+        self._client = S3Client(
+            bootstrap=ClientBootstrap(loops, DefaultHostResolver(loops)),
+            region=self._region,
+            credential_provider=AwsCredentialsProvider.new_delegate(self._credentials),
+            tls_mode=S3RequestTlsMode.ENABLED if secure else S3RequestTlsMode.DISABLED,
+            part_size=settings.part_size_bytes,
+            multipart_upload_threshold=settings.multipart_threshold_bytes,
+            memory_limit=max(MEMORY_LIMIT_BYTES, 2 * settings.part_size_bytes),
+            max_active_connections_override=settings.max_concurrency + settings.files_in_flight,
+            retry_config=retries,
+            connect_timeout_ms=int(settings.connect_timeout_s * 1000),
+        )
+
+    def _credentials(self) -> AwsCredentials:
+        keys = self._keys()
+        if keys is None:
+            raise AccessDeniedError("no AWS credentials were found")
+        return AwsCredentials(*keys)
+
+    def _request(self, method: str, url: S3Url, headers: Mapping[str, str]) -> HttpRequest:
+        key = quote(url.key, safe="/~")
+        if self._endpoint_host is not None:  # a custom endpoint: path-style addressing
+            host, path = self._endpoint_host, f"/{url.bucket}/{key}"
+        elif "." in url.bucket:  # dotted names break virtual-host TLS names
+            host, path = f"s3.{self._region}.amazonaws.com", f"/{url.bucket}/{key}"
+        else:
+            host, path = f"{url.bucket}.s3.{self._region}.amazonaws.com", f"/{key}"
+        return HttpRequest(method, path, HttpHeaders([("Host", host), *headers.items()]))
+
+    def get(
+        self,
+        url: S3Url,
+        sink: Sink,
+        on_bytes: ProgressCallback | None = None,
+        *,
+        size_hint: int | None = None,
+    ) -> Headers:
+        """Stream the object into ``sink`` in order; return the response headers.
+
+        An object known to fit in one part is one plain GET; otherwise the
+        client splits it into ranged GETs. An empty object answers a ranged
+        GET with 416 on some servers: then it is fetched with a plain GET.
+        """
+        one_part = size_hint is not None and size_hint < self._part_size
+        try:
+            return self._get(url, sink, on_bytes, ranged=not one_part)
+        except S3ResponseError as exc:
+            if one_part or exc.status_code != 416:
+                raise translate_crt(exc, str(url), "download") from exc
+        return self._get(url, sink, on_bytes, ranged=False)
+
+    def _get(
+        self, url: S3Url, sink: Sink, on_bytes: ProgressCallback | None, *, ranged: bool
+    ) -> Headers:
+        received: dict[str, str] = {}
+        expected_offset = 0
+
+        def on_headers(status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
+            received.update((name.lower(), value) for name, value in headers)
+
+        def on_body(chunk: bytes, offset: int, **_: Any) -> None:
+            nonlocal expected_offset
+            if offset != expected_offset:
+                raise IntegrityError(
+                    f"{url}: bytes arrived out of order (offset {offset}, expected"
+                    f" {expected_offset})"
+                )
+            sink(chunk)
+            expected_offset += len(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+
+        request = self._client.make_request(
+            type=S3RequestType.GET_OBJECT if ranged else S3RequestType.DEFAULT,
+            operation_name=None if ranged else "GetObject",
+            request=self._request("GET", url, {"Content-Length": "0"}),
+            on_headers=on_headers,
+            on_body=on_body,
+        )
+        _wait(request, url, "download", keep=(S3ResponseError,) if ranged else ())
+        return Headers(received)
+
+    def put_file(
+        self,
+        path: Path,
+        url: S3Url,
+        *,
+        size: int,
+        metadata: Mapping[str, str],
+        on_bytes: ProgressCallback | None = None,
+    ) -> None:
+        """Upload ``path`` (``size`` bytes) with user ``metadata``; multipart when large."""
+        headers = {
+            "Content-Length": str(size),
+            "Content-Type": "application/octet-stream",
+            **{f"x-amz-meta-{name}": value for name, value in metadata.items()},
+        }
+
+        def on_progress(progress: int) -> None:
+            if on_bytes is not None:
+                on_bytes(progress)
+
+        request = self._client.make_request(
+            type=S3RequestType.PUT_OBJECT,
+            request=self._request("PUT", url, headers),
+            send_filepath=str(path),
+            on_progress=on_progress,
+        )
+        _wait(request, url, "upload to")
+
+
+class Headers(dict[str, str]):
+    """Response headers, names lower-cased."""
+
+    def object_size(self) -> int:
+        total = self.get("content-range", "").rpartition("/")[2]
+        return int(total) if total.isdigit() else int(self.get("content-length", "0"))
+
+
+def _wait(request: Any, url: S3Url, action: str, *, keep: tuple[type[Exception], ...] = ()) -> None:
+    """Wait for a native request; cancel it if we are interrupted; translate its
+    error unless it is one of ``keep`` (for the caller to judge)."""
+    future: concurrent.futures.Future[None] = request.finished_future
+    try:
+        while True:
+            try:
+                future.result(timeout=_WAIT_SLICE_S)
+                return
+            except concurrent.futures.TimeoutError:
+                continue
+    except KeyboardInterrupt:
+        request.cancel()
+        raise
+    except (OSError, StagerError):  # our sink's own errors, raised inside a callback
+        raise
+    except keep:
+        raise
+    except Exception as exc:
+        raise translate_crt(exc, str(url), action) from exc
