@@ -125,25 +125,18 @@ class LinkLock:
     def holding(
         self, timeout_s: float | None = None, *, keep_fresh: bool = False
     ) -> Iterator[LinkLock]:
-        """Hold the lock for the block. With ``keep_fresh`` a helper thread
-        refreshes it every ``stale_after_s / 4``, for holds that may outlast
-        ``stale_after_s`` (a long fetch), so other hosts do not break it."""
+        """Hold the lock for the block. With ``keep_fresh`` the process's
+        refresher refreshes it every ``stale_after_s / 4``, for holds that may
+        outlast ``stale_after_s`` (a long fetch), so other hosts do not break it."""
         self.acquire(timeout_s)
-        done = threading.Event()
-        refresher = threading.Thread(target=self._keep_fresh, args=(done,), daemon=True)
         if keep_fresh:
-            refresher.start()
+            _refresher.add(self)
         try:
             yield self
         finally:
-            done.set()
             if keep_fresh:
-                refresher.join()
+                _refresher.remove(self)
             self.release()
-
-    def _keep_fresh(self, done: threading.Event) -> None:
-        while not done.wait(self.stale_after_s / 4):
-            self.refresh()
 
     def _read_owner(self, path: Path) -> Owner | None:
         try:
@@ -175,3 +168,44 @@ class LinkLock:
             with contextlib.suppress(OSError):
                 os.link(aside, self.path)
             aside.unlink()
+
+
+class _Refresher:
+    """One daemon thread per process that keeps the locks held with ``keep_fresh``
+    fresh (a thread per hold cost more than a small fetch itself)."""
+
+    def __init__(self) -> None:
+        self._held: set[LinkLock] = set()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._interval_s: float | None = None  # what the thread waits between rounds
+
+    def add(self, lock: LinkLock) -> None:
+        with self._changed:
+            self._held.add(lock)
+            if self._thread is None or not self._thread.is_alive():  # none yet, or forked
+                self._thread = threading.Thread(
+                    target=self._run, name="lock-refresher", daemon=True
+                )
+                self._thread.start()
+            if self._interval_s is None or lock.stale_after_s / 4 < self._interval_s:
+                self._changed.notify()  # idle, or this lock needs shorter rounds
+
+    def remove(self, lock: LinkLock) -> None:
+        with self._changed:
+            self._held.discard(lock)
+
+    def _run(self) -> None:
+        with self._changed:
+            while True:
+                if not self._held:
+                    self._interval_s = None
+                    self._changed.wait()
+                    continue
+                self._interval_s = min(lock.stale_after_s for lock in self._held) / 4
+                self._changed.wait(self._interval_s)
+                for lock in self._held:
+                    lock.refresh()
+
+
+_refresher = _Refresher()

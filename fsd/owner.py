@@ -38,7 +38,7 @@ class Owner:
     def current(cls) -> Owner:
         """This process (computed afresh, so a forked child is its own owner)."""
         pid = os.getpid()
-        return cls(_host(), pid, process_start(pid) or "0", secrets.token_hex(4))
+        return cls(_host(), pid, _own_start(pid), secrets.token_hex(4))
 
     @classmethod
     def parse(cls, text: str) -> Owner | None:
@@ -59,3 +59,13 @@ class Owner:
 
 def _host() -> str:
     return socket.gethostname().replace(_SEPARATOR, "-").replace("/", "-") or "localhost"
+
+
+_own: tuple[int, str] | None = None  # (pid, start) of this process, read once per process
+
+
+def _own_start(pid: int) -> str:
+    global _own
+    if _own is None or _own[0] != pid:  # first call, or a forked child
+        _own = (pid, process_start(pid) or "0")
+    return _own[1]

@@ -19,6 +19,7 @@ hash them as they stream.
 from __future__ import annotations
 
 import concurrent.futures
+import io
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,12 @@ class CrtTransfers:
                 raise translate_crt(exc, str(url), "download") from exc
         return self._get(url, sink, on_bytes, ranged=False)
 
+    def get_small(self, url: S3Url) -> tuple[bytes, Headers]:
+        """A small object's bytes and headers, in one plain GET."""
+        buffer = bytearray()
+        headers = self._get(url, buffer.extend, None, ranged=False)
+        return bytes(buffer), headers
+
     def _get(
         self, url: S3Url, sink: Sink, on_bytes: ProgressCallback | None, *, ranged: bool
     ) -> Headers:
@@ -170,11 +177,6 @@ class CrtTransfers:
         on_bytes: ProgressCallback | None = None,
     ) -> None:
         """Upload ``path`` (``size`` bytes) with user ``metadata``; multipart when large."""
-        headers = {
-            "Content-Length": str(size),
-            "Content-Type": "application/octet-stream",
-            **{f"x-amz-meta-{name}": value for name, value in metadata.items()},
-        }
 
         def on_progress(progress: int) -> None:
             if on_bytes is not None:
@@ -182,11 +184,36 @@ class CrtTransfers:
 
         request = self._client.make_request(
             type=S3RequestType.PUT_OBJECT,
-            request=self._request("PUT", url, headers),
+            request=self._request("PUT", url, _put_headers(size, metadata)),
             send_filepath=str(path),
             on_progress=on_progress,
         )
         _wait(request, url, "upload to")
+
+    def put_small(
+        self, url: S3Url, data: bytes, *, metadata: Mapping[str, str], create_only: bool
+    ) -> None:
+        """Store ``data`` in one PUT; ``create_only`` adds ``If-None-Match: *``."""
+        headers = _put_headers(len(data), metadata)
+        if create_only:
+            headers["If-None-Match"] = "*"
+        request = self._request("PUT", url, headers)
+        request.body_stream = io.BytesIO(data)
+        _wait(
+            self._client.make_request(
+                type=S3RequestType.DEFAULT, operation_name="PutObject", request=request
+            ),
+            url,
+            "write",
+        )
+
+
+def _put_headers(size: int, metadata: Mapping[str, str]) -> dict[str, str]:
+    return {
+        "Content-Length": str(size),
+        "Content-Type": "application/octet-stream",
+        **{f"x-amz-meta-{name}": value for name, value in metadata.items()},
+    }
 
 
 class Headers(dict[str, str]):

@@ -196,7 +196,8 @@ def test_push_from_an_fsspec_url_spools_and_cleans_up(
     assert files_under(store.settings.state_dir / "spool") == []
 
 
-def test_create_only_writes_never_replace(store: ObjectStore, prefix: S3Url) -> None:
+def test_create_only_writes_never_replace(either_store: ObjectStore, prefix: S3Url) -> None:
+    store = either_store
     url = prefix.child("result.json")
     store.put_bytes(url, b"accepted", create_only=True)
     with pytest.raises(PreconditionFailedError):
@@ -244,3 +245,13 @@ def test_errors_of_either_client_are_named(
     with intruder, pytest.raises(AccessDeniedError) as caught:
         intruder.read_into(prefix.child("present"), HashingWriter(io.BytesIO()))
     assert "not-the-secret" not in str(caught.value)
+
+
+def test_a_small_object_whose_bytes_do_not_match_is_refused(
+    either_store: ObjectStore, prefix: S3Url, raw_client: Any
+) -> None:
+    put_tampered(raw_client, prefix.child("note.json"), b"{}", claimed=b"{ }")
+    with pytest.raises(IntegrityError, match="does not match"):
+        either_store.get_bytes(prefix.child("note.json"))
+    with pytest.raises(NotFoundError):
+        either_store.get_bytes(prefix.child("absent.json"))
