@@ -18,11 +18,12 @@ import contextlib
 import os
 import stat as stat_module
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fsd.eviction import EntryState, plan_eviction
+from fsd.groupcommit import GroupCommit
 from fsd.ledger import Ledger, Reservation, read_ledger, write_ledger
 from fsd.locks import LinkLock
 from fsd.owner import Owner
@@ -37,6 +38,13 @@ MARKER_MTIME_NS = 1_000_000_000
 READ_ONLY = 0o444
 
 Fill = Callable[[HashingWriter], object]
+
+
+@dataclass(frozen=True)
+class _SmallInsert:
+    staging: Path  # verified, fsynced, read-only, in tmp/
+    final: Path
+    size: int
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class NodeCache:
         self._clock = clock
         self._open_layout()
         self._cache_lock_path = root / "locks" / "cache.lock"
+        self._small_publications: GroupCommit[_SmallInsert, bool] = GroupCommit(self._publish_small)
         self.recover()
 
     # -- layout -------------------------------------------------------------------
@@ -183,7 +192,11 @@ class NodeCache:
         """Write the bytes to a read-only staging file in ``tmp/``; check size and digest."""
         temp = self.root / "tmp" / f"{name_for(digest)}.{key}{TEMP_MARKER}"
         staging = self.root / "tmp" / f"{name_for(digest)}.{key}.ready"
-        with atomic_file(staging, mode=READ_ONLY, temp=temp, before_publish=_mark) as handle:
+        # The staging name is renamed again into data/, whose directory is then
+        # fsynced: syncing tmp/ too would buy nothing.
+        with atomic_file(
+            staging, mode=READ_ONLY, temp=temp, before_publish=_mark, sync_directory=False
+        ) as handle:
             writer = HashingWriter(handle)
             fill(writer)
             got = writer.hasher
@@ -226,21 +239,15 @@ class NodeCache:
     def _insert_small(self, digest: str | None, size: int, fill: Fill) -> Path:
         """A small entry: bytes first, then one cache-lock hold makes room, counts, publishes.
 
-        Half the cache-lock holds of a reserved insert. If pinned entries
-        hold the room, fall back to reserving (and waiting) like any insert.
+        That hold is shared: small inserts of this process's other threads
+        that are ready at the same time publish in the same batch (group
+        commit). If pinned entries hold the room, fall back to reserving
+        (and waiting) like any insert.
         """
         staging, got_digest = self._stage_twice(digest, size, fill, str(Owner.current()))
         try:
             final = self.entry_path(got_digest)
-            with self._cache_lock().holding():
-                ledger = read_ledger(self._ledger())
-                published = final.exists() or self._make_room(ledger, size)
-                if published and not final.exists():
-                    final.parent.mkdir(exist_ok=True)
-                    os.replace(staging, final)
-                    ledger.used_bytes += size
-                    ledger.fetches += 1
-                    write_ledger(self._ledger(), ledger)
+            published = self._small_publications.submit(_SmallInsert(staging, final, size))
             if published:
                 staging.unlink(missing_ok=True)  # a twin published first
                 fsync_directory(final.parent)
@@ -254,6 +261,32 @@ class NodeCache:
         except BaseException:
             self._settle(reservation, published_bytes=0)
             raise
+
+    def _publish_small(self, batch: Sequence[_SmallInsert]) -> list[bool | BaseException]:
+        """Under one cache-lock hold: make room for, count and publish staged small
+        entries (False: no room without waiting; the thread then reserves)."""
+        outcomes: list[bool | BaseException] = []
+        with self._cache_lock().holding():
+            ledger = read_ledger(self._ledger())
+            counted = 0
+            for insert in batch:
+                try:
+                    if insert.final.exists():  # a twin published first
+                        outcomes.append(True)
+                    elif not self._make_room(ledger, insert.size):
+                        outcomes.append(False)
+                    else:
+                        insert.final.parent.mkdir(exist_ok=True)
+                        os.replace(insert.staging, insert.final)
+                        ledger.used_bytes += insert.size
+                        ledger.fetches += 1
+                        counted += 1
+                        outcomes.append(True)
+                except OSError as exc:
+                    outcomes.append(from_os_error(exc, f"publish {insert.final}"))
+            if counted:
+                write_ledger(self._ledger(), ledger)
+        return outcomes
 
     def _reserve(self, size: int) -> str:
         """Reserve ``size`` bytes, evicting LRU unpinned entries if needed; return the key.

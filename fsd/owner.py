@@ -38,7 +38,8 @@ class Owner:
     def current(cls) -> Owner:
         """This process (computed afresh, so a forked child is its own owner)."""
         pid = os.getpid()
-        return cls(_host(), pid, _own_start(pid), secrets.token_hex(4))
+        host, start = _own_identity(pid)
+        return cls(host, pid, start, secrets.token_hex(4))
 
     @classmethod
     def parse(cls, text: str) -> Owner | None:
@@ -61,11 +62,11 @@ def _host() -> str:
     return socket.gethostname().replace(_SEPARATOR, "-").replace("/", "-") or "localhost"
 
 
-_own: tuple[int, str] | None = None  # (pid, start) of this process, read once per process
+_own: tuple[int, str, str] | None = None  # (pid, host, start) of this process, read once
 
 
-def _own_start(pid: int) -> str:
+def _own_identity(pid: int) -> tuple[str, str]:
     global _own
     if _own is None or _own[0] != pid:  # first call, or a forked child
-        _own = (pid, process_start(pid) or "0")
-    return _own[1]
+        _own = (pid, _host(), process_start(pid) or "0")
+    return _own[1], _own[2]

@@ -42,6 +42,7 @@ def atomic_file(
     temp: Path | None = None,
     before_publish: Callable[[Path], None] | None = None,
     durable: bool = True,
+    sync_directory: bool | None = None,
 ) -> Iterator[BinaryIO]:
     """Yield a binary file that becomes ``final`` when the block exits cleanly.
 
@@ -50,7 +51,8 @@ def atomic_file(
     name next to ``final``) must be on the same file system as ``final``;
     ``before_publish`` runs on it after fsync and chmod, just before the
     rename. ``durable=False`` skips both fsyncs (for files that can be rebuilt;
-    the rename still makes them appear whole). ``OSError`` becomes a
+    the rename still makes them appear whole); ``sync_directory=False`` skips
+    only the directory's (for a staging name that is renamed again later). ``OSError`` becomes a
     :class:`~stager.errors.LocalIOError` (or ``DiskFullError``).
     """
     try:
@@ -69,7 +71,7 @@ def atomic_file(
         if before_publish is not None:
             before_publish(temp)
         os.replace(temp, final)
-        if durable:
+        if durable if sync_directory is None else sync_directory:
             fsync_directory(final.parent)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
