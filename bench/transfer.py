@@ -108,8 +108,10 @@ def measure(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, int, in
     """Run one command; (seconds, peak RSS bytes, exit code, stderr tail).
 
     The command runs under GNU time, a small process that forks it: a child
-    forked from this (large) process would count our memory as its own.
+    forked from this (large) process would count our memory as its own. The
+    disk is synced first, so no run pays for the writeback of the one before.
     """
+    os.sync()
     with tempfile.NamedTemporaryFile(suffix=".rss") as rss, tempfile.TemporaryFile() as errors:
         started = time.perf_counter()
         code = subprocess.run(

@@ -270,6 +270,11 @@ class Worker:
             )
 
         if self._deliver(item, send):
+            # The dispatcher now lists these on this worker: count them as told,
+            # so a later heartbeat reports them removed once they are evicted.
+            told = {s.digest for s in result.staged} | {r.digest for r in result.manifest.outputs}
+            with self._lock:
+                self._reported_cache |= told
             self.report.done += 1
             how = "memoized" if result.memoized else f"in {seconds:.2f} s"
             self.log(f"worker {self.worker_id}: {item.task_id} done {how}")
@@ -322,14 +327,11 @@ class Worker:
             if time.monotonic() - last < min(self.settings.heartbeat_s, self._lease_s / 3):
                 continue
             last = time.monotonic()
+            current, cache_bytes = self.node.cache.holdings()
             with self._lock:
                 held = [(h.task_id, h.attempt) for h in self._held.values()]
-            current, cache_bytes = self.node.cache.holdings()
-            delta = {
-                "full": False,
-                "added": sorted(current - self._reported_cache),
-                "removed": sorted(self._reported_cache - current),
-            }
+                added, removed = current - self._reported_cache, self._reported_cache - current
+            delta = {"full": False, "added": sorted(added), "removed": sorted(removed)}
             try:
                 drop = self.client.heartbeat(
                     self.worker_id, held, cache_bytes=cache_bytes, cache=delta
@@ -337,8 +339,8 @@ class Worker:
             except StagerError as exc:  # the delta is sent again with the next beat
                 self.log(f"worker {self.worker_id}: heartbeat failed: {exc.one_line()}")
                 continue
-            self._reported_cache = current
-            with self._lock:
+            with self._lock:  # apply what was sent: completions may have told more meanwhile
+                self._reported_cache = (self._reported_cache - removed) | added
                 for task_id in drop:
                     if task_id in self._held:
                         self._held[task_id].cancel.set()

@@ -16,6 +16,7 @@ import pytest
 import urllib3
 import yaml
 
+from fsd.cache import NodeCache
 from stager.digest import digest_bytes
 from stager.errors import AccessDeniedError, PreconditionFailedError, UnreachableError
 from stager.locations import S3Url
@@ -384,10 +385,12 @@ def test_a_worker_that_cannot_reach_its_dispatcher_says_so_and_exits(
 
 
 def test_workers_report_what_their_cache_gains_and_loses(
-    make_cluster: ClusterFactory, store: ObjectStore, prefix: S3Url, run_cli: Any
+    make_cluster: ClusterFactory, store: ObjectStore, prefix: S3Url
 ) -> None:
     cluster = make_cluster()
-    cluster.add_worker("w1", "--heartbeat-s", "0.5")
+    # Beats far apart, so the eviction below usually lands before the first beat
+    # after the completion: the completion itself must count as told.
+    cluster.add_worker("w1", "--heartbeat-s", "4")
     url = prefix.child("ref")
     digest = store.put_bytes(url, b"reference bytes")
     body = task(
@@ -405,7 +408,8 @@ def test_workers_report_what_their_cache_gains_and_loses(
 
     assert cached() == 2  # the input and the output the task wrote
     cache_dir = cluster.work_dir / "w1" / "cache"
-    assert run_cli("cache", "--cache-dir", str(cache_dir), "evict", "--all").returncode == 0
+    evicted = NodeCache(cache_dir, quota_bytes=1 << 30).evict(all_unpinned=True)
+    assert len(evicted) == 2
     deadline = time.monotonic() + 30
     while cached() != 0:
         assert time.monotonic() < deadline, "the eviction never reached the dispatcher"

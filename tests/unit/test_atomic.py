@@ -1,8 +1,11 @@
 import errno
+import os
+import sys
 from pathlib import Path
 
 import pytest
 
+from stager import atomic
 from stager.atomic import atomic_file
 from stager.errors import DiskFullError, LocalIOError, from_os_error
 from tests.helpers import files_under
@@ -43,3 +46,29 @@ def test_os_errors_are_translated(tmp_path: Path) -> None:
     assert isinstance(full, DiskFullError)
     assert full.exit_code == 9
     assert "No space left" in full.one_line()
+
+
+def test_a_large_durable_file_is_written_whole_while_its_writeback_starts_early(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if sys.platform == "linux":
+        assert atomic._start_writeback is not None  # libc's sync_file_range was found
+    kicks: list[tuple[int, int]] = []
+    real = atomic._start_writeback
+
+    def recording(fd: int, offset: int, length: int) -> None:
+        kicks.append((offset, length))
+        if real is not None:
+            real(fd, offset, length)
+
+    monkeypatch.setattr(atomic, "_start_writeback", recording)
+    data = os.urandom(3 * atomic.WRITE_BEHIND_BYTES + 12345)
+    final = tmp_path / "big.bin"
+    with atomic_file(final) as handle:
+        for start in range(0, len(data), 3 * 1024 * 1024):
+            handle.write(memoryview(data)[start : start + 3 * 1024 * 1024])
+    assert final.read_bytes() == data
+    # 3 MiB writes: a kick after every third write (9 MiB), from where the last ended;
+    # the 6 MiB tail is left to the fsync.
+    nine = 9 * 1024 * 1024
+    assert kicks == [(0, nine), (nine, nine)]
