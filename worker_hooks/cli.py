@@ -12,6 +12,7 @@ from fsd.cli import CacheContext
 from stager.cli.context import CliState
 from stager.errors import ConfigError
 from stager.settings import load_component
+from worker_hooks.sandboxes import sweep
 from worker_hooks.settings import MATERIALIZE_MODES, WrapSettings
 from worker_hooks.taskspec import TaskSpec, inline_spec, load_document, parse_spec, split_pair
 from worker_hooks.wrap import Node, WrapOptions, wrap_task
@@ -160,6 +161,13 @@ def wrap_command(
         {"cache_dir": cache_dir, "cache_quota": cache_quota},
         {"sandbox_dir": sandbox_dir, "materialize": materialize},
     )
+    swept = sweep(node.sandbox_dir)  # left by a wrapper killed on this node before
+    if swept.sandboxes:
+        click.echo(
+            f"removed {swept.sandboxes} sandboxes of dead processes and killed"
+            f" {swept.process_groups} commands they left running",
+            err=True,
+        )
     options = WrapOptions(force=force, keep_failed=keep_failed, live=sys.stdout.isatty())
     result = wrap_task(spec, node, options)
     manifest = result.manifest

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -89,8 +89,12 @@ def run_command(
     kill_grace_s: float = 5.0,
     live: bool = False,
     cancel: threading.Event | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> RunOutcome:
-    """Run ``argv`` to its end, its timeout or ``cancel``; only a failure to start raises."""
+    """Run ``argv`` to its end, its timeout or ``cancel``; only a failure to start raises.
+
+    ``on_start`` learns the pid of the command, which leads its own process group.
+    """
     started = time.monotonic()
     with stdout_path.open("wb") as out_log, stderr_path.open("wb") as err_log:
         pipe = subprocess.PIPE if live else None
@@ -109,6 +113,8 @@ def run_command(
                 f"cannot start {argv[0]!r}: {exc.strerror or exc}",
                 hint="check the command's name, its path in the sandbox and its execute bit",
             ) from exc
+        if on_start is not None:
+            on_start(process.pid)
         tees = []
         if live:
             assert process.stdout is not None and process.stderr is not None

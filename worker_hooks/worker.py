@@ -44,6 +44,7 @@ from stager.errors import (
     UnreachableError,
 )
 from worker_hooks.client import DispatcherClient
+from worker_hooks.sandboxes import sweep
 from worker_hooks.settings import WorkerSettings
 from worker_hooks.taskspec import parse_spec
 from worker_hooks.wrap import Node, WrapOptions, WrapResult, wrap_task
@@ -118,6 +119,12 @@ class Worker:
         signal: setting an Event from a handler can deadlock on its lock.
         """
         self._stop = stop
+        swept = sweep(self.node.sandbox_dir)  # what a worker killed here before left running
+        if swept.sandboxes:
+            self.log(
+                f"worker {self.worker_id}: removed {swept.sandboxes} sandboxes of dead processes"
+                f" and killed {swept.process_groups} commands they left running"
+            )
         first_report = self._first_cache_report()
         threads = [self._thread(lambda: self._lease_loop(first_report), "leaser")]
         threads += [self._thread(self._run_loop, f"runner-{n}") for n in range(self.settings.slots)]

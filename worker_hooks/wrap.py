@@ -57,6 +57,7 @@ from worker_hooks.results import (
     task_key,
 )
 from worker_hooks.runner import RunOutcome, run_command
+from worker_hooks.sandboxes import claim, keep, record_run
 from worker_hooks.stageout import upload_outputs
 from worker_hooks.taskspec import TaskSpec
 
@@ -141,6 +142,7 @@ def _make_sandbox(spec: TaskSpec, sandbox_dir: Path) -> Path:
         sandbox_dir.mkdir(parents=True, exist_ok=True)
         _check_scratch(spec, sandbox_dir)
         root = Path(tempfile.mkdtemp(prefix=f"{spec.id}.", dir=sandbox_dir))
+        claim(root)
         (root / "work").mkdir()
         (root / "logs").mkdir()
     except OSError as exc:
@@ -208,6 +210,8 @@ class _Run:
         finally:
             if succeeded or not self.options.keep_failed:
                 remove_tree(sandbox)
+            else:
+                keep(sandbox)
 
     def _in_sandbox(
         self, sandbox: Path, inputs: Sequence[ResolvedInput], key: str, url: S3Url
@@ -248,6 +252,7 @@ class _Run:
                     kill_grace_s=node.kill_grace_s,
                     live=self.options.live,
                     cancel=self.options.cancel,
+                    on_start=lambda pid: record_run(sandbox, pid),
                 )
         with self.timer.phase("stage_out"):
             log_records = self._upload_logs(logs, key, outcome)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -382,6 +383,46 @@ def test_a_worker_that_cannot_reach_its_dispatcher_says_so_and_exits(
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("stager: error: ") and text in last
     assert "Traceback" not in done.stderr and token not in done.stderr
+
+
+def sleepers(seconds: str) -> list[int]:
+    """Pids of running ``sleep <seconds>`` processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes() == (
+                b"sleep\0" + seconds.encode() + b"\0"
+            ):
+                found.append(int(entry.name))
+    return found
+
+
+def test_the_next_worker_kills_what_a_kill_9_left_running(
+    make_cluster: ClusterFactory, prefix: S3Url, tmp_path: Path
+) -> None:
+    cluster = make_cluster()
+    victim = cluster.add_worker("victim")
+    sandboxes = cluster.work_dir / "victim" / "sandboxes"
+    started = tmp_path / "started"
+    cluster.client.submit([task("long", f"touch {started}; sleep 317", prefix)], workflow="wf")
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        assert sleepers("317"), "the command should outlive its killed worker"
+        assert len(list(sandboxes.iterdir())) == 1
+        cluster.client.cancel("long")  # so the heir does not run it again
+        cluster.add_worker("heir", "--sandbox-dir", str(sandboxes))
+        deadline = time.monotonic() + 60
+        while sleepers("317") or list(sandboxes.iterdir()):
+            assert time.monotonic() < deadline, "the orphaned command or its sandbox survived"
+            time.sleep(0.1)
+    finally:
+        for pid in sleepers("317"):  # never leave our own orphan behind
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_workers_report_what_their_cache_gains_and_loses(
