@@ -27,7 +27,14 @@ from urllib.parse import quote, urlsplit
 
 from awscrt.auth import AwsCredentials, AwsCredentialsProvider
 from awscrt.http import HttpHeaders, HttpRequest
-from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
+from awscrt.io import (
+    ClientBootstrap,
+    ClientTlsContext,
+    DefaultHostResolver,
+    EventLoopGroup,
+    TlsConnectionOptions,
+    TlsContextOptions,
+)
 from awscrt.s3 import (
     S3Client,
     S3RequestTlsMode,
@@ -37,7 +44,7 @@ from awscrt.s3 import (
     S3RetryMode,
 )
 
-from stager.errors import AccessDeniedError, IntegrityError, StagerError
+from stager.errors import AccessDeniedError, ConfigError, IntegrityError, StagerError
 from stager.locations import S3Url
 from stager.s3errors import translate_crt
 from stager.settings import MiB, Settings
@@ -62,6 +69,7 @@ class CrtTransfers:
         *,
         endpoint_url: str,
         region: str,
+        ca_file: str | None = None,
     ) -> None:
         """``endpoint_url`` and ``region`` as botocore resolved them (flags, variables, profile)."""
         self._keys = keys
@@ -84,6 +92,7 @@ class CrtTransfers:
             region=self._region,
             credential_provider=AwsCredentialsProvider.new_delegate(self._credentials),
             tls_mode=S3RequestTlsMode.ENABLED if secure else S3RequestTlsMode.DISABLED,
+            tls_connection_options=_trusting(ca_file) if secure and ca_file else None,
             part_size=settings.part_size_bytes,
             multipart_upload_threshold=settings.multipart_threshold_bytes,
             memory_limit=max(MEMORY_LIMIT_BYTES, 2 * settings.part_size_bytes),
@@ -214,6 +223,18 @@ def _put_headers(size: int, metadata: Mapping[str, str]) -> dict[str, str]:
         "Content-Type": "application/octet-stream",
         **{f"x-amz-meta-{name}": value for name, value in metadata.items()},
     }
+
+
+def _trusting(ca_file: str) -> TlsConnectionOptions:
+    """TLS that trusts the certificates in ``ca_file`` (as botocore's ``verify`` does)."""
+    if not Path(ca_file).is_file():
+        raise ConfigError(
+            f"CA bundle {ca_file} is not a readable file",
+            hint="fix the ca_bundle setting or AWS_CA_BUNDLE",
+        )
+    options = TlsContextOptions()
+    options.override_default_trust_store_from_path(ca_filepath=ca_file)
+    return ClientTlsContext(options).new_connection_options()
 
 
 class Headers(dict[str, str]):

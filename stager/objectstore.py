@@ -108,7 +108,8 @@ def make_client(
         request_checksum_calculation="when_required",
         s3={"addressing_style": "path"} if settings.endpoint_url else None,
     )
-    return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+    verify = str(settings.ca_bundle) if settings.ca_bundle else None  # None: the AWS chain's
+    return session.client("s3", endpoint_url=settings.endpoint_url, config=config, verify=verify)
 
 
 class _Subscriber(BaseSubscriber):  # type: ignore[misc]
@@ -196,8 +197,16 @@ class ObjectStore:
                     self._frozen_keys,
                     endpoint_url=self.client.meta.endpoint_url,
                     region=self.client.meta.region_name or "us-east-1",
+                    ca_file=self._ca_bundle(),
                 )
             return self._native
+
+    def _ca_bundle(self) -> str | None:
+        """The CA file botocore trusts for this endpoint: ours, or the AWS chain's."""
+        if self.settings.ca_bundle is not None:
+            return str(self.settings.ca_bundle)
+        chained = self._session._session.get_config_variable("ca_bundle")
+        return str(chained) if chained else None
 
     def _frozen_keys(self) -> tuple[str, str, str | None] | None:
         credentials = self._session.get_credentials()

@@ -61,6 +61,8 @@ def translate(exc: Exception, where: str, action: str) -> StagerError:
         return AccessDeniedError(f"cannot {action} {where}: no AWS credentials were found")
     if isinstance(exc, bce.ProfileNotFound):
         return ConfigError(f"AWS profile not found: {exc.kwargs.get('profile')}")
+    if isinstance(exc, bce.SSLError):
+        return _tls_failure(where, action, "certificate verify failed")
     if isinstance(exc, _UNREACHABLE_TYPES):
         return UnreachableError(f"cannot {action} {where}: the S3 endpoint did not answer ({exc})")
     if isinstance(exc, bce.BotoCoreError):
@@ -118,6 +120,8 @@ def translate_crt(exc: Exception, where: str, action: str) -> StagerError:
         code = _xml_text(body, "Code")
         return _from_response(code, str(exc.status_code), _xml_text(body, "Message"), where, action)
     if isinstance(exc, crt_errors.AwsCrtError):
+        if exc.name.startswith("AWS_IO_TLS"):
+            return _tls_failure(where, action, exc.name)
         if exc.name == "AWS_ERROR_S3_INTERNAL_ERROR":  # 5xx after the client's own retries
             return _from_response("", "500", exc.message, where, action)
         if exc.name == "AWS_ERROR_S3_SLOW_DOWN":
@@ -130,12 +134,15 @@ def translate_crt(exc: Exception, where: str, action: str) -> StagerError:
     return StagerError(f"cannot {action} {where}: {exc.__class__.__name__}: {exc}")
 
 
-_CRT_UNREACHABLE_PREFIXES = (
-    "AWS_IO_SOCKET",
-    "AWS_IO_DNS",
-    "AWS_ERROR_HTTP_CONNECTION",
-    "AWS_IO_TLS",
-)
+_CRT_UNREACHABLE_PREFIXES = ("AWS_IO_SOCKET", "AWS_IO_DNS", "AWS_ERROR_HTTP_CONNECTION")
+
+
+def _tls_failure(where: str, action: str, detail: str) -> StagerError:
+    return UnreachableError(
+        f"cannot {action} {where}: TLS with the S3 endpoint failed ({detail})",
+        hint="check the endpoint's certificate, or point ca_bundle (AWS_CA_BUNDLE)"
+        " at the CA that signed it",
+    )
 
 
 def _xml_text(body: str, tag: str) -> str:

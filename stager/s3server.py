@@ -25,6 +25,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,14 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A certificate for 127.0.0.1 and its key (PEM), to serve S3 over https."""
+
+    cert_file: Path
+    key_file: Path
+
+
 class LocalS3Server:
     """A SeaweedFS S3 server owned by this process. Use as a context manager."""
 
@@ -94,8 +103,10 @@ class LocalS3Server:
         credentials: Credentials | None = None,
         start_timeout_s: float = 60.0,
         stop_timeout_s: float = 2.0,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.tls = tls
         self.credentials = credentials or generate_credentials()
         self._s3_port = s3_port
         self._start_timeout_s = start_timeout_s
@@ -105,7 +116,8 @@ class LocalS3Server:
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['s3']}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.ports['s3']}"
 
     @property
     def filer_address(self) -> str:
@@ -131,7 +143,10 @@ class LocalS3Server:
 
     def settings(self, **overrides: Any) -> Settings:
         """Settings that point at this server (``overrides`` replace any field)."""
-        return Settings(**{"endpoint_url": self.endpoint_url, "region": REGION, **overrides})
+        trust = {"ca_bundle": self.tls.cert_file} if self.tls else {}
+        return Settings(
+            **{"endpoint_url": self.endpoint_url, "region": REGION, **trust, **overrides}
+        )
 
     def client(self, **overrides: Any) -> Any:
         """A plain boto3 S3 client for this server."""
@@ -204,6 +219,11 @@ class LocalS3Server:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             f"-s3.config={identity_file}",
+            *(
+                [f"-s3.cert.file={self.tls.cert_file}", f"-s3.key.file={self.tls.key_file}"]
+                if self.tls
+                else []
+            ),
         ]
 
     def _wait_ready(self) -> None:

@@ -35,6 +35,11 @@ def optional_str(value: Any) -> str | None:
     return text or None
 
 
+def optional_path(value: Any) -> Path | None:
+    text = optional_str(value)
+    return Path(text) if text else None
+
+
 def positive_int(value: Any) -> int:
     try:
         number = int(value)
@@ -99,6 +104,9 @@ class Settings:
     )
     region: str | None = setting_field(None, optional_str, "S3 region (default: the AWS chain's)")
     profile: str | None = setting_field(None, optional_str, "AWS profile name from ~/.aws")
+    ca_bundle: Path | None = setting_field(
+        None, optional_path, "CA certificates (PEM) for an https endpoint (default: AWS chain)"
+    )
     max_attempts: int = setting_field(
         5, positive_int, "attempts per S3 request (standard retry mode)"
     )
@@ -121,6 +129,11 @@ class Settings:
             raise ConfigError(
                 f"part_size_bytes {self.part_size_bytes} is below the S3 minimum of 5 MiB",
                 hint="set part_size_bytes to 5M or more",
+            )
+        if self.ca_bundle is not None and not self.ca_bundle.is_file():
+            raise ConfigError(
+                f"ca_bundle {self.ca_bundle} is not a readable file",
+                hint="give the PEM file of the CA that signed the endpoint's certificate",
             )
         if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
             raise ConfigError(

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from stager.atomic import TEMP_MARKER
 from stager.digest import digest_bytes
 from stager.locations import S3Url
 from stager.objectstore import DIGEST_METADATA_KEY, ObjectStore
+from stager.s3server import TlsFiles
 
 
 def write_random(path: Path, size: int) -> bytes:
@@ -46,3 +50,21 @@ def count_requests(store: ObjectStore) -> Counter[str]:
     """The store's live count of S3 requests by operation, from zero now."""
     store.requests.clear()
     return store.requests
+
+
+def make_certificate(directory: Path) -> TlsFiles:
+    """A self-signed certificate for 127.0.0.1 and its key; skips the test without openssl."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = TlsFiles(directory / "cert.pem", directory / "key.pem")
+    made = subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(files.key_file), "-out", str(files.cert_file)),
+        ],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"openssl cannot make a test certificate: {made.stderr.decode()[-200:]}")
+    return files

@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from stager.settings import one_of, optional_str, positive_float, positive_int, setting_field
+from stager.settings import (
+    one_of,
+    optional_path,
+    positive_float,
+    positive_int,
+    setting_field,
+)
 from worker_hooks.scheduling import POLICIES
 
 MATERIALIZE_MODES = ("link", "copy", "symlink")
@@ -16,11 +21,6 @@ MATERIALIZE_MODES = ("link", "copy", "symlink")
 def _default_sandbox_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "stager" / "sandboxes"
-
-
-def _optional_path(value: Any) -> Path | None:
-    text = optional_str(value)
-    return Path(text) if text else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,8 +63,8 @@ class DispatcherSettings:
     policy: str = setting_field(
         "good-cache-compute", one_of(*POLICIES), "fifo, max-cache-hit, good-cache-compute"
     )
-    tls_cert: Path | None = setting_field(None, _optional_path, "TLS certificate (PEM)")
-    tls_key: Path | None = setting_field(None, _optional_path, "TLS private key (PEM)")
+    tls_cert: Path | None = setting_field(None, optional_path, "TLS certificate (PEM)")
+    tls_key: Path | None = setting_field(None, optional_path, "TLS private key (PEM)")
 
 
 @dataclass(frozen=True, kw_only=True)

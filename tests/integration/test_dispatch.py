@@ -23,6 +23,7 @@ from stager.errors import AccessDeniedError, PreconditionFailedError, Unreachabl
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 from stager.s3server import LocalS3Server, free_ports
+from tests.helpers import make_certificate
 from worker_hooks.client import DispatcherClient
 from worker_hooks.localcluster import LocalCluster
 from worker_hooks.taskdb import FINAL_STATES
@@ -254,31 +255,8 @@ def test_a_dispatcher_restart_loses_no_task(
 
 
 def test_tls_when_given_a_certificate(make_cluster: ClusterFactory, tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    made = subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        capture_output=True,
-        check=False,
-    )
-    if made.returncode != 0:
-        pytest.skip(f"openssl cannot make a test certificate: {made.stderr.decode()[-200:]}")
+    files = make_certificate(tmp_path / "tls")
+    cert, key = files.cert_file, files.key_file
     cluster = make_cluster(
         dispatcher_args=["--tls-cert", str(cert), "--tls-key", str(key)], ca_file=str(cert)
     )
