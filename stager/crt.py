@@ -72,7 +72,6 @@ class CrtTransfers:
         ca_file: str | None = None,
     ) -> None:
         """``endpoint_url`` and ``region`` as botocore resolved them (flags, variables, profile)."""
-        self._keys = keys
         self._region = region
         self._part_size = settings.part_size_bytes
         endpoint = urlsplit(endpoint_url)
@@ -90,7 +89,7 @@ class CrtTransfers:
         self._client = S3Client(
             bootstrap=ClientBootstrap(loops, DefaultHostResolver(loops)),
             region=self._region,
-            credential_provider=AwsCredentialsProvider.new_delegate(self._credentials),
+            credential_provider=_provider(keys),
             tls_mode=S3RequestTlsMode.ENABLED if secure else S3RequestTlsMode.DISABLED,
             tls_connection_options=_trusting(ca_file) if secure and ca_file else None,
             part_size=settings.part_size_bytes,
@@ -100,12 +99,6 @@ class CrtTransfers:
             retry_config=retries,
             connect_timeout_ms=int(settings.connect_timeout_s * 1000),
         )
-
-    def _credentials(self) -> AwsCredentials:
-        keys = self._keys()
-        if keys is None:
-            raise AccessDeniedError("no AWS credentials were found")
-        return AwsCredentials(*keys)
 
     def _request(self, method: str, url: S3Url, headers: Mapping[str, str]) -> HttpRequest:
         key = quote(url.key, safe="/~")
@@ -223,6 +216,23 @@ def _put_headers(size: int, metadata: Mapping[str, str]) -> dict[str, str]:
         "Content-Type": "application/octet-stream",
         **{f"x-amz-meta-{name}": value for name, value in metadata.items()},
     }
+
+
+def _provider(keys: Callable[[], FrozenKeys | None]) -> AwsCredentialsProvider:
+    """Credentials asked of ``keys`` at each signing (so refreshed keys are used).
+
+    The closure must not reach back to the client: the native side holds it,
+    and a cycle through native code is never collected (the client's threads
+    would outlive it).
+    """
+
+    def credentials() -> AwsCredentials:
+        frozen = keys()
+        if frozen is None:
+            raise AccessDeniedError("no AWS credentials were found")
+        return AwsCredentials(*frozen)
+
+    return AwsCredentialsProvider.new_delegate(credentials)
 
 
 def _trusting(ca_file: str) -> TlsConnectionOptions:

@@ -176,6 +176,8 @@ class ObjectStore:
 
     def close(self, *, cancel: bool = False) -> None:
         self._transfers.shutdown(cancel=cancel)
+        with self._native_lock:
+            self._native = None  # its threads stop once no request holds the client
 
     def _count(self, operation: str) -> None:
         with self._requests_lock:
@@ -194,7 +196,7 @@ class ObjectStore:
             if self._native is None:
                 self._native = CrtTransfers(
                     self.settings,
-                    self._frozen_keys,
+                    _keys_of(self._session),
                     endpoint_url=self.client.meta.endpoint_url,
                     region=self.client.meta.region_name or "us-east-1",
                     ca_file=self._ca_bundle(),
@@ -207,13 +209,6 @@ class ObjectStore:
             return str(self.settings.ca_bundle)
         chained = self._session._session.get_config_variable("ca_bundle")
         return str(chained) if chained else None
-
-    def _frozen_keys(self) -> tuple[str, str, str | None] | None:
-        credentials = self._session.get_credentials()
-        if credentials is None:
-            return None
-        frozen = credentials.get_frozen_credentials()
-        return frozen.access_key, frozen.secret_key, frozen.token
 
     def __enter__(self) -> ObjectStore:
         return self
@@ -417,6 +412,19 @@ class ObjectStore:
         if recorded is not None and digest_bytes(data) != recorded:
             raise IntegrityError(f"{url}: content does not match its recorded digest")
         return data
+
+
+def _keys_of(session: Any) -> Callable[[], tuple[str, str, str | None] | None]:
+    """The session's current keys, frozen, for the native client (refreshed when due)."""
+
+    def keys() -> tuple[str, str, str | None] | None:
+        credentials = session.get_credentials()
+        if credentials is None:
+            return None
+        frozen = credentials.get_frozen_credentials()
+        return frozen.access_key, frozen.secret_key, frozen.token
+
+    return keys
 
 
 def _wait(future: Any) -> None:

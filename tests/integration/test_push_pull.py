@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -255,3 +257,23 @@ def test_a_small_object_whose_bytes_do_not_match_is_refused(
         either_store.get_bytes(prefix.child("note.json"))
     with pytest.raises(NotFoundError):
         either_store.get_bytes(prefix.child("absent.json"))
+
+
+def test_closed_stores_release_their_native_client_threads(
+    settings: Any, s3_server: Any, prefix: S3Url
+) -> None:
+    def os_threads() -> int:
+        return len(os.listdir(f"/proc/{os.getpid()}/task"))
+
+    url = prefix.child("probe")
+    with ObjectStore(settings, credentials=s3_server.credentials) as first:
+        first.put_bytes(url, b"probe")
+    time.sleep(0.5)
+    before = os_threads()
+    for _ in range(8):  # each store starts its own native client threads
+        with ObjectStore(settings, credentials=s3_server.credentials) as store:
+            assert store.get_bytes(url) == b"probe"
+    deadline = time.monotonic() + 10
+    while os_threads() > before + 4:
+        assert time.monotonic() < deadline, f"{os_threads() - before} threads outlived their stores"
+        time.sleep(0.1)
