@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from bench.dispatch import run_dispatch_bench
-from bench.peers import TOOLS, Endpoint, peer_bin_dir
+from bench.peers import DEFAULT_TOOLS, TOOLS, Endpoint, peer_bin_dir
 from bench.report import conditions, transfer_markdown, transfer_plot, write_json
 from bench.transfer import TIME_BINARY, WORKLOADS, TransferBench, available_tools
 from bench.workflow import run_workflow_bench
@@ -40,14 +40,15 @@ Examples:
   stager bench transfer --scale 0.1                 # the quick run (make bench)
   stager bench transfer                             # full size: 1 GiB, 10 x 100 MiB, ...
   stager bench transfer --tools stager,s5cmd --workloads many-small
+  stager bench transfer --scale 0.1 --tools stager,stager-s3transfer   # the two byte movers
 """,
 )
 @click.option("--scale", default=1.0, show_default=True, help="Shrink the workloads (0.1: quick).")
 @click.option(
     "--tools",
-    default=",".join(TOOLS),
+    default=",".join(DEFAULT_TOOLS),
     show_default=True,
-    help="Comma-separated tools to measure.",
+    help=f"Comma-separated tools to measure, of: {', '.join(TOOLS)}.",
 )
 @click.option(
     "--workloads",

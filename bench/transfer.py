@@ -30,7 +30,7 @@ from typing import Any
 from bench.peers import TOOLS, Endpoint, Tool
 from fsd.cache import NodeCache
 from fsd.stagein import StageInput, resolve_inputs, staged_resolved
-from stager.digest import Hasher, digest_stream
+from stager.digest import Hasher, digest_bytes, digest_stream
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 
@@ -175,6 +175,7 @@ class TransferBench:
     def run(self, workloads: Sequence[Workload], conditions: dict[str, Any]) -> TransferReport:
         report = TransferReport(conditions)
         self.store.ensure_bucket(BUCKET)
+        self._warm_up_server()
         for workload in workloads:
             source = self.work / "source" / workload.name
             expected = make_files(source, workload)
@@ -186,6 +187,19 @@ class TransferBench:
             self._stager_extras(report, workload, canonical, source)
             shutil.rmtree(source)
         return report
+
+    def _warm_up_server(self) -> None:
+        """Write (and delete) a multipart object before any timed run: the server
+        allocates its volumes on the first writes, seconds that would otherwise
+        fall on whichever tool happens to go first."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        warm = self.work / "warm-up.bin"
+        data = os.urandom(3 * self.store.settings.part_size_bytes)
+        warm.write_bytes(data)
+        url = S3Url(BUCKET, "warm-up/warm-up.bin")
+        self.store.upload_file(warm, url, digest=digest_bytes(data), size=len(data))
+        self.store.delete(url)
+        warm.unlink()
 
     def _record(
         self,
