@@ -32,7 +32,7 @@ from s3transfer.subscribers import BaseSubscriber
 
 from stager.atomic import atomic_file
 from stager.digest import Hasher, HashingWriter, digest_bytes
-from stager.errors import IntegrityError, NotFoundError
+from stager.errors import AccessDeniedError, IntegrityError, NotFoundError
 from stager.locations import S3Url
 from stager.s3errors import translate, translating
 from stager.settings import Settings
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from stager import crt
 
 DIGEST_METADATA_KEY = "stager-digest"
+DIGEST_HEADER = f"x-amz-meta-{DIGEST_METADATA_KEY}"  # the same, as a (lower-case) header
 
 ProgressCallback = Callable[[int], None]
 
@@ -194,9 +195,12 @@ class ObjectStore:
 
         with self._native_lock:
             if self._native is None:
+                keys = _keys_of(self._session)
+                if keys() is None:  # say it here: the native signer could only fail vaguely
+                    raise AccessDeniedError("cannot reach S3: no AWS credentials were found")
                 self._native = CrtTransfers(
                     self.settings,
-                    _keys_of(self._session),
+                    keys,
                     endpoint_url=self.client.meta.endpoint_url,
                     region=self.client.meta.region_name or "us-east-1",
                     ca_file=self._ca_bundle(),
@@ -207,6 +211,7 @@ class ObjectStore:
         """The CA file botocore trusts for this endpoint: ours, or the AWS chain's."""
         if self.settings.ca_bundle is not None:
             return str(self.settings.ca_bundle)
+        # boto3 has no public accessor for config variables; its botocore session does.
         chained = self._session._session.get_config_variable("ca_bundle")
         return str(chained) if chained else None
 
@@ -331,7 +336,7 @@ class ObjectStore:
             return ObjectInfo(
                 url,
                 headers.object_size(),
-                headers.get(f"x-amz-meta-{DIGEST_METADATA_KEY}"),
+                headers.get(DIGEST_HEADER),
                 headers.get("etag"),
             )
         if info is not None and info.size >= self.settings.multipart_threshold_bytes:
@@ -403,7 +408,7 @@ class ObjectStore:
         if bulk is not None:
             self._count("GetObject")
             data, headers = bulk.get_small(url)
-            recorded = headers.get(f"x-amz-meta-{DIGEST_METADATA_KEY}")
+            recorded = headers.get(DIGEST_HEADER)
         else:
             with translating(url, "read"):
                 response = self.client.get_object(Bucket=url.bucket, Key=url.key)

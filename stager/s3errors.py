@@ -120,6 +120,10 @@ def translate_crt(exc: Exception, where: str, action: str) -> StagerError:
         code = _xml_text(body, "Code")
         return _from_response(code, str(exc.status_code), _xml_text(body, "Message"), where, action)
     if isinstance(exc, crt_errors.AwsCrtError):
+        if exc.name.startswith("AWS_AUTH"):  # the keys could not be had, or not used
+            return AccessDeniedError(
+                f"cannot {action} {where}: could not sign the request ({exc.name})"
+            )
         if exc.name.startswith("AWS_IO_TLS"):
             return _tls_failure(where, action, exc.name)
         if exc.name == "AWS_ERROR_S3_INTERNAL_ERROR":  # 5xx after the client's own retries

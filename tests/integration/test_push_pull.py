@@ -277,3 +277,17 @@ def test_closed_stores_release_their_native_client_threads(
     while os_threads() > before + 4:
         assert time.monotonic() < deadline, f"{os_threads() - before} threads outlived their stores"
         time.sleep(0.1)
+
+
+def test_no_credentials_at_all_is_named_by_either_client(
+    either_store: ObjectStore, prefix: S3Url, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    either_store.put_bytes(prefix.child("present"), b"x")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    anonymous = ObjectStore(either_store.settings)
+    with anonymous, pytest.raises(AccessDeniedError, match="no AWS credentials"):
+        anonymous.get_bytes(prefix.child("present"))
