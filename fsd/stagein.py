@@ -15,11 +15,11 @@ import contextlib
 import dataclasses
 import enum
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from fsd.cache import NodeCache
+from fsd.cache import Fill, NodeCache
 from fsd.materialize import materialize
 from stager.digest import HashingWriter, parse_digest
 from stager.errors import ConfigError, NotFoundError
@@ -155,30 +155,43 @@ class _Stager:
         )
 
     def entry_for(self, planned: PlannedInput) -> tuple[Path, Tier]:
-        """The cache entry for an input, fetched from its planned tier if missing."""
+        """The cache entry for an input, fetched from its planned tier if missing.
+
+        The tier reported is where the bytes came from: an entry another
+        process fetched while this one waited on the same flight is a cache
+        hit, not a read from S3.
+        """
         item = planned.input
-        entry = None
-        tier = planned.tier
-        if tier is Tier.LOCAL and item.digest is not None:
+        if planned.tier is Tier.LOCAL and item.digest is not None:
             entry = self.cache.lookup(item.digest)
-        if entry is None and tier is Tier.NFS_HEAD:
-            entry = self._from_nfs_head(item)
+            if entry is not None:
+                return entry, Tier.LOCAL
+        filled_from: list[Tier] = []
+
+        def fill_from(tier: Tier, fill: Fill) -> Path:
+            def tracked(writer: HashingWriter) -> None:
+                filled_from.append(tier)
+                fill(writer)
+
+            return self.cache.ensure(item.digest, item.size, tracked, flight_key=str(item.url))
+
+        entry = None
+        if planned.tier is Tier.NFS_HEAD:
+            entry = self._from_nfs_head(item, fill_from)
         if entry is None:
-            tier = Tier.S3 if tier is Tier.LOCAL else tier
-            entry = self.cache.ensure(
-                item.digest,
-                item.size,
-                lambda writer: self._fetch(item, writer),
-                flight_key=str(item.url),
-            )
-        return entry, tier
+            entry = fill_from(Tier.S3, lambda writer: self._fetch(item, writer))
+        return entry, filled_from[-1] if filled_from else Tier.LOCAL
 
     def _fetch(self, item: ResolvedInput, writer: HashingWriter) -> None:
         """Stream the object into ``writer``; its own recorded digest and size must match."""
         info = self.store.read_into(item.url, writer, info=item.info)
         check_received(info, writer.hasher)
 
-    def _from_nfs_head(self, item: ResolvedInput) -> Path | None:
+    def _from_nfs_head(
+        self,
+        item: ResolvedInput,
+        fill_from: Callable[[Tier, Fill], Path],
+    ) -> Path | None:
         assert self.nfs_head is not None and item.digest is not None
         source = self.nfs_head.lookup(item.digest)
         if source is None:
@@ -188,7 +201,7 @@ class _Stager:
             with source.open("rb") as handle:
                 shutil.copyfileobj(handle, writer, 1024 * 1024)
 
-        return self.cache.ensure(item.digest, item.size, copy)
+        return fill_from(Tier.NFS_HEAD, copy)
 
 
 def _plan(

@@ -124,7 +124,8 @@ def test_32_processes_fetching_one_object_download_it_once(
     cache = NodeCache(cache_dir, quota_bytes=4 * 1024**3)
     assert cache.stats().fetches == 1  # one transfer for 32 requests
     assert len(inodes) == 1  # every sandbox links the one entry
-    assert tiers["s3"] + tiers["local"] == 32
+    # Only the one that fetched reports S3; those that waited on its flight got a cache hit.
+    assert tiers == {"s3": 1, "local": 31}
     entry = cache.lookup(spec.digest)
     assert entry is not None and digest_bytes(entry.read_bytes()) == spec.digest
 
