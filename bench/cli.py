@@ -134,39 +134,57 @@ def _save(out: Path, name: str, data: dict[str, object], markdown: str) -> None:
     click.echo(f"wrote {out}/{name}-{stamp}.json, .md")
 
 
+RUN_LABELS = {
+    "stager": "stager (node caches, data-aware)",
+    "shared": "stager, shared mode (one cache for all nodes)",
+    "naive": "naive ({downloader} per task)",
+}
+
+
 @bench_group.command(
     "workflow",
     epilog="""\b
 Examples:
   stager bench workflow                        # 30 tasks, 3 workers, 128 MiB reference
   stager bench workflow --tasks 100 --reference-mib 1024
+  stager bench workflow --shared-dir /mnt/nfs/stager   # the shared mode on a real mount
 """,
 )
 @click.option("--tasks", default=30, show_default=True)
 @click.option("--workers", default=3, show_default=True)
 @click.option("--reference-mib", default=128, show_default=True)
+@click.option(
+    "--shared-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the shared mode's cache goes (e.g. an NFS mount) [a local scratch directory].",
+)
 @out_option
-def workflow_command(tasks: int, workers: int, reference_mib: int, out: Path) -> None:
+def workflow_command(
+    tasks: int, workers: int, reference_mib: int, shared_dir: Path | None, out: Path
+) -> None:
     """Data diffusion: stager's caches vs a per-task-download job script vs the ideal."""
     with tempfile.TemporaryDirectory(prefix="stager-bench-") as scratch:
-        figures = run_workflow_bench(
+        f = run_workflow_bench(
             Path(scratch),
             tasks=tasks,
             workers=workers,
             reference_bytes=reference_mib * 1024 * 1024,
             log=click.echo,
+            shared_dir=shared_dir,
         )
-    data = {**figures.to_json(), "conditions": conditions({})}
-    f = figures
+    data = {**f.to_json(), "conditions": conditions({})}
+    rows = "".join(
+        f"| {RUN_LABELS[r.mode].format(downloader=f.downloader)} | {r.makespan_s:.1f} s "
+        f"| {format_size(r.bytes_from_s3)} |\n"
+        for r in f.runs
+    )
     markdown = (
         "| run | makespan | read from S3 |\n|---|---|---|\n"
-        f"| stager (node caches, data-aware) | {f.stager_makespan_s:.1f} s "
-        f"| {format_size(f.stager_bytes_from_s3)} |\n"
-        f"| naive ({f.downloader} per task) | {f.naive_makespan_s:.1f} s "
-        f"| {format_size(f.naive_bytes_from_s3)} |\n"
+        f"{rows}"
         f"| ideal | {f.ideal_makespan_s:.1f} s | {format_size(f.reference_bytes)} x nodes |\n\n"
-        f"{f.tasks} tasks, {f.workers} workers, reference {format_size(f.reference_bytes)}; "
-        f"naive/stager {data['naive_over_stager']}, stager/ideal {data['stager_over_ideal']}\n"
+        f"{f.tasks} tasks, {f.workers} workers, reference {format_size(f.reference_bytes)}, "
+        f"shared cache in {f.shared_dir}; naive/stager {data['naive_over_stager']}, "
+        f"stager/ideal {data['stager_over_ideal']}, shared/ideal {data['shared_over_ideal']}\n"
     )
     _save(out, "workflow", data, markdown)
 

@@ -5,6 +5,10 @@ K worker processes (separate caches, as separate nodes):
 
 - ``stager``: inputs declared in the spec, staged through each node's cache
   and placed by the data-aware policy (one reference download per node);
+- ``shared``: the NFS-head mode, every worker's cache in one shared
+  directory (one reference download in all); by default a directory on this
+  machine's disk, or any mount given (``--shared-dir``), such as a real NFS
+  export;
 - ``naive``: the same commands in a job script that downloads every input
   for every task with ``aws s3 cp`` (or s5cmd / ``stager pull``, whichever
   is installed), as batch jobs commonly do;
@@ -12,13 +16,15 @@ K worker processes (separate caches, as separate nodes):
   download, the floor any staging layer can reach.
 
 Reported: makespan (submission to the last completion), bytes read from S3,
-and the ratios naive/stager and stager/ideal. Both runs go through the same
-dispatcher and workers; only the data path differs.
+and the ratios naive/stager and stager/ideal. Every run goes through the
+same dispatcher and workers; only the data path differs.
 """
 
 from __future__ import annotations
 
+import secrets
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,24 +49,34 @@ COMPUTE = "{ cksum < reference.bin; cksum < input.dat; } > result.txt"
 
 
 @dataclass(frozen=True)
+class RunFigures:
+    mode: str  # "stager", "shared" or "naive"
+    makespan_s: float
+    bytes_from_s3: int
+
+
+@dataclass(frozen=True)
 class WorkflowFigures:
     tasks: int
     workers: int
     reference_bytes: int
     downloader: str
-    stager_makespan_s: float
-    stager_bytes_from_s3: int
-    naive_makespan_s: float
-    naive_bytes_from_s3: int
+    shared_dir: str
+    runs: tuple[RunFigures, ...]
     ideal_makespan_s: float
     compute_s_per_task: float
     reference_fetch_s: float
 
+    def run(self, mode: str) -> RunFigures:
+        return next(r for r in self.runs if r.mode == mode)
+
     def to_json(self) -> dict[str, Any]:
+        stager = self.run("stager").makespan_s
         return {
             **asdict(self),
-            "naive_over_stager": round(self.naive_makespan_s / self.stager_makespan_s, 3),
-            "stager_over_ideal": round(self.stager_makespan_s / self.ideal_makespan_s, 3),
+            "naive_over_stager": round(self.run("naive").makespan_s / stager, 3),
+            "stager_over_ideal": round(stager / self.ideal_makespan_s, 3),
+            "shared_over_ideal": round(self.run("shared").makespan_s / self.ideal_makespan_s, 3),
         }
 
 
@@ -108,7 +124,13 @@ def _compute_seconds(sample: Path, runs: int = 3) -> float:
 
 
 def run_workflow_bench(
-    work: Path, *, tasks: int, workers: int, reference_bytes: int, log: Any
+    work: Path,
+    *,
+    tasks: int,
+    workers: int,
+    reference_bytes: int,
+    log: Any,
+    shared_dir: Path | None = None,
 ) -> WorkflowFigures:
     shape = DemoShape(map_tasks=tasks, workers=workers, reference_bytes=reference_bytes)
     with LocalS3Server(work / "s3") as server:
@@ -124,8 +146,7 @@ def run_workflow_bench(
                 [str(dataset)], S3Url(BUCKET, "bench/data/"), store=store, digests=digests
             )
             maps = [t for t in build_workflow(pushed, shape)["tasks"] if t["id"] != "reduce"]
-            defaults = {"shell": True, "timeout_s": 3600, "results": f"s3://{BUCKET}/results/"}
-            stager_tasks = [{**defaults, **t} for t in maps]
+            stager_tasks = [{"shell": True, "timeout_s": 3600, **t} for t in maps]
             tool, naive = naive_tasks(stager_tasks, endpoint)
             sample = work / "sample"
             sample.mkdir()
@@ -140,29 +161,39 @@ def run_workflow_bench(
             )
             fetch_s = time.perf_counter() - started
             env = {**server.env(), "STAGER_STATE_DIR": str(work / "state")}
-            figures = {}
-            for mode, batch in (("stager", stager_tasks), ("naive", naive)):
+            # The job script's downloads bypass stager: their bytes are counted, not reported.
+            input_bytes = sum(e.size for e in pushed.manifest.entries) - reference_bytes
+            naive_bytes = tasks * reference_bytes + input_bytes
+            head = shared_dir or work / "nfs-head"
+            runs = []
+            for mode, batch, cache_dir in (
+                ("stager", stager_tasks, None),
+                ("shared", stager_tasks, head / f"cache-{secrets.token_hex(4)}"),
+                ("naive", naive, None),
+            ):
                 with LocalCluster(work / f"cluster-{mode}", env) as cluster:
                     names = [f"{mode}-node-{n}" for n in range(workers)]
                     for name in names:
-                        cluster.add_worker(name)
+                        cluster.add_worker(name, cache_dir=cache_dir)
                     cluster.wait_for_workers(names)
+                    # Results of its own, so no run finds another's (memoized) results.
+                    results = f"s3://{BUCKET}/results/{mode}/"
                     started = time.perf_counter()
-                    cluster.client.submit(batch, workflow=mode)
+                    cluster.client.submit([{**t, "results": results} for t in batch], workflow=mode)
                     status = wait_for_workflow(cluster.client, mode, poll_s=0.2)
-                    figures[mode] = (time.perf_counter() - started, status["bytes_from_s3"])
-                log(f"{mode}: {figures[mode][0]:.1f} s")
-    input_bytes = sum(e.size for e in pushed.manifest.entries) - reference_bytes
-    naive_bytes = tasks * reference_bytes + input_bytes
+                    makespan = round(time.perf_counter() - started, 2)
+                    read = naive_bytes if mode == "naive" else status["bytes_from_s3"]
+                    runs.append(RunFigures(mode, makespan, read))
+                if cache_dir is not None:
+                    shutil.rmtree(cache_dir, ignore_errors=True)
+                log(f"{mode}: {makespan:.1f} s")
     return WorkflowFigures(
         tasks=tasks,
         workers=workers,
         reference_bytes=reference_bytes,
         downloader=tool,
-        stager_makespan_s=round(figures["stager"][0], 2),
-        stager_bytes_from_s3=figures["stager"][1],
-        naive_makespan_s=round(figures["naive"][0], 2),
-        naive_bytes_from_s3=naive_bytes,
+        shared_dir=str(head),
+        runs=tuple(runs),
         ideal_makespan_s=round(compute_s * tasks / workers + fetch_s, 2),
         compute_s_per_task=round(compute_s, 3),
         reference_fetch_s=round(fetch_s, 3),

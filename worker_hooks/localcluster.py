@@ -113,8 +113,14 @@ class LocalCluster:
         token = self.token_file.read_text().strip()
         self._client = DispatcherClient(self.url, token, ca_file=self.ca_file)
 
-    def add_worker(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        """Start a worker with its own cache and sandboxes under ``<work_dir>/<name>``."""
+    def add_worker(
+        self, name: str, *args: str, cache_dir: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a worker with its sandboxes under ``<work_dir>/<name>``.
+
+        Its cache is its own (``<work_dir>/<name>/cache``) unless ``cache_dir``
+        names one that several workers share (the NFS-head mode).
+        """
         node = self.work_dir / name
         process = self._spawn(
             name,
@@ -127,7 +133,7 @@ class LocalCluster:
                 "--worker-id",
                 name,
                 "--cache-dir",
-                str(node / "cache"),
+                str(cache_dir or node / "cache"),
                 "--sandbox-dir",
                 str(node / "sandboxes"),
                 *args,
