@@ -28,7 +28,7 @@ from fsd.ledger import Ledger, Reservation, read_ledger, write_ledger
 from fsd.locks import LinkLock
 from fsd.owner import Owner
 from stager.atomic import TEMP_MARKER, atomic_file, fsync_directory
-from stager.digest import HashingWriter, digest_bytes, digest_stream, parse_digest
+from stager.digest import ALGORITHM, HashingWriter, digest_bytes, digest_stream, parse_digest
 from stager.errors import CacheFormatError, CacheFullError, IntegrityError, from_os_error
 from stager.units import format_size
 
@@ -59,6 +59,11 @@ class CacheStats:
 
 def hex_of(digest: str) -> str:
     return parse_digest(digest).split(":", 1)[1]
+
+
+def digest_of_entry(entry: Path) -> str:
+    """The digest of the bytes in an entry (``data/<hex>``)."""
+    return f"{ALGORITHM}:{entry.name}"
 
 
 class NodeCache:

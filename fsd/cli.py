@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from fsd.cache import NodeCache
+from fsd.cache import NodeCache, digest_of_entry
 from fsd.settings import CacheSettings, default_quota_bytes
 from fsd.stagein import StageInput, warm
 from stager.cli.context import CliState
@@ -85,7 +85,7 @@ def fetch(context: CacheContext, urls: tuple[str, ...]) -> None:
     for url, entry, tier in fetched:
         size = entry.stat().st_size
         total += size
-        click.echo(f"xxh3-128:{entry.name}  {format_size(size):>10}  {tier.value:<8}  {url}")
+        click.echo(f"{digest_of_entry(entry)}  {format_size(size):>10}  {tier.value:<8}  {url}")
     click.echo(
         f"{len(fetched)} entries ({format_size(total)}) in {time.monotonic() - started:.2f} s"
     )

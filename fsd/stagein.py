@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from fsd.cache import Fill, NodeCache
+from fsd.cache import Fill, NodeCache, digest_of_entry
 from fsd.materialize import materialize
 from stager.digest import HashingWriter, parse_digest
 from stager.errors import ConfigError, NotFoundError
@@ -147,7 +147,7 @@ class _Stager:
         used = materialize(entry, dest, self.mode)
         return StagedInput(
             path=dest,
-            digest="xxh3-128:" + entry.name,
+            digest=digest_of_entry(entry),
             size=item.size,
             tier=tier,
             verified=item.digest is not None,

@@ -26,10 +26,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from fsd.cache import digest_of_entry
 from fsd.stagein import StageInput, Tier, warm
 from stager.errors import (
     AccessDeniedError,
@@ -71,6 +72,13 @@ class _Held:
     body: dict[str, Any]
     cancel: threading.Event = field(default_factory=threading.Event)
     started: bool = False
+    prefetch: Future[set[str]] | None = None
+
+    def prefetched_from_s3(self) -> set[str]:
+        """Digests of the inputs this task's prefetch read from S3 (waits for it to end)."""
+        if self.prefetch is None or self.prefetch.cancelled():
+            return set()
+        return self.prefetch.result()
 
 
 @dataclass
@@ -221,17 +229,20 @@ class Worker:
             self._hand_back(item)
             return
         if waiting >= idle_slots:
-            self._prefetcher.submit(self._prefetch, item)
+            item.prefetch = self._prefetcher.submit(self._prefetch, item)
         self._ready.put(item)
 
-    def _prefetch(self, item: _Held) -> None:
+    def _prefetch(self, item: _Held) -> set[str]:
         inputs = [
             StageInput(i["source"], i["path"], i.get("digest"), i.get("size"))
             for i in item.body.get("inputs", [])
             if isinstance(i, dict)
         ]
-        with contextlib.suppress(StagerError):  # the run meets and reports any error
-            warm(inputs, cache=self.node.cache, store=self.node.store, workers=4)
+        try:
+            warmed = warm(inputs, cache=self.node.cache, store=self.node.store, workers=4)
+        except StagerError:  # the run meets and reports any error
+            return set()
+        return {digest_of_entry(entry) for _, entry, tier in warmed if tier is Tier.S3}
 
     # -- running ----------------------------------------------------------------------
 
@@ -245,6 +256,8 @@ class Worker:
                 self._hand_back(item)
                 continue
             item.started = True
+            if item.prefetch is not None:
+                item.prefetch.cancel()  # not begun yet: the stage-in does the work
             self._run_one(item)
             with self._room:
                 self._held.pop(item.task_id, None)
@@ -266,8 +279,14 @@ class Worker:
         self._report_done(item, result, time.monotonic() - started)
 
     def _report_done(self, item: _Held, result: WrapResult, seconds: float) -> None:
+        # An input the prefetch fetched reached the stage-in as a cache hit; it came from S3.
+        prefetched = item.prefetched_from_s3()
         uses = [
-            {"digest": s.digest, "size": s.size, "from_cache": s.tier is not Tier.S3}
+            {
+                "digest": s.digest,
+                "size": s.size,
+                "from_cache": s.tier is not Tier.S3 and s.digest not in prefetched,
+            }
             for s in result.staged
         ]
 

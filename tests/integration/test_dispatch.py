@@ -183,6 +183,25 @@ def test_sigterm_drain_hands_back_unstarted_tasks(
     assert "2 handed back" in cluster.log_of("drainer")
 
 
+def test_an_input_read_by_a_prefetch_counts_once_as_read_from_s3(
+    make_cluster: ClusterFactory, store: ObjectStore, prefix: S3Url
+) -> None:
+    cluster = make_cluster()
+    cluster.add_worker("w1", "--slots", "1", "--prefetch", "2")
+    size = 3 * 1024 * 1024
+    url = prefix.child("ref")
+    ref = {"source": str(url), "path": "ref", "digest": store.put_bytes(url, os.urandom(size))}
+    # While "busy" holds the only slot, the worker prefetches the others' input.
+    tasks = [
+        task("busy", "sleep 2; echo > out.txt", prefix),
+        *(task(f"reader{n}", "cat ref > out.txt", prefix, inputs=[ref]) for n in range(2)),
+    ]
+    cluster.client.submit(tasks, workflow="wf")
+    assert wait_until_ended(cluster.client, "wf")["done"] == 3, cluster.log_of("w1")
+    status = cluster.client.status("wf")
+    assert (status["bytes_from_s3"], status["bytes_from_cache"]) == (size, size)
+
+
 def test_data_aware_policy_sends_tasks_to_the_worker_holding_their_inputs(
     make_cluster: ClusterFactory, store: ObjectStore, prefix: S3Url
 ) -> None:
