@@ -181,10 +181,13 @@ def workflow_command(
     markdown = (
         "| run | makespan | read from S3 |\n|---|---|---|\n"
         f"{rows}"
-        f"| ideal | {f.ideal_makespan_s:.1f} s | {format_size(f.reference_bytes)} x nodes |\n\n"
+        f"| ideal | {f.ideal_makespan_s:.1f} s | {format_size(f.reference_bytes)} x nodes |\n"
+        f"| ideal on this machine ({f.workers} downloads at once) | {f.ideal_here_s:.1f} s "
+        f"| {format_size(f.reference_bytes)} x nodes |\n\n"
         f"{f.tasks} tasks, {f.workers} workers, reference {format_size(f.reference_bytes)}, "
         f"shared cache in {f.shared_dir}; naive/stager {data['naive_over_stager']}, "
-        f"stager/ideal {data['stager_over_ideal']}, shared/ideal {data['shared_over_ideal']}\n"
+        f"stager/ideal {data['stager_over_ideal']} (on this machine "
+        f"{data['stager_over_ideal_here']}), shared/ideal {data['shared_over_ideal']}\n"
     )
     _save(out, "workflow", data, markdown)
 

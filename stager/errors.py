@@ -71,7 +71,7 @@ class CacheFormatError(ConfigError):
 
 class NotFoundError(StagerError):
     exit_code = 3
-    default_hint = "check the bucket and key names (stager pull s3://bucket/ lists nothing?)"
+    default_hint = "check the bucket and key names"
 
 
 class AccessDeniedError(StagerError):

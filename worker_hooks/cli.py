@@ -8,7 +8,9 @@ from typing import Any
 
 import click
 
+from fsd.cache import NodeCache
 from fsd.cli import CacheContext
+from fsd.settings import default_quota_bytes
 from stager.cli.context import CliState
 from stager.errors import ConfigError
 from stager.settings import load_component
@@ -17,9 +19,19 @@ from worker_hooks.settings import MATERIALIZE_MODES, WrapSettings
 from worker_hooks.taskspec import TaskSpec, inline_spec, load_document, parse_spec, split_pair
 from worker_hooks.wrap import Node, WrapOptions, wrap_task
 
+_CACHE_FLAGS = ("cache_dir", "cache_quota")
+_WRAP_FLAGS = ("sandbox_dir", "materialize", "nfs_head")
 
-def open_node(core: CliState, cache_flags: dict[str, Any], wrap_flags: dict[str, Any]) -> Node:
-    """The node's cache, store and sandbox settings, from flags, variables and stager.toml."""
+
+def take_node_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """Take the values of :func:`node_options` out of a command's ``flags``."""
+    return {name: flags.pop(name) for name in (*_CACHE_FLAGS, *_WRAP_FLAGS)}
+
+
+def open_node(core: CliState, node_flags: dict[str, Any]) -> Node:
+    """The node's caches, store and sandboxes, from flags, variables and stager.toml."""
+    cache_flags = {name: node_flags[name] for name in _CACHE_FLAGS}
+    wrap_flags = {name: node_flags[name] for name in _WRAP_FLAGS}
     settings = load_component(
         WrapSettings, wrap_flags, config_path=core.config_path, section="wrap"
     )
@@ -27,10 +39,21 @@ def open_node(core: CliState, cache_flags: dict[str, Any], wrap_flags: dict[str,
         cache=CacheContext(core, cache_flags).open(),
         store=core.object_store(),
         sandbox_dir=settings.sandbox_dir,
+        nfs_head=_open_nfs_head(settings.nfs_head) if settings.nfs_head else None,
         materialize=settings.materialize,
         kill_grace_s=settings.kill_grace_s,
         workers=core.settings.files_in_flight,
     )
+
+
+def _open_nfs_head(root: Path) -> NodeCache:
+    """The shared cache on its mount; never created here (a missing mount would go unseen)."""
+    if not (root / "data").is_dir():
+        raise ConfigError(
+            f"the NFS head {root} is not a stager cache",
+            hint="mount it, or fill it first with `stager cache --cache-dir HEAD fetch URL...`",
+        )
+    return NodeCache(root, quota_bytes=default_quota_bytes(root))
 
 
 def node_options(function: Any) -> Any:
@@ -52,6 +75,11 @@ def node_options(function: Any) -> Any:
                 "--materialize",
                 type=click.Choice(MATERIALIZE_MODES),
                 help="How inputs appear in the sandbox [link].",
+            ),
+            click.option(
+                "--nfs-head",
+                type=click.Path(file_okay=False, path_type=Path),
+                help="A shared cache on a mount, read before S3 [none].",
             ),
         ]
     ):
@@ -141,10 +169,6 @@ def wrap_command(
     command: tuple[str, ...],
     force: bool,
     keep_failed: bool,
-    cache_dir: Path | None,
-    cache_quota: str | None,
-    sandbox_dir: Path | None,
-    materialize: str | None,
     **flags: Any,
 ) -> None:
     """Run one job: stage its inputs in, run it in a sandbox, make its outputs durable.
@@ -155,12 +179,9 @@ def wrap_command(
     task whose result already exists (same command, same input digests) is
     not run again.
     """
+    node_flags = take_node_flags(flags)
     spec = _spec_from_flags(spec_path, command, flags)
-    node = open_node(
-        core,
-        {"cache_dir": cache_dir, "cache_quota": cache_quota},
-        {"sandbox_dir": sandbox_dir, "materialize": materialize},
-    )
+    node = open_node(core, node_flags)
     swept = sweep(node.sandbox_dir)  # left by a wrapper killed on this node before
     if swept.sandboxes:
         click.echo(

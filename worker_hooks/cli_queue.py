@@ -19,7 +19,7 @@ from stager.cli.context import CliState
 from stager.errors import TaskError, from_os_error
 from stager.settings import load_component
 from stager.units import format_size
-from worker_hooks.cli import node_options, open_node
+from worker_hooks.cli import node_options, open_node, take_node_flags
 from worker_hooks.client import TOKEN_ENV, DispatcherClient, load_token
 from worker_hooks.scheduling import POLICIES
 from worker_hooks.settings import DispatcherSettings, WorkerSettings
@@ -168,10 +168,6 @@ def worker_command(
     token_file: Path | None,
     ca_file: str | None,
     worker_id: str | None,
-    cache_dir: Path | None,
-    cache_quota: str | None,
-    sandbox_dir: Path | None,
-    materialize: str | None,
     **flags: Any,
 ) -> None:
     """Pull tasks from the dispatcher and run them (outbound connections only).
@@ -179,12 +175,9 @@ def worker_command(
     SIGTERM (a spot interruption notice) drains: no new leases, unstarted
     tasks are handed back, running ones get --drain-s to finish.
     """
+    node_flags = take_node_flags(flags)
     settings = load_component(WorkerSettings, flags, config_path=core.config_path, section="worker")
-    node = open_node(
-        core,
-        {"cache_dir": cache_dir, "cache_quota": cache_quota},
-        {"sandbox_dir": sandbox_dir, "materialize": materialize},
-    )
+    node = open_node(core, node_flags)
     worker = Worker(
         _client(dispatcher_url, token_file, ca_file),
         node,

@@ -34,6 +34,9 @@ class WrapSettings:
     kill_grace_s: float = setting_field(
         5.0, positive_float, "after a timeout's SIGTERM, wait this long before SIGKILL"
     )
+    nfs_head: Path | None = setting_field(
+        None, optional_path, "a shared cache on a mount, read before S3 (the NFS head)"
+    )
 
 
 def _default_dispatcher_db() -> Path:

@@ -414,3 +414,39 @@ def test_a_spec_file_with_inline_flags_is_refused(run_cli: Any, tmp_path: Path) 
         "wrap", "--spec", str(tmp_path / "task.json"), "--timeout", "5", env=wrap_env(tmp_path)
     )
     assert_one_line_error(done, 2, "cannot be combined with --timeout")
+
+
+def test_an_input_on_the_nfs_head_is_read_from_there(
+    run_cli: Any, store: ObjectStore, prefix: S3Url, tmp_path: Path
+) -> None:
+    data = b"shared reference\n" * 1000
+    url = prefix.child("in/ref.txt")
+    digest = store.put_bytes(url, data)
+    head = tmp_path / "nfs-head"
+    filled = run_cli("cache", "--cache-dir", str(head), "fetch", str(url))
+    assert filled.returncode == 0, filled.stderr
+    store.delete(url)  # from now on only the head holds the bytes
+    spec = {
+        "id": "from-head",
+        "command": "wc -c < ref.txt > n.txt",
+        "shell": True,
+        "inputs": [{"source": str(url), "path": "ref.txt", "digest": digest, "size": len(data)}],
+        "outputs": [{"path": "n.txt", "to": str(prefix.child("out/n.txt"))}],
+    }
+    (tmp_path / "task.json").write_text(json.dumps(spec))
+    wrap = ["wrap", "--spec", str(tmp_path / "task.json")]
+
+    assert_one_line_error(run_cli(*wrap, env=wrap_env(tmp_path)), 3, "no such object")
+    done = run_cli(*wrap, "--nfs-head", str(head), env=wrap_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert store.get_bytes(prefix.child("out/n.txt")).strip() == str(len(data)).encode()
+    assert NodeCache(tmp_path / "cache", quota_bytes=MiB).lookup(digest) is not None
+
+
+def test_an_nfs_head_that_is_not_a_cache_is_refused(run_cli: Any, tmp_path: Path) -> None:
+    (tmp_path / "unmounted").mkdir()
+    done = run_cli(
+        "wrap", "--nfs-head", str(tmp_path / "unmounted"), "--", "true", env=wrap_env(tmp_path)
+    )
+    assert_one_line_error(done, 2, "is not a stager cache")
+    assert list((tmp_path / "unmounted").iterdir()) == []
