@@ -71,7 +71,7 @@ class CrtTransfers:
         region: str,
         ca_file: str | None = None,
     ) -> None:
-        """``endpoint_url`` and ``region`` as botocore resolved them (flags, variables, profile)."""
+        """The endpoint and region as the store resolved them (flags, variables, profile)."""
         self._region = region
         self._part_size = settings.part_size_bytes
         endpoint = urlsplit(endpoint_url)
@@ -137,6 +137,27 @@ class CrtTransfers:
         buffer = bytearray()
         headers = self._get(url, buffer.extend, None, ranged=False)
         return bytes(buffer), headers
+
+    def head(self, url: S3Url) -> Headers | None:
+        """The object's headers, ``None`` if the server answers 404."""
+        received: dict[str, str] = {}
+
+        def on_headers(status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
+            received.update((name.lower(), value) for name, value in headers)
+
+        request = self._client.make_request(
+            type=S3RequestType.DEFAULT,
+            operation_name="HeadObject",
+            request=self._request("HEAD", url, {"Content-Length": "0"}),
+            on_headers=on_headers,
+        )
+        try:
+            _wait(request, url, "read", keep=(S3ResponseError,))
+        except S3ResponseError as exc:
+            if exc.status_code == 404:
+                return None
+            raise translate_crt(exc, str(url), "read") from exc
+        return Headers(received)
 
     def _get(
         self, url: S3Url, sink: Sink, on_bytes: ProgressCallback | None, *, ranged: bool

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
+from botocore.configprovider import ConfiguredEndpointProvider
 from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
@@ -153,32 +154,54 @@ class ObjectStore:
     def __init__(self, settings: Settings, *, credentials: Credentials | None = None) -> None:
         self.settings = settings
         self._session = make_session(settings, credentials)
-        self.client = make_client(settings, session=self._session)
         self._buckets_seen: set[str] = set()  # buckets known to exist (never forgotten)
         # Requests sent, by S3 operation name, whichever client sent them.
         self.requests: Counter[str] = Counter()
         self._requests_lock = threading.Lock()
-        self.client.meta.events.register("before-call.s3", self._count_botocore)
+        # The clients are made on first use: botocore's takes ~0.3 s (its S3
+        # model is a large JSON file), which a command whose requests all go
+        # through the native client (a memoized `stager wrap`) never pays.
+        self._clients_lock = threading.Lock()
+        self._client: Any = None
+        self._manager: TransferManager | None = None
         self._native: crt.CrtTransfers | None = None
-        self._native_lock = threading.Lock()
-        self._transfers = TransferManager(
-            self.client,
-            TransferConfig(
-                multipart_threshold=settings.multipart_threshold_bytes,
-                multipart_chunksize=settings.part_size_bytes,
-                max_request_concurrency=settings.max_concurrency,
-                # Bound what a download may hold in memory: parts waiting for
-                # their turn (one window of parts) and 256 KiB writes queued
-                # for the IO thread (100 of them).
-                max_in_memory_download_chunks=settings.max_concurrency,
-                max_io_queue_size=100,
-            ),
-        )
+
+    @property
+    def client(self) -> Any:
+        """The botocore S3 client (metadata requests, and the s3transfer path)."""
+        with self._clients_lock:
+            if self._client is None:
+                self._client = make_client(self.settings, session=self._session)
+                self._client.meta.events.register("before-call.s3", self._count_botocore)
+            return self._client
+
+    @property
+    def _transfers(self) -> TransferManager:
+        client = self.client
+        with self._clients_lock:
+            if self._manager is None:
+                settings = self.settings
+                self._manager = TransferManager(
+                    client,
+                    TransferConfig(
+                        multipart_threshold=settings.multipart_threshold_bytes,
+                        multipart_chunksize=settings.part_size_bytes,
+                        max_request_concurrency=settings.max_concurrency,
+                        # Bound what a download may hold in memory: parts waiting
+                        # for their turn (one window of parts) and 256 KiB writes
+                        # queued for the IO thread (100 of them).
+                        max_in_memory_download_chunks=settings.max_concurrency,
+                        max_io_queue_size=100,
+                    ),
+                )
+            return self._manager
 
     def close(self, *, cancel: bool = False) -> None:
-        self._transfers.shutdown(cancel=cancel)
-        with self._native_lock:
+        with self._clients_lock:
+            manager, self._manager = self._manager, None
             self._native = None  # its threads stop once no request holds the client
+        if manager is not None:
+            manager.shutdown(cancel=cancel)
 
     def _count(self, operation: str) -> None:
         with self._requests_lock:
@@ -193,7 +216,8 @@ class ObjectStore:
             return None
         from stager.crt import CrtTransfers  # awscrt loads in ~80 ms: only when bytes move
 
-        with self._native_lock:
+        endpoint_url, region = self._endpoint()
+        with self._clients_lock:
             if self._native is None:
                 keys = _keys_of(self._session)
                 if keys() is None:  # say it here: the native signer could only fail vaguely
@@ -201,11 +225,24 @@ class ObjectStore:
                 self._native = CrtTransfers(
                     self.settings,
                     keys,
-                    endpoint_url=self.client.meta.endpoint_url,
-                    region=self.client.meta.region_name or "us-east-1",
+                    endpoint_url=endpoint_url,
+                    region=region,
                     ca_file=self._ca_bundle(),
                 )
             return self._native
+
+    def _endpoint(self) -> tuple[str, str]:
+        """(endpoint URL, region) for the native client.
+
+        A configured endpoint (flag, setting, ``AWS_ENDPOINT_URL[_S3]``, the
+        profile) is used as it is; AWS's own is resolved by botocore's client
+        (its rules know partitions, FIPS and dual-stack names).
+        """
+        configured = self.settings.endpoint_url or _configured_endpoint(self._session)
+        if configured:
+            return configured, self.settings.region or self._session.region_name or "us-east-1"
+        meta = self.client.meta
+        return meta.endpoint_url, meta.region_name or "us-east-1"
 
     def _ca_bundle(self) -> str | None:
         """The CA file botocore trusts for this endpoint: ours, or the AWS chain's."""
@@ -229,17 +266,31 @@ class ObjectStore:
         A missing bucket raises :class:`NotFoundError` (a bucket typo should
         not read as "nothing pushed yet").
         """
+        bulk = self._bulk()
+        info = self._head(url) if bulk is None else self._head_native(bulk, url)
+        if info is None and url.bucket not in self._buckets_seen:  # once per bucket
+            self.check_bucket(url.bucket)
+        return info
+
+    def _head(self, url: S3Url) -> ObjectInfo | None:
         try:
             response = self.client.head_object(Bucket=url.bucket, Key=url.key)
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
                 raise translate(exc, str(url), "read") from exc
-            if url.bucket not in self._buckets_seen:  # once per bucket, not per missing key
-                self.check_bucket(url.bucket)
             return None
         except BotoCoreError as exc:
             raise translate(exc, str(url), "read") from exc
         return _info_from_response(url, response)
+
+    def _head_native(self, bulk: crt.CrtTransfers, url: S3Url) -> ObjectInfo | None:
+        self._count("HeadObject")
+        headers = bulk.head(url)
+        if headers is None:
+            return None
+        return ObjectInfo(
+            url, int(headers["content-length"]), headers.get(DIGEST_HEADER), headers.get("etag")
+        )
 
     def check_bucket(self, bucket: str) -> None:
         """Raise :class:`NotFoundError` unless ``bucket`` exists and is reachable."""
@@ -417,6 +468,17 @@ class ObjectStore:
         if recorded is not None and digest_bytes(data) != recorded:
             raise IntegrityError(f"{url}: content does not match its recorded digest")
         return data
+
+
+def _configured_endpoint(session: Any) -> str | None:
+    """The S3 endpoint the AWS configuration names, as botocore's client would find it."""
+    core = session._session  # boto3 keeps botocore's session, which resolves it, here
+    if core.get_config_variable("ignore_configured_endpoint_urls"):
+        return None
+    found = ConfiguredEndpointProvider(
+        full_config=core.full_config, scoped_config=core.get_scoped_config(), client_name="s3"
+    ).provide()
+    return str(found) if found else None
 
 
 def _keys_of(session: Any) -> Callable[[], tuple[str, str, str | None] | None]:

@@ -22,7 +22,13 @@ from stager.errors import (
 )
 from stager.locations import S3Url
 from stager.manifest import Manifest
-from stager.objectstore import DIGEST_METADATA_KEY, Credentials, ObjectStore, check_received
+from stager.objectstore import (
+    DIGEST_METADATA_KEY,
+    Credentials,
+    ObjectInfo,
+    ObjectStore,
+    check_received,
+)
 from stager.pull import pull
 from stager.push import push
 from tests.helpers import count_requests, files_under, put_tampered, temp_files_under, write_random
@@ -196,6 +202,19 @@ def test_push_from_an_fsspec_url_spools_and_cleans_up(
     ]
     assert store.get_bytes(prefix.child("tree/sub/b.txt")) == b"beta" * 1000
     assert files_under(store.settings.state_dir / "spool") == []
+
+
+def test_head_tells_size_digest_and_etag_or_none(
+    either_store: ObjectStore, prefix: S3Url, raw_client: Any
+) -> None:
+    url = prefix.child("dir/heads up.bin")
+    digest = either_store.put_bytes(url, b"x" * 1234)
+    info = either_store.head(url)
+    raw = raw_client.head_object(Bucket=url.bucket, Key=url.key)
+    assert info == ObjectInfo(url, 1234, digest, raw["ETag"])
+    assert either_store.head(prefix.child("dir/missing.bin")) is None
+    with pytest.raises(NotFoundError, match="bucket"):
+        either_store.head(S3Url("no-such-bucket-here", "key"))
 
 
 def test_create_only_writes_never_replace(either_store: ObjectStore, prefix: S3Url) -> None:
