@@ -214,9 +214,11 @@ class ObjectStore:
         """The native client for object bytes, created on first use (None if not chosen)."""
         if self.settings.transfer_client != "crt":
             return None
+        if (native := self._native) is not None:
+            return native
         from stager.crt import CrtTransfers  # awscrt loads in ~80 ms: only when bytes move
 
-        endpoint_url, region = self._endpoint()
+        endpoint_url, region = self._endpoint()  # unlocked: it may make botocore's client
         with self._clients_lock:
             if self._native is None:
                 keys = _keys_of(self._session)
