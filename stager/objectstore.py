@@ -291,7 +291,7 @@ class ObjectStore:
         if headers is None:
             return None
         return ObjectInfo(
-            url, int(headers["content-length"]), headers.get(DIGEST_HEADER), headers.get("etag")
+            url, headers.object_size(), headers.get(DIGEST_HEADER), headers.get("etag")
         )
 
     def check_bucket(self, bucket: str) -> None:
