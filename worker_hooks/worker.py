@@ -75,8 +75,11 @@ class _Held:
     prefetch: Future[set[str]] | None = None
 
     def prefetched_from_s3(self) -> set[str]:
-        """Digests of the inputs this task's prefetch read from S3 (waits for it to end)."""
-        if self.prefetch is None or self.prefetch.cancelled():
+        """Digests of the inputs this task's prefetch read from S3 (waits for it to end).
+
+        A prefetch that failed read nothing the run did not read again.
+        """
+        if self.prefetch is None or self.prefetch.cancelled() or self.prefetch.exception():
             return set()
         return self.prefetch.result()
 
