@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import pytest
 from stager.digestcache import DigestCache
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
-from stager.s3server import LocalS3Server
+from stager.s3server import LocalS3Server, find_weed
 from stager.settings import Settings
 
 SESSION_BUCKET = "stager-tests"
@@ -107,3 +109,37 @@ def run_cli(s3_server: LocalS3Server, tmp_path: Path) -> Any:
         )
 
     return run
+
+
+@pytest.fixture
+def network_mount(tmp_path: Path, s3_server: LocalS3Server) -> Iterator[Path]:
+    """A real network file system: ``weed mount`` of the test server's filer over FUSE."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse on this machine: FUSE mounts are not available")
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    log = tmp_path / "mount.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                str(find_weed()),
+                "mount",
+                f"-filer={s3_server.filer_address}",
+                f"-dir={mount_point}",
+                f"-filer.path=/shared-{tmp_path.name}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(mount_point) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not os.path.ismount(mount_point):
+            pytest.skip(f"weed mount did not come up: {log.read_text()[-300:]}")
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ import pytest
 from fsd.cache import NodeCache
 from stager.digest import HashingWriter, digest_bytes
 from stager.errors import DiskFullError
-from stager.s3server import LocalS3Server, find_weed
 from tests.helpers import files_under
 
 MiB = 1024 * 1024
@@ -72,40 +70,6 @@ def test_a_full_disk_gives_a_clear_error_and_no_partial_entry(small_disk: Path) 
     assert files_under(small_disk / "cache" / "data") == []
     assert files_under(small_disk / "cache" / "tmp") == []
     assert cache.stats().reserved_bytes == 0
-
-
-@pytest.fixture
-def network_mount(tmp_path: Path, s3_server: LocalS3Server) -> Iterator[Path]:
-    """A real network file system: ``weed mount`` of the test server's filer over FUSE."""
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("no /dev/fuse on this machine: FUSE mounts are not available")
-    mount_point = tmp_path / "mnt"
-    mount_point.mkdir()
-    log = tmp_path / "mount.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                str(find_weed()),
-                "mount",
-                f"-filer={s3_server.filer_address}",
-                f"-dir={mount_point}",
-                f"-filer.path=/shared-{tmp_path.name}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while not os.path.ismount(mount_point) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not os.path.ismount(mount_point):
-            pytest.skip(f"weed mount did not come up: {log.read_text()[-300:]}")
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 @pytest.mark.parametrize("where", ["local-dir", "network-mount"])

@@ -202,6 +202,27 @@ def test_an_input_read_by_a_prefetch_counts_once_as_read_from_s3(
     assert (status["bytes_from_s3"], status["bytes_from_cache"]) == (size, size)
 
 
+def test_shared_mode_on_a_network_mount_reads_each_input_once(
+    make_cluster: ClusterFactory, store: ObjectStore, prefix: S3Url, network_mount: Path
+) -> None:
+    cluster = make_cluster()
+    shared = network_mount / "stager-cache"
+    for name in ("w1", "w2"):
+        cluster.add_worker(name, "--slots", "2", cache_dir=shared)
+    cluster.wait_for_workers(["w1", "w2"])
+    data = os.urandom(3 * 1024 * 1024)
+    url = prefix.child("ref")
+    ref = {"source": str(url), "path": "ref", "digest": store.put_bytes(url, data)}
+    tasks = [task(f"r{n}", "cksum < ref > out.txt", prefix, inputs=[ref]) for n in range(8)]
+    cluster.client.submit(tasks, workflow="wf")
+    assert wait_until_ended(cluster.client, "wf")["done"] == 8, cluster.log_of("w1")
+    assert cluster.client.status("wf")["bytes_from_s3"] == len(data)
+    expected = subprocess.run(["cksum"], input=data, capture_output=True, check=True).stdout
+    for n in range(8):
+        assert store.get_bytes(prefix.child(f"out/r{n}.txt")) == expected
+    assert NodeCache(shared, quota_bytes=1 << 30).verify() == []
+
+
 def test_data_aware_policy_sends_tasks_to_the_worker_holding_their_inputs(
     make_cluster: ClusterFactory, store: ObjectStore, prefix: S3Url
 ) -> None:
