@@ -186,8 +186,11 @@ def run_workflow_bench(
             ):
                 with LocalCluster(work / f"cluster-{mode}", env) as cluster:
                     names = [f"{mode}-node-{n}" for n in range(workers)]
+                    # On a shared mount, tasks read inputs where they lie, not copied
+                    # into each sandbox (a hard link cannot cross file systems).
+                    shared = ("--materialize", "symlink") if cache_dir else ()
                     for name in names:
-                        cluster.add_worker(name, cache_dir=cache_dir)
+                        cluster.add_worker(name, *shared, cache_dir=cache_dir)
                     cluster.wait_for_workers(names)
                     # Results of its own, so no run finds another's (memoized) results.
                     results = f"s3://{BUCKET}/results/{mode}/"
