@@ -27,7 +27,7 @@ from fsd.groupcommit import GroupCommit
 from fsd.ledger import Ledger, Reservation, read_ledger, write_ledger
 from fsd.locks import LinkLock
 from fsd.owner import Owner
-from stager.atomic import TEMP_MARKER, atomic_file, fsync_directory, temp_path_for
+from stager.atomic import TEMP_MARKER, atomic_file, fsync_directory
 from stager.digest import ALGORITHM, HashingWriter, digest_bytes, digest_stream, parse_digest
 from stager.errors import CacheFormatError, CacheFullError, IntegrityError, from_os_error
 from stager.units import format_size
@@ -101,7 +101,8 @@ class NodeCache:
             if not version.exists():
                 if any(not _is_cache_name(p.name) for p in self.root.iterdir()):
                     raise CacheFormatError(f"{self.root} is not empty and is not a stager cache")
-                _create_once(version, FORMAT.encode())
+                with atomic_file(version, replace=False) as handle:
+                    handle.write(FORMAT.encode())
             if version.read_text() != FORMAT:
                 raise CacheFormatError(
                     f"{self.root} holds a cache of another format: {version.read_text().strip()!r}"
@@ -487,24 +488,6 @@ class NodeCache:
 
 
 _CACHE_NAMES = ("VERSION", "ledger.json", "data", "tmp", "locks", "pins")
-
-
-def _create_once(path: Path, content: bytes) -> None:
-    """Write ``path`` unless it exists; never replace it, so that no reader finds it
-    missing while processes that start together all create it (a rename over an
-    existing name is not atomic on every network file system)."""
-    temp = temp_path_for(path)
-    with temp.open("xb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    try:
-        os.link(temp, path)
-    except FileExistsError:
-        pass  # another process created it first (or NFS reported our own link late)
-    finally:
-        temp.unlink()
-    fsync_directory(path.parent)
 
 
 def _is_cache_name(name: str) -> bool:

@@ -85,6 +85,7 @@ def atomic_file(
     before_publish: Callable[[Path], None] | None = None,
     durable: bool = True,
     sync_directory: bool | None = None,
+    replace: bool = True,
 ) -> Iterator[BinaryIO]:
     """Yield a binary file that becomes ``final`` when the block exits cleanly.
 
@@ -94,7 +95,11 @@ def atomic_file(
     ``before_publish`` runs on it after fsync and chmod, just before the
     rename. ``durable=False`` skips both fsyncs (for files that can be rebuilt;
     the rename still makes them appear whole); ``sync_directory=False`` skips
-    only the directory's (for a staging name that is renamed again later). ``OSError`` becomes a
+    only the directory's (for a staging name that is renamed again later).
+    ``replace=False`` publishes with ``link()`` instead of a rename: a
+    ``final`` that exists by then is left as it is (for a file that processes
+    starting together all create, where a rename over an existing name is not
+    atomic on every network file system). ``OSError`` becomes a
     :class:`~stager.errors.LocalIOError` (or ``DiskFullError``).
     """
     try:
@@ -112,7 +117,12 @@ def atomic_file(
         os.chmod(temp, mode)
         if before_publish is not None:
             before_publish(temp)
-        os.replace(temp, final)
+        if replace:
+            os.replace(temp, final)
+        else:
+            with contextlib.suppress(FileExistsError):  # created by another process first
+                os.link(temp, final)
+            temp.unlink()
         if durable if sync_directory is None else sync_directory:
             fsync_directory(final.parent)
     except BaseException as exc:

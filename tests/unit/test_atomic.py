@@ -37,6 +37,16 @@ def test_an_existing_file_is_replaced_only_when_complete(tmp_path: Path) -> None
     assert final.read_bytes() == b"old"
 
 
+def test_without_replace_an_existing_file_stays(tmp_path: Path) -> None:
+    final = tmp_path / "VERSION"
+    with atomic_file(final, replace=False) as handle:
+        handle.write(b"first")
+    with atomic_file(final, replace=False) as handle:
+        handle.write(b"second")
+    assert final.read_bytes() == b"first"
+    assert files_under(tmp_path) == [final]
+
+
 def test_os_errors_are_translated(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
