@@ -79,7 +79,14 @@ class NodeCache:
         reserve_wait_s: float = 120.0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        recover: bool = True,
     ) -> None:
+        """Open (or initialize) the cache at ``root``.
+
+        ``recover=False`` skips the sweep at open (rule 9): for a cache that
+        others maintain and this process only reads, such as an NFS head
+        opened by every task on every node.
+        """
         self.root = root
         self.quota_bytes = quota_bytes
         self.reserve_wait_s = reserve_wait_s
@@ -90,7 +97,8 @@ class NodeCache:
         self._open_layout()
         self._cache_lock_path = root / "locks" / "cache.lock"
         self._small_publications: GroupCommit[_SmallInsert, bool] = GroupCommit(self._publish_small)
-        self.recover()
+        if recover:
+            self.recover()
 
     # -- layout -------------------------------------------------------------------
 
@@ -428,13 +436,13 @@ class NodeCache:
                 info = path.stat()
                 damaged = info.st_mtime_ns != MARKER_MTIME_NS or info.st_mode & 0o222
                 if damaged or not stat_module.S_ISREG(info.st_mode):
-                    self._reverify("xxh3-128:" + path.name, path)
+                    self._reverify(digest_of_entry(path), path)
 
     def verify(self) -> list[str]:
         """Re-hash every entry; drop the damaged ones and return their digests."""
         damaged = []
         for path in sorted((self.root / "data").glob("*/*")):
-            digest = "xxh3-128:" + path.name
+            digest = digest_of_entry(path)
             with contextlib.suppress(FileNotFoundError), path.open("rb") as handle:
                 actual, size = digest_stream(handle)
                 if actual != digest:
@@ -468,7 +476,7 @@ class NodeCache:
         for path in (self.root / "data").glob("*/*"):
             with contextlib.suppress(FileNotFoundError):
                 total += path.stat().st_size
-                digests.add("xxh3-128:" + path.name)
+                digests.add(digest_of_entry(path))
         return digests, total
 
     def entries(self) -> list[EntryState]:

@@ -53,7 +53,7 @@ def _open_nfs_head(root: Path) -> NodeCache:
             f"the NFS head {root} is not a stager cache",
             hint="mount it, or fill it first with `stager cache --cache-dir HEAD fetch URL...`",
         )
-    return NodeCache(root, quota_bytes=default_quota_bytes(root))
+    return NodeCache(root, quota_bytes=default_quota_bytes(root), recover=False)
 
 
 def node_options(function: Any) -> Any:

@@ -437,8 +437,11 @@ def test_an_input_on_the_nfs_head_is_read_from_there(
     wrap = ["wrap", "--spec", str(tmp_path / "task.json")]
 
     assert_one_line_error(run_cli(*wrap, env=wrap_env(tmp_path)), 3, "no such object")
+    ledger = (head / "ledger.json").stat().st_mtime_ns
     done = run_cli(*wrap, "--nfs-head", str(head), env=wrap_env(tmp_path))
     assert done.returncode == 0, done.stderr
+    # A reader of the shared head neither locks it nor recounts it (many nodes open it).
+    assert (head / "ledger.json").stat().st_mtime_ns == ledger
     assert store.get_bytes(prefix.child("out/n.txt")).strip() == str(len(data)).encode()
     assert NodeCache(tmp_path / "cache", quota_bytes=MiB).lookup(digest) is not None
 
