@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stager.s3server import LocalS3Server
-from worker_hooks.localcluster import LocalCluster
-from worker_hooks.taskdb import FINAL_STATES
+from worker_hooks.dispatch.scheduling import Policy
+from worker_hooks.local.cluster import LocalCluster
+from worker_hooks.task.protocol import TaskState
+from worker_hooks.task.spec import parse_spec
 
 
 def spawn_rate(seconds: float = 5.0) -> float:
@@ -50,7 +52,7 @@ def run_dispatch_bench(work: Path, *, tasks: int, workers: int, slots: int) -> D
     with LocalS3Server(work / "s3") as server:
         server.client().create_bucket(Bucket="bench-dispatch")
         env = {**server.env(), "STAGER_STATE_DIR": str(work / "state")}
-        with LocalCluster(work / "cluster", env, policy="fifo") as cluster:
+        with LocalCluster(work / "cluster", env, policy=Policy.FIFO) as cluster:
             names = [f"w{n}" for n in range(workers)]
             for name in names:
                 cluster.add_worker(name, "--slots", str(slots))
@@ -61,28 +63,31 @@ def run_dispatch_bench(work: Path, *, tasks: int, workers: int, slots: int) -> D
                 cluster.client.lease("probe", 1, wait_s=0)
                 rtts.append(time.perf_counter() - started)
             bodies = [
-                {
-                    "id": f"t{n}",
-                    "command": ["true"],
-                    "env": {"N": str(n)},
-                    "results": "s3://bench-dispatch/results/",
-                }
+                parse_spec(
+                    {
+                        "id": f"t{n}",
+                        "command": ["true"],
+                        "env": {"N": str(n)},
+                        "results": "s3://bench-dispatch/results/",
+                    }
+                )
                 for n in range(tasks)
             ]
             started = time.perf_counter()
             cluster.client.submit(bodies, workflow="bench")
             submit_s = time.perf_counter() - started
             while True:
-                counts = cluster.client.status("bench")["counts"]
-                if sum(counts[s] for s in FINAL_STATES) >= tasks:
+                status = cluster.client.status("bench")
+                if sum(status.count(s) for s in TaskState if s.final) >= tasks:
                     break
                 time.sleep(0.2)
             total_s = time.perf_counter() - started
-    rate = counts["done"] / total_s
+    done = status.count(TaskState.DONE)
+    rate = done / total_s
     rtts.sort()
     return DispatchFigures(
         tasks=tasks,
-        done=counts["done"],
+        done=done,
         workers=workers,
         slots=slots,
         seconds=round(total_s, 2),

@@ -30,7 +30,7 @@ from typing import Any
 from bench.peers import TOOLS, Endpoint, Tool
 from fsd.cache import NodeCache
 from fsd.stagein import StageInput, resolve_inputs, staged_resolved
-from stager.digest import Hasher, digest_bytes, digest_stream
+from stager.digest import Digest, Hasher, digest_bytes, digest_stream
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 
@@ -130,10 +130,10 @@ def measure(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, int, in
     return seconds, peak_kib * 1024, code, tail
 
 
-def make_files(root: Path, workload: Workload) -> Counter[str]:
+def make_files(root: Path, workload: Workload) -> Counter[Digest]:
     """Write the workload's files; return the multiset of their digests."""
     root.mkdir(parents=True)
-    digests: Counter[str] = Counter()
+    digests: Counter[Digest] = Counter()
     for n in range(workload.files):
         hasher = Hasher()
         with (root / f"f{n:05d}.bin").open("wb") as out:
@@ -145,8 +145,8 @@ def make_files(root: Path, workload: Workload) -> Counter[str]:
     return digests
 
 
-def digests_under(root: Path) -> Counter[str]:
-    found: Counter[str] = Counter()
+def digests_under(root: Path) -> Counter[Digest]:
+    found: Counter[Digest] = Counter()
     for path in root.rglob("*"):
         if path.is_file() and not path.is_symlink() and "stager-tmp" not in path.name:
             if "/locks/" in str(path) or path.name in ("VERSION", "ledger.json"):
@@ -232,7 +232,7 @@ class TransferBench:
         )
 
     def _download(
-        self, tool: Tool, workload: Workload, source: S3Url, expected: Counter[str]
+        self, tool: Tool, workload: Workload, source: S3Url, expected: Counter[Digest]
     ) -> Run:
         dest = self.work / "download" / tool.name
         dest.mkdir(parents=True)
@@ -255,8 +255,7 @@ class TransferBench:
         cache_root = self.work / "warm-cache"
         cache = NodeCache(cache_root, quota_bytes=64 * GiB)
         listed = [
-            StageInput(str(u), f"in/{u.key.rsplit('/', 1)[1]}")
-            for u, _ in self.store.list(canonical)
+            StageInput(u, f"in/{u.key.rsplit('/', 1)[1]}") for u, _ in self.store.list(canonical)
         ]
         inputs = resolve_inputs(listed, store=self.store)  # the digests, as a spec gives them
         started = time.perf_counter()

@@ -44,9 +44,10 @@ from stager.objectstore import ObjectStore
 from stager.parallel import run_all
 from stager.push import push
 from stager.s3server import LocalS3Server
-from worker_hooks.cli_queue import wait_for_workflow
-from worker_hooks.demo import BUCKET, DemoShape, build_workflow, generate_dataset
-from worker_hooks.localcluster import LocalCluster
+from worker_hooks.dispatch.follow import wait_for_workflow
+from worker_hooks.local.cluster import LocalCluster
+from worker_hooks.local.demo import BUCKET, DemoShape, build_workflow, generate_dataset
+from worker_hooks.task.spec import parse_spec
 
 COMPUTE = "{ cksum < reference.bin; cksum < input.dat; } > result.txt"
 
@@ -130,7 +131,7 @@ def _compute_seconds(sample: Path, runs: int = 3) -> float:
     return statistics.median(times)
 
 
-def _fetch_seconds(work: Path, url: str, store: ObjectStore, *, nodes: int) -> float:
+def _fetch_seconds(work: Path, url: S3Url, store: ObjectStore, *, nodes: int) -> float:
     """Seconds for ``nodes`` caches to fetch ``url`` at once (threads of this process)."""
     caches = [NodeCache(work / f"cache-{n}", quota_bytes=1 << 40) for n in range(nodes)]
     started = time.perf_counter()
@@ -170,7 +171,7 @@ def run_workflow_bench(
             (sample / "reference.bin").symlink_to(dataset / "reference.bin")
             (sample / "input.dat").symlink_to(dataset / "inputs" / "task-0000.dat")
             compute_s = _compute_seconds(sample)
-            reference = stager_tasks[0]["inputs"][0]["source"]
+            reference = S3Url.parse(stager_tasks[0]["inputs"][0]["source"])
             fetch_s = _fetch_seconds(work / "probe-alone", reference, store, nodes=1)
             fetch_all_s = _fetch_seconds(work / "probe-all", reference, store, nodes=workers)
             env = {**server.env(), "STAGER_STATE_DIR": str(work / "state")}
@@ -195,10 +196,11 @@ def run_workflow_bench(
                     # Results of its own, so no run finds another's (memoized) results.
                     results = f"s3://{BUCKET}/results/{mode}/"
                     started = time.perf_counter()
-                    cluster.client.submit([{**t, "results": results} for t in batch], workflow=mode)
+                    specs = [parse_spec({**t, "results": results}) for t in batch]
+                    cluster.client.submit(specs, workflow=mode)
                     status = wait_for_workflow(cluster.client, mode, poll_s=0.2)
                     makespan = round(time.perf_counter() - started, 2)
-                    read = naive_bytes if mode == "naive" else status["bytes_from_s3"]
+                    read = naive_bytes if mode == "naive" else status.bytes_from_s3
                     runs.append(RunFigures(mode, makespan, read))
                 if cache_dir is not None:
                     shutil.rmtree(cache_dir, ignore_errors=True)

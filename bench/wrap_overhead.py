@@ -26,8 +26,9 @@ from fsd.cache import NodeCache
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 from stager.s3server import LocalS3Server
-from worker_hooks.taskspec import parse_spec
-from worker_hooks.wrap import Node, wrap_task
+from worker_hooks.task.spec import parse_spec
+from worker_hooks.wrap.node import Node
+from worker_hooks.wrap.wrapper import wrap_task
 
 BUCKET = "bench-wrap"
 

@@ -28,7 +28,13 @@ from fsd.ledger import Ledger, Reservation, read_ledger, write_ledger
 from fsd.locks import LinkLock
 from fsd.owner import Owner
 from stager.atomic import TEMP_MARKER, atomic_file, fsync_directory
-from stager.digest import ALGORITHM, HashingWriter, digest_bytes, digest_stream, parse_digest
+from stager.digest import (
+    Digest,
+    HashingWriter,
+    digest_bytes,
+    digest_stream,
+    once_more_on_mismatch,
+)
 from stager.errors import CacheFormatError, CacheFullError, IntegrityError, from_os_error
 from stager.units import format_size
 
@@ -57,13 +63,9 @@ class CacheStats:
     fetches: int
 
 
-def hex_of(digest: str) -> str:
-    return parse_digest(digest).split(":", 1)[1]
-
-
-def digest_of_entry(entry: Path) -> str:
+def digest_of_entry(entry: Path) -> Digest:
     """The digest of the bytes in an entry (``data/<hex>``)."""
-    return f"{ALGORITHM}:{entry.name}"
+    return Digest.from_hex(entry.name)
 
 
 class NodeCache:
@@ -121,8 +123,8 @@ class NodeCache:
         except OSError as exc:
             raise from_os_error(exc, f"open cache {self.root}") from exc
 
-    def entry_path(self, digest: str) -> Path:
-        hexdigest = hex_of(digest)
+    def entry_path(self, digest: Digest) -> Path:
+        hexdigest = digest.hex
         return self.root / "data" / hexdigest[:2] / hexdigest
 
     def _cache_lock(self) -> LinkLock:
@@ -133,7 +135,7 @@ class NodeCache:
 
     # -- reading ------------------------------------------------------------------
 
-    def lookup(self, digest: str) -> Path | None:
+    def lookup(self, digest: Digest) -> Path | None:
         """The entry for ``digest`` if it is present and intact; records the use."""
         path = self.entry_path(digest)
         try:
@@ -147,14 +149,14 @@ class NodeCache:
             os.utime(path, ns=(time.time_ns(), MARKER_MTIME_NS))
         return path
 
-    def _reverify(self, digest: str, path: Path) -> bool:
+    def _reverify(self, digest: Digest, path: Path) -> bool:
         """Re-hash an entry something may have written to; keep it only if intact."""
         try:
             with path.open("rb") as handle:
                 actual, size = digest_stream(handle)
         except FileNotFoundError:
             return False
-        if actual == parse_digest(digest):
+        if actual == digest:
             os.chmod(path, READ_ONLY)
             os.utime(path, ns=(time.time_ns(), MARKER_MTIME_NS))
             return True
@@ -173,7 +175,7 @@ class NodeCache:
 
     # -- inserting ----------------------------------------------------------------
 
-    def ensure(self, digest: str | None, size: int, fill: Fill, *, flight_key: str = "") -> Path:
+    def ensure(self, digest: Digest | None, size: int, fill: Fill, *, flight_key: str = "") -> Path:
         """The entry for ``digest``, fetched by ``fill`` unless present (single flight).
 
         ``fill`` writes the bytes into the writer it is given. With ``digest``
@@ -187,7 +189,7 @@ class NodeCache:
                 f"an input of {format_size(size)} can never fit the cache quota "
                 f"of {format_size(self.quota_bytes)}"
             )
-        name = hex_of(digest) if digest else "src-" + hex_of(digest_bytes(flight_key.encode()))
+        name = digest.hex if digest else "src-" + digest_bytes(flight_key.encode()).hex
         lock = LinkLock(self.root / "locks" / f"{name}.lock", stale_after_s=self.stale_after_s)
         with lock.holding(keep_fresh=True):
             if digest is not None and (found := self.lookup(digest)) is not None:
@@ -201,7 +203,7 @@ class NodeCache:
                 self._settle(key, published_bytes=0)  # a published insert settled itself
                 raise
 
-    def _stage(self, digest: str | None, size: int, fill: Fill, key: str) -> tuple[Path, str]:
+    def _stage(self, digest: Digest | None, size: int, fill: Fill, key: str) -> tuple[Path, Digest]:
         """Write the bytes to a read-only staging file in ``tmp/``; check size and digest."""
         temp = self.root / "tmp" / f"{name_for(digest)}.{key}{TEMP_MARKER}"
         staging = self.root / "tmp" / f"{name_for(digest)}.{key}.ready"
@@ -215,18 +217,17 @@ class NodeCache:
             got = writer.hasher
             if got.size != size:
                 raise IntegrityError(f"fetched {got.size} bytes for an input of {size}")
-            if digest is not None and got.digest != parse_digest(digest):
+            if digest is not None and got.digest != digest:
                 raise IntegrityError(f"fetched bytes hash to {got.digest}, expected {digest}")
         return staging, got.digest
 
-    def _stage_twice(self, digest: str | None, size: int, fill: Fill, key: str) -> tuple[Path, str]:
+    def _stage_twice(
+        self, digest: Digest | None, size: int, fill: Fill, key: str
+    ) -> tuple[Path, Digest]:
         """Stage; a mismatch is fetched once more, then raised as IntegrityError."""
-        try:
-            return self._stage(digest, size, fill, key)
-        except IntegrityError:
-            return self._stage(digest, size, fill, key)
+        return once_more_on_mismatch(lambda: self._stage(digest, size, fill, key))
 
-    def _publish(self, staging: Path, got_digest: str, size: int, key: str) -> Path:
+    def _publish(self, staging: Path, got_digest: Digest, size: int, key: str) -> Path:
         """Rename a staged entry into ``data/`` and settle reservation ``key``."""
         final = self.entry_path(got_digest)
         try:
@@ -249,7 +250,7 @@ class NodeCache:
         ledger = read_ledger(self._ledger())
         return ledger.used_bytes + ledger.reserved_bytes + size <= self.quota_bytes
 
-    def _insert_small(self, digest: str | None, size: int, fill: Fill) -> Path:
+    def _insert_small(self, digest: Digest | None, size: int, fill: Fill) -> Path:
         """A small entry: bytes first, then one cache-lock hold makes room, counts, publishes.
 
         That hold is shared: small inserts of this process's other threads
@@ -372,7 +373,7 @@ class NodeCache:
     # -- pins -----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def pinned(self, digests: list[str]) -> Iterator[None]:
+    def pinned(self, digests: list[Digest]) -> Iterator[None]:
         """Pin ``digests`` (present or not yet) for the duration of the block."""
         if not digests:  # nothing to pin: no need for the cache lock
             yield
@@ -380,7 +381,7 @@ class NodeCache:
         owner = str(Owner.current())
         # One flat directory of pin files: no per-digest directory that a
         # concurrent unpinner could remove between our mkdir and our create.
-        paths = [self.root / "pins" / f"{hex_of(d)}.{owner}" for d in digests]
+        paths = [self.root / "pins" / f"{d.hex}.{owner}" for d in digests]
         try:
             # Under the cache lock, so that an eviction either sees the pin or
             # finished before it (and then ensure() fetches the entry again).
@@ -438,7 +439,7 @@ class NodeCache:
                 if damaged or not stat_module.S_ISREG(info.st_mode):
                     self._reverify(digest_of_entry(path), path)
 
-    def verify(self) -> list[str]:
+    def verify(self) -> list[Digest]:
         """Re-hash every entry; drop the damaged ones and return their digests."""
         damaged = []
         for path in sorted((self.root / "data").glob("*/*")):
@@ -465,13 +466,13 @@ class NodeCache:
             write_ledger(self._ledger(), ledger)
         return victims
 
-    def holdings(self) -> tuple[set[str], int]:
+    def holdings(self) -> tuple[set[Digest], int]:
         """The digests of the entries present and their total bytes.
 
         One walk of ``data/``: no pins, no lock, no side effects (for a
         worker's frequent reports to its dispatcher).
         """
-        digests: set[str] = set()
+        digests: set[Digest] = set()
         total = 0
         for path in (self.root / "data").glob("*/*"):
             with contextlib.suppress(FileNotFoundError):
@@ -504,8 +505,8 @@ def _is_cache_name(name: str) -> bool:
     return base in _CACHE_NAMES
 
 
-def name_for(digest: str | None) -> str:
-    return hex_of(digest) if digest else "unknown"
+def name_for(digest: Digest | None) -> str:
+    return digest.hex if digest else "unknown"
 
 
 def _mark(path: Path) -> None:

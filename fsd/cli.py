@@ -13,6 +13,7 @@ from fsd.cache import NodeCache, digest_of_entry
 from fsd.settings import CacheSettings, default_quota_bytes
 from fsd.stagein import StageInput, warm
 from stager.cli.context import CliState
+from stager.digest import Digest
 from stager.errors import IntegrityError, from_os_error
 from stager.locations import S3Url
 from stager.settings import load_component
@@ -70,13 +71,13 @@ def cache_group(ctx: click.Context, /, cache_dir: Path | None, cache_quota: str 
 def fetch(context: CacheContext, urls: tuple[str, ...]) -> None:
     """Warm the cache with objects (or every object below a prefix ending in /)."""
     store = context.core.object_store()
-    expanded: list[str | StageInput] = []
+    expanded: list[S3Url | StageInput] = []
     for text in urls:
         url = S3Url.parse(text)
         if url.is_prefix:  # the listing gives sizes: small objects need no HEAD
-            expanded.extend(StageInput(str(u), u.key, size=size) for u, size in store.list(url))
+            expanded.extend(StageInput(u, u.key, size=size) for u, size in store.list(url))
         else:
-            expanded.append(text)
+            expanded.append(url)
     started = time.monotonic()
     fetched = warm(
         expanded, cache=context.open(), store=store, workers=context.core.settings.files_in_flight
@@ -111,7 +112,8 @@ def ls(context: CacheContext) -> None:
     for entry in context.open().entries():
         used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.last_used_ns / 1e9))
         pin = "pinned" if entry.pinned else ""
-        click.echo(f"xxh3-128:{entry.hex}  {format_size(entry.size_bytes):>10}  {used}  {pin}")
+        digest = Digest.from_hex(entry.hex)
+        click.echo(f"{digest}  {format_size(entry.size_bytes):>10}  {used}  {pin}")
 
 
 @cache_group.command("verify")

@@ -19,12 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from fsd.owner import Owner
-from stager.errors import StagerError, from_os_error
-
-
-class LockTimeoutError(StagerError):
-    default_hint = "another process holds it; wait, or run 'stager cache gc' if it died"
-
+from stager.errors import LockTimeoutError, from_os_error
 
 _local_locks: dict[Path, threading.Lock] = {}
 _local_locks_guard = threading.Lock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import shutil
@@ -11,7 +12,15 @@ from stager.atomic import atomic_file
 from stager.errors import from_os_error
 
 
-def materialize(entry: Path, dest: Path, mode: str) -> str:
+class Materialize(enum.Enum):
+    """How an input appears in a sandbox."""
+
+    LINK = "link"
+    COPY = "copy"
+    SYMLINK = "symlink"
+
+
+def materialize(entry: Path, dest: Path, mode: Materialize) -> Materialize:
     """Make ``dest`` show ``entry``'s bytes; return the mode actually used.
 
     ``link`` falls back to ``copy`` across file systems. ``dest`` must not
@@ -19,23 +28,20 @@ def materialize(entry: Path, dest: Path, mode: str) -> str:
     """
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if mode == "link":
+        if mode is Materialize.LINK:
             try:
                 os.link(entry, dest)
-                return "link"
+                return Materialize.LINK
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                     raise
-            mode = "copy"
-        if mode == "symlink":
+        if mode is Materialize.SYMLINK:
             os.symlink(entry, dest)
-            return "symlink"
-        if mode != "copy":
-            raise ValueError(f"unknown materialization mode {mode!r}")
+            return Materialize.SYMLINK
         if dest.exists():
             raise FileExistsError(errno.EEXIST, "File exists", str(dest))
         with entry.open("rb") as source, atomic_file(dest) as target:
             shutil.copyfileobj(source, target, 1024 * 1024)
-        return "copy"
+        return Materialize.COPY
     except OSError as exc:
         raise from_os_error(exc, f"place {dest}") from exc

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from fsd.cache import Fill, NodeCache, digest_of_entry
-from fsd.materialize import materialize
-from stager.digest import HashingWriter, parse_digest
+from fsd.materialize import Materialize, materialize
+from stager.digest import Digest, HashingWriter
 from stager.errors import ConfigError, NotFoundError
 from stager.locations import S3Url, safe_relative_path
 from stager.objectstore import ObjectInfo, ObjectStore, check_received
@@ -30,11 +30,11 @@ from stager.parallel import run_all
 
 @dataclass(frozen=True)
 class StageInput:
-    """One input as a task spec names it."""
+    """One input: where it is, where it goes in the sandbox, what is known of it."""
 
-    source: str
+    source: S3Url
     path: str
-    digest: str | None = None
+    digest: Digest | None = None
     size: int | None = None
 
 
@@ -48,7 +48,7 @@ class Tier(enum.Enum):
 class ResolvedInput:
     url: S3Url
     dest: PurePosixPath
-    digest: str | None
+    digest: Digest | None
     size: int
     info: ObjectInfo | None = None
 
@@ -62,11 +62,11 @@ class PlannedInput:
 @dataclass(frozen=True)
 class StagedInput:
     path: Path
-    digest: str
+    digest: Digest
     size: int
     tier: Tier
     verified: bool
-    materialized_as: str
+    materialized_as: Materialize
 
 
 def validate_inputs(inputs: Sequence[StageInput]) -> list[tuple[StageInput, S3Url, PurePosixPath]]:
@@ -78,16 +78,16 @@ def validate_inputs(inputs: Sequence[StageInput]) -> list[tuple[StageInput, S3Ur
         if dest in seen:
             raise ConfigError(f"input {number}: two inputs are staged to {dest}")
         seen.add(dest)
-        if item.digest is not None:
-            parse_digest(item.digest)
         if item.size is not None and item.size < 0:
             raise ConfigError(f"input {number}: size {item.size} is negative")
-        checked.append((item, S3Url.parse(item.source), dest))
+        if item.source.is_prefix:
+            raise ConfigError(f"input {number}: {item.source} names a prefix, not an object")
+        checked.append((item, item.source, dest))
     return checked
 
 
 def plan_stage_in(
-    inputs: Sequence[ResolvedInput], *, local: set[str], nfs_head: set[str]
+    inputs: Sequence[ResolvedInput], *, local: set[Digest], nfs_head: set[Digest]
 ) -> list[PlannedInput]:
     """The cheapest source of each input: local cache > NFS head > S3."""
     plan = []
@@ -115,13 +115,11 @@ def _resolve(
     item, url, dest = checked
     small = item.size is not None and item.size < store.settings.multipart_threshold_bytes
     if item.size is not None and (item.digest is not None or (fetch_only and small)):
-        return ResolvedInput(
-            url, dest, parse_digest(item.digest) if item.digest else None, item.size
-        )
+        return ResolvedInput(url, dest, item.digest, item.size)
     info = store.head(url)
     if info is None:
         raise NotFoundError(f"input {url} does not exist")
-    digest = parse_digest(item.digest) if item.digest else info.digest
+    digest = item.digest or info.digest
     return ResolvedInput(url, dest, digest, info.size, info)
 
 
@@ -131,7 +129,7 @@ class _Stager:
         cache: NodeCache,
         store: ObjectStore,
         sandbox: Path,
-        mode: str,
+        mode: Materialize,
         nfs_head: NodeCache | None,
     ) -> None:
         self.cache = cache
@@ -214,7 +212,7 @@ def _plan(
 
 
 def warm(
-    sources: Sequence[str | StageInput],
+    sources: Sequence[S3Url | StageInput],
     *,
     cache: NodeCache,
     store: ObjectStore,
@@ -232,7 +230,7 @@ def warm(
         else StageInput(source=item, path=f"input-{n}")
         for n, item in enumerate(sources)
     ]
-    stager = _Stager(cache, store, Path("/nonexistent-sandbox"), "link", nfs_head)
+    stager = _Stager(cache, store, Path("/nonexistent-sandbox"), Materialize.LINK, nfs_head)
     checked = validate_inputs(inputs)
     resolved = run_all(lambda i: _resolve(store, i, fetch_only=True), checked, workers=workers)
     fetched = run_all(stager.entry_for, _plan(resolved, cache, nfs_head), workers=workers)
@@ -254,7 +252,7 @@ def staged_inputs(
     *,
     cache: NodeCache,
     store: ObjectStore,
-    mode: str = "link",
+    mode: Materialize = Materialize.LINK,
     nfs_head: NodeCache | None = None,
     workers: int = 8,
 ) -> Iterator[list[StagedInput]]:
@@ -273,7 +271,7 @@ def staged_resolved(
     *,
     cache: NodeCache,
     store: ObjectStore,
-    mode: str = "link",
+    mode: Materialize = Materialize.LINK,
     nfs_head: NodeCache | None = None,
     workers: int = 8,
 ) -> Iterator[list[StagedInput]]:

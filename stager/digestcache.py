@@ -21,6 +21,9 @@ import threading
 import time
 from pathlib import Path
 
+from stager.digest import Digest
+from stager.errors import DigestFormatError
+
 RACY_WINDOW_NS = 2_000_000_000
 
 _SCHEMA = """
@@ -66,7 +69,7 @@ class DigestCache:
         db.execute(_SCHEMA)
         return db
 
-    def get(self, stamp: FileStamp) -> str | None:
+    def get(self, stamp: FileStamp) -> Digest | None:
         dev, ino, size, mtime_ns, ctime_ns = stamp
         with self._lock:
             try:
@@ -77,16 +80,19 @@ class DigestCache:
                 ).fetchone()
             except sqlite3.Error:
                 return None
-        return str(row[0]) if row else None
+        try:
+            return Digest.parse(str(row[0])) if row else None
+        except DigestFormatError:  # a damaged memo only costs re-hashing
+            return None
 
-    def put(self, stamp: FileStamp, digest: str, *, now_ns: int | None = None) -> None:
+    def put(self, stamp: FileStamp, digest: Digest, *, now_ns: int | None = None) -> None:
         now = time.time_ns() if now_ns is None else now_ns
         coarse_clock = stamp[3] % 1_000_000_000 == 0
         if coarse_clock and now - stamp[3] < RACY_WINDOW_NS:
             return
         with self._lock, contextlib.suppress(sqlite3.Error):
             self._db.execute(
-                "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)", (*stamp, digest)
+                "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)", (*stamp, str(digest))
             )
             self._db.commit()
 

@@ -10,12 +10,15 @@ exceptions (botocore, OSError) are translated at the boundary with
     ├── ConfigError                exit 2   bad settings, flags or config file
     │   ├── InvalidUrlError        exit 2   a URL that is not well formed
     │   ├── UnsafePathError        exit 2   a path that escapes its root (``..``, absolute, NUL)
+    │   ├── DigestFormatError      exit 2   text that is not a digest (xxh3-128:<32 hex>)
     │   └── CacheFormatError       exit 2   a cache directory of another format or version
     ├── NotFoundError              exit 3   missing bucket or key
     ├── AccessDeniedError          exit 4   wrong credentials or no permission
     ├── UnreachableError           exit 5   endpoint down, DNS, connection refused, timeouts
     ├── ThrottledError             exit 6   the store kept asking us to slow down
-    ├── PreconditionFailedError    exit 6   a create-only write found the key taken
+    ├── PreconditionFailedError    exit 15  a create-only write found the key taken
+    │   └── StaleAttemptError      exit 15  a task's attempt is no longer its current lease
+    ├── LockTimeoutError           exit 16  a lock stayed held by another process
     ├── IntegrityError             exit 7   digest or size mismatch
     ├── LocalIOError               exit 8   a local file could not be read or written
     │   └── DiskFullError          exit 9   no space left on the destination
@@ -65,6 +68,10 @@ class UnsafePathError(ConfigError):
     default_hint = "use a relative path without '..' components"
 
 
+class DigestFormatError(ConfigError):
+    default_hint = "a digest is written xxh3-128: followed by 32 hex digits"
+
+
 class CacheFormatError(ConfigError):
     default_hint = "point --cache-dir at an empty directory or a stager cache"
 
@@ -93,8 +100,17 @@ class ThrottledError(StagerError):
 
 
 class PreconditionFailedError(StagerError):
-    exit_code = 6
+    exit_code = 15
     default_hint = "the object already exists and must not be replaced"
+
+
+class StaleAttemptError(PreconditionFailedError):
+    default_hint = "the task was leased again after this attempt's lease ended; drop the result"
+
+
+class LockTimeoutError(StagerError):
+    exit_code = 16
+    default_hint = "another process holds it; wait, or run 'stager cache gc' if it died"
 
 
 class IntegrityError(StagerError):

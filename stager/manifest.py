@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from stager.digest import parse_digest
+from stager.digest import Digest
 from stager.errors import StagerError
 
 FORMAT = "stager-manifest/1"
@@ -23,7 +23,7 @@ class ManifestEntry:
     path: str
     url: str
     size: int
-    digest: str
+    digest: Digest
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,9 @@ class Manifest:
 
     def to_json(self) -> bytes:
         body = {"format": FORMAT, "kind": self.kind, "created_at": self.created_at}
-        body["entries"] = [asdict(entry) for entry in self.entries]  # type: ignore[assignment]
+        body["entries"] = [  # type: ignore[assignment]
+            {**asdict(entry), "digest": str(entry.digest)} for entry in self.entries
+        ]
         return json.dumps(body, indent=1, sort_keys=True).encode() + b"\n"
 
     @classmethod
@@ -48,7 +50,7 @@ class Manifest:
                     path=str(item["path"]),
                     url=str(item["url"]),
                     size=int(item["size"]),
-                    digest=parse_digest(str(item["digest"])),
+                    digest=Digest.parse(str(item["digest"])),
                 )
                 for item in body["entries"]
             )

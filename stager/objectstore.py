@@ -32,11 +32,11 @@ from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
 from stager.atomic import atomic_file
-from stager.digest import Hasher, HashingWriter, digest_bytes
-from stager.errors import AccessDeniedError, IntegrityError, NotFoundError
+from stager.digest import Digest, Hasher, HashingWriter, digest_bytes
+from stager.errors import AccessDeniedError, DigestFormatError, IntegrityError, NotFoundError
 from stager.locations import S3Url
 from stager.s3errors import translate, translating
-from stager.settings import Settings
+from stager.settings import Settings, TransferClient
 
 if TYPE_CHECKING:
     from stager import crt
@@ -53,7 +53,7 @@ class ObjectInfo:
 
     url: S3Url
     size: int
-    digest: str | None
+    digest: Digest | None
     etag: str | None = None
 
 
@@ -61,7 +61,7 @@ class ObjectInfo:
 class Received:
     """The outcome of one verified download."""
 
-    digest: str
+    digest: Digest
     size: int
     verified: bool
 
@@ -134,8 +134,18 @@ class _Subscriber(BaseSubscriber):  # type: ignore[misc]
 
 def _info_from_response(url: S3Url, response: dict[str, Any]) -> ObjectInfo:
     """What a HEAD or GET response says about the object."""
-    digest = response.get("Metadata", {}).get(DIGEST_METADATA_KEY)
+    digest = recorded_digest(url, response.get("Metadata", {}).get(DIGEST_METADATA_KEY))
     return ObjectInfo(url, int(response["ContentLength"]), digest, response.get("ETag"))
+
+
+def recorded_digest(url: S3Url, text: str | None) -> Digest | None:
+    """The digest an object's metadata records; metadata that is not one is damage."""
+    if text is None:
+        return None
+    try:
+        return Digest.parse(text)
+    except DigestFormatError as exc:
+        raise IntegrityError(f"{url}: its recorded digest is malformed") from exc
 
 
 def check_received(info: ObjectInfo, got: Hasher) -> None:
@@ -212,7 +222,7 @@ class ObjectStore:
 
     def _bulk(self) -> crt.CrtTransfers | None:
         """The native client for object bytes, created on first use (None if not chosen)."""
-        if self.settings.transfer_client != "crt":
+        if self.settings.transfer_client is not TransferClient.CRT:
             return None
         if (native := self._native) is not None:
             return native
@@ -291,7 +301,10 @@ class ObjectStore:
         if headers is None:
             return None
         return ObjectInfo(
-            url, headers.object_size(), headers.get(DIGEST_HEADER), headers.get("etag")
+            url,
+            headers.object_size(),
+            recorded_digest(url, headers.get(DIGEST_HEADER)),
+            headers.get("etag"),
         )
 
     def check_bucket(self, bucket: str) -> None:
@@ -331,7 +344,7 @@ class ObjectStore:
         path: Path,
         url: S3Url,
         *,
-        digest: str,
+        digest: Digest,
         size: int,
         on_bytes: ProgressCallback | None = None,
     ) -> None:
@@ -341,7 +354,7 @@ class ObjectStore:
         surface as ``OSError`` for the caller to name. Below the multipart
         threshold this is one PUT; above it, s3transfer's parallel multipart.
         """
-        metadata = {DIGEST_METADATA_KEY: digest}
+        metadata = {DIGEST_METADATA_KEY: str(digest)}
         bulk = self._bulk()
         if bulk is not None:
             self._count("PutObject")
@@ -389,7 +402,7 @@ class ObjectStore:
             return ObjectInfo(
                 url,
                 headers.object_size(),
-                headers.get(DIGEST_HEADER),
+                recorded_digest(url, headers.get(DIGEST_HEADER)),
                 headers.get("etag"),
             )
         if info is not None and info.size >= self.settings.multipart_threshold_bytes:
@@ -426,7 +439,7 @@ class ObjectStore:
             check_received(info, writer.hasher)
         return Received(writer.hasher.digest, writer.hasher.size, info.digest is not None)
 
-    def put_bytes(self, url: S3Url, data: bytes, *, create_only: bool = False) -> str:
+    def put_bytes(self, url: S3Url, data: bytes, *, create_only: bool = False) -> Digest:
         """Store a small object in one request; return its digest.
 
         With ``create_only`` the write fails with
@@ -437,7 +450,7 @@ class ObjectStore:
         bulk = self._bulk()
         if bulk is not None:
             self._count("PutObject")
-            metadata = {DIGEST_METADATA_KEY: digest}
+            metadata = {DIGEST_METADATA_KEY: str(digest)}
             bulk.put_small(url, data, metadata=metadata, create_only=create_only)
             return digest
         extra: dict[str, str] = {"IfNoneMatch": "*"} if create_only else {}
@@ -446,7 +459,7 @@ class ObjectStore:
                 Bucket=url.bucket,
                 Key=url.key,
                 Body=data,
-                Metadata={DIGEST_METADATA_KEY: digest},
+                Metadata={DIGEST_METADATA_KEY: str(digest)},
                 **extra,
             )
         return digest
@@ -461,12 +474,12 @@ class ObjectStore:
         if bulk is not None:
             self._count("GetObject")
             data, headers = bulk.get_small(url)
-            recorded = headers.get(DIGEST_HEADER)
+            recorded = recorded_digest(url, headers.get(DIGEST_HEADER))
         else:
             with translating(url, "read"):
                 response = self.client.get_object(Bucket=url.bucket, Key=url.key)
                 data = response["Body"].read()
-            recorded = response.get("Metadata", {}).get(DIGEST_METADATA_KEY)
+            recorded = recorded_digest(url, response.get("Metadata", {}).get(DIGEST_METADATA_KEY))
         if recorded is not None and digest_bytes(data) != recorded:
             raise IntegrityError(f"{url}: content does not match its recorded digest")
         return data

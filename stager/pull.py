@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from stager.digest import Digest, once_more_on_mismatch
 from stager.digestcache import DigestCache, stamp_of
-from stager.errors import IntegrityError, NotFoundError
+from stager.errors import NotFoundError
 from stager.locations import S3Url
 from stager.objectstore import ObjectInfo, ObjectStore
 from stager.parallel import run_all
@@ -34,7 +35,7 @@ class PulledFile:
     url: S3Url
     path: Path
     size: int
-    digest: str
+    digest: Digest
     verified: bool
     downloaded: bool
 
@@ -82,11 +83,7 @@ class _Puller:
         self.progress = progress
 
     def pull_one(self, item: PullItem) -> PulledFile:
-        try:
-            return self._pull(item)
-        except IntegrityError:
-            # The object may have been replaced mid-transfer: once more, afresh.
-            return self._pull(item)
+        return once_more_on_mismatch(lambda: self._pull(item))
 
     def _pull(self, item: PullItem) -> PulledFile:
         small = item.size < self.store.settings.multipart_threshold_bytes

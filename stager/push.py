@@ -27,7 +27,7 @@ from pathlib import Path
 import fsspec
 
 from stager.atomic import atomic_file
-from stager.digest import HashingWriter, digest_stream
+from stager.digest import Digest, HashingWriter, digest_stream
 from stager.digestcache import DigestCache, stamp_of
 from stager.errors import IntegrityError, LocalIOError, from_os_error
 from stager.locations import S3Url
@@ -58,7 +58,7 @@ class _Outcome:
     uploaded: bool
 
 
-def hash_local_file(path: Path, digests: DigestCache) -> tuple[str, int]:
+def hash_local_file(path: Path, digests: DigestCache) -> tuple[Digest, int]:
     """(digest, size) of ``path``: remembered, or computed in one read and remembered."""
     try:
         with path.open("rb") as handle:
@@ -102,7 +102,7 @@ class _Pusher:
         finally:
             cleanup()
 
-    def _upload(self, path: Path, url: S3Url, digest: str, size: int) -> None:
+    def _upload(self, path: Path, url: S3Url, digest: Digest, size: int) -> None:
         try:
             before = stamp_of(path.stat())
             self.store.upload_file(
@@ -117,7 +117,7 @@ class _Pusher:
 
     def _local_copy(
         self, source: Source
-    ) -> tuple[Path, tuple[str, int] | None, Callable[[], None]]:
+    ) -> tuple[Path, tuple[Digest, int] | None, Callable[[], None]]:
         """A local file with the source's bytes, its (digest, size) if already
         known from spooling, and how to clean it up."""
         if source.local_path is not None:

@@ -9,6 +9,7 @@ come from the standard AWS chain (environment, ``~/.aws``, instance profile,
 
 from __future__ import annotations
 
+import enum
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -20,6 +21,7 @@ from stager.errors import ConfigError
 from stager.units import parse_size
 
 T = TypeVar("T")
+E = TypeVar("E", bound=enum.Enum)
 MiB = 1024 * 1024
 ENV_PREFIX = "STAGER_"
 DEFAULT_CONFIG_NAME = "stager.toml"
@@ -75,16 +77,26 @@ def bool_value(value: Any) -> bool:
     raise ValueError(f"{value!r} is not true or false")
 
 
-def one_of(*choices: str) -> Callable[[Any], str]:
-    """A parser that accepts exactly one of ``choices`` (case and blanks ignored)."""
+def member_of(kind: type[E]) -> Callable[[Any], E]:
+    """A parser that accepts one of the enum's values (case and blanks ignored)."""
 
-    def parse(value: Any) -> str:
-        text = str(value).strip().lower()
-        if text not in choices:
-            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
-        return text
+    def parse(value: Any) -> E:
+        if isinstance(value, kind):
+            return value
+        try:
+            return kind(str(value).strip().lower())
+        except ValueError:
+            names = ", ".join(str(member.value) for member in kind)
+            raise ValueError(f"{value!r} is not one of {names}") from None
 
     return parse
+
+
+class TransferClient(enum.Enum):
+    """What moves object bytes."""
+
+    CRT = "crt"  # the native client (awscrt)
+    S3TRANSFER = "s3transfer"  # botocore and s3transfer
 
 
 def setting_field(default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
@@ -118,8 +130,10 @@ class Settings:
     )
     max_concurrency: int = setting_field(10, positive_int, "parallel requests per transfer manager")
     files_in_flight: int = setting_field(16, positive_int, "files pushed or pulled at once")
-    transfer_client: str = setting_field(
-        "crt", one_of("crt", "s3transfer"), "what moves object bytes: crt (native) or s3transfer"
+    transfer_client: TransferClient = setting_field(
+        TransferClient.CRT,
+        member_of(TransferClient),
+        "what moves object bytes: crt (native) or s3transfer",
     )
     state_dir: Path = setting_field(_default_state_dir, Path, "local state (digest cache)")
     progress: bool = setting_field(True, bool_value, "show progress bars on a terminal")

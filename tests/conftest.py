@@ -24,7 +24,7 @@ from stager.digestcache import DigestCache
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 from stager.s3server import LocalS3Server, find_weed
-from stager.settings import Settings
+from stager.settings import Settings, TransferClient
 
 SESSION_BUCKET = "stager-tests"
 
@@ -62,7 +62,7 @@ def either_store(
     request: pytest.FixtureRequest, settings: Settings, s3_server: LocalS3Server
 ) -> Iterator[ObjectStore]:
     """A store whose object bytes move through each client in turn."""
-    chosen = dataclasses.replace(settings, transfer_client=request.param)
+    chosen = dataclasses.replace(settings, transfer_client=TransferClient(request.param))
     with ObjectStore(chosen, credentials=s3_server.credentials) as object_store:
         yield object_store
 

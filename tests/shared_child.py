@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from fsd.cache import NodeCache
-from fsd.materialize import materialize
+from fsd.materialize import Materialize, materialize
 from stager.digest import HashingWriter, digest_bytes
 
 PAYLOAD_BYTES = 64 * 1024
@@ -37,7 +37,7 @@ def main(root: Path, seed: int, rounds: int) -> None:
         with cache.pinned([digest]):
             entry = cache.ensure(digest, len(data), fill)
             dest = root.parent / f"sandbox-{seed}-{round_number}" / "in.bin"
-            materialize(entry, dest, "link")
+            materialize(entry, dest, Materialize.LINK)
             if dest.read_bytes() != data:
                 raise SystemExit(f"wrong bytes for payload {index}")
 

@@ -24,9 +24,12 @@ from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 from stager.s3server import LocalS3Server, free_ports
 from tests.helpers import make_certificate
-from worker_hooks.client import DispatcherClient
-from worker_hooks.localcluster import LocalCluster
-from worker_hooks.taskdb import FINAL_STATES
+from worker_hooks.dispatch.client import DispatcherClient
+from worker_hooks.dispatch.scheduling import Policy
+from worker_hooks.local.cluster import LocalCluster
+from worker_hooks.task.protocol import PROTOCOL_VERSION, VERSION_HEADER, TaskState
+from worker_hooks.task.result import ResultManifest
+from worker_hooks.task.spec import parse_spec
 
 ClusterFactory = Callable[..., LocalCluster]
 
@@ -58,11 +61,18 @@ def task(task_id: str, command: str, prefix: S3Url, **extra: Any) -> dict[str, A
     }
 
 
-def wait_until_ended(client: DispatcherClient, workflow: str, timeout_s: float = 120) -> dict:
+def submit(client: DispatcherClient, bodies: list[dict[str, Any]], workflow: str) -> list[str]:
+    return client.submit([parse_spec(body) for body in bodies], workflow=workflow)
+
+
+def wait_until_ended(
+    client: DispatcherClient, workflow: str, timeout_s: float = 120
+) -> dict[str, int]:
     deadline = time.monotonic() + timeout_s
     while True:
-        counts = client.status(workflow)["counts"]
-        if sum(counts[s] for s in FINAL_STATES) == sum(counts.values()):
+        status = client.status(workflow)
+        counts = status.counts
+        if sum(status.count(s) for s in TaskState if s.final) == sum(counts.values()):
             return counts
         assert time.monotonic() < deadline, f"workflow {workflow} did not end: {counts}"
         time.sleep(0.2)
@@ -81,12 +91,13 @@ def test_a_workflow_completes_across_worker_processes(
         prefix,
         inputs=[{"source": f"task://m{n}/out.txt", "path": f"in/{n}"} for n in range(6)],
     )
-    cluster.client.submit([*maps, reduce], workflow="wf")
+    submit(cluster.client, [*maps, reduce], workflow="wf")
     assert wait_until_ended(cluster.client, "wf")["done"] == 7
     assert store.get_bytes(prefix.child("out/sum.txt")) == b"0\n1\n2\n3\n4\n5\n"
-    result = cluster.client.task("sum")["result"]
-    assert result["outputs"][0]["digest"] == digest_bytes(b"0\n1\n2\n3\n4\n5\n")
-    assert {w for _, _, w in cluster.client.assignments()} <= {"w1", "w2"}
+    result = cluster.client.task("sum").result
+    assert result is not None
+    assert result.outputs[0].digest == digest_bytes(b"0\n1\n2\n3\n4\n5\n")
+    assert {a.worker for a in cluster.client.assignments()} <= {"w1", "w2"}
 
 
 def test_kill_9_of_a_worker_mid_task_releases_its_task_after_expiry(
@@ -96,7 +107,7 @@ def test_kill_9_of_a_worker_mid_task_releases_its_task_after_expiry(
     victim = cluster.add_worker("victim")
     started = tmp_path / "started"
     slow = task("slow", f"touch {started}; sleep 2; echo finished > out.txt", prefix)
-    cluster.client.submit([slow], workflow="wf")
+    submit(cluster.client, [slow], workflow="wf")
     deadline = time.monotonic() + 60
     while not started.exists():
         assert time.monotonic() < deadline
@@ -108,30 +119,30 @@ def test_kill_9_of_a_worker_mid_task_releases_its_task_after_expiry(
     assignments = cluster.client.assignments("slow")
     # The victim's attempt was lost; every later one (one, unless a loaded
     # machine delayed a heartbeat past the short lease) went to the rescuer.
-    assert assignments[0][1:] == (1, "victim")
-    assert len(assignments) >= 2 and {w for _, _, w in assignments[1:]} == {"rescuer"}
+    assert (assignments[0].attempt, assignments[0].worker) == (1, "victim")
+    assert len(assignments) >= 2 and {a.worker for a in assignments[1:]} == {"rescuer"}
     assert store.get_bytes(prefix.child("out/slow.txt")) == b"finished\n"
 
 
 def test_a_stale_completion_is_refused(make_cluster: ClusterFactory, prefix: S3Url) -> None:
     cluster = make_cluster(lease_s=1)
     client = cluster.client
-    client.submit([task("t", "true", prefix)], workflow="wf")
-    (first,), _ = client.lease("late", 1, wait_s=5)
+    submit(client, [task("t", "true", prefix)], workflow="wf")
+    (first,) = client.lease("late", 1, wait_s=5).leases
     time.sleep(2.5)  # the lease expires; the dispatcher re-queues the task
-    (second,), _ = client.lease("prompt", 1, wait_s=5)
-    assert second["attempt"] == first["attempt"] + 1
-    manifest = (
+    (second,) = client.lease("prompt", 1, wait_s=5).leases
+    assert second.attempt == first.attempt + 1
+    manifest = ResultManifest.from_bytes(
         b'{"format": "stager-result/1", "task_id": "t", "task_key": "k", "command": ["true"],'
         b' "exit_code": 0, "host": "h", "started_at": "s", "timings_s": {}, "inputs": [],'
         b' "outputs": [], "logs": []}'
     )
     with pytest.raises(PreconditionFailedError, match="not the current lease"):
-        client.complete("t", first["attempt"], "late", manifest, [])
-    client.complete("t", second["attempt"], "prompt", manifest, [])
+        client.complete("t", first.attempt, "late", manifest, [])
+    client.complete("t", second.attempt, "prompt", manifest, [])
     with pytest.raises(PreconditionFailedError):
-        client.complete("t", first["attempt"], "late", manifest, [])
-    assert client.task("t")["state"] == "done"
+        client.complete("t", first.attempt, "late", manifest, [])
+    assert client.task("t").state is TaskState.DONE
 
 
 def test_dependants_of_a_failed_producer_fail_with_the_reason(
@@ -143,11 +154,11 @@ def test_dependants_of_a_failed_producer_fail_with_the_reason(
     consumer = task(
         "next", "cat x > out.txt", prefix, inputs=[{"source": "task://bad/out.txt", "path": "x"}]
     )
-    cluster.client.submit([producer, consumer], workflow="wf")
+    submit(cluster.client, [producer, consumer], workflow="wf")
     counts = wait_until_ended(cluster.client, "wf")
     assert counts["failed"] == 2
-    assert "exited with code 7" in cluster.client.task("bad")["error"]
-    assert "producer bad failed" in cluster.client.task("next")["error"]
+    assert "exited with code 7" in cluster.client.task("bad").error or ""
+    assert "producer bad failed" in cluster.client.task("next").error or ""
 
 
 def test_requests_without_the_token_get_401(make_cluster: ClusterFactory) -> None:
@@ -171,14 +182,14 @@ def test_sigterm_drain_hands_back_unstarted_tasks(
     tasks = [
         task(f"t{n}", f"touch {started}; sleep 2; echo {n} > out.txt", prefix) for n in range(3)
     ]
-    cluster.client.submit(tasks, workflow="wf")
+    submit(cluster.client, tasks, workflow="wf")
     deadline = time.monotonic() + 60
-    while not (started.exists() and cluster.client.status("wf")["counts"]["leased"] == 3):
+    while not (started.exists() and cluster.client.status("wf").counts["leased"] == 3):
         assert time.monotonic() < deadline, cluster.log_of("drainer")
         time.sleep(0.05)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=60) == 0, cluster.log_of("drainer")
-    counts = cluster.client.status("wf")["counts"]
+    counts = cluster.client.status("wf").counts
     assert counts == {**counts, "done": 1, "queued": 2, "leased": 0}
     assert "2 handed back" in cluster.log_of("drainer")
 
@@ -190,16 +201,16 @@ def test_an_input_read_by_a_prefetch_counts_once_as_read_from_s3(
     cluster.add_worker("w1", "--slots", "1", "--prefetch", "2")
     size = 3 * 1024 * 1024
     url = prefix.child("ref")
-    ref = {"source": str(url), "path": "ref", "digest": store.put_bytes(url, os.urandom(size))}
+    ref = {"source": str(url), "path": "ref", "digest": str(store.put_bytes(url, os.urandom(size)))}
     # While "busy" holds the only slot, the worker prefetches the others' input.
     tasks = [
         task("busy", "sleep 2; echo > out.txt", prefix),
         *(task(f"reader{n}", "cat ref > out.txt", prefix, inputs=[ref]) for n in range(2)),
     ]
-    cluster.client.submit(tasks, workflow="wf")
+    submit(cluster.client, tasks, workflow="wf")
     assert wait_until_ended(cluster.client, "wf")["done"] == 3, cluster.log_of("w1")
     status = cluster.client.status("wf")
-    assert (status["bytes_from_s3"], status["bytes_from_cache"]) == (size, size)
+    assert (status.bytes_from_s3, status.bytes_from_cache) == (size, size)
 
 
 def test_shared_mode_on_a_network_mount_reads_each_input_once(
@@ -212,11 +223,11 @@ def test_shared_mode_on_a_network_mount_reads_each_input_once(
     cluster.wait_for_workers(["w1", "w2"])
     data = os.urandom(3 * 1024 * 1024)
     url = prefix.child("ref")
-    ref = {"source": str(url), "path": "ref", "digest": store.put_bytes(url, data)}
+    ref = {"source": str(url), "path": "ref", "digest": str(store.put_bytes(url, data))}
     tasks = [task(f"r{n}", "cksum < ref > out.txt", prefix, inputs=[ref]) for n in range(8)]
-    cluster.client.submit(tasks, workflow="wf")
+    submit(cluster.client, tasks, workflow="wf")
     assert wait_until_ended(cluster.client, "wf")["done"] == 8, cluster.log_of("w1")
-    assert cluster.client.status("wf")["bytes_from_s3"] == len(data)
+    assert cluster.client.status("wf").bytes_from_s3 == len(data)
     expected = subprocess.run(["cksum"], input=data, capture_output=True, check=True).stdout
     for n in range(8):
         assert store.get_bytes(prefix.child(f"out/r{n}.txt")) == expected
@@ -226,7 +237,7 @@ def test_shared_mode_on_a_network_mount_reads_each_input_once(
 def test_data_aware_policy_sends_tasks_to_the_worker_holding_their_inputs(
     make_cluster: ClusterFactory, store: ObjectStore, prefix: S3Url
 ) -> None:
-    cluster = make_cluster(policy="max-cache-hit", dispatcher_args=["--starvation-s", "600"])
+    cluster = make_cluster(policy=Policy.MAX_CACHE_HIT, dispatcher_args=["--starvation-s", "600"])
     refs = {}
     for name in ("a", "b"):
         url = prefix.child(f"ref-{name}")
@@ -260,17 +271,17 @@ def test_data_aware_policy_sends_tasks_to_the_worker_holding_their_inputs(
             "cat ref > out.txt",
             prefix,
             inputs=[
-                {"source": str(refs[name][0]), "path": "ref", "digest": refs[name][1], "size": 4096}
+                {"source": str(refs[name][0]), "path": "ref", "digest": str(refs[name][1]), "size": 4096}
             ],
         )
         for n in range(6)
         for name in ("a", "b")
     ]
-    cluster.client.submit(tasks, workflow="wf")
+    submit(cluster.client, tasks, workflow="wf")
     assert wait_until_ended(cluster.client, "wf")["done"] == 12
-    for task_id, _, worker in cluster.client.assignments():
-        assert worker == f"node-{task_id[0]}", (task_id, worker)
-    assert cluster.client.status("wf")["cache_hit_rate"] == 1.0
+    for a in cluster.client.assignments():
+        assert a.worker == f"node-{a.task[0]}", a
+    assert cluster.client.status("wf").cache_hit_rate == 1.0
 
 
 def test_a_dispatcher_restart_loses_no_task(
@@ -279,9 +290,9 @@ def test_a_dispatcher_restart_loses_no_task(
     cluster = make_cluster()
     cluster.add_worker("w1")
     tasks = [task(f"t{n}", f"sleep 0.3; echo {n} > out.txt", prefix) for n in range(8)]
-    cluster.client.submit(tasks, workflow="wf")
+    submit(cluster.client, tasks, workflow="wf")
     deadline = time.monotonic() + 60
-    while cluster.client.status("wf")["counts"]["done"] < 2:
+    while cluster.client.status("wf").counts["done"] < 2:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert cluster.dispatcher is not None
@@ -301,7 +312,7 @@ def test_tls_when_given_a_certificate(make_cluster: ClusterFactory, tmp_path: Pa
         dispatcher_args=["--tls-cert", str(cert), "--tls-key", str(key)], ca_file=str(cert)
     )
     assert cluster.url.startswith("https://")
-    assert cluster.client.status()["counts"]["queued"] == 0
+    assert cluster.client.status().counts["queued"] == 0
     with pytest.raises(UnreachableError):  # an untrusting client refuses the unknown cert
         DispatcherClient(cluster.url, "x").status()
 
@@ -331,7 +342,7 @@ def test_submit_wait_status_and_cancel_from_the_command_line(
     )
     again = stager("submit", str(tmp_path / "again" / "one.json"), "--wait")
     assert again.returncode == 0, again.stderr
-    assert cluster.client.status("one")["counts"]["done"] == 2
+    assert cluster.client.status("one").counts["done"] == 2
     batch = tmp_path / "batch.yaml"
     batch.write_text(
         yaml.safe_dump([task("good", "echo ok > out.txt", prefix), task("bad", "exit 3", prefix)])
@@ -355,8 +366,8 @@ def test_submit_wait_status_and_cancel_from_the_command_line(
     assert stager("submit", str(parked)).returncode == 0
     cancelled = stager("cancel", "blocker")
     assert cancelled.returncode == 0 and "blocker: cancelled" in cancelled.stdout
-    assert cluster.client.task("parked")["state"] == "failed"
-    assert "cancelled" in cluster.client.task("parked")["error"]
+    assert cluster.client.task("parked").state is TaskState.FAILED
+    assert "cancelled" in cluster.client.task("parked").error or ""
 
 
 @pytest.mark.parametrize(
@@ -422,7 +433,7 @@ def test_the_next_worker_kills_what_a_kill_9_left_running(
     victim = cluster.add_worker("victim")
     sandboxes = cluster.work_dir / "victim" / "sandboxes"
     started = tmp_path / "started"
-    cluster.client.submit([task("long", f"touch {started}; sleep 317", prefix)], workflow="wf")
+    submit(cluster.client, [task("long", f"touch {started}; sleep 317", prefix)], workflow="wf")
     try:
         deadline = time.monotonic() + 60
         while not started.exists():
@@ -456,14 +467,14 @@ def test_workers_report_what_their_cache_gains_and_loses(
         "reader",
         "cat ref ref > out.txt",
         prefix,
-        inputs=[{"source": str(url), "path": "ref", "digest": digest, "size": 15}],
+        inputs=[{"source": str(url), "path": "ref", "digest": str(digest), "size": 15}],
     )
-    cluster.client.submit([body], workflow="wf")
+    submit(cluster.client, [body], workflow="wf")
     wait_until_ended(cluster.client, "wf")
 
     def cached() -> int:
-        (worker,) = cluster.client.status()["workers"]
-        return int(worker["cached_digests"])
+        (worker,) = cluster.client.status().workers
+        return worker.cached_digests
 
     assert cached() == 2  # the input and the output the task wrote
     cache_dir = cluster.work_dir / "w1" / "cache"
@@ -482,7 +493,8 @@ def test_workers_report_what_their_cache_gains_and_loses(
         ("/v1/heartbeat", {"worker": "w", "held": [], "cache_bytes": "lots"}),
         ("/v1/lease", {"worker": "w", "cache": {"added": 5}}),
         ("/v1/tasks/t/complete", {"worker": "w", "attempt": 1, "result": "{not json"}),
-        ("/v1/tasks", {"tasks": [{"id": "x", "command": ["true"], "inputs": "nope"}]}),
+        ("/v1/tasks", {"workflow": "w", "tasks": [{"id": "x", "command": ["true"], "inputs": 1}]}),
+        ("/v1/tasks", {"workflow": "w", "tasks": [{"id": "x", "command": ["true"]}] * 2}),
         ("/v1/lease", ["not", "an", "object"]),
     ],
 )
@@ -494,8 +506,28 @@ def test_malformed_requests_get_400_and_leave_no_traceback(
         "POST",
         cluster.url + path,
         body=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {cluster.token_file.read_text().strip()}"},
+        headers={
+            "Authorization": f"Bearer {cluster.token_file.read_text().strip()}",
+            VERSION_HEADER: str(PROTOCOL_VERSION),
+        },
     )
     assert response.status == 400, response.data
-    assert json.loads(response.data)["error"]
+    error = json.loads(response.data)["error"]
+    assert error and "protocol" not in error  # refused for what it says, not its version
     assert "Traceback" not in cluster.log_of("dispatcher")
+
+
+@pytest.mark.parametrize("version", [None, str(PROTOCOL_VERSION + 1), "1\u00e9"])
+def test_a_request_of_another_protocol_version_is_refused_naming_both(
+    make_cluster: ClusterFactory, version: str | None
+) -> None:
+    cluster = make_cluster()
+    headers = {"Authorization": f"Bearer {cluster.token_file.read_text().strip()}"}
+    if version is not None:
+        headers[VERSION_HEADER] = version
+    response = urllib3.PoolManager().request("GET", cluster.url + "/v1/status", headers=headers)
+    assert response.status == 400, response.data
+    error = json.loads(response.data)["error"]
+    assert f"this one speaks {PROTOCOL_VERSION}" in error
+    assert ("no protocol version" if version is None else "speaks protocol '") in error
+    assert cluster.client.status().counts  # the right version is still served

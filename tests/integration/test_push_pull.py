@@ -31,6 +31,7 @@ from stager.objectstore import (
 )
 from stager.pull import pull
 from stager.push import push
+from stager.settings import TransferClient
 from tests.helpers import count_requests, files_under, put_tampered, temp_files_under, write_random
 
 MiB = 1024 * 1024
@@ -69,7 +70,7 @@ def test_multipart_upload_really_uses_parts(
     assert head["ETag"].strip('"').endswith("-3")
     calls = count_requests(store)
     pull(prefix, tmp_path / "node", store=store, digests=digests, dest_is_dir=True)
-    if store.settings.transfer_client == "s3transfer":
+    if store.settings.transfer_client is TransferClient.S3TRANSFER:
         assert calls["GetObject"] == 3  # ranged GETs, one per part
     else:  # the native client splits in C: one GetObject call from Python
         assert calls["GetObject"] == 1
@@ -81,7 +82,9 @@ def test_download_with_many_more_parts_than_the_memory_window(
     tmp_path: Path, settings: Any, s3_server: Any, digests: DigestCache, prefix: S3Url
 ) -> None:
     """Regression (s3transfer): 8 parts through a window of 2 in-memory chunks must not deadlock."""
-    narrow = dataclasses.replace(settings, max_concurrency=1, transfer_client="s3transfer")
+    narrow = dataclasses.replace(
+        settings, max_concurrency=1, transfer_client=TransferClient.S3TRANSFER
+    )
     data = write_random(tmp_path / "many-parts.bin", 40 * MiB)
     with ObjectStore(narrow, credentials=s3_server.credentials) as store:
         push([str(tmp_path / "many-parts.bin")], prefix, store=store, digests=digests)

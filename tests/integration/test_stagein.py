@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from fsd.cache import NodeCache
+from fsd.materialize import Materialize
 from fsd.stagein import StageInput, Tier, staged_inputs
 from stager.digest import digest_bytes
 from stager.digestcache import DigestCache
@@ -33,7 +34,12 @@ def pushed_inputs(
         write_random(tmp_path / "frontend" / "in" / f"f{n}.bin", size)
     report = push([str(tmp_path / "frontend" / "in")], prefix, store=store, digests=digests)
     return [
-        StageInput(source=e.url, path=f"inputs/{Path(e.path).name}", digest=e.digest, size=e.size)
+        StageInput(
+            source=S3Url.parse(e.url),
+            path=f"inputs/{Path(e.path).name}",
+            digest=e.digest,
+            size=e.size,
+        )
         for e in report.manifest.entries
     ]
 
@@ -45,7 +51,7 @@ def test_second_task_on_a_node_reads_from_the_cache_only(
     cache = NodeCache(tmp_path / "cache", quota_bytes=100 * MiB)
     with staged_inputs(inputs, tmp_path / "task1", cache=cache, store=store) as first:
         assert {s.tier for s in first} == {Tier.S3}
-        assert all(s.verified and s.materialized_as == "link" for s in first)
+        assert all(s.verified and s.materialized_as is Materialize.LINK for s in first)
     calls = count_requests(store)
     with staged_inputs(inputs, tmp_path / "task2", cache=cache, store=store) as second:
         assert {s.tier for s in second} == {Tier.LOCAL}
@@ -61,7 +67,7 @@ def test_inputs_without_digest_or_size_are_resolved_by_head(
 ) -> None:
     raw_client.put_object(Bucket=prefix.bucket, Key=prefix.child("foreign").key, Body=b"other tool")
     cache = NodeCache(tmp_path / "cache", quota_bytes=MiB)
-    spec = [StageInput(source=str(prefix.child("foreign")), path="x")]
+    spec = [StageInput(source=prefix.child("foreign"), path="x")]
     with staged_inputs(spec, tmp_path / "task", cache=cache, store=store) as staged:
         assert staged[0].digest == digest_bytes(b"other tool")
         assert staged[0].verified is False
@@ -73,7 +79,7 @@ def test_a_spec_path_that_escapes_is_refused_before_any_io(
 ) -> None:
     cache = NodeCache(tmp_path / "cache", quota_bytes=MiB)
     calls = count_requests(store)
-    spec = [StageInput(source=str(prefix.child("a")), path="../../etc/passwd")]
+    spec = [StageInput(source=prefix.child("a"), path="../../etc/passwd")]
     with (
         pytest.raises(UnsafePathError, match="input 1 path"),
         staged_inputs(spec, tmp_path / "task", cache=cache, store=store),

@@ -15,6 +15,7 @@ from stager.errors import UnreachableError
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 from stager.s3server import LocalS3Server
+from stager.settings import TransferClient
 from tests.helpers import make_certificate, write_random
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +34,9 @@ def test_round_trip_over_https_with_the_endpoints_ca(
     tmp_path: Path, tls_server: LocalS3Server, client: str
 ) -> None:
     settings = tls_server.settings(
-        transfer_client=client, part_size_bytes=5 << 20, multipart_threshold_bytes=5 << 20
+        transfer_client=TransferClient(client),
+        part_size_bytes=5 << 20,
+        multipart_threshold_bytes=5 << 20,
     )
     assert settings.endpoint_url is not None and settings.endpoint_url.startswith("https://")
     data = write_random(tmp_path / "f.bin", (6 << 20) + 3)  # multipart
@@ -51,7 +54,7 @@ def test_an_untrusted_certificate_is_a_clear_error(
 ) -> None:
     other_ca = make_certificate(tmp_path / "other")
     settings = tls_server.settings(
-        transfer_client=client, ca_bundle=other_ca.cert_file, max_attempts=1
+        transfer_client=TransferClient(client), ca_bundle=other_ca.cert_file, max_attempts=1
     )
     with (
         ObjectStore(settings, credentials=tls_server.credentials) as store,

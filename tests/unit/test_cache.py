@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fsd.cache import MARKER_MTIME_NS, NodeCache
-from fsd.materialize import materialize
+from fsd.materialize import Materialize, materialize
 from fsd.owner import Owner
 from stager.digest import HashingWriter, digest_bytes
 from stager.errors import CacheFormatError, CacheFullError, IntegrityError
@@ -111,7 +111,7 @@ def test_pins_of_dead_processes_are_released(tmp_path: Path) -> None:
     insert(cache, a)
     me = Owner.current()
     dead = Owner(me.host, me.pid, "not-my-start-time", "x")  # same pid, other process
-    pin = tmp_path / "c" / "pins" / f"{digest_bytes(a).split(':')[1]}.{dead}"
+    pin = tmp_path / "c" / "pins" / f"{digest_bytes(a).hex}.{dead}"
     pin.touch()
     insert(cache, b"b" * 100)  # needs a's space: the dead pin must not hold it
     assert cache.lookup(digest_bytes(a)) is None
@@ -122,7 +122,7 @@ def test_an_entry_written_through_a_link_is_reverified(tmp_path: Path) -> None:
     cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
     entry = insert(cache, b"original")
     sandbox_file = tmp_path / "sandbox" / "in.txt"
-    materialize(entry, sandbox_file, "link")
+    materialize(entry, sandbox_file, Materialize.LINK)
     os.chmod(sandbox_file, 0o644)
     sandbox_file.write_bytes(b"original")  # same bytes, new mtime: kept
     assert cache.lookup(digest_bytes(b"original")) == entry
@@ -182,15 +182,15 @@ def test_a_foreign_directory_is_refused(tmp_path: Path) -> None:
         NodeCache(tmp_path / "old", quota_bytes=100)
 
 
-@pytest.mark.parametrize("mode", ["link", "copy", "symlink"])
-def test_materialize_modes(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize("mode", list(Materialize))
+def test_materialize_modes(tmp_path: Path, mode: Materialize) -> None:
     cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
     entry = insert(cache, b"payload")
     dest = tmp_path / "sandbox" / "sub" / "in.dat"
     assert materialize(entry, dest, mode) == mode
     assert dest.read_bytes() == b"payload"
-    assert (dest.stat().st_ino == entry.stat().st_ino) is (mode != "copy")
-    assert dest.is_symlink() is (mode == "symlink")
+    assert (dest.stat().st_ino == entry.stat().st_ino) is (mode is not Materialize.COPY)
+    assert dest.is_symlink() is (mode is Materialize.SYMLINK)
 
 
 class _StaleHintCache(NodeCache):

@@ -1,9 +1,10 @@
 import os
 from pathlib import Path
 
+from stager.digest import Digest
 from stager.digestcache import RACY_WINDOW_NS, DigestCache, stamp_of
 
-DIGEST = "xxh3-128:" + "ab" * 16
+DIGEST = Digest.parse("xxh3-128:" + "ab" * 16)
 
 
 def test_remembers_by_stamp_and_forgets_on_change(tmp_path: Path) -> None:

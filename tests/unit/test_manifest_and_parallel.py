@@ -3,11 +3,12 @@ import time
 
 import pytest
 
+from stager.digest import Digest
 from stager.errors import StagerError
 from stager.manifest import Manifest, ManifestEntry
 from stager.parallel import run_all
 
-DIGEST = "xxh3-128:" + "0f" * 16
+DIGEST = Digest.parse("xxh3-128:" + "0f" * 16)
 
 
 def test_manifest_round_trip() -> None:

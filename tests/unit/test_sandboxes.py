@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from fsd.owner import Owner, process_start
-from worker_hooks.sandboxes import OWNER_FILE, RUN_FILE, claim, keep, record_run, sweep
+from worker_hooks.wrap.sandboxes import OWNER_FILE, RUN_FILE, claim, keep, record_run, sweep
 
 
 def dead_owner() -> str:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from worker_hooks.scheduling import Candidate, choose_tasks
+from stager.digest import Digest
+from stager.settings import member_of
+from worker_hooks.dispatch.scheduling import Candidate, Policy, choose_tasks
 
 A, B = "worker-a", "worker-b"
-REF_A, REF_B = "xxh3-128:" + "a" * 32, "xxh3-128:" + "b" * 32
+REF_A, REF_B = Digest.parse("xxh3-128:" + "a" * 32), Digest.parse("xxh3-128:" + "b" * 32)
 TASKS = [
     Candidate("needs-b", 1, 100.0, ((REF_B, 1000),)),
     Candidate("needs-nothing-known", 2, 100.0, ()),
@@ -21,7 +23,7 @@ def choose(policy: str, worker: str = A, now: float = 101.0, count: int = 3) -> 
         TASKS,
         worker=worker,
         holders=HOLDERS,
-        policy=policy,
+        policy=Policy(policy),
         count=count,
         now=now,
         starvation_s=60,
@@ -47,6 +49,7 @@ def test_starvation_is_bounded(policy: str) -> None:
     assert choose(policy, now=100.0 + 60, count=1) == ["needs-b"]
 
 
-def test_unknown_policy() -> None:
-    with pytest.raises(ValueError, match="policy"):
-        choose("random")
+def test_unknown_policy_is_refused_when_the_setting_is_read() -> None:
+    with pytest.raises(ValueError, match="fifo, max-cache-hit, good-cache-compute"):
+        member_of(Policy)("random")
+    assert member_of(Policy)(" Max-Cache-Hit ") is Policy.MAX_CACHE_HIT

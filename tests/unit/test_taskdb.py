@@ -8,11 +8,16 @@ from typing import Any
 
 import pytest
 
-from stager.errors import ConfigError, PreconditionFailedError
-from worker_hooks.results import FileRecord, ResultManifest
-from worker_hooks.taskdb import InputUse, Limits, StaleAttemptError, TaskDB
+from stager.digest import Digest
+from stager.errors import ConfigError, PreconditionFailedError, StaleAttemptError
+from stager.locations import S3Url
+from worker_hooks.dispatch.scheduling import Policy
+from worker_hooks.dispatch.taskdb import SCHEMA_VERSION, Limits, TaskDB
+from worker_hooks.task.protocol import Assignment, InputUse, TaskState
+from worker_hooks.task.result import FileRecord, ResultManifest
+from worker_hooks.task.spec import InputSpec, parse_spec
 
-DIGEST = "xxh3-128:" + "c" * 32
+DIGEST = Digest.parse("xxh3-128:" + "c" * 32)
 
 
 class Clock:
@@ -40,7 +45,7 @@ def result_for(task_id: str) -> ResultManifest:
         exit_code=0,
         host="h",
         started_at="t",
-        outputs=(FileRecord("out.txt", f"s3://bkt/out/{task_id}.txt", DIGEST, 5),),
+        outputs=(FileRecord("out.txt", S3Url.parse(f"s3://bkt/out/{task_id}.txt"), DIGEST, 5),),
     )
 
 
@@ -55,7 +60,7 @@ def db(tmp_path: Path, clock: Clock) -> TaskDB:
 
 
 def submit(db: TaskDB, *bodies: dict[str, Any]) -> None:
-    db.submit_bodies("wf", bodies)
+    db.submit("wf", [parse_spec(body) for body in bodies])
 
 
 def test_a_stale_completion_is_refused_after_the_lease_expired(db: TaskDB, clock: Clock) -> None:
@@ -70,8 +75,8 @@ def test_a_stale_completion_is_refused_after_the_lease_expired(db: TaskDB, clock
     db.complete("t", second.attempt, "w2", result_for("t"))
     with pytest.raises(StaleAttemptError):  # nor can it overwrite an accepted result
         db.complete("t", first.attempt, "w1", result_for("t"))
-    assert db.task("t")["state"] == "done"
-    assert db.assignments("t") == [("t", 1, "w1"), ("t", 2, "w2")]
+    assert db.task("t").state is TaskState.DONE
+    assert db.assignments("t") == [Assignment("t", 1, "w1"), Assignment("t", 2, "w2")]
 
 
 def test_heartbeats_keep_a_lease_and_report_stale_ones(db: TaskDB, clock: Clock) -> None:
@@ -91,7 +96,7 @@ def test_expiry_past_the_limit_fails_the_task(db: TaskDB, clock: Clock) -> None:
         clock.now += 11
         db.expire()
     info = db.task("t")
-    assert info["state"] == "failed" and "expired" in info["error"]
+    assert info.state is TaskState.FAILED and "expired" in (info.error or "")
 
 
 def test_dependant_runs_after_its_producer_with_the_recorded_output(db: TaskDB) -> None:
@@ -101,25 +106,21 @@ def test_dependant_runs_after_its_producer_with_the_recorded_output(db: TaskDB) 
     assert lease.task_id == "map"
     db.complete("map", lease.attempt, "w1", result_for("map"), [InputUse(DIGEST, 5, False)])
     (reduce_lease,) = db.lease("w1", 5)
-    (item,) = reduce_lease.body["inputs"]
-    assert item == {
-        "source": "s3://bkt/out/map.txt",
-        "path": "in0",
-        "digest": DIGEST,
-        "size": 5,
-    }
+    (item,) = reduce_lease.spec.inputs
+    assert item == InputSpec(S3Url.parse("s3://bkt/out/map.txt"), "in0", DIGEST, 5)
 
 
 def test_a_failed_producer_fails_its_dependants_transitively(db: TaskDB) -> None:
     submit(db, task("a"), task("b", "task://a/out.txt"), task("c", "task://b/out.txt"))
     (lease,) = db.lease("w1", 5)
-    assert db.fail("a", lease.attempt, "w1", "command exited with code 1", retry=False) == "failed"
+    failed = db.fail("a", lease.attempt, "w1", "command exited with code 1", retry=False)
+    assert failed is TaskState.FAILED
     for dependant in ("b", "c"):
         info = db.task(dependant)
-        assert info["state"] == "failed" and "producer" in info["error"]
+        assert info.state is TaskState.FAILED and "producer" in (info.error or "")
     # A late submission that depends on the failed task fails at once.
     submit(db, task("d", "task://a/out.txt"))
-    assert db.task("d")["state"] == "failed"
+    assert db.task("d").state is TaskState.FAILED
 
 
 def test_release_requeues_without_counting_a_failure(db: TaskDB) -> None:
@@ -127,7 +128,7 @@ def test_release_requeues_without_counting_a_failure(db: TaskDB) -> None:
     (lease,) = db.lease("w1", 1)
     db.release("t", lease.attempt, "w1")
     info = db.task("t")
-    assert info["state"] == "queued" and info["failures"] == 0
+    assert info.state is TaskState.QUEUED and info.failures == 0
     with pytest.raises(StaleAttemptError):
         db.release("t", lease.attempt, "w1")
 
@@ -161,10 +162,10 @@ def test_a_restarted_dispatcher_loses_nothing(tmp_path: Path, clock: Clock) -> N
 
 
 def test_cache_reports_steer_max_cache_hit(tmp_path: Path, clock: Clock) -> None:
-    db = TaskDB(tmp_path / "d.sqlite", Limits(policy="max-cache-hit"), clock=clock)
-    held = "xxh3-128:" + "d" * 32
+    db = TaskDB(tmp_path / "d.sqlite", Limits(policy=Policy.MAX_CACHE_HIT), clock=clock)
+    held = Digest.parse("xxh3-128:" + "d" * 32)
     body = task("hit")
-    body["inputs"] = [{"source": "s3://bkt/ref", "path": "ref", "digest": held, "size": 9}]
+    body["inputs"] = [{"source": "s3://bkt/ref", "path": "ref", "digest": str(held), "size": 9}]
     db.touch_worker("holder")
     db.report_cache("holder", added=[held], removed=[], full=True)
     submit(db, body)
@@ -172,11 +173,42 @@ def test_cache_reports_steer_max_cache_hit(tmp_path: Path, clock: Clock) -> None
     assert [lease.task_id for lease in db.lease("holder", 5)] == ["hit"]
 
 
+def test_a_digest_typed_in_upper_case_still_scores_a_cache_hit(
+    tmp_path: Path, clock: Clock
+) -> None:
+    # The spec's digest and the worker's report are the same value, whatever the case.
+    db = TaskDB(tmp_path / "d.sqlite", Limits(policy=Policy.MAX_CACHE_HIT), clock=clock)
+    held = Digest.parse("xxh3-128:" + "e" * 32)
+    body = task("hit")
+    shouted = "XXH3-128:" + "E" * 32
+    body["inputs"] = [{"source": "s3://bkt/ref", "path": "ref", "digest": shouted, "size": 9}]
+    db.touch_worker("holder")
+    db.report_cache("holder", added=[held], removed=[], full=True)
+    submit(db, body)
+    assert db.lease("other", 5) == []
+    assert [lease.task_id for lease in db.lease("holder", 5)] == ["hit"]
+
+
+def test_a_database_of_another_schema_version_is_refused(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "d.sqlite"
+    TaskDB(path, Limits(), clock=clock).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    with pytest.raises(ConfigError, match=f"schema version {SCHEMA_VERSION + 1}") as caught:
+        TaskDB(path, Limits(), clock=clock)
+    assert f"reads version {SCHEMA_VERSION}" in caught.value.message
+    # An unrelated SQLite file is not taken for an empty task database either.
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as raw:
+        raw.execute("CREATE TABLE notes (text TEXT)")
+    with pytest.raises(ConfigError, match="schema version 0"):
+        TaskDB(other, Limits(), clock=clock)
+
+
 def test_a_workflow_larger_than_sqlites_variable_limit(db: TaskDB) -> None:
     # As an older SQLite build would: at most 999 variables per statement.
     db._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
-    bodies = [task(f"t{n}") for n in range(1200)]
-    db.submit_bodies("big", bodies)
+    db.submit("big", [parse_spec(task(f"t{n}")) for n in range(1200)])
     assert db.counts("big")["queued"] == 1200
     assert db.known_ids([f"t{n}" for n in range(0, 2400, 2)]) == {
         f"t{n}" for n in range(0, 1200, 2)

@@ -1,4 +1,4 @@
-"""``stager dispatcher serve``, ``stager worker``, ``stager submit``, ``stager status``."""
+"""``stager dispatcher serve``, ``stager submit``, ``stager status``, ``stager cancel``."""
 
 from __future__ import annotations
 
@@ -6,26 +6,21 @@ import asyncio
 import json
 import os
 import secrets
-import signal
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import click
-from tqdm import tqdm
 
 from stager.cli.context import CliState
-from stager.errors import TaskError, from_os_error
+from stager.errors import from_os_error
 from stager.settings import load_component
 from stager.units import format_size
-from worker_hooks.cli import node_options, open_node, take_node_flags
-from worker_hooks.client import TOKEN_ENV, DispatcherClient, load_token
-from worker_hooks.scheduling import POLICIES
-from worker_hooks.settings import DispatcherSettings, WorkerSettings
-from worker_hooks.taskdb import FINAL_STATES, Limits, TaskDB
-from worker_hooks.worker import Worker
-from worker_hooks.workflow import load_workflow
+from worker_hooks.dispatch.client import TOKEN_ENV, DispatcherClient, load_token
+from worker_hooks.dispatch.follow import wait_for_workflow
+from worker_hooks.dispatch.scheduling import Policy
+from worker_hooks.dispatch.settings import DispatcherSettings
+from worker_hooks.dispatch.taskdb import Limits, TaskDB
+from worker_hooks.task.workflow import load_workflow
 
 dispatcher_url_option = click.option(
     "--dispatcher",
@@ -45,7 +40,7 @@ ca_file_option = click.option(
 )
 
 
-def _client(url: str, token_file: Path | None, ca_file: str | None) -> DispatcherClient:
+def client_from_flags(url: str, token_file: Path | None, ca_file: str | None) -> DispatcherClient:
     return DispatcherClient(url, load_token(token_file), ca_file=ca_file)
 
 
@@ -84,7 +79,11 @@ Examples:
 @click.option("--host", help="Address to listen on [127.0.0.1].")
 @click.option("--port", type=int, help="Port [8765]; 0 picks a free one.")
 @click.option("--db", "dispatcher_db", type=click.Path(path_type=Path), help="Task database.")
-@click.option("--policy", type=click.Choice(POLICIES), help="Scheduling [good-cache-compute].")
+@click.option(
+    "--policy",
+    type=click.Choice([p.value for p in Policy]),
+    help="Scheduling [good-cache-compute].",
+)
 @click.option("--lease-s", type=float, help="Lease length between heartbeats, seconds [60].")
 @click.option("--max-failures", type=int, help="Failed attempts before a task fails [3].")
 @click.option("--starvation-s", type=float, help="Bound on how long a task is passed over [60].")
@@ -106,7 +105,7 @@ def serve_command(
     --token-file or $STAGER_DISPATCHER_TOKEN a new token is made and saved
     beside the database, readable by you only.
     """
-    from worker_hooks.dispatcher import Dispatcher, serve, tls_context  # only the server needs it
+    from worker_hooks.dispatch.server import Dispatcher, serve, tls_context  # aiohttp: only here
 
     settings = load_component(
         DispatcherSettings, flags, config_path=core.config_path, section="dispatcher"
@@ -127,7 +126,8 @@ def serve_command(
 
     def ready(url: str) -> None:
         where = f"; token in {saved}" if saved else ""
-        click.echo(f"dispatcher listening on {url} (policy {settings.policy}){where}", err=True)
+        policy = settings.policy.value
+        click.echo(f"dispatcher listening on {url} (policy {policy}){where}", err=True)
         if url_file is not None:
             url_file.write_text(url + "\n")
 
@@ -140,61 +140,6 @@ def serve_command(
         asyncio.run(main())
     finally:
         db.close()
-
-
-@click.command(
-    "worker",
-    epilog="""\b
-Examples:
-  stager worker --dispatcher http://frontend:8765 --token-file ~/.stager-token \\
-      --cache-dir /scratch/stager/cache --sandbox-dir /scratch/stager/sandboxes --slots 2
-  STAGER_DISPATCHER_URL=https://frontend:8765 stager worker --ca-file frontend-ca.pem
-""",
-)
-@dispatcher_url_option
-@token_file_option
-@ca_file_option
-@click.option("--slots", type=int, help="Tasks run at once [1].")
-@click.option("--prefetch", type=int, help="Tasks leased ahead, inputs staged early [1].")
-@click.option("--drain-s", type=float, help="On SIGTERM, let running tasks finish this long [60].")
-@click.option("--heartbeat-s", type=float, help="Seconds between heartbeats [5].")
-@click.option("--worker-id", help="Name shown in `stager status` [host-pid].")
-@node_options
-@click.pass_obj
-def worker_command(
-    core: CliState,
-    /,
-    dispatcher_url: str,
-    token_file: Path | None,
-    ca_file: str | None,
-    worker_id: str | None,
-    **flags: Any,
-) -> None:
-    """Pull tasks from the dispatcher and run them (outbound connections only).
-
-    SIGTERM (a spot interruption notice) drains: no new leases, unstarted
-    tasks are handed back, running ones get --drain-s to finish.
-    """
-    node_flags = take_node_flags(flags)
-    settings = load_component(WorkerSettings, flags, config_path=core.config_path, section="worker")
-    node = open_node(core, node_flags)
-    worker = Worker(
-        _client(dispatcher_url, token_file, ca_file),
-        node,
-        settings,
-        worker_id=worker_id,
-        log=lambda line: click.echo(line, err=True),
-    )
-    signals: list[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda number, _: signals.append(number))  # no locks in a handler
-    click.echo(f"worker {worker.worker_id}: pulling from {dispatcher_url}", err=True)
-    report = worker.run(threading.Event(), signalled=lambda: bool(signals))
-    click.echo(
-        f"worker {worker.worker_id}: stopped; {report.done} done, {report.failed} failed, "
-        f"{report.handed_back} handed back",
-        err=True,
-    )
 
 
 @click.command(
@@ -222,7 +167,7 @@ def submit_command(
     With --wait, exits 0 only if every task succeeded (10 otherwise).
     """
     name, tasks = load_workflow(workflow_file)
-    client = _client(dispatcher_url, token_file, ca_file)
+    client = client_from_flags(dispatcher_url, token_file, ca_file)
     ids = client.submit(tasks, workflow=name)
     click.echo(f"submitted {len(ids)} tasks as workflow {name}", err=True)
     if wait:
@@ -244,38 +189,9 @@ def cancel_command(
     task_ids: tuple[str, ...], dispatcher_url: str, token_file: Path | None, ca_file: str | None
 ) -> None:
     """Cancel tasks that have not finished (their dependants fail)."""
-    client = _client(dispatcher_url, token_file, ca_file)
+    client = client_from_flags(dispatcher_url, token_file, ca_file)
     for task_id in task_ids:
-        click.echo(f"{task_id}: {client.cancel(task_id)}")
-
-
-def wait_for_workflow(
-    client: DispatcherClient, name: str, *, poll_s: float = 1.0
-) -> dict[str, Any]:
-    """Poll until every task of workflow ``name`` has ended; raise TaskError unless all are done.
-
-    The total is the workflow's own count, so tasks submitted under the same
-    name earlier (or later, while waiting) are waited for and judged too.
-    """
-    with tqdm(unit="task", desc=name, disable=None) as bar:
-        while True:
-            status = client.status(name)
-            counts = status["counts"]
-            total = sum(counts.values())
-            ended = sum(counts[state] for state in FINAL_STATES)
-            bar.total = total
-            bar.update(ended - bar.n)
-            bar.set_postfix(running=counts["leased"], failed=counts["failed"])
-            if ended >= total:
-                break
-            time.sleep(poll_s)
-    if counts["done"] != total:
-        raise TaskError(
-            f"workflow {name}: {counts['failed']} failed, {counts['cancelled']} cancelled "
-            f"of {total} tasks",
-            hint="see `stager status` and the failed tasks' stderr logs",
-        )
-    return status
+        click.echo(f"{task_id}: {client.cancel(task_id).value}")
 
 
 @click.command(
@@ -299,32 +215,31 @@ def status_command(
     as_json: bool,
 ) -> None:
     """Queue counts, workers, throughput and cache hit rate."""
-    status = _client(dispatcher_url, token_file, ca_file).status(workflow)
+    status = client_from_flags(dispatcher_url, token_file, ca_file).status(workflow)
     if as_json:
-        click.echo(json.dumps(status, indent=1))
+        click.echo(json.dumps(json.loads(status.to_json()), indent=1))
         return
-    counts = "  ".join(f"{state} {n}" for state, n in status["counts"].items())
+    counts = "  ".join(f"{state} {n}" for state, n in status.counts.items())
     click.echo(f"tasks      {counts}")
-    click.echo(f"policy     {status['policy']}")
-    rate = status["tasks_per_s_overall"]
+    click.echo(f"policy     {status.policy}")
+    rate = status.tasks_per_s_overall
     click.echo(
-        f"throughput {status['tasks_per_s_last_minute']:.2f} tasks/s (last minute), "
-        f"{rate:.2f} overall"
+        f"throughput {status.tasks_per_s_last_minute:.2f} tasks/s (last minute), {rate:.2f} overall"
         if rate
         else "throughput -"
     )
-    hit = status["cache_hit_rate"]
+    hit = status.cache_hit_rate
     click.echo(
-        f"inputs     {format_size(status['bytes_from_cache'])} from node caches, "
-        f"{format_size(status['bytes_from_s3'])} from S3"
+        f"inputs     {format_size(status.bytes_from_cache)} from node caches, "
+        f"{format_size(status.bytes_from_s3)} from S3"
         + (f" (hit rate {hit:.0%})" if hit is not None else "")
     )
-    for w in status["workers"]:
-        state = "alive" if w["alive"] else "silent"
+    for w in status.workers:
+        state = "alive" if w.alive else "silent"
         click.echo(
-            f"worker     {w['id']:<24} {state:<6} running {w['running']:<3} "
-            f"cache {format_size(w['cache_bytes'])} ({w['cached_digests']} entries), "
-            f"seen {w['last_seen_s_ago']} s ago"
+            f"worker     {w.id:<24} {state:<6} running {w.running:<3} "
+            f"cache {format_size(w.cache_bytes)} ({w.cached_digests} entries), "
+            f"seen {w.last_seen_s_ago} s ago"
         )
-    if not status["workers"]:
+    if not status.workers:
         click.echo("workers    none has contacted this dispatcher yet")

@@ -6,7 +6,7 @@ It only connects out (works behind NAT). Threads, each with one job:
   dispatcher) and starts staging the inputs of tasks that must wait for a
   slot (prefetch: the node cache's single flight lets the later stage-in
   share that fetch);
-- ``slots`` *runners* run tasks through :func:`~worker_hooks.wrap.wrap_task`
+- ``slots`` *runners* run tasks through :func:`~worker_hooks.wrap.wrapper.wrap_task`
   and report the outcome with the lease's attempt number (fencing);
 - the *heartbeater* extends the leases in hand, drops those the dispatcher
   says are stale, and reports what the node cache gained and lost.
@@ -28,10 +28,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from fsd.cache import digest_of_entry
-from fsd.stagein import StageInput, Tier, warm
+from fsd.stagein import Tier, warm
+from stager.digest import Digest
 from stager.errors import (
     AccessDeniedError,
     CommandFailedError,
@@ -44,11 +44,12 @@ from stager.errors import (
     TaskTimeoutError,
     UnreachableError,
 )
-from worker_hooks.client import DispatcherClient
-from worker_hooks.sandboxes import sweep
-from worker_hooks.settings import WorkerSettings
-from worker_hooks.taskspec import parse_spec
-from worker_hooks.wrap import Node, WrapOptions, WrapResult, wrap_task
+from worker_hooks.dispatch.client import DispatcherClient
+from worker_hooks.task.protocol import CacheReport, Held, InputUse, Lease
+from worker_hooks.worker.settings import WorkerSettings
+from worker_hooks.wrap.node import Node
+from worker_hooks.wrap.sandboxes import sweep
+from worker_hooks.wrap.wrapper import WrapOptions, WrapResult, stage_inputs, wrap_task
 
 # The task's own fault or its spec's: running it elsewhere would not help.
 PERMANENT_ERRORS = (
@@ -67,14 +68,20 @@ def default_worker_id() -> str:
 
 @dataclass
 class _Held:
-    task_id: str
-    attempt: int
-    body: dict[str, Any]
+    lease: Lease
     cancel: threading.Event = field(default_factory=threading.Event)
     started: bool = False
-    prefetch: Future[set[str]] | None = None
+    prefetch: Future[set[Digest]] | None = None
 
-    def prefetched_from_s3(self) -> set[str]:
+    @property
+    def task_id(self) -> str:
+        return self.lease.task_id
+
+    @property
+    def attempt(self) -> int:
+        return self.lease.attempt
+
+    def prefetched_from_s3(self) -> set[Digest]:
         """Digests of the inputs this task's prefetch read from S3 (waits for it to end).
 
         A prefetch that failed read nothing the run did not read again.
@@ -115,7 +122,7 @@ class Worker:
         self._draining = threading.Event()
         self._finished = threading.Event()
         self._fatal: StagerError | None = None
-        self._reported_cache: set[str] = set()
+        self._reported_cache: set[Digest] = set()
         self._lease_s = settings.heartbeat_s * 3
         self._prefetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch")
 
@@ -186,7 +193,7 @@ class Worker:
 
     # -- leasing ----------------------------------------------------------------------
 
-    def _lease_loop(self, first_report: dict[str, Any]) -> None:
+    def _lease_loop(self, first_report: CacheReport) -> None:
         first = True
         lost_since: float | None = None
         while not self._draining.is_set():
@@ -197,14 +204,14 @@ class Worker:
                     continue
                 busy = bool(self._held)
             try:
-                leases, lease_s = self.client.lease(
+                reply = self.client.lease(
                     self.worker_id,
                     want,
                     wait_s=1.0 if busy else self.settings.lease_wait_s,
                     cache=first_report if first else None,
                 )
                 first, lost_since = False, None
-                self._lease_s = lease_s
+                self._lease_s = reply.lease_s
             except UnreachableError as exc:
                 lost_since = lost_since or time.monotonic()
                 if time.monotonic() - lost_since > self.settings.dispatcher_lost_s:
@@ -215,8 +222,8 @@ class Worker:
             except StagerError as exc:
                 self._give_up(exc)
                 return
-            for lease in leases:
-                self._accept(_Held(lease["task_id"], int(lease["attempt"]), lease["spec"]))
+            for lease in reply.leases:
+                self._accept(_Held(lease))
 
     def _give_up(self, exc: StagerError) -> None:
         self.log(f"worker {self.worker_id}: giving up: {exc.one_line()}")
@@ -235,13 +242,9 @@ class Worker:
             item.prefetch = self._prefetcher.submit(self._prefetch, item)
         self._ready.put(item)
 
-    def _prefetch(self, item: _Held) -> set[str]:
-        inputs = [
-            StageInput(i["source"], i["path"], i.get("digest"), i.get("size"))
-            for i in item.body.get("inputs", [])
-            if isinstance(i, dict)
-        ]
+    def _prefetch(self, item: _Held) -> set[Digest]:
         try:
+            inputs = stage_inputs(item.lease.spec)
             warmed = warm(inputs, cache=self.node.cache, store=self.node.store, workers=4)
         except StagerError:  # the run meets and reports any error
             return set()
@@ -269,7 +272,7 @@ class Worker:
     def _run_one(self, item: _Held) -> None:
         started = time.monotonic()
         try:
-            result = wrap_task(parse_spec(item.body), self.node, WrapOptions(cancel=item.cancel))
+            result = wrap_task(item.lease.spec, self.node, WrapOptions(cancel=item.cancel))
         except TaskCancelledError:
             self._hand_back(item)
             return
@@ -285,18 +288,14 @@ class Worker:
         # An input the prefetch fetched reached the stage-in as a cache hit; it came from S3.
         prefetched = item.prefetched_from_s3()
         uses = [
-            {
-                "digest": s.digest,
-                "size": s.size,
-                "from_cache": s.tier is not Tier.S3 and s.digest not in prefetched,
-            }
+            InputUse(
+                s.digest, s.size, from_cache=s.tier is not Tier.S3 and s.digest not in prefetched
+            )
             for s in result.staged
         ]
 
         def send() -> None:
-            self.client.complete(
-                item.task_id, item.attempt, self.worker_id, result.manifest.to_json(), uses
-            )
+            self.client.complete(item.task_id, item.attempt, self.worker_id, result.manifest, uses)
 
         if self._deliver(item, send):
             # The dispatcher now lists these on this worker: count them as told,
@@ -344,10 +343,10 @@ class Worker:
 
     # -- heartbeats -------------------------------------------------------------------
 
-    def _first_cache_report(self) -> dict[str, Any]:
+    def _first_cache_report(self) -> CacheReport:
         """Everything the cache holds, for the first contact (before the other threads)."""
         self._reported_cache, _ = self.node.cache.holdings()
-        return {"full": True, "added": sorted(self._reported_cache), "removed": []}
+        return CacheReport(full=True, added=tuple(sorted(self._reported_cache)))
 
     def _heartbeat_loop(self) -> None:
         last = time.monotonic()
@@ -358,9 +357,9 @@ class Worker:
             last = time.monotonic()
             current, cache_bytes = self.node.cache.holdings()
             with self._lock:
-                held = [(h.task_id, h.attempt) for h in self._held.values()]
+                held = [Held(h.task_id, h.attempt) for h in self._held.values()]
                 added, removed = current - self._reported_cache, self._reported_cache - current
-            delta = {"full": False, "added": sorted(added), "removed": sorted(removed)}
+            delta = CacheReport(added=tuple(sorted(added)), removed=tuple(sorted(removed)))
             try:
                 drop = self.client.heartbeat(
                     self.worker_id, held, cache_bytes=cache_bytes, cache=delta

@@ -1,31 +1,36 @@
-"""Task specs: what one wrapped job needs, checked before any I/O.
+"""Task specs: what one job needs, checked before any I/O.
 
 ``parse_spec`` turns decoded JSON (or YAML) into a frozen :class:`TaskSpec`
 or raises :class:`~stager.errors.ConfigError` naming the field at fault
 (``outputs[1].path``). Every path is checked component by component, every
 URL parsed, every size bounded; no other exception escapes, whatever the
-input (a property the unit tests fuzz). docs/task-spec.md is the contract.
+input (a property the unit tests fuzz). :meth:`TaskSpec.to_json` is its
+inverse: ``parse_spec(spec.to_json()) == spec``. docs/task-spec.md is the
+contract.
+
+An input's source is an S3 object or a :class:`TaskRef`
+(``task://<producer>/<path>``), another task's declared output that the
+dispatcher resolves (:meth:`TaskSpec.resolved`) once the producer has
+committed. Pure: no I/O, no cache, no S3 client.
 """
 
 from __future__ import annotations
 
-import json
+import enum
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass, field, replace
+from pathlib import PurePosixPath
 from typing import Any
 
-import yaml
-
-from fsd.stagein import StageInput
-from stager.digest import parse_digest
+from stager.digest import Digest
 from stager.errors import ConfigError, StagerError, UnsafePathError
 from stager.locations import S3Url, safe_relative_path
 from stager.units import parse_size
+from worker_hooks.task.result import ResultManifest
 
 FORMAT = "stager-task/1"
-PERSISTENCE_POLICIES = ("s3",)
+TASK_SCHEME = "task://"
 GLOB_CHARACTERS = frozenset("*?[")
 MAX_SIZE_BYTES = 2**60
 SPEC_HINT = "fix the field named above; the format is in docs/task-spec.md"
@@ -48,19 +53,74 @@ _KEYS = frozenset(
 )
 
 
+class Persist(enum.Enum):
+    """Where an output must be durable before its task counts as done."""
+
+    S3 = "s3"
+
+
+class OutputKind(enum.Enum):
+    FILE = "file"
+    DIR = "dir"
+    GLOB = "glob"
+
+
+def valid_task_id(text: str) -> bool:
+    return bool(_ID_RE.match(text))
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """``task://<producer>/<path>``: the file ``producer`` declares at ``path``."""
+
+    producer: str
+    path: str
+
+    @classmethod
+    def parse(cls, text: str) -> TaskRef:
+        producer, _, path = text[len(TASK_SCHEME) :].partition("/")
+        if not text.startswith(TASK_SCHEME) or not valid_task_id(producer) or not path:
+            raise ConfigError(f"task reference {text!r} must look like task://<task id>/<path>")
+        return cls(producer, str(safe_relative_path(path, what=f"path in {text!r}")))
+
+    def __str__(self) -> str:
+        return f"{TASK_SCHEME}{self.producer}/{self.path}"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input: an S3 object (or another task's output) and its sandbox path."""
+
+    source: S3Url | TaskRef
+    path: str
+    digest: Digest | None = None
+    size: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"source": str(self.source), "path": self.path}
+        if self.digest is not None:
+            body["digest"] = str(self.digest)
+        if self.size is not None:
+            body["size"] = self.size
+        return body
+
+
 @dataclass(frozen=True)
 class OutputSpec:
     """A file, a directory (path ends in '/') or a glob, and where it goes."""
 
     path: str
     to: S3Url
-    persist: str = "s3"
+    persist: Persist = Persist.S3
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> OutputKind:
         if GLOB_CHARACTERS & set(self.path):
-            return "glob"
-        return "dir" if self.path.endswith("/") else "file"
+            return OutputKind.GLOB
+        return OutputKind.DIR if self.path.endswith("/") else OutputKind.FILE
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "to": str(self.to), "persist": self.persist.value}
 
 
 @dataclass(frozen=True)
@@ -69,8 +129,16 @@ class BundleSpec:
 
     source: S3Url
     path: str = "app"
-    digest: str | None = None
+    digest: Digest | None = None
     size: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"source": str(self.source), "path": self.path}
+        if self.digest is not None:
+            body["digest"] = str(self.digest)
+        if self.size is not None:
+            body["size"] = self.size
+        return body
 
 
 @dataclass(frozen=True)
@@ -80,7 +148,7 @@ class TaskSpec:
     shell: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
     timeout_s: float | None = None
-    inputs: tuple[StageInput, ...] = ()
+    inputs: tuple[InputSpec, ...] = ()
     outputs: tuple[OutputSpec, ...] = ()
     bundle: BundleSpec | None = None
     scratch_bytes: int = 0
@@ -97,6 +165,53 @@ class TaskSpec:
                 hint="give a results prefix (--results s3://bucket/prefix/)",
             )
         return S3Url(self.outputs[0].to.bucket, ".stager/results/")
+
+    @property
+    def producers(self) -> frozenset[str]:
+        """The tasks whose outputs this one still waits for."""
+        return frozenset(i.source.producer for i in self.inputs if isinstance(i.source, TaskRef))
+
+    def known_inputs(self) -> tuple[tuple[Digest, int], ...]:
+        """(digest, size) of the inputs whose digest is known (for scheduling)."""
+        return tuple((i.digest, i.size or 0) for i in self.inputs if i.digest is not None)
+
+    def resolved(self, producer: str, result: ResultManifest) -> TaskSpec:
+        """This spec with its references to ``producer`` replaced by what it recorded."""
+        outputs = {record.path: record for record in result.outputs}
+        inputs = []
+        for item in self.inputs:
+            ref = item.source
+            if isinstance(ref, TaskRef) and ref.producer == producer:
+                record = outputs.get(ref.path)
+                if record is None:
+                    raise StagerError(
+                        f"task {producer} recorded no output {ref.path} (it has: "
+                        f"{', '.join(sorted(outputs)) or 'none'})",
+                        hint="make the input name a file the producer declares",
+                    )
+                item = replace(item, source=record.url, digest=record.digest, size=record.size)
+            inputs.append(item)
+        return replace(self, inputs=tuple(inputs))
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec document (``parse_spec`` reads it back to an equal spec)."""
+        body: dict[str, Any] = {
+            "format": FORMAT,
+            "id": self.id,
+            "command": self.command[0] if self.shell else list(self.command),
+            "shell": self.shell,
+            "env": dict(self.env),
+            "inputs": [item.to_json() for item in self.inputs],
+            "outputs": [item.to_json() for item in self.outputs],
+            "scratch_bytes": self.scratch_bytes,
+        }
+        if self.timeout_s is not None:
+            body["timeout_s"] = self.timeout_s
+        if self.bundle is not None:
+            body["bundle"] = self.bundle.to_json()
+        if self.results is not None:
+            body["results"] = str(self.results)
+        return body
 
 
 class _Fields:
@@ -153,14 +268,14 @@ class _Fields:
             raise self.fail(key, f"is out of range: {value}")
         return value
 
-    def digest(self, key: str) -> str | None:
+    def digest(self, key: str) -> Digest | None:
         text = self.optional_string(key)
         if text is None:
             return None
         try:
-            return parse_digest(text)
-        except (StagerError, ValueError) as exc:
-            raise self.fail(key, f"is not a digest: {text!r}") from exc
+            return Digest.parse(text)
+        except StagerError as exc:
+            raise self.fail(key, f"is not a digest: {text[:80]!r}") from exc
 
     def items(self, key: str) -> list[Any]:
         value = self.body.get(key, [])
@@ -209,14 +324,21 @@ def _timeout(fields: _Fields) -> float | None:
     return float(value)
 
 
-def _input(body: Any, where: str) -> StageInput:
+def _input(body: Any, where: str) -> InputSpec:
     fields = _Fields(body, where)
     fields.reject_unknown(frozenset({"source", "path", "digest", "size"}))
-    source = fields.url("source")
-    if source.is_prefix:
-        raise fields.fail("source", "names a prefix; inputs are single objects")
-    return StageInput(
-        source=str(source),
+    source: S3Url | TaskRef
+    if fields.string("source").startswith(TASK_SCHEME):
+        try:
+            source = TaskRef.parse(fields.string("source"))
+        except StagerError as exc:
+            raise fields.fail("source", exc.message) from exc
+    else:
+        source = fields.url("source")
+        if source.is_prefix:
+            raise fields.fail("source", "names a prefix; inputs are single objects")
+    return InputSpec(
+        source=source,
         path=str(fields.path("path")),
         digest=fields.digest("digest"),
         size=fields.size("size"),
@@ -230,10 +352,11 @@ def _output(body: Any, where: str) -> OutputSpec:
     text = fields.string("path")
     output = OutputSpec(path + "/" if text.endswith("/") else path, fields.url("to"))
     persist = fields.string("persist", "s3")
-    if persist not in PERSISTENCE_POLICIES:
-        raise fields.fail("persist", f"{persist!r} is not supported (supported: s3)")
-    if output.kind != "file" and not output.to.is_prefix:
-        raise fields.fail("to", f"must end in '/' for a {output.kind} output")
+    if persist not in {p.value for p in Persist}:
+        supported = ", ".join(p.value for p in Persist)
+        raise fields.fail("persist", f"{persist!r} is not supported (supported: {supported})")
+    if output.kind is not OutputKind.FILE and not output.to.is_prefix:
+        raise fields.fail("to", f"must end in '/' for a {output.kind.value} output")
     return output
 
 
@@ -248,7 +371,7 @@ def _bundle(body: Any) -> BundleSpec:
     )
 
 
-def _unique_paths(spec_inputs: Sequence[StageInput], bundle: BundleSpec | None) -> None:
+def _unique_paths(spec_inputs: Sequence[InputSpec], bundle: BundleSpec | None) -> None:
     seen: set[str] = set()
     for number, item in enumerate(spec_inputs):
         if item.path in seen:
@@ -271,7 +394,7 @@ def parse_spec(body: Any) -> TaskSpec:
     if body.get("format", FORMAT) != FORMAT:
         raise fields.fail("format", f"must be {FORMAT!r}")
     task_id = fields.string("id")
-    if not _ID_RE.match(task_id):
+    if not valid_task_id(task_id):
         raise fields.fail("id", "must be 1-128 letters, digits, '.', '_' or '-'")
     shell = body.get("shell", False)
     if not isinstance(shell, bool):
@@ -282,6 +405,8 @@ def parse_spec(body: Any) -> TaskSpec:
     )
     bundle = None if body.get("bundle") is None else _bundle(body["bundle"])
     _unique_paths(inputs, bundle)
+    if any(isinstance(i.source, TaskRef) and i.source.producer == task_id for i in inputs):
+        raise ConfigError(f"task spec: task {task_id} names its own output as an input")
     results = None if body.get("results") is None else fields.url("results")
     return TaskSpec(
         id=task_id,
@@ -324,19 +449,3 @@ def inline_spec(
     if body.get("shell"):
         body["command"] = " ".join(command)
     return parse_spec({key: value for key, value in body.items() if value is not None})
-
-
-def load_document(path: Path) -> Any:
-    """Decode a JSON file, or YAML for ``.yaml``/``.yml``; errors name the file."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            return yaml.safe_load(text)
-        return json.loads(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(
-            f"{path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}"
-        ) from exc

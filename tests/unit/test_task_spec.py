@@ -8,10 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stager.errors import ConfigError, UnsafePathError
+from stager.digest import Digest
+from stager.errors import ConfigError, StagerError, UnsafePathError
 from stager.locations import S3Url
-from worker_hooks.taskspec import inline_spec, parse_spec
+from worker_hooks.task.result import FileRecord, ResultManifest
+from worker_hooks.task.spec import InputSpec, OutputKind, TaskRef, inline_spec, parse_spec
+from worker_hooks.wrap.wrapper import stage_inputs
 
+DIGEST = "xxh3-128:" + "5a" * 16
 VALID: dict[str, Any] = {
     "id": "align-7",
     "command": ["./align", "ref.fa"],
@@ -31,7 +35,7 @@ VALID: dict[str, Any] = {
 def test_a_valid_spec_parses_with_kinds_and_defaults() -> None:
     spec = parse_spec(VALID)
     assert spec.command == ("./align", "ref.fa")
-    assert [o.kind for o in spec.outputs] == ["file", "dir", "glob"]
+    assert [o.kind for o in spec.outputs] == [OutputKind.FILE, OutputKind.DIR, OutputKind.GLOB]
     assert spec.inputs[0].size == 1024 and spec.scratch_bytes == 2 * 1024**3
     assert spec.bundle is not None and spec.bundle.path == "app"
     assert spec.results_prefix == S3Url("bkt", ".stager/results/")
@@ -48,6 +52,9 @@ def test_a_valid_spec_parses_with_kinds_and_defaults() -> None:
         ({"inputs": [{"source": "s3://bkt/k", "path": "a\x00b"}]}, "inputs[0].path"),
         ({"inputs": [{"source": "http://x/y", "path": "a"}]}, "inputs[0].source"),
         ({"inputs": [{"source": "s3://bkt/dir/", "path": "a"}]}, "inputs[0].source"),
+        ({"inputs": [{"source": "task://x", "path": "a"}]}, "inputs[0].source"),
+        ({"inputs": [{"source": "task://../x/y", "path": "a"}]}, "inputs[0].source"),
+        ({"inputs": [{"source": "s3://bkt/k", "path": "a", "digest": "md5:0"}]}, "digest"),
         ({"outputs": [{"path": "d/", "to": "s3://bkt/file"}]}, "outputs[0].to"),
         ({"outputs": [{"path": "x", "to": "s3://bkt/x", "persist": "tape"}]}, "outputs[0].persist"),
         ({"scratch_bytes": "lots"}, "scratch_bytes"),
@@ -71,7 +78,7 @@ def test_inline_form_matches_the_spec_form() -> None:
         inputs=["s3://bkt/ref.fa=ref.fa"],
         outputs=["result.txt=s3://bkt/out/result.txt"],
     )
-    assert spec.inputs[0].source == "s3://bkt/ref.fa" and spec.inputs[0].path == "ref.fa"
+    assert spec.inputs[0].source == S3Url("bkt", "ref.fa") and spec.inputs[0].path == "ref.fa"
     assert spec.outputs[0].to == S3Url("bkt", "out/result.txt")
     with pytest.raises(ConfigError, match="LEFT=RIGHT"):
         inline_spec(command=["true"], inputs=["s3://bkt/no-equals"])
@@ -101,3 +108,45 @@ def test_any_input_gives_a_spec_or_a_config_error(body: Any) -> None:
     except ConfigError:
         return
     assert isinstance(body, dict) and spec.id == body["id"] and spec.command
+    assert parse_spec(spec.to_json()) == spec
+
+
+def test_the_json_form_round_trips_every_field() -> None:
+    spec = parse_spec(
+        {
+            **VALID,
+            "shell": True,
+            "command": "./align ref.fa > out.txt",
+            "results": "s3://bkt/results/",
+            "inputs": [
+                {"source": "s3://bkt/ref.fa", "path": "ref.fa", "digest": DIGEST, "size": 3},
+                {"source": "task://map-1/out.txt", "path": "parts/1.txt"},
+            ],
+        }
+    )
+    assert parse_spec(spec.to_json()) == spec
+    assert spec.producers == frozenset({"map-1"})
+
+
+def test_task_references_are_their_own_type_and_resolve_to_the_recorded_output() -> None:
+    spec = parse_spec({**VALID, "inputs": [{"source": "task://map-1/out.txt", "path": "p"}]})
+    assert spec.inputs[0].source == TaskRef("map-1", "out.txt")
+    record = FileRecord("out.txt", S3Url("bkt", "o/map-1.txt"), Digest.parse(DIGEST), 7)
+    result = ResultManifest("map-1", "k", ("true",), 0, "h", "t", outputs=(record,))
+    resolved = spec.resolved("map-1", result)
+    assert resolved.inputs == (InputSpec(record.url, "p", record.digest, 7),)
+    assert resolved.producers == frozenset()
+    empty = ResultManifest("map-1", "k", ("true",), 0, "h", "t")
+    with pytest.raises(StagerError, match=r"recorded no output out\.txt"):
+        spec.resolved("map-1", empty)
+
+
+def test_a_task_naming_its_own_output_is_refused() -> None:
+    with pytest.raises(ConfigError, match="its own output"):
+        parse_spec({**VALID, "inputs": [{"source": "task://align-7/out.txt", "path": "x"}]})
+
+
+def test_the_wrapper_refuses_an_unresolved_reference_before_any_io() -> None:
+    spec = parse_spec({**VALID, "inputs": [{"source": "task://map-1/out.txt", "path": "p"}]})
+    with pytest.raises(ConfigError, match="only the dispatcher can resolve"):
+        stage_inputs(spec)

@@ -30,9 +30,11 @@ from stager.objectstore import ObjectStore
 from stager.push import PushReport, push
 from stager.s3server import LocalS3Server
 from stager.units import format_size
-from worker_hooks.cli_queue import wait_for_workflow
-from worker_hooks.client import DispatcherClient
-from worker_hooks.localcluster import LocalCluster
+from worker_hooks.dispatch.client import DispatcherClient
+from worker_hooks.dispatch.follow import wait_for_workflow
+from worker_hooks.dispatch.scheduling import Policy
+from worker_hooks.local.cluster import LocalCluster
+from worker_hooks.task.workflow import workflow_tasks
 
 BUCKET = "stager-demo"
 MiB = 1024 * 1024
@@ -44,7 +46,19 @@ class DemoShape:
     workers: int = 3
     reference_bytes: int = 64 * MiB
     task_input_bytes: int = 16 * 1024
-    policy: str = "good-cache-compute"
+    policy: Policy = Policy.GOOD_CACHE_COMPUTE
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    tasks: int
+    wall_s: float
+    policy: str
+    bytes_from_s3: int
+    bytes_from_cache: int
+    cache_hit_rate: float | None
+    outputs_verified: int
+    tasks_per_worker: dict[str, int]
 
 
 def generate_dataset(root: Path, shape: DemoShape) -> Path:
@@ -62,12 +76,15 @@ def generate_dataset(root: Path, shape: DemoShape) -> Path:
 
 
 def build_workflow(pushed: PushReport, shape: DemoShape) -> dict[str, Any]:
-    """Map tasks reading the reference and one input each; a reduce over their outputs."""
+    """Map tasks reading the reference and one input each; a reduce over their outputs.
+
+    The workflow document, as a user would write it (the demo saves it).
+    """
     by_name = {Path(e.path).name: e for e in pushed.manifest.entries}
 
     def staged(name: str, path: str) -> dict[str, Any]:
         entry = by_name[name]
-        return {"source": entry.url, "path": path, "digest": entry.digest, "size": entry.size}
+        return {"source": entry.url, "path": path, "digest": str(entry.digest), "size": entry.size}
 
     out = S3Url(BUCKET, "run1/out/")
     maps = [
@@ -101,18 +118,20 @@ def verify_outputs(client: DispatcherClient, store: ObjectStore, task_ids: list[
     """Read every recorded output back from S3 and check its digest; return the count."""
     checked = 0
     for task_id in task_ids:
-        result = client.task(task_id)["result"]
-        for record in result["outputs"]:
-            data = store.get_bytes(S3Url.parse(record["url"]))
-            if digest_bytes(data) != record["digest"] or len(data) != record["size"]:
-                raise IntegrityError(f"demo: {record['url']} does not match its recorded digest")
+        result = client.task(task_id).result
+        if result is None:
+            raise IntegrityError(f"demo: task {task_id} has no recorded result")
+        for record in result.outputs:
+            data = store.get_bytes(record.url)
+            if digest_bytes(data) != record.digest or len(data) != record.size:
+                raise IntegrityError(f"demo: {record.url} does not match its recorded digest")
             checked += 1
     return checked
 
 
 def run_demo(
     work_dir: Path, *, echo: Callable[[str], None], shape: DemoShape | None = None
-) -> dict[str, Any]:
+) -> DemoSummary:
     """Run the demo in ``work_dir``; raise a StagerError if anything is off."""
     shape = shape or DemoShape()
     echo(f"starting the embedded S3 server (data in {work_dir / 's3'})")
@@ -136,6 +155,7 @@ def run_demo(
             workflow = build_workflow(pushed, shape)
             (work_dir / "workflow.json").write_text(json.dumps(workflow, indent=1))
             env = {**server.env(), "STAGER_STATE_DIR": str(work_dir / "state")}
+            name, tasks = workflow_tasks(workflow, "the demo workflow")
             with LocalCluster(work_dir / "cluster", env, policy=shape.policy) as cluster:
                 names = [f"node-{n + 1}" for n in range(shape.workers)]
                 for name in names:
@@ -143,30 +163,29 @@ def run_demo(
                 cluster.wait_for_workers(names)
                 echo(f"dispatcher {cluster.url}; workers: {', '.join(names)}")
                 started = time.monotonic()
-                tasks = [{**workflow["defaults"], **t} for t in workflow["tasks"]]
-                ids = cluster.client.submit(tasks, workflow=workflow["name"])
+                ids = cluster.client.submit(tasks, workflow=str(name))
                 echo(f"submitted {len(ids)} tasks ({shape.map_tasks} map + 1 reduce)")
-                status = wait_for_workflow(cluster.client, workflow["name"])
+                status = wait_for_workflow(cluster.client, str(name))
                 wall_s = time.monotonic() - started
                 checked = verify_outputs(cluster.client, store, ids)
-                per_worker = Counter(w for _, _, w in cluster.client.assignments())
-    summary = {
-        "tasks": len(ids),
-        "wall_s": round(wall_s, 2),
-        "policy": status["policy"],
-        "bytes_from_s3": status["bytes_from_s3"],
-        "bytes_from_cache": status["bytes_from_cache"],
-        "cache_hit_rate": status["cache_hit_rate"],
-        "outputs_verified": checked,
-        "tasks_per_worker": dict(sorted(per_worker.items())),
-    }
-    hit = summary["cache_hit_rate"] or 0.0
-    echo(f"done:    {len(ids)} tasks in {wall_s:.1f} s with policy {summary['policy']}")
-    echo(
-        f"inputs:  {format_size(summary['bytes_from_s3'])} from S3, "
-        f"{format_size(summary['bytes_from_cache'])} from node caches (hit rate {hit:.0%})"
+                per_worker = Counter(a.worker for a in cluster.client.assignments())
+    summary = DemoSummary(
+        tasks=len(ids),
+        wall_s=round(wall_s, 2),
+        policy=status.policy,
+        bytes_from_s3=status.bytes_from_s3,
+        bytes_from_cache=status.bytes_from_cache,
+        cache_hit_rate=status.cache_hit_rate,
+        outputs_verified=checked,
+        tasks_per_worker=dict(sorted(per_worker.items())),
     )
-    echo("per worker: " + ", ".join(f"{w} {n}" for w, n in summary["tasks_per_worker"].items()))
+    hit = summary.cache_hit_rate or 0.0
+    echo(f"done:    {len(ids)} tasks in {wall_s:.1f} s with policy {summary.policy}")
+    echo(
+        f"inputs:  {format_size(summary.bytes_from_s3)} from S3, "
+        f"{format_size(summary.bytes_from_cache)} from node caches (hit rate {hit:.0%})"
+    )
+    echo("per worker: " + ", ".join(f"{w} {n}" for w, n in summary.tasks_per_worker.items()))
     echo(f"verified {checked} outputs in S3 against their recorded digests")
     echo("stopped the workers, the dispatcher and the S3 server; demo complete")
     return summary
@@ -190,8 +209,8 @@ Examples:
 @click.option("--workers", default=3, show_default=True, help="Worker processes.")
 @click.option(
     "--policy",
-    type=click.Choice(["fifo", "max-cache-hit", "good-cache-compute"]),
-    default="good-cache-compute",
+    type=click.Choice([p.value for p in Policy]),
+    default=Policy.GOOD_CACHE_COMPUTE.value,
     show_default=True,
 )
 def demo_command(work_dir: Path | None, map_tasks: int, workers: int, policy: str) -> None:
@@ -202,7 +221,7 @@ def demo_command(work_dir: Path | None, map_tasks: int, workers: int, policy: st
     caches, checks every output in S3 against its digest, then stops
     everything it started.
     """
-    shape = DemoShape(map_tasks=map_tasks, workers=workers, policy=policy)
+    shape = DemoShape(map_tasks=map_tasks, workers=workers, policy=Policy(policy))
     if work_dir is not None:
         run_demo(work_dir, echo=click.echo, shape=shape)
         return

@@ -5,7 +5,11 @@ Every request must carry ``Authorization: Bearer <token>``, compared in
 constant time; without it the answer is 401 and nothing is read. The token
 is never logged (there is no access log). The API is in docs/dispatcher.md.
 
-One event loop owns the :class:`~worker_hooks.taskdb.TaskDB`; each request
+Every request and answer is a typed message of
+:mod:`worker_hooks.task.protocol`, parsed in the handler; a request of
+another protocol version is refused with a 400 naming both versions.
+
+One event loop owns the :class:`~worker_hooks.dispatch.taskdb.TaskDB`; each request
 is one short transaction, so no lock is needed. A lease request with no
 work waits (long poll) on a condition that every state change notifies.
 A background task expires leases every second.
@@ -17,17 +21,37 @@ import asyncio
 import contextlib
 import hmac
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 
 from stager.errors import ConfigError, NotFoundError, PreconditionFailedError, StagerError
-from worker_hooks.results import ResultManifest
-from worker_hooks.taskdb import InputUse, TaskDB
+from worker_hooks.dispatch.taskdb import TaskDB
+from worker_hooks.task.protocol import (
+    PROTOCOL_VERSION,
+    VERSION_HEADER,
+    AssignmentsReply,
+    CacheReport,
+    CompleteRequest,
+    ErrorReply,
+    FailRequest,
+    HeartbeatReply,
+    HeartbeatRequest,
+    LeaseReply,
+    LeaseRequest,
+    Message,
+    ReleaseRequest,
+    StateReply,
+    SubmitReply,
+    SubmitRequest,
+    TaskState,
+    check_version,
+)
 
 MAX_WAIT_S = 60.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=Message)
 
 
 def _status_of(exc: StagerError) -> int:
@@ -40,24 +64,6 @@ def _status_of(exc: StagerError) -> int:
     return 500
 
 
-@contextlib.contextmanager
-def _parsing(what: str) -> Iterator[None]:
-    """Turn a malformed request field into a 400 (ConfigError), not a 500."""
-    try:
-        yield
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ConfigError(f"malformed {what}: {exc!r}") from exc
-
-
-def _field(
-    body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...
-) -> Any:
-    value = body.get(name, default)
-    if value is ... or (value is not None and not isinstance(value, kind)):
-        raise ConfigError(f"request field {name!r} is missing or of the wrong type")
-    return value
-
-
 class Dispatcher:
     def __init__(self, db: TaskDB, token: str, *, expire_every_s: float = 1.0) -> None:
         if not token:
@@ -68,7 +74,9 @@ class Dispatcher:
         self._changed = asyncio.Condition()
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth, self._errors], client_max_size=64 << 20)
+        app = web.Application(
+            middlewares=[self._auth, self._errors, self._version], client_max_size=64 << 20
+        )
         app.add_routes(
             [
                 web.post("/v1/tasks", self.submit),
@@ -104,7 +112,12 @@ class Dispatcher:
         try:
             return await handler(request)
         except StagerError as exc:
-            return web.json_response({"error": exc.one_line()}, status=_status_of(exc))
+            return _reply(ErrorReply(exc.one_line()), status=_status_of(exc))
+
+    @web.middleware
+    async def _version(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        check_version(request.headers.get(VERSION_HEADER))
+        return await handler(request)
 
     async def _changed_now(self) -> None:
         async with self._changed:
@@ -124,130 +137,91 @@ class Dispatcher:
             await task
 
     @staticmethod
-    async def _body(request: web.Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except ValueError as exc:
-            raise ConfigError(f"the request body is not JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise ConfigError("the request body must be a JSON object")
-        return body
+    async def _read(request: web.Request, kind: type[M]) -> M:
+        return kind.from_json(await request.read())
 
     # -- handlers -----------------------------------------------------------------
 
     async def submit(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        tasks = _field(body, "tasks", list)
-        ids = self.db.submit_bodies(str(_field(body, "workflow", str, "default")), tasks)
+        body = await self._read(request, SubmitRequest)
+        ids = self.db.submit(body.workflow, body.tasks)
         await self._changed_now()
-        return web.json_response({"submitted": ids})
+        return _reply(SubmitReply(tuple(ids)))
 
     async def get_task(self, request: web.Request) -> web.Response:
-        return web.json_response(self.db.task(request.match_info["id"]))
+        return _reply(self.db.task(request.match_info["id"]))
 
     async def lease(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        worker = _field(body, "worker", str)
-        count = max(0, min(int(_field(body, "max_tasks", int, 1)), 1000))
-        wait_s = min(float(_field(body, "wait_s", (int, float), 0)), MAX_WAIT_S)
-        self._apply_cache_report(worker, body.get("cache"))
+        body = await self._read(request, LeaseRequest)
+        count = max(0, min(body.max_tasks, 1000))
+        wait_s = max(0.0, min(body.wait_s, MAX_WAIT_S))
+        self._apply_cache_report(body.worker, body.cache)
         deadline = asyncio.get_running_loop().time() + wait_s
         while True:
-            leases = self.db.lease(worker, count) if count else []
+            leases = self.db.lease(body.worker, count) if count else []
             remaining = deadline - asyncio.get_running_loop().time()
             if leases or remaining <= 0:
                 break
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), remaining)
-        return web.json_response(
-            {
-                "leases": [
-                    {
-                        "task_id": x.task_id,
-                        "attempt": x.attempt,
-                        "spec": x.body,
-                        "expires_at": x.expires_at,
-                    }
-                    for x in leases
-                ],
-                "lease_s": self.db.limits.lease_s,
-            }
-        )
+        return _reply(LeaseReply(tuple(leases), self.db.limits.lease_s))
 
-    def _apply_cache_report(self, worker: str, report: Any) -> None:
-        if report is None:
-            return
-        with _parsing("cache report"):
-            added = [str(d) for d in report.get("added", [])]
-            removed = [str(d) for d in report.get("removed", [])]
-            full = bool(report.get("full", False))
-        self.db.report_cache(worker, added=added, removed=removed, full=full)
+    def _apply_cache_report(self, worker: str, report: CacheReport | None) -> None:
+        if report is not None:
+            self.db.report_cache(
+                worker, added=report.added, removed=report.removed, full=report.full
+            )
 
     async def heartbeat(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        worker = _field(body, "worker", str)
-        with _parsing("heartbeat"):
-            held = [(str(task_id), int(attempt)) for task_id, attempt in body.get("held", [])]
-            cache_bytes = None if body.get("cache_bytes") is None else int(body["cache_bytes"])
-        self._apply_cache_report(worker, body.get("cache"))
-        drop = self.db.heartbeat(worker, held, cache_bytes=cache_bytes)
-        return web.json_response({"drop": drop})
+        body = await self._read(request, HeartbeatRequest)
+        self._apply_cache_report(body.worker, body.cache)
+        held = [(h.task_id, h.attempt) for h in body.held]
+        drop = self.db.heartbeat(body.worker, held, cache_bytes=body.cache_bytes)
+        return _reply(HeartbeatReply(tuple(drop)))
 
     async def complete(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        try:
-            result = ResultManifest.from_json(str(_field(body, "result", str)).encode())
-        except StagerError as exc:  # a client's bad document: 400, not a server error
-            raise ConfigError(f"malformed completion: {exc.message}") from exc
-        with _parsing("completion"):
-            uses = [
-                InputUse(str(u["digest"]), int(u["size"]), bool(u["from_cache"]))
-                for u in body.get("uses", [])
-            ]
+        body = await self._read(request, CompleteRequest)
         self.db.complete(
-            request.match_info["id"],
-            int(_field(body, "attempt", int)),
-            _field(body, "worker", str),
-            result,
-            uses,
+            request.match_info["id"], body.attempt, body.worker, body.result, body.uses
         )
         await self._changed_now()
-        return web.json_response({"state": "done"})
+        return _reply(StateReply(TaskState.DONE))
 
     async def fail(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
+        body = await self._read(request, FailRequest)
         state = self.db.fail(
-            request.match_info["id"],
-            int(_field(body, "attempt", int)),
-            _field(body, "worker", str),
-            str(_field(body, "error", str, "failed")),
-            retry=bool(body.get("retry", False)),
+            request.match_info["id"], body.attempt, body.worker, body.error, retry=body.retry
         )
         await self._changed_now()
-        return web.json_response({"state": state})
+        return _reply(StateReply(state))
 
     async def release(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        self.db.release(
-            request.match_info["id"],
-            int(_field(body, "attempt", int)),
-            _field(body, "worker", str),
-        )
+        body = await self._read(request, ReleaseRequest)
+        self.db.release(request.match_info["id"], body.attempt, body.worker)
         await self._changed_now()
-        return web.json_response({"state": "queued"})
+        return _reply(StateReply(TaskState.QUEUED))
 
     async def cancel(self, request: web.Request) -> web.Response:
         state = self.db.cancel(request.match_info["id"])
         await self._changed_now()
-        return web.json_response({"state": state})
+        return _reply(StateReply(state))
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.db.status(request.query.get("workflow")))
+        return _reply(self.db.status(request.query.get("workflow")))
 
     async def assignments(self, request: web.Request) -> web.Response:
         rows = self.db.assignments(request.query.get("task"))
-        return web.json_response({"assignments": [list(row) for row in rows]})
+        return _reply(AssignmentsReply(tuple(rows)))
+
+
+def _reply(message: Message, *, status: int = 200) -> web.Response:
+    return web.Response(
+        body=message.to_json(),
+        status=status,
+        content_type="application/json",
+        headers={VERSION_HEADER: str(PROTOCOL_VERSION)},
+    )
 
 
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:

@@ -8,52 +8,19 @@ from typing import Any
 
 import click
 
-from fsd.cache import NodeCache
-from fsd.cli import CacheContext
-from fsd.settings import default_quota_bytes
+from fsd.materialize import Materialize
 from stager.cli.context import CliState
 from stager.errors import ConfigError
-from stager.settings import load_component
-from worker_hooks.sandboxes import sweep
-from worker_hooks.settings import MATERIALIZE_MODES, WrapSettings
-from worker_hooks.taskspec import TaskSpec, inline_spec, load_document, parse_spec, split_pair
-from worker_hooks.wrap import Node, WrapOptions, wrap_task
-
-_CACHE_FLAGS = ("cache_dir", "cache_quota")
-_WRAP_FLAGS = ("sandbox_dir", "materialize", "nfs_head")
+from worker_hooks.task.documents import load_document
+from worker_hooks.task.spec import TaskSpec, inline_spec, parse_spec, split_pair
+from worker_hooks.wrap.node import CACHE_FLAGS, WRAP_FLAGS, open_node
+from worker_hooks.wrap.sandboxes import sweep
+from worker_hooks.wrap.wrapper import WrapOptions, wrap_task
 
 
 def take_node_flags(flags: dict[str, Any]) -> dict[str, Any]:
     """Take the values of :func:`node_options` out of a command's ``flags``."""
-    return {name: flags.pop(name) for name in (*_CACHE_FLAGS, *_WRAP_FLAGS)}
-
-
-def open_node(core: CliState, node_flags: dict[str, Any]) -> Node:
-    """The node's caches, store and sandboxes, from flags, variables and stager.toml."""
-    cache_flags = {name: node_flags[name] for name in _CACHE_FLAGS}
-    wrap_flags = {name: node_flags[name] for name in _WRAP_FLAGS}
-    settings = load_component(
-        WrapSettings, wrap_flags, config_path=core.config_path, section="wrap"
-    )
-    return Node(
-        cache=CacheContext(core, cache_flags).open(),
-        store=core.object_store(),
-        sandbox_dir=settings.sandbox_dir,
-        nfs_head=_open_nfs_head(settings.nfs_head) if settings.nfs_head else None,
-        materialize=settings.materialize,
-        kill_grace_s=settings.kill_grace_s,
-        workers=core.settings.files_in_flight,
-    )
-
-
-def _open_nfs_head(root: Path) -> NodeCache:
-    """The shared cache on its mount; never created here (a missing mount would go unseen)."""
-    if not (root / "data").is_dir():
-        raise ConfigError(
-            f"the NFS head {root} is not a stager cache",
-            hint="mount it, or fill it first with `stager cache --cache-dir HEAD fetch URL...`",
-        )
-    return NodeCache(root, quota_bytes=default_quota_bytes(root), recover=False)
+    return {name: flags.pop(name) for name in (*CACHE_FLAGS, *WRAP_FLAGS)}
 
 
 def node_options(function: Any) -> Any:
@@ -73,7 +40,7 @@ def node_options(function: Any) -> Any:
             ),
             click.option(
                 "--materialize",
-                type=click.Choice(MATERIALIZE_MODES),
+                type=click.Choice([m.value for m in Materialize]),
                 help="How inputs appear in the sandbox [link].",
             ),
             click.option(

@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from stager.errors import UnreachableError
-from worker_hooks.client import DispatcherClient
+from worker_hooks.dispatch.client import DispatcherClient
+from worker_hooks.dispatch.scheduling import Policy
 
 
 class LocalCluster:
@@ -29,7 +30,7 @@ class LocalCluster:
         work_dir: Path,
         env: Mapping[str, str],
         *,
-        policy: str = "good-cache-compute",
+        policy: Policy = Policy.GOOD_CACHE_COMPUTE,
         lease_s: float = 30.0,
         dispatcher_args: Sequence[str] = (),
         ca_file: str | None = None,
@@ -96,7 +97,7 @@ class LocalCluster:
                 "--token-file",
                 str(self.token_file),
                 "--policy",
-                self.policy,
+                self.policy.value,
                 "--lease-s",
                 str(self.lease_s),
                 *self.dispatcher_args,
@@ -146,7 +147,7 @@ class LocalCluster:
         """Return once every named worker has contacted the dispatcher."""
         deadline = time.monotonic() + timeout_s
         while True:
-            seen = {w["id"] for w in self.client.status()["workers"] if w["alive"]}
+            seen = {w.id for w in self.client.status().workers if w.alive}
             if set(names) <= seen:
                 return
             for name in names:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fsd.owner import Owner, process_start
-from worker_hooks.bundle import remove_tree
+from worker_hooks.wrap.bundle import remove_tree
 
 OWNER_FILE = ".stager-owner"
 RUN_FILE = ".stager-run"

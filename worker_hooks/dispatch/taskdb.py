@@ -17,6 +17,10 @@ Guarantees:
 - Every change is one transaction; a restarted dispatcher resumes from the
   file (leases in flight keep their expiry and are honoured or expire).
 - A producer's failure fails its dependants, transitively, with the reason.
+- Rows are parsed at the edge: what leaves this class is typed (specs,
+  results, protocol messages), never a row or a ``dict``.
+- The file records its schema version (``PRAGMA user_version``); a file of
+  another version is refused with a message naming both, never misread.
 
 Not thread-safe: one owner (the server's event loop) calls it.
 """
@@ -32,14 +36,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stager.errors import NotFoundError, PreconditionFailedError
-from worker_hooks.results import ResultManifest
-from worker_hooks.scheduling import Candidate, choose_tasks
-from worker_hooks.workflow import Submission, check_batch, resolve_references
+from stager.digest import Digest
+from stager.errors import (
+    ConfigError,
+    NotFoundError,
+    PreconditionFailedError,
+    StagerError,
+    StaleAttemptError,
+)
+from worker_hooks.dispatch.scheduling import Candidate, Policy, choose_tasks
+from worker_hooks.task.protocol import (
+    Assignment,
+    InputUse,
+    Lease,
+    StatusReply,
+    TaskInfo,
+    TaskState,
+    WorkerInfo,
+)
+from worker_hooks.task.result import ResultManifest
+from worker_hooks.task.spec import TaskSpec, parse_spec
+from worker_hooks.task.workflow import check_batch
 
 SCHEMA_VERSION = 1
-STATES = ("waiting", "queued", "leased", "done", "failed", "cancelled")
-FINAL_STATES = ("done", "failed", "cancelled")
+FINAL_STATES = tuple(state.value for state in TaskState if state.final)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -79,43 +99,28 @@ CREATE TABLE IF NOT EXISTS assignments (
 """
 
 
-class StaleAttemptError(PreconditionFailedError):
-    default_hint = "the task was leased again after this attempt's lease ended; drop the result"
-
-
 @dataclass(frozen=True, kw_only=True)
 class Limits:
     lease_s: float = 60.0
     max_failures: int = 3
     worker_timeout_s: float = 30.0
     starvation_s: float = 60.0
-    policy: str = "good-cache-compute"
+    policy: Policy = Policy.GOOD_CACHE_COMPUTE
     candidate_window: int = 256
 
 
-@dataclass(frozen=True)
-class Lease:
-    task_id: str
-    attempt: int
-    body: dict[str, Any]
-    expires_at: float
+def _spec_columns(spec: TaskSpec) -> tuple[str, str]:
+    """The ``body`` and ``inputs`` columns of a task."""
+    known = [[str(digest), size] for digest, size in spec.known_inputs()]
+    return json.dumps(spec.to_json()), json.dumps(known)
 
 
-@dataclass(frozen=True)
-class InputUse:
-    """How one input reached a task: for the replica catalog and the hit rate."""
-
-    digest: str
-    size: int
-    from_cache: bool
+def _spec_of(row: sqlite3.Row) -> TaskSpec:
+    return parse_spec(json.loads(row["body"]))
 
 
-def _known_inputs(body: dict[str, Any]) -> list[list[Any]]:
-    return [
-        [item["digest"], int(item.get("size") or 0)]
-        for item in body.get("inputs", [])
-        if isinstance(item, dict) and item.get("digest")
-    ]
+def _result_of(text: str) -> ResultManifest:
+    return ResultManifest.from_bytes(text.encode())
 
 
 class TaskDB:
@@ -129,8 +134,25 @@ class TaskDB:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._check_schema(path)
+
+    def _check_schema(self, path: Path) -> None:
+        """Create the tables in a new file; refuse a file of another schema version."""
+        with self._tx() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+            if version == 0 and tables == 0:
+                for statement in _SCHEMA.split(";"):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                return
+        if version != SCHEMA_VERSION:
+            self._db.close()
+            raise ConfigError(
+                f"the task database {path} has schema version {version}; this stager "
+                f"reads version {SCHEMA_VERSION}",
+                hint="give a new --db path, or use the stager version that wrote it",
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -164,46 +186,37 @@ class TaskDB:
         rows = self._rows_in("SELECT id FROM tasks WHERE id IN ({marks})", ids)
         return {row["id"] for row in rows}
 
-    def submit_bodies(self, workflow: str, bodies: Sequence[Any]) -> list[str]:
-        """Validate task bodies (see :func:`check_batch`) and add them; return their ids."""
-        submissions = check_batch(bodies, known=self.known_ids)
-        self.submit(workflow, submissions)
-        return [s.spec.id for s in submissions]
-
-    def submit(self, workflow: str, submissions: Sequence[Submission]) -> None:
-        """Add checked tasks (ids must be new)."""
+    def submit(self, workflow: str, specs: Sequence[TaskSpec]) -> list[str]:
+        """Check tasks (see :func:`check_batch`) and add them; return their ids (new ones)."""
+        check_batch(specs, known=self.known_ids)
         now = self._clock()
         with self._tx() as db:
-            taken = self.known_ids([s.spec.id for s in submissions])
+            taken = self.known_ids([spec.id for spec in specs])
             if taken:
                 raise PreconditionFailedError(
                     f"task {sorted(taken)[0]} was submitted before",
                     hint="task ids are unique per dispatcher; choose new ids",
                 )
-            for sub in submissions:
+            for spec in specs:
+                body, inputs = _spec_columns(spec)
                 db.execute(
                     "INSERT INTO tasks (id, workflow, body, state, submitted_at, inputs)"
                     " VALUES (?, ?, ?, 'waiting', ?, ?)",
-                    (
-                        sub.spec.id,
-                        workflow,
-                        json.dumps(sub.body),
-                        now,
-                        json.dumps(_known_inputs(sub.body)),
-                    ),
+                    (spec.id, workflow, body, now, inputs),
                 )
                 db.executemany(
                     "INSERT INTO deps (task, producer) VALUES (?, ?)",
-                    [(sub.spec.id, producer) for producer in sub.producers],
+                    [(spec.id, producer) for producer in spec.producers],
                 )
-            for sub in submissions:
-                for producer in sub.producers:
+            for spec in specs:
+                for producer in spec.producers:
                     row = self._row(producer)
                     if row["state"] == "done":
-                        self._satisfy(sub.spec.id, producer, row["result"], now)
+                        self._satisfy(spec.id, producer, _result_of(row["result"]), now)
                     elif row["state"] in ("failed", "cancelled"):
-                        self._fail_chain(sub.spec.id, f"producer {producer} {row['state']}", now)
-                self._queue_if_ready(sub.spec.id, now)
+                        self._fail_chain(spec.id, f"producer {producer} {row['state']}", now)
+                self._queue_if_ready(spec.id, now)
+        return [spec.id for spec in specs]
 
     def _queue_if_ready(self, task_id: str, now: float) -> bool:
         pending = self._db.execute("SELECT 1 FROM deps WHERE task = ? LIMIT 1", (task_id,))
@@ -215,17 +228,14 @@ class TaskDB:
         )
         return cursor.rowcount > 0
 
-    def _satisfy(self, task_id: str, producer: str, result_json: str, now: float) -> None:
-        row = self._row(task_id)
-        result = ResultManifest.from_json(result_json.encode())
+    def _satisfy(self, task_id: str, producer: str, result: ResultManifest, now: float) -> None:
         try:
-            body = resolve_references(json.loads(row["body"]), producer, result)
-        except Exception as exc:
-            self._fail_chain(task_id, str(exc), now)
+            spec = _spec_of(self._row(task_id)).resolved(producer, result)
+        except StagerError as exc:
+            self._fail_chain(task_id, exc.message, now)
             return
         self._db.execute(
-            "UPDATE tasks SET body = ?, inputs = ? WHERE id = ?",
-            (json.dumps(body), json.dumps(_known_inputs(body)), task_id),
+            "UPDATE tasks SET body = ?, inputs = ? WHERE id = ?", (*_spec_columns(spec), task_id)
         )
         self._db.execute("DELETE FROM deps WHERE task = ? AND producer = ?", (task_id, producer))
         self._queue_if_ready(task_id, now)
@@ -258,7 +268,12 @@ class TaskDB:
         )
 
     def report_cache(
-        self, worker: str, *, added: Sequence[str], removed: Sequence[str], full: bool = False
+        self,
+        worker: str,
+        *,
+        added: Sequence[Digest],
+        removed: Sequence[Digest],
+        full: bool = False,
     ) -> None:
         """Record what ``worker``'s cache gained and lost (or, with ``full``, all it holds)."""
         with self._tx() as db:
@@ -266,26 +281,26 @@ class TaskDB:
                 db.execute("DELETE FROM replicas WHERE worker = ?", (worker,))
             db.executemany(
                 "INSERT OR IGNORE INTO replicas (worker, digest) VALUES (?, ?)",
-                [(worker, d) for d in added],
+                [(worker, str(d)) for d in added],
             )
             db.executemany(
                 "DELETE FROM replicas WHERE worker = ? AND digest = ?",
-                [(worker, d) for d in removed],
+                [(worker, str(d)) for d in removed],
             )
 
-    def _holders(self, digests: set[str]) -> dict[str, frozenset[str]]:
+    def _holders(self, digests: set[Digest]) -> dict[Digest, frozenset[str]]:
         if not digests:
             return {}
         alive_after = self._clock() - self.limits.worker_timeout_s
         rows = self._rows_in(
             "SELECT r.digest, r.worker FROM replicas r JOIN workers w ON w.id = r.worker"
             " WHERE w.last_seen >= ? AND r.digest IN ({marks})",
-            sorted(digests),
+            sorted(str(d) for d in digests),
             before=[alive_after],
         )
-        holders: dict[str, set[str]] = {}
+        holders: dict[Digest, set[str]] = {}
         for row in rows:
-            holders.setdefault(row["digest"], set()).add(row["worker"])
+            holders.setdefault(Digest.parse(row["digest"]), set()).add(row["worker"])
         return {digest: frozenset(workers) for digest, workers in holders.items()}
 
     def lease(self, worker: str, count: int) -> list[Lease]:
@@ -296,14 +311,14 @@ class TaskDB:
             rows = db.execute(
                 "SELECT id, seq, queued_at, inputs FROM tasks WHERE state = 'queued'"
                 " ORDER BY seq LIMIT ?",
-                (self.limits.candidate_window if self.limits.policy != "fifo" else count,),
+                (self.limits.candidate_window if self.limits.policy is not Policy.FIFO else count,),
             ).fetchall()
             candidates = [
                 Candidate(
                     r["id"],
                     r["seq"],
                     r["queued_at"] or 0.0,
-                    tuple((d, s) for d, s in json.loads(r["inputs"])),
+                    tuple((Digest.parse(d), s) for d, s in json.loads(r["inputs"])),
                 )
                 for r in rows
             ]
@@ -329,7 +344,7 @@ class TaskDB:
                     "INSERT INTO assignments (task, attempt, worker, at) VALUES (?, ?, ?, ?)",
                     (task_id, row["attempt"], worker, now),
                 )
-                leases.append(Lease(task_id, row["attempt"], json.loads(row["body"]), expires))
+                leases.append(Lease(task_id, row["attempt"], _spec_of(row), expires))
         return leases
 
     def _row(self, task_id: str) -> sqlite3.Row:
@@ -380,7 +395,7 @@ class TaskDB:
     ) -> None:
         """Accept the result of the current attempt; release the dependants."""
         now = self._clock()
-        result_json = result.to_json().decode()
+        result_json = result.to_bytes().decode()
         with self._tx() as db:
             self._current(task_id, attempt, worker)
             db.execute(
@@ -397,20 +412,22 @@ class TaskDB:
             held = {u.digest for u in uses} | {r.digest for r in result.outputs}
             db.executemany(
                 "INSERT OR IGNORE INTO replicas (worker, digest) VALUES (?, ?)",
-                [(worker, digest) for digest in held],
+                [(worker, str(digest)) for digest in held],
             )
             dependants = db.execute("SELECT task FROM deps WHERE producer = ?", (task_id,))
             for row in dependants.fetchall():
-                self._satisfy(row["task"], task_id, result_json, now)
+                self._satisfy(row["task"], task_id, result, now)
 
-    def fail(self, task_id: str, attempt: int, worker: str, error: str, *, retry: bool) -> str:
+    def fail(
+        self, task_id: str, attempt: int, worker: str, error: str, *, retry: bool
+    ) -> TaskState:
         """End the current attempt as failed; retry it within the limit. Returns the new state."""
         now = self._clock()
         with self._tx():
             row = self._current(task_id, attempt, worker)
             return self._after_failure(row, error, retry, now)
 
-    def _after_failure(self, row: sqlite3.Row, error: str, retry: bool, now: float) -> str:
+    def _after_failure(self, row: sqlite3.Row, error: str, retry: bool, now: float) -> TaskState:
         failures = row["failures"] + 1
         if retry and failures < self.limits.max_failures:
             self._db.execute(
@@ -418,12 +435,12 @@ class TaskDB:
                 " lease_expires = NULL, queued_at = ? WHERE id = ?",
                 (failures, error, now, row["id"]),
             )
-            return "queued"
+            return TaskState.QUEUED
         self._db.execute("UPDATE tasks SET failures = ? WHERE id = ?", (failures, row["id"]))
         if retry:
             error = f"{error} (after {failures} attempts)"
         self._fail_chain(row["id"], error, now)
-        return "failed"
+        return TaskState.FAILED
 
     def release(self, task_id: str, attempt: int, worker: str) -> None:
         """Hand back a task the worker has not finished (a drain); it is not a failure."""
@@ -448,13 +465,13 @@ class TaskDB:
                 )
         return len(rows)
 
-    def cancel(self, task_id: str) -> str:
+    def cancel(self, task_id: str) -> TaskState:
         """Cancel a task that has not finished (its dependants fail)."""
         now = self._clock()
         with self._tx() as db:
             row = self._row(task_id)
             if row["state"] in FINAL_STATES:
-                return str(row["state"])
+                return TaskState(row["state"])
             db.execute(
                 "UPDATE tasks SET state = 'cancelled', finished_at = ?, worker = NULL,"
                 " error = 'cancelled' WHERE id = ?",
@@ -463,41 +480,41 @@ class TaskDB:
             dependants = db.execute("SELECT task FROM deps WHERE producer = ?", (task_id,))
             for dependant in dependants.fetchall():
                 self._fail_chain(dependant["task"], f"producer {task_id} was cancelled", now)
-        return "cancelled"
+        return TaskState.CANCELLED
 
     # -- reading ------------------------------------------------------------------
 
-    def task(self, task_id: str) -> dict[str, Any]:
+    def task(self, task_id: str) -> TaskInfo:
         row = self._row(task_id)
-        return {
-            "id": row["id"],
-            "workflow": row["workflow"],
-            "state": row["state"],
-            "attempt": row["attempt"],
-            "failures": row["failures"],
-            "worker": row["worker"],
-            "error": row["error"],
-            "result": json.loads(row["result"]) if row["result"] else None,
-        }
+        return TaskInfo(
+            id=row["id"],
+            workflow=row["workflow"],
+            state=TaskState(row["state"]),
+            attempt=row["attempt"],
+            failures=row["failures"],
+            worker=row["worker"],
+            error=row["error"],
+            result=_result_of(row["result"]) if row["result"] else None,
+        )
 
-    def assignments(self, task_id: str | None = None) -> list[tuple[str, int, str]]:
+    def assignments(self, task_id: str | None = None) -> list[Assignment]:
         query = "SELECT task, attempt, worker FROM assignments"
         rows = self._db.execute(
             query + (" WHERE task = ? ORDER BY at" if task_id else " ORDER BY at"),
             (task_id,) if task_id else (),
         )
-        return [(r["task"], r["attempt"], r["worker"]) for r in rows]
+        return [Assignment(r["task"], r["attempt"], r["worker"]) for r in rows]
 
     def counts(self, workflow: str | None = None) -> dict[str, int]:
         where, args = ("WHERE workflow = ?", (workflow,)) if workflow else ("", ())
         rows = self._db.execute(
             f"SELECT state, COUNT(*) AS n FROM tasks {where} GROUP BY state", args
         )
-        counts = dict.fromkeys(STATES, 0)
+        counts = {state.value: 0 for state in TaskState}
         counts.update({row["state"]: row["n"] for row in rows})
         return counts
 
-    def status(self, workflow: str | None = None) -> dict[str, Any]:
+    def status(self, workflow: str | None = None) -> StatusReply:
         now = self._clock()
         where, args = ("WHERE workflow = ?", (workflow,)) if workflow else ("", ())
         totals = self._db.execute(
@@ -507,31 +524,31 @@ class TaskDB:
             f" FROM tasks {where}",
             (now - 60, *args),
         ).fetchone()
-        workers = [
-            {
-                "id": w["id"],
-                "alive": now - w["last_seen"] <= self.limits.worker_timeout_s,
-                "last_seen_s_ago": round(now - w["last_seen"], 1),
-                "running": w["running"],
-                "cache_bytes": w["cache_bytes"],
-                "cached_digests": w["cached"],
-            }
+        workers = tuple(
+            WorkerInfo(
+                id=w["id"],
+                alive=now - w["last_seen"] <= self.limits.worker_timeout_s,
+                last_seen_s_ago=round(now - w["last_seen"], 1),
+                running=w["running"],
+                cache_bytes=w["cache_bytes"],
+                cached_digests=w["cached"],
+            )
             for w in self._db.execute(
                 "SELECT w.*, (SELECT COUNT(*) FROM tasks t WHERE t.worker = w.id AND"
                 " t.state = 'leased') AS running, (SELECT COUNT(*) FROM replicas r WHERE"
                 " r.worker = w.id) AS cached FROM workers w ORDER BY w.id"
             )
-        ]
+        )
         from_s3, from_cache = totals["s3"] or 0, totals["cache"] or 0
         counts = self.counts(workflow)
         span = (totals["last"] or now) - (totals["first"] or now)
-        return {
-            "policy": self.limits.policy,
-            "counts": counts,
-            "workers": workers,
-            "bytes_from_s3": from_s3,
-            "bytes_from_cache": from_cache,
-            "cache_hit_rate": from_cache / (from_s3 + from_cache) if from_s3 + from_cache else None,
-            "tasks_per_s_last_minute": (totals["recent"] or 0) / 60,
-            "tasks_per_s_overall": counts["done"] / span if span > 0 else None,
-        }
+        return StatusReply(
+            policy=self.limits.policy.value,
+            counts=counts,
+            workers=workers,
+            bytes_from_s3=from_s3,
+            bytes_from_cache=from_cache,
+            cache_hit_rate=from_cache / (from_s3 + from_cache) if from_s3 + from_cache else None,
+            tasks_per_s_last_minute=(totals["recent"] or 0) / 60,
+            tasks_per_s_overall=counts["done"] / span if span > 0 else None,
+        )

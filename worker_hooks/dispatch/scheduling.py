@@ -17,10 +17,17 @@ first, to whichever worker asks, under every policy.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-POLICIES = ("fifo", "max-cache-hit", "good-cache-compute")
+from stager.digest import Digest
+
+
+class Policy(enum.Enum):
+    FIFO = "fifo"
+    MAX_CACHE_HIT = "max-cache-hit"
+    GOOD_CACHE_COMPUTE = "good-cache-compute"
 
 
 @dataclass(frozen=True)
@@ -30,7 +37,7 @@ class Candidate:
     task_id: str
     seq: int
     queued_at: float
-    inputs: tuple[tuple[str, int], ...] = ()  # (digest, size) of inputs with known digests
+    inputs: tuple[tuple[Digest, int], ...] = ()  # (digest, size) of inputs with known digests
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,7 @@ class _Scored:
 def _score(
     candidate: Candidate,
     worker: str,
-    holders: Mapping[str, frozenset[str]],
+    holders: Mapping[Digest, frozenset[str]],
     now: float,
     starvation_s: float,
 ) -> _Scored:
@@ -71,8 +78,8 @@ def choose_tasks(
     candidates: Sequence[Candidate],
     *,
     worker: str,
-    holders: Mapping[str, frozenset[str]],
-    policy: str,
+    holders: Mapping[Digest, frozenset[str]],
+    policy: Policy,
     count: int,
     now: float,
     starvation_s: float,
@@ -81,13 +88,11 @@ def choose_tasks(
 
     ``holders`` maps a digest to the live workers whose caches hold it.
     """
-    if policy not in POLICIES:
-        raise ValueError(f"unknown scheduling policy {policy!r}")
-    if policy == "fifo":
+    if policy is Policy.FIFO:
         ordered = sorted(candidates, key=lambda c: c.seq)
         return [c.task_id for c in ordered[:count]]
     scored = [_score(c, worker, holders, now, starvation_s) for c in candidates]
-    if policy == "max-cache-hit":
+    if policy is Policy.MAX_CACHE_HIT:
         scored = [s for s in scored if s.starving or not s.held_elsewhere]
     scored.sort(key=_order)
     return [s.candidate.task_id for s in scored[:count]]

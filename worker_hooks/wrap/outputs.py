@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from stager.errors import ConfigError, MissingOutputError, UnsafePathError
 from stager.locations import S3Url
-from worker_hooks.taskspec import GLOB_CHARACTERS, OutputSpec
+from worker_hooks.task.spec import GLOB_CHARACTERS, OutputKind, OutputSpec
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,11 @@ class _Finder:
 def find_outputs(sandbox: Path, outputs: Sequence[OutputSpec]) -> list[FoundOutput]:
     """Every file the declarations name, with its destination; two to one key is refused."""
     finder = _Finder(sandbox)
-    expand = {"file": finder.file, "dir": finder.directory, "glob": finder.glob}
+    expand = {
+        OutputKind.FILE: finder.file,
+        OutputKind.DIR: finder.directory,
+        OutputKind.GLOB: finder.glob,
+    }
     found = [item for output in outputs for item in expand[output.kind](output)]
     seen: dict[S3Url, str] = {}
     for item in found:

@@ -19,13 +19,13 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from fsd.cache import NodeCache
+from fsd.cache import NodeCache, digest_of_entry
 from fsd.stagein import StageInput, warm
 from stager.atomic import TEMP_MARKER
 from stager.errors import ConfigError, UnsafePathError, from_os_error
 from stager.locations import safe_relative_path
 from stager.objectstore import ObjectStore
-from worker_hooks.taskspec import BundleSpec
+from worker_hooks.task.spec import BundleSpec
 
 
 def check_members(archive: tarfile.TarFile, name: str) -> list[tarfile.TarInfo]:
@@ -74,13 +74,13 @@ def ensure_bundle(
     bundle: BundleSpec, *, bundles_dir: Path, cache: NodeCache, store: ObjectStore
 ) -> Path:
     """The extracted bundle's directory, extracting it on first use on this node."""
-    source = StageInput(str(bundle.source), "bundle", bundle.digest, bundle.size)
+    source = StageInput(bundle.source, "bundle", bundle.digest, bundle.size)
     ((_, entry, _),) = warm([source], cache=cache, store=store)
     final = bundles_dir / entry.name
     if final.is_dir():
         return final
     temp = bundles_dir / f".{entry.name}{TEMP_MARKER}{secrets.token_hex(4)}"
-    digest = "xxh3-128:" + entry.name
+    digest = digest_of_entry(entry)
     try:
         bundles_dir.mkdir(parents=True, exist_ok=True)
         with cache.pinned([digest]):

@@ -3,7 +3,9 @@
 :func:`wrap_task` is what ``stager wrap`` and the worker agent call. Its
 contract (DESIGN.md invariants 2, 5, 7):
 
-- the spec was validated before any I/O (:mod:`worker_hooks.taskspec`);
+- the spec was validated before any I/O (:mod:`worker_hooks.task.spec`), and
+  its inputs name S3 objects (a ``task://`` reference is the dispatcher's to
+  resolve; one left here is refused before any I/O);
 - inputs are resolved first (one HEAD each where the spec gives no digest),
   so the task's key is known before anything runs; a committed result for
   that key whose outputs are intact is returned without running
@@ -31,52 +33,27 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fsd.cache import NodeCache
 from fsd.stagein import ResolvedInput, StagedInput, StageInput, resolve_inputs, staged_resolved
 from stager.errors import (
     CommandFailedError,
+    ConfigError,
     DiskFullError,
-    PreconditionFailedError,
-    StageOutError,
     StagerError,
     TaskCancelledError,
     TaskTimeoutError,
     from_os_error,
 )
 from stager.locations import S3Url
-from stager.objectstore import ObjectStore
 from stager.units import format_size
-from worker_hooks.bundle import ensure_bundle, remove_tree
-from worker_hooks.outputs import FoundOutput, find_outputs
-from worker_hooks.results import (
-    FileRecord,
-    ResultManifest,
-    committed_result,
-    log_url,
-    result_url,
-    task_key,
-)
-from worker_hooks.runner import RunOutcome, run_command
-from worker_hooks.sandboxes import claim, keep, record_run
-from worker_hooks.stageout import upload_outputs
-from worker_hooks.taskspec import TaskSpec
-
-
-@dataclass(frozen=True)
-class Node:
-    """What the wrapper uses of the node it runs on."""
-
-    cache: NodeCache
-    store: ObjectStore
-    sandbox_dir: Path
-    nfs_head: NodeCache | None = None
-    materialize: str = "link"
-    kill_grace_s: float = 5.0
-    workers: int = 8
-
-    @property
-    def bundles_dir(self) -> Path:
-        return self.cache.root.parent / (self.cache.root.name + "-bundles")
+from worker_hooks.task.result import FileRecord, ResultManifest
+from worker_hooks.task.spec import TaskRef, TaskSpec
+from worker_hooks.wrap.bundle import ensure_bundle, remove_tree
+from worker_hooks.wrap.memo import commit, committed_result, log_url, result_url, task_key
+from worker_hooks.wrap.node import Node
+from worker_hooks.wrap.outputs import FoundOutput, find_outputs
+from worker_hooks.wrap.runner import RunOutcome, run_command
+from worker_hooks.wrap.sandboxes import claim, keep, record_run
+from worker_hooks.wrap.stageout import upload_outputs
 
 
 @dataclass(frozen=True)
@@ -112,16 +89,30 @@ class _Timer:
 def _identity(item: ResolvedInput) -> str:
     """What names an input's bytes: its digest, else the store's ETag and size."""
     if item.digest is not None:
-        return item.digest
+        return str(item.digest)
     etag = item.info.etag if item.info is not None else None
     return f"etag:{etag}:{item.size}" if etag else f"url:{item.url}:{item.size}"
+
+
+def stage_inputs(spec: TaskSpec) -> list[StageInput]:
+    """The spec's inputs as the node cache stages them; a ``task://`` one is refused."""
+    staged = []
+    for item in spec.inputs:
+        if isinstance(item.source, TaskRef):
+            raise ConfigError(
+                f"task {spec.id}: input {item.path} names {item.source}, which only the "
+                "dispatcher can resolve",
+                hint="submit the task with `stager submit`, or name the S3 object",
+            )
+        staged.append(StageInput(item.source, item.path, item.digest, item.size))
+    return staged
 
 
 def _bundle_input(spec: TaskSpec) -> list[StageInput]:
     if spec.bundle is None:
         return []
     b = spec.bundle
-    return [StageInput(str(b.source), "bundle", b.digest, b.size)]
+    return [StageInput(b.source, "bundle", b.digest, b.size)]
 
 
 def _check_scratch(spec: TaskSpec, sandbox_dir: Path) -> None:
@@ -188,7 +179,7 @@ class _Run:
         node = self.node
         with self.timer.phase("resolve"):
             resolved = resolve_inputs(
-                [*self.spec.inputs, *_bundle_input(self.spec)],
+                [*stage_inputs(self.spec), *_bundle_input(self.spec)],
                 store=node.store,
                 workers=node.workers,
             )
@@ -274,7 +265,7 @@ class _Run:
             outputs=tuple(outputs),
             logs=tuple(log_records),
         )
-        _commit(node.store, url, manifest)
+        commit(node.store, url, manifest)
         return WrapResult(manifest, url, memoized=False, staged=tuple(staged))
 
     def _upload_logs(self, logs: Path, key: str, outcome: RunOutcome) -> list[FileRecord]:
@@ -306,21 +297,7 @@ class _Run:
 
 
 def _input_record(item: ResolvedInput, staged: StagedInput) -> FileRecord:
-    return FileRecord(str(item.dest), str(item.url), staged.digest, staged.size)
-
-
-def _commit(store: ObjectStore, url: S3Url, manifest: ResultManifest) -> None:
-    """Write the manifest create-only; a twin run that committed first is accepted."""
-    try:
-        store.put_bytes(url, manifest.to_json(), create_only=True)
-    except PreconditionFailedError as exc:
-        if committed_result(store, url) is None:
-            raise StageOutError(
-                f"another run committed a different result at {url}",
-                hint="run the task again with --force to replace it",
-            ) from exc
-    except StagerError as exc:
-        raise StageOutError(f"cannot write the result manifest {url}: {exc.one_line()}") from exc
+    return FileRecord(str(item.dest), item.url, staged.digest, staged.size)
 
 
 def wrap_task(spec: TaskSpec, node: Node, options: WrapOptions | None = None) -> WrapResult:

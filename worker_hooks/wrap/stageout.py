@@ -14,13 +14,13 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from fsd.cache import NodeCache
-from stager.digest import HashingWriter, digest_stream
+from fsd.cache import NodeCache, digest_of_entry
+from stager.digest import Digest, HashingWriter, digest_stream
 from stager.errors import CacheFullError, StageOutError, StagerError, from_os_error
 from stager.objectstore import ObjectStore
 from stager.parallel import run_all
-from worker_hooks.outputs import FoundOutput
-from worker_hooks.results import FileRecord
+from worker_hooks.task.result import FileRecord
+from worker_hooks.wrap.outputs import FoundOutput
 
 
 class _Uploader:
@@ -34,16 +34,16 @@ class _Uploader:
             self.store.upload_file(source, item.url, digest=digest, size=item.size)
         except OSError as exc:
             raise from_os_error(exc, f"read output {item.relative}") from exc
-        return FileRecord(item.relative, str(item.url), digest, item.size)
+        return FileRecord(item.relative, item.url, digest, item.size)
 
-    def _hashed(self, item: FoundOutput) -> tuple[Path, str]:
+    def _hashed(self, item: FoundOutput) -> tuple[Path, Digest]:
         """A verified file holding the output's bytes, and their digest."""
         if self.cache is not None:
             try:
                 entry = self.cache.ensure(
                     None, item.size, lambda writer: _copy(item, writer), flight_key=str(item.path)
                 )
-                return entry, "xxh3-128:" + entry.name
+                return entry, digest_of_entry(entry)
             except CacheFullError:
                 pass  # too big for the cache: hash it where it is
         try:

@@ -1,0 +1,203 @@
+"""The dispatcher's client, for workers, ``stager submit`` and ``stager status``.
+
+Thread-safe (one urllib3 pool). Transport failures become
+:class:`UnreachableError`, 401 :class:`AccessDeniedError`, 409 (a stale
+attempt) :class:`PreconditionFailedError`, 404 :class:`NotFoundError`, 400
+:class:`ConfigError`; the server's one-line reason is kept. The token goes
+only into the Authorization header, never into a message.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import urllib3
+
+from stager.errors import (
+    AccessDeniedError,
+    ConfigError,
+    NotFoundError,
+    PreconditionFailedError,
+    StagerError,
+    UnreachableError,
+)
+from worker_hooks.task.protocol import (
+    PROTOCOL_VERSION,
+    VERSION_HEADER,
+    Assignment,
+    AssignmentsReply,
+    CacheReport,
+    CompleteRequest,
+    ErrorReply,
+    FailRequest,
+    HeartbeatReply,
+    HeartbeatRequest,
+    Held,
+    InputUse,
+    LeaseReply,
+    LeaseRequest,
+    Message,
+    ReleaseRequest,
+    StateReply,
+    StatusReply,
+    SubmitReply,
+    SubmitRequest,
+    TaskInfo,
+    TaskState,
+    check_version,
+)
+from worker_hooks.task.result import ResultManifest
+from worker_hooks.task.spec import TaskSpec
+
+TOKEN_ENV = "STAGER_DISPATCHER_TOKEN"
+M = TypeVar("M", bound=Message)
+_BY_STATUS: dict[int, type[StagerError]] = {
+    400: ConfigError,
+    401: AccessDeniedError,
+    404: NotFoundError,
+    409: PreconditionFailedError,
+}
+
+
+def load_token(token_file: Path | None) -> str:
+    """The token from ``token_file``, else $STAGER_DISPATCHER_TOKEN."""
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read token file {token_file}: {exc.strerror}") from exc
+    else:
+        token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise ConfigError(
+            "no dispatcher token",
+            hint=f"give --token-file FILE or set {TOKEN_ENV} (see docs/dispatcher.md)",
+        )
+    return token
+
+
+class DispatcherClient:
+    def __init__(
+        self, url: str, token: str, *, ca_file: str | None = None, timeout_s: float = 30.0
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"dispatcher URL {url!r} is not http(s)://host:port")
+        self.url = url.rstrip("/")
+        self._headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            VERSION_HEADER: str(PROTOCOL_VERSION),
+        }
+        self._timeout_s = timeout_s
+        self._pool = urllib3.PoolManager(
+            maxsize=8, retries=False, ca_certs=ca_file, cert_reqs="CERT_REQUIRED"
+        )
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        answer: type[M],
+        body: Message | None = None,
+        *,
+        wait_s: float = 0,
+    ) -> M:
+        """Send ``body``; return the answer parsed as ``answer`` (errors raised as above)."""
+        try:
+            response = self._pool.request(
+                method,
+                self.url + path,
+                body=None if body is None else body.to_json(),
+                headers=self._headers,
+                timeout=urllib3.Timeout(connect=5.0, read=self._timeout_s + wait_s),
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise UnreachableError(
+                f"the dispatcher at {self.url} is unreachable: {reason}",
+                hint="check the URL and that `stager dispatcher serve` runs there",
+            ) from exc
+        if response.status >= 400:
+            raise self._error(response.status, response.data)
+        check_version(response.headers.get(VERSION_HEADER))
+        return answer.from_json(response.data)
+
+    def _error(self, status: int, data: bytes) -> StagerError:
+        try:
+            message = ErrorReply.from_json(data).error
+        except StagerError:
+            message = f"HTTP {status}"
+        error = _BY_STATUS.get(status, StagerError)
+        if status == 401:
+            return error(
+                f"the dispatcher refused the token: {message}",
+                hint=f"use the token the dispatcher serves with (--token-file or {TOKEN_ENV})",
+            )
+        return error(f"dispatcher: {message}", hint="")
+
+    # -- the API ----------------------------------------------------------------------
+
+    def submit(self, tasks: Sequence[TaskSpec], workflow: str = "default") -> list[str]:
+        request = SubmitRequest(workflow, tuple(tasks))
+        return list(self.call("POST", "/v1/tasks", SubmitReply, request).submitted)
+
+    def lease(
+        self, worker: str, max_tasks: int, *, wait_s: float, cache: CacheReport | None = None
+    ) -> LeaseReply:
+        """Leased tasks (maybe none after ``wait_s``) and the dispatcher's lease length."""
+        request = LeaseRequest(worker, max_tasks, wait_s, cache)
+        return self.call("POST", "/v1/lease", LeaseReply, request, wait_s=wait_s)
+
+    def heartbeat(
+        self,
+        worker: str,
+        held: Sequence[Held],
+        *,
+        cache_bytes: int,
+        cache: CacheReport | None = None,
+    ) -> list[str]:
+        request = HeartbeatRequest(worker, tuple(held), cache_bytes, cache)
+        return list(self.call("POST", "/v1/heartbeat", HeartbeatReply, request).drop)
+
+    def complete(
+        self,
+        task_id: str,
+        attempt: int,
+        worker: str,
+        result: ResultManifest,
+        uses: Sequence[InputUse],
+    ) -> None:
+        request = CompleteRequest(worker, attempt, result, tuple(uses))
+        self.call("POST", f"/v1/tasks/{_quoted(task_id)}/complete", StateReply, request)
+
+    def fail(
+        self, task_id: str, attempt: int, worker: str, error: str, *, retry: bool
+    ) -> TaskState:
+        request = FailRequest(worker, attempt, error, retry)
+        return self.call("POST", f"/v1/tasks/{_quoted(task_id)}/fail", StateReply, request).state
+
+    def release(self, task_id: str, attempt: int, worker: str) -> None:
+        request = ReleaseRequest(worker, attempt)
+        self.call("POST", f"/v1/tasks/{_quoted(task_id)}/release", StateReply, request)
+
+    def cancel(self, task_id: str) -> TaskState:
+        return self.call("POST", f"/v1/tasks/{_quoted(task_id)}/cancel", StateReply).state
+
+    def task(self, task_id: str) -> TaskInfo:
+        return self.call("GET", f"/v1/tasks/{_quoted(task_id)}", TaskInfo)
+
+    def status(self, workflow: str | None = None) -> StatusReply:
+        query = "?" + urllib.parse.urlencode({"workflow": workflow}) if workflow else ""
+        return self.call("GET", f"/v1/status{query}", StatusReply)
+
+    def assignments(self, task_id: str | None = None) -> list[Assignment]:
+        query = "?" + urllib.parse.urlencode({"task": task_id}) if task_id else ""
+        return list(self.call("GET", f"/v1/assignments{query}", AssignmentsReply).assignments)
+
+
+def _quoted(task_id: str) -> str:
+    return urllib.parse.quote(task_id, safe="")

@@ -1,0 +1,320 @@
+"""The wire protocol between ``stager submit``, the dispatcher and its workers.
+
+Every request and answer is one of the frozen messages below, sent as JSON.
+``to_json`` and ``from_json`` are each message's two directions; reading
+checks every field's type (a task spec through
+:func:`~worker_hooks.task.spec.parse_spec`, a result through
+:class:`~worker_hooks.task.result.ResultManifest`) and raises
+:class:`ProtocolError` naming the field, so nothing untyped passes the HTTP
+handler or the client. Every request carries ``Stager-Protocol: <version>``;
+the dispatcher refuses another version with a 400 naming both. The HTTP
+routes are in docs/dispatcher.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import json
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Self
+
+from stager.digest import Digest
+from stager.errors import ConfigError, StagerError
+from stager.locations import S3Url
+from worker_hooks.task.result import ResultManifest
+from worker_hooks.task.spec import TaskSpec, parse_spec
+
+PROTOCOL_VERSION = 1
+VERSION_HEADER = "Stager-Protocol"
+
+
+class ProtocolError(ConfigError):
+    default_hint = "the client and the dispatcher must be the same stager version"
+
+
+class TaskState(enum.Enum):
+    WAITING = "waiting"
+    QUEUED = "queued"
+    LEASED = "leased"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED)
+
+
+def check_version(header: str | None) -> None:
+    """Refuse a request (or an answer) of another protocol version."""
+    if header != str(PROTOCOL_VERSION):
+        theirs = f"protocol {header[:20]!r}" if header else "no protocol version"
+        raise ProtocolError(f"the other side speaks {theirs}; this one speaks {PROTOCOL_VERSION}")
+
+
+class Message:
+    """A message's JSON form, derived from its dataclass fields."""
+
+    def to_json(self) -> bytes:
+        return json.dumps(_encode(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Self:
+        try:
+            body = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolError(f"{cls.__name__}: the body is not JSON") from exc
+        decoded: Self = _decode(cls, body, cls.__name__)
+        return decoded
+
+
+# -- submitting and following ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmitRequest(Message):
+    workflow: str
+    tasks: tuple[TaskSpec, ...]
+
+
+@dataclass(frozen=True)
+class SubmitReply(Message):
+    submitted: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StateReply(Message):
+    state: TaskState
+
+
+@dataclass(frozen=True)
+class TaskInfo(Message):
+    id: str
+    workflow: str
+    state: TaskState
+    attempt: int
+    failures: int
+    worker: str | None
+    error: str | None
+    result: ResultManifest | None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    id: str
+    alive: bool
+    last_seen_s_ago: float
+    running: int
+    cache_bytes: int
+    cached_digests: int
+
+
+@dataclass(frozen=True)
+class StatusReply(Message):
+    policy: str
+    counts: dict[str, int]
+    workers: tuple[WorkerInfo, ...]
+    bytes_from_s3: int
+    bytes_from_cache: int
+    cache_hit_rate: float | None
+    tasks_per_s_last_minute: float
+    tasks_per_s_overall: float | None
+
+    def count(self, state: TaskState) -> int:
+        return self.counts.get(state.value, 0)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    task: str
+    attempt: int
+    worker: str
+
+
+@dataclass(frozen=True)
+class AssignmentsReply(Message):
+    assignments: tuple[Assignment, ...]
+
+
+# -- a worker's side -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CacheReport:
+    """What a worker's cache gained and lost (or, with ``full``, all it holds)."""
+
+    full: bool = False
+    added: tuple[Digest, ...] = ()
+    removed: tuple[Digest, ...] = ()
+
+
+@dataclass(frozen=True)
+class LeaseRequest(Message):
+    worker: str
+    max_tasks: int = 1
+    wait_s: float = 0.0
+    cache: CacheReport | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    task_id: str
+    attempt: int
+    spec: TaskSpec
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class LeaseReply(Message):
+    leases: tuple[Lease, ...]
+    lease_s: float
+
+
+@dataclass(frozen=True)
+class Held:
+    task_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class HeartbeatRequest(Message):
+    worker: str
+    held: tuple[Held, ...] = ()
+    cache_bytes: int | None = None
+    cache: CacheReport | None = None
+
+
+@dataclass(frozen=True)
+class HeartbeatReply(Message):
+    drop: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class InputUse:
+    """How one input reached a task: for the replica catalog and the hit rate."""
+
+    digest: Digest
+    size: int
+    from_cache: bool
+
+
+@dataclass(frozen=True)
+class CompleteRequest(Message):
+    worker: str
+    attempt: int
+    result: ResultManifest
+    uses: tuple[InputUse, ...] = ()
+
+
+@dataclass(frozen=True)
+class FailRequest(Message):
+    worker: str
+    attempt: int
+    error: str
+    retry: bool = False
+
+
+@dataclass(frozen=True)
+class ReleaseRequest(Message):
+    worker: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class ErrorReply(Message):
+    error: str
+
+
+# -- the codec -----------------------------------------------------------------------
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, TaskSpec | ResultManifest):
+        return value.to_json()
+    if isinstance(value, Digest | S3Url):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value):
+        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_encode(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _encode(item) for key, item in value.items()}
+    return value
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _fail(where: str, problem: str) -> ProtocolError:
+    return ProtocolError(f"malformed message: {where} {problem}")
+
+
+def _decode(kind: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(kind)
+    if origin is types.UnionType or origin is typing.Union:
+        options = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        if value is None and len(options) < len(typing.get_args(kind)):
+            return None
+        return _decode(options[0], value, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise _fail(where, "must be a list")
+        item_kind = typing.get_args(kind)[0]
+        return tuple(_decode(item_kind, item, f"{where}[{n}]") for n, item in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _fail(where, "must be an object")
+        item_kind = typing.get_args(kind)[1]
+        return {str(k): _decode(item_kind, v, f"{where}.{k}") for k, v in value.items()}
+    return _decode_leaf(kind, value, where)
+
+
+def _decode_leaf(kind: Any, value: Any, where: str) -> Any:
+    if kind is bool or kind is str:
+        if not isinstance(value, kind):
+            raise _fail(where, f"must be a {kind.__name__}")
+        return value
+    if kind is int or kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _fail(where, "must be a number")
+        if kind is int and not isinstance(value, int):
+            raise _fail(where, "must be a whole number")
+        return kind(value)
+    try:
+        if kind in (Digest, S3Url):
+            if not isinstance(value, str):
+                raise _fail(where, "must be a string")
+            return kind.parse(value)
+        if kind is TaskSpec:
+            return parse_spec(value)
+        if kind is ResultManifest:
+            return ResultManifest.from_json(value)
+        if isinstance(kind, type) and issubclass(kind, enum.Enum):
+            return kind(value)
+    except (StagerError, ValueError) as exc:
+        reason = exc.message if isinstance(exc, StagerError) else str(exc)
+        raise _fail(where, f"is invalid: {reason}") from exc
+    if dataclasses.is_dataclass(kind):
+        return _decode_fields(kind, value, where)
+    raise TypeError(f"no decoder for {kind!r}")  # a message type this codec does not know
+
+
+def _decode_fields(kind: Any, value: Any, where: str) -> Any:
+    if not isinstance(value, dict):
+        raise _fail(where, "must be an object")
+    hints = _hints(kind)
+    found = {}
+    for f in dataclasses.fields(kind):
+        if f.name in value:
+            found[f.name] = _decode(hints[f.name], value[f.name], f"{where}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise _fail(f"{where}.{f.name}", "is missing")
+    return kind(**found)

@@ -1,0 +1,114 @@
+"""Result manifests: the record that a task's outputs are complete and durable.
+
+The result manifest for a task is written last, create-only; its presence
+means every output it lists was durable when it was written (DESIGN.md
+invariant 2). The JSON form is in docs/task-spec.md; ``format`` gates
+readers. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from stager.digest import Digest
+from stager.errors import StagerError
+from stager.locations import S3Url
+
+FORMAT = "stager-result/1"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str
+    url: S3Url
+    digest: Digest
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "url": str(self.url),
+            "digest": str(self.digest),
+            "size": self.size,
+        }
+
+    @classmethod
+    def from_json(cls, item: Any) -> FileRecord:
+        size = item["size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"size {size!r} is not a number of bytes")
+        return cls(
+            path=str(item["path"]),
+            url=S3Url.parse(str(item["url"])),
+            digest=Digest.parse(str(item["digest"])),
+            size=size,
+        )
+
+
+@dataclass(frozen=True)
+class ResultManifest:
+    task_id: str
+    task_key: str
+    command: tuple[str, ...]
+    exit_code: int
+    host: str
+    started_at: str
+    timings_s: dict[str, float] = field(default_factory=dict)
+    inputs: tuple[FileRecord, ...] = ()
+    outputs: tuple[FileRecord, ...] = ()
+    logs: tuple[FileRecord, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "task_id": self.task_id,
+            "task_key": self.task_key,
+            "command": list(self.command),
+            "exit_code": self.exit_code,
+            "host": self.host,
+            "started_at": self.started_at,
+            "timings_s": dict(self.timings_s),
+            "inputs": [r.to_json() for r in self.inputs],
+            "outputs": [r.to_json() for r in self.outputs],
+            "logs": [r.to_json() for r in self.logs],
+        }
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), indent=1, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, body: Any) -> ResultManifest:
+        """Check a decoded manifest; anything malformed raises StagerError."""
+        try:
+            if body.get("format") != FORMAT:
+                raise StagerError(f"unsupported result format {body.get('format')!r}")
+
+            def records(key: str) -> tuple[FileRecord, ...]:
+                return tuple(FileRecord.from_json(item) for item in body[key])
+
+            return cls(
+                task_id=str(body["task_id"]),
+                task_key=str(body["task_key"]),
+                command=tuple(str(word) for word in body["command"]),
+                exit_code=int(body["exit_code"]),
+                host=str(body["host"]),
+                started_at=str(body["started_at"]),
+                timings_s={str(k): float(v) for k, v in body["timings_s"].items()},
+                inputs=records("inputs"),
+                outputs=records("outputs"),
+                logs=records("logs"),
+            )
+        except StagerError as exc:
+            raise StagerError(f"malformed result manifest: {exc.message}") from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StagerError(f"malformed result manifest: {exc!r}") from exc
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ResultManifest:
+        try:
+            body = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise StagerError(f"malformed result manifest: not JSON ({exc})") from exc
+        return cls.from_json(body)
