@@ -11,6 +11,7 @@ exceptions (botocore, OSError) are translated at the boundary with
     │   ├── InvalidUrlError        exit 2   a URL that is not well formed
     │   ├── UnsafePathError        exit 2   a path that escapes its root (``..``, absolute, NUL)
     │   ├── DigestFormatError      exit 2   text that is not a digest (xxh3-128:<32 hex>)
+    │   ├── ProtocolError          exit 2   a malformed message, or another protocol version
     │   └── CacheFormatError       exit 2   a cache directory of another format or version
     ├── NotFoundError              exit 3   missing bucket or key
     ├── AccessDeniedError          exit 4   wrong credentials or no permission
@@ -70,6 +71,10 @@ class UnsafePathError(ConfigError):
 
 class DigestFormatError(ConfigError):
     default_hint = "a digest is written xxh3-128: followed by 32 hex digits"
+
+
+class ProtocolError(ConfigError):
+    default_hint = "the client and the dispatcher must be the same stager version"
 
 
 class CacheFormatError(ConfigError):

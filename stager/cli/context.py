@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stager.digestcache import DigestCache
-from stager.objectstore import ObjectStore
 from stager.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # imported when first used: a command that never reaches S3 never loads boto3
+    from stager.digestcache import DigestCache
+    from stager.objectstore import ObjectStore
 
 
 @dataclass
@@ -25,11 +27,15 @@ class CliState:
         return self._settings
 
     def object_store(self) -> ObjectStore:
+        from stager.objectstore import ObjectStore
+
         store = ObjectStore(self.settings)
         self._closers.append(store)
         return store
 
     def digest_cache(self) -> DigestCache:
+        from stager.digestcache import DigestCache
+
         cache = DigestCache(self.settings.state_dir / "digests.sqlite")
         self._closers.append(cache)
         return cache

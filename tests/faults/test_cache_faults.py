@@ -23,12 +23,13 @@ SLOW_INSERT = """
 import sys, time
 from pathlib import Path
 from fsd.cache import NodeCache
+from stager.digest import Digest
 cache = NodeCache(Path(sys.argv[1]), quota_bytes=1 << 30)
 def fill(writer):
     for _ in range(1000):
         writer.write(b"x" * 65536)
         time.sleep(0.01)
-cache.ensure(sys.argv[2], 1000 * 65536, fill)
+cache.ensure(Digest.parse(sys.argv[2]), 1000 * 65536, fill)
 """
 
 
@@ -36,7 +37,7 @@ def test_kill_9_during_insert_leaves_no_entry_and_the_temp_is_swept(tmp_path: Pa
     root = tmp_path / "cache"
     digest = digest_bytes(b"x" * 65536 * 1000)
     process = subprocess.Popen(
-        [sys.executable, "-c", SLOW_INSERT, str(root), digest],
+        [sys.executable, "-c", SLOW_INSERT, str(root), str(digest)],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )

@@ -271,7 +271,12 @@ def test_data_aware_policy_sends_tasks_to_the_worker_holding_their_inputs(
             "cat ref > out.txt",
             prefix,
             inputs=[
-                {"source": str(refs[name][0]), "path": "ref", "digest": str(refs[name][1]), "size": 4096}
+                {
+                    "source": str(refs[name][0]),
+                    "path": "ref",
+                    "digest": str(refs[name][1]),
+                    "size": 4096,
+                }
             ],
         )
         for n in range(6)

@@ -1,5 +1,9 @@
 """Translation of botocore's error shapes (built here as botocore builds them)."""
 
+import importlib
+import itertools
+import pkgutil
+
 import pytest
 from botocore.exceptions import (
     ClientError,
@@ -8,6 +12,9 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+import fsd
+import stager
+import worker_hooks
 from stager import errors
 from stager.s3errors import translate
 
@@ -55,17 +62,34 @@ def test_missing_credentials_are_access_denied() -> None:
     assert "AWS_ACCESS_KEY_ID" in error.one_line()
 
 
-def test_exit_codes_are_distinct_per_kind() -> None:
-    kinds = [
-        errors.ConfigError,
-        errors.NotFoundError,
-        errors.AccessDeniedError,
-        errors.UnreachableError,
-        errors.ThrottledError,
-        errors.IntegrityError,
-        errors.LocalIOError,
-        errors.DiskFullError,
-    ]
-    codes = [kind.exit_code for kind in kinds]
-    assert len(set(codes)) == len(codes)
-    assert all(code > 1 for code in codes)
+def _tree(root: type[errors.StagerError]) -> list[type[errors.StagerError]]:
+    found = [root]
+    for sub in root.__subclasses__():
+        found.extend(_tree(sub))
+    return found
+
+
+def _import_every_module() -> None:
+    for package in (stager, fsd, worker_hooks):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if not info.name.endswith(".__main__"):  # that one runs the command
+                importlib.import_module(info.name)
+
+
+def test_every_error_is_in_the_one_tree_with_its_own_exit_code() -> None:
+    _import_every_module()  # so that an error class defined anywhere is seen
+    tree = _tree(errors.StagerError)
+    outside = [kind.__qualname__ for kind in tree if kind.__module__ != errors.__name__]
+    assert outside == []
+    undrawn = [kind.__name__ for kind in tree if kind.__name__ not in (errors.__doc__ or "")]
+    assert undrawn == []
+    for a, b in itertools.combinations(tree, 2):
+        if a.exit_code == b.exit_code:  # only refinements of one kind share its code
+            kinds_a = {k for k in a.__mro__ if getattr(k, "exit_code", None) == a.exit_code}
+            kinds_b = {k for k in b.__mro__ if getattr(k, "exit_code", None) == b.exit_code}
+            assert kinds_a & kinds_b, (a.__name__, b.__name__, a.exit_code)
+    assert all(kind.exit_code > 1 for kind in tree if kind is not errors.StagerError)
+
+
+def test_throttling_and_a_taken_key_exit_differently() -> None:
+    assert errors.ThrottledError.exit_code != errors.PreconditionFailedError.exit_code

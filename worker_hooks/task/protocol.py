@@ -23,17 +23,13 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from stager.digest import Digest
-from stager.errors import ConfigError, StagerError
+from stager.errors import ProtocolError, StagerError
 from stager.locations import S3Url
 from worker_hooks.task.result import ResultManifest
 from worker_hooks.task.spec import TaskSpec, parse_spec
 
 PROTOCOL_VERSION = 1
 VERSION_HEADER = "Stager-Protocol"
-
-
-class ProtocolError(ConfigError):
-    default_hint = "the client and the dispatcher must be the same stager version"
 
 
 class TaskState(enum.Enum):
