@@ -128,7 +128,12 @@ class NodeCache:
         return self.root / "data" / hexdigest[:2] / hexdigest
 
     def _cache_lock(self) -> LinkLock:
-        return LinkLock(self._cache_lock_path, stale_after_s=self.stale_after_s, clock=self._clock)
+        return LinkLock(
+            self._cache_lock_path,
+            stale_after_s=self.stale_after_s,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
 
     def _ledger(self) -> Path:
         return self.root / "ledger.json"
@@ -146,8 +151,12 @@ class NodeCache:
         if touched and not self._reverify(digest, path):
             return None
         with contextlib.suppress(FileNotFoundError):
-            os.utime(path, ns=(time.time_ns(), MARKER_MTIME_NS))
+            self._mark(path)
         return path
+
+    def _mark(self, path: Path) -> None:
+        """Record a use (atime, for LRU order) and the marker mtime of an intact entry (rule 3)."""
+        os.utime(path, ns=(int(self._clock() * 1e9), MARKER_MTIME_NS))
 
     def _reverify(self, digest: Digest, path: Path) -> bool:
         """Re-hash an entry something may have written to; keep it only if intact."""
@@ -158,7 +167,7 @@ class NodeCache:
             return False
         if actual == digest:
             os.chmod(path, READ_ONLY)
-            os.utime(path, ns=(time.time_ns(), MARKER_MTIME_NS))
+            self._mark(path)
             return True
         self._drop(path, size)
         return False
@@ -190,7 +199,12 @@ class NodeCache:
                 f"of {format_size(self.quota_bytes)}"
             )
         name = digest.hex if digest else "src-" + digest_bytes(flight_key.encode()).hex
-        lock = LinkLock(self.root / "locks" / f"{name}.lock", stale_after_s=self.stale_after_s)
+        lock = LinkLock(
+            self.root / "locks" / f"{name}.lock",
+            stale_after_s=self.stale_after_s,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
         with lock.holding(keep_fresh=True):
             if digest is not None and (found := self.lookup(digest)) is not None:
                 return found
@@ -210,7 +224,7 @@ class NodeCache:
         # The staging name is renamed again into data/, whose directory is then
         # fsynced: syncing tmp/ too would buy nothing.
         with atomic_file(
-            staging, mode=READ_ONLY, temp=temp, before_publish=_mark, sync_directory=False
+            staging, mode=READ_ONLY, temp=temp, before_publish=self._mark, sync_directory=False
         ) as handle:
             writer = HashingWriter(handle)
             fill(writer)
@@ -507,8 +521,3 @@ def _is_cache_name(name: str) -> bool:
 
 def name_for(digest: Digest | None) -> str:
     return digest.hex if digest else "unknown"
-
-
-def _mark(path: Path) -> None:
-    """Give a finished entry the marker mtime (rule 3) before it is published."""
-    os.utime(path, ns=(time.time_ns(), MARKER_MTIME_NS))

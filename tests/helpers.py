@@ -42,7 +42,7 @@ def put_tampered(raw_client: Any, url: S3Url, body: bytes, claimed: bytes) -> No
         Bucket=url.bucket,
         Key=url.key,
         Body=body,
-        Metadata={DIGEST_METADATA_KEY: digest_bytes(claimed)},
+        Metadata={DIGEST_METADATA_KEY: str(digest_bytes(claimed))},
     )
 
 

@@ -36,7 +36,7 @@ def test_push_then_pull_round_trip(run_cli: Any, tmp_path: Path, prefix: S3Url) 
     )
     assert pushed.returncode == 0, pushed.stderr
     assert "uploaded 1" in pushed.stdout and "skipped 0" in pushed.stdout
-    assert digest_bytes(data) in (tmp_path / "m.json").read_text()
+    assert str(digest_bytes(data)) in (tmp_path / "m.json").read_text()
 
     again = run_cli("push", str(tmp_path / "in"), "--to", str(prefix))
     assert "uploaded 0" in again.stdout and "skipped 1 unchanged" in again.stdout

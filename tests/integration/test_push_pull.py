@@ -174,7 +174,7 @@ def test_stager_objects_read_back_with_plain_boto3(
     push([str(tmp_path / "x.bin")], prefix, store=store, digests=digests)
     response = raw_client.get_object(Bucket=prefix.bucket, Key=prefix.child("x.bin").key)
     assert response["Body"].read() == data
-    assert response["Metadata"][DIGEST_METADATA_KEY] == digest_bytes(data)
+    assert response["Metadata"][DIGEST_METADATA_KEY] == str(digest_bytes(data))
 
 
 def test_foreign_objects_pull_unverified_with_their_digest(

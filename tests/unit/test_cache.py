@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,39 @@ def test_holdings_lists_entries_and_their_bytes(tmp_path: Path) -> None:
     assert cache.holdings() == ({digest_bytes(b"x" * 10), digest_bytes(b"y" * 32)}, 42)
     cache.evict(all_unpinned=True)
     assert cache.holdings() == (set(), 0)
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept += seconds
+        self.now += seconds
+
+
+def test_the_injected_clock_orders_uses_and_ages_locks(tmp_path: Path) -> None:
+    clock = FakeClock(1_000_000.0)
+    cache = NodeCache(tmp_path / "c", quota_bytes=10_000, clock=clock, sleep=clock.sleep)
+    entry = insert(cache, b"first")
+    assert entry.stat().st_atime_ns == 1_000_000 * 10**9  # a use is the clock's time
+    clock.now += 5
+    assert cache.lookup(digest_bytes(b"first")) == entry
+    assert entry.stat().st_atime_ns == 1_000_005 * 10**9
+    # A fetch lock held by a process on another host ages by the cache's clock:
+    # once the clock says it is stale, the next fetch breaks it instead of waiting.
+    data = b"second"
+    lock = tmp_path / "c" / "locks" / f"{digest_bytes(data).hex}.lock"
+    lock.write_text("other-host+4242+0+cafe")
+    clock.now = lock.stat().st_mtime + cache.stale_after_s + 1
+    fetched: list[bytes] = []
+    fetch = threading.Thread(target=lambda: fetched.append(insert(cache, data).read_bytes()))
+    fetch.daemon = True  # before the fix it waited on the real clock for the lock to age
+    fetch.start()
+    fetch.join(timeout=20)
+    assert fetched == [data]
+    assert clock.slept == 0.0  # broken at once, not waited for

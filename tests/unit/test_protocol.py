@@ -1,0 +1,147 @@
+"""The wire protocol: every message round-trips; bad input is a ProtocolError naming the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stager.digest import digest_bytes
+from stager.errors import ProtocolError
+from stager.locations import S3Url
+from worker_hooks.task import protocol
+from worker_hooks.task.protocol import (
+    PROTOCOL_VERSION,
+    Assignment,
+    AssignmentsReply,
+    CacheReport,
+    CompleteRequest,
+    ErrorReply,
+    FailRequest,
+    HeartbeatReply,
+    HeartbeatRequest,
+    Held,
+    InputUse,
+    Lease,
+    LeaseReply,
+    LeaseRequest,
+    Message,
+    ReleaseRequest,
+    StateReply,
+    StatusReply,
+    SubmitReply,
+    SubmitRequest,
+    TaskInfo,
+    TaskState,
+    WorkerInfo,
+    check_version,
+)
+from worker_hooks.task.result import FileRecord, ResultManifest
+from worker_hooks.task.spec import parse_spec
+
+D1, D2 = digest_bytes(b"one"), digest_bytes(b"two")
+SPEC = parse_spec(
+    {
+        "id": "reduce",
+        "command": "cat parts/* > out.txt",
+        "shell": True,
+        "env": {"LANG": "C"},
+        "timeout_s": 30,
+        "inputs": [
+            {"source": "s3://bkt/ref.fa", "path": "ref.fa", "digest": str(D1), "size": 3},
+            {"source": "task://map-1/out.txt", "path": "parts/1"},
+        ],
+        "outputs": [{"path": "out.txt", "to": "s3://bkt/out/out.txt"}],
+    }
+)
+RESULT = ResultManifest(
+    task_id="reduce",
+    task_key="ab" * 16,
+    command=("cat",),
+    exit_code=0,
+    host="node-1",
+    started_at="2026-12-03T00:00:00.000+00:00",
+    timings_s={"run": 0.5},
+    inputs=(FileRecord("ref.fa", S3Url("bkt", "ref.fa"), D1, 3),),
+    outputs=(FileRecord("out.txt", S3Url("bkt", "out/out.txt"), D2, 3),),
+)
+REPORT = CacheReport(full=False, added=(D1,), removed=(D2,))
+SAMPLES: list[Message] = [
+    SubmitRequest("wf", (SPEC,)),
+    SubmitReply(("reduce",)),
+    StateReply(TaskState.QUEUED),
+    TaskInfo("reduce", "wf", TaskState.DONE, 2, 1, "node-1", "old error", RESULT),
+    TaskInfo("map", "wf", TaskState.WAITING, 0, 0, None, None, None),
+    StatusReply(
+        policy="fifo",
+        counts={"done": 3, "queued": 0},
+        workers=(WorkerInfo("node-1", True, 0.4, 1, 4096, 2),),
+        bytes_from_s3=10,
+        bytes_from_cache=30,
+        cache_hit_rate=0.75,
+        tasks_per_s_last_minute=0.05,
+        tasks_per_s_overall=None,
+    ),
+    AssignmentsReply((Assignment("reduce", 1, "node-1"),)),
+    LeaseRequest("node-1", 4, 5.0, REPORT),
+    LeaseRequest("node-1"),
+    LeaseReply((Lease("reduce", 3, SPEC, 1234.5),), 60.0),
+    HeartbeatRequest("node-1", (Held("reduce", 3),), 4096, REPORT),
+    HeartbeatReply(("stale-task",)),
+    CompleteRequest("node-1", 3, RESULT, (InputUse(D1, 3, from_cache=True),)),
+    FailRequest("node-1", 3, "the command exited with code 1", retry=False),
+    ReleaseRequest("node-1", 3),
+    ErrorReply("dispatcher: no task 'x'"),
+]
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)
+def test_every_message_round_trips(message: Message) -> None:
+    assert type(message).from_json(message.to_json()) == message
+
+
+def test_every_message_type_has_a_sample() -> None:
+    kinds = {
+        value
+        for value in vars(protocol).values()
+        if isinstance(value, type) and issubclass(value, Message) and value is not Message
+    }
+    assert kinds == {type(m) for m in SAMPLES}
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "names"),
+    [
+        (LeaseRequest, {}, "LeaseRequest.worker is missing"),
+        (LeaseRequest, {"worker": "w", "max_tasks": "2"}, "max_tasks must be a number"),
+        (LeaseRequest, {"worker": "w", "max_tasks": 1.5}, "max_tasks must be a whole number"),
+        (LeaseRequest, {"worker": "w", "cache": {"added": 5}}, "cache.added must be a list"),
+        (LeaseRequest, {"worker": "w", "cache": {"added": ["md5:1"]}}, r"cache.added\[0\]"),
+        (HeartbeatRequest, {"worker": "w", "held": [1, 2]}, r"held\[0\] must be an object"),
+        (FailRequest, {"worker": "w", "attempt": True, "error": "x"}, "attempt must be a number"),
+        (StateReply, {"state": "sleeping"}, "state is invalid"),
+        (CompleteRequest, {"worker": "w", "attempt": 1, "result": "{"}, "result is invalid"),
+        (SubmitRequest, {"workflow": "w", "tasks": [{"id": "x"}]}, r"tasks\[0\] is invalid"),
+        (SubmitRequest, ["not", "an", "object"], "must be an object"),
+    ],
+)
+def test_malformed_messages_name_the_field(kind: type[Message], body: object, names: str) -> None:
+    with pytest.raises(ProtocolError, match=names):
+        kind.from_json(json.dumps(body))
+
+
+def test_deeply_nested_or_broken_json_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="not JSON"):
+        LeaseRequest.from_json(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(ProtocolError, match="not JSON"):
+        LeaseRequest.from_json(b"{not json")
+
+
+def test_another_protocol_version_is_refused_naming_both() -> None:
+    check_version(str(PROTOCOL_VERSION))
+    with pytest.raises(
+        ProtocolError, match=f"speaks protocol '2'; this one speaks {PROTOCOL_VERSION}"
+    ):
+        check_version("2")
+    with pytest.raises(ProtocolError, match="no protocol version"):
+        check_version(None)
