@@ -20,8 +20,8 @@ from pathlib import Path
 from stager.s3server import LocalS3Server
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.local.cluster import LocalCluster
+from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import TaskState
-from worker_hooks.task.spec import parse_spec
 
 
 def spawn_rate(seconds: float = 5.0) -> float:

@@ -47,7 +47,7 @@ from stager.s3server import LocalS3Server
 from worker_hooks.dispatch.follow import wait_for_workflow
 from worker_hooks.local.cluster import LocalCluster
 from worker_hooks.local.demo import BUCKET, DemoShape, build_workflow, generate_dataset
-from worker_hooks.task.spec import parse_spec
+from worker_hooks.task.parse import parse_spec
 
 COMPUTE = "{ cksum < reference.bin; cksum < input.dat; } > result.txt"
 

@@ -26,7 +26,7 @@ from fsd.cache import NodeCache
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 from stager.s3server import LocalS3Server
-from worker_hooks.task.spec import parse_spec
+from worker_hooks.task.parse import parse_spec
 from worker_hooks.wrap.node import Node
 from worker_hooks.wrap.wrapper import wrap_task
 

@@ -24,7 +24,8 @@ from fsd.materialize import Materialize, materialize
 from stager.digest import Digest, HashingWriter
 from stager.errors import ConfigError, NotFoundError
 from stager.locations import S3Url, safe_relative_path
-from stager.objectstore import ObjectInfo, ObjectStore, check_received
+from stager.objectinfo import ObjectInfo, check_received
+from stager.objectstore import ObjectStore
 from stager.parallel import run_all
 
 

@@ -9,9 +9,10 @@ Contract:
   its size and digest match what the object's metadata promised. Objects
   without a digest (written by other tools) are hashed the same way and
   reported as unverified.
-- Object bytes move through the native client (:mod:`stager.crt`, the
-  default) or s3transfer (``transfer_client = "s3transfer"``); either one
-  splits multipart uploads and parallel ranged GETs, nothing here does.
+- Object bytes move through one :class:`~stager.movers.ByteMover`, chosen
+  once: the native client (:mod:`stager.crt`, the default) or s3transfer
+  (``transfer_client = "s3transfer"``); either one splits multipart uploads
+  and parallel ranged GETs, nothing here does.
 - Every botocore error leaves this module as a :class:`~stager.errors.StagerError`.
 """
 
@@ -29,32 +30,18 @@ from botocore.config import Config
 from botocore.configprovider import ConfiguredEndpointProvider
 from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.manager import TransferConfig, TransferManager
-from s3transfer.subscribers import BaseSubscriber
 
 from stager.atomic import atomic_file
-from stager.digest import Digest, Hasher, HashingWriter, digest_bytes
-from stager.errors import AccessDeniedError, DigestFormatError, IntegrityError, NotFoundError
+from stager.digest import Digest, HashingWriter, digest_bytes
+from stager.errors import AccessDeniedError, IntegrityError, NotFoundError
 from stager.locations import S3Url
+from stager.movers import BotocoreMover, ByteMover, NativeMover, ProgressCallback
+from stager.objectinfo import ObjectInfo, check_received, digest_metadata
 from stager.s3errors import translate, translating
 from stager.settings import Settings, TransferClient
 
 if TYPE_CHECKING:
     from stager import crt
-
-DIGEST_METADATA_KEY = "stager-digest"
-DIGEST_HEADER = f"x-amz-meta-{DIGEST_METADATA_KEY}"  # the same, as a (lower-case) header
-
-ProgressCallback = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """What a HEAD (or a listing plus HEAD) tells about one object."""
-
-    url: S3Url
-    size: int
-    digest: Digest | None
-    etag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,50 +101,6 @@ def make_client(
     return session.client("s3", endpoint_url=settings.endpoint_url, config=config, verify=verify)
 
 
-class _Subscriber(BaseSubscriber):  # type: ignore[misc]
-    """Feeds what our own HEAD learnt to s3transfer (saving its HEAD; the ETag
-    pins every ranged GET to one version) and progress to a callback."""
-
-    def __init__(self, known: ObjectInfo | None, on_bytes: ProgressCallback | None) -> None:
-        self._known = known
-        self._on_bytes = on_bytes
-
-    def on_queued(self, future: Any, **kwargs: Any) -> None:
-        if self._known is not None and self._known.etag is not None:
-            future.meta.provide_transfer_size(self._known.size)
-            future.meta.provide_object_etag(self._known.etag)
-
-    def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
-        if self._on_bytes is not None:
-            self._on_bytes(bytes_transferred)
-
-
-def _info_from_response(url: S3Url, response: dict[str, Any]) -> ObjectInfo:
-    """What a HEAD or GET response says about the object."""
-    digest = recorded_digest(url, response.get("Metadata", {}).get(DIGEST_METADATA_KEY))
-    return ObjectInfo(url, int(response["ContentLength"]), digest, response.get("ETag"))
-
-
-def recorded_digest(url: S3Url, text: str | None) -> Digest | None:
-    """The digest an object's metadata records; metadata that is not one is damage."""
-    if text is None:
-        return None
-    try:
-        return Digest.parse(text)
-    except DigestFormatError as exc:
-        raise IntegrityError(f"{url}: its recorded digest is malformed") from exc
-
-
-def check_received(info: ObjectInfo, got: Hasher) -> None:
-    """Raise :class:`IntegrityError` unless ``got`` matches ``info``'s size and digest."""
-    if got.size != info.size:
-        raise IntegrityError(f"{info.url}: received {got.size} bytes, expected {info.size}")
-    if info.digest is not None and got.digest != info.digest:
-        raise IntegrityError(
-            f"{info.url}: content digest {got.digest} does not match recorded {info.digest}"
-        )
-
-
 class ObjectStore:
     """Verified object I/O against one S3 endpoint. Thread-safe; close() when done."""
 
@@ -174,7 +117,8 @@ class ObjectStore:
         self._clients_lock = threading.Lock()
         self._client: Any = None
         self._manager: TransferManager | None = None
-        self._native: crt.CrtTransfers | None = None
+        self._mover: ByteMover | None = None
+        self._mover_lock = threading.Lock()
 
     @property
     def client(self) -> Any:
@@ -209,7 +153,7 @@ class ObjectStore:
     def close(self, *, cancel: bool = False) -> None:
         with self._clients_lock:
             manager, self._manager = self._manager, None
-            self._native = None  # its threads stop once no request holds the client
+            self._mover = None  # a native client's threads stop once no request holds it
         if manager is not None:
             manager.shutdown(cancel=cancel)
 
@@ -220,28 +164,32 @@ class ObjectStore:
     def _count_botocore(self, model: Any, **_: Any) -> None:
         self._count(model.name)
 
-    def _bulk(self) -> crt.CrtTransfers | None:
-        """The native client for object bytes, created on first use (None if not chosen)."""
-        if self.settings.transfer_client is not TransferClient.CRT:
-            return None
-        if (native := self._native) is not None:
-            return native
+    def _bytes(self) -> ByteMover:
+        """The byte mover, chosen once from the settings and made on first use."""
+        if (mover := self._mover) is not None:
+            return mover
+        with self._mover_lock:  # not the clients' lock: a native client needs botocore's
+            if self._mover is None:
+                if self.settings.transfer_client is TransferClient.S3TRANSFER:
+                    self._mover = BotocoreMover(
+                        lambda: self.client,
+                        lambda: self._transfers,
+                        self.settings.multipart_threshold_bytes,
+                    )
+                else:
+                    self._mover = NativeMover(self._native_client(), self._count)
+            return self._mover
+
+    def _native_client(self) -> crt.CrtTransfers:
         from stager.crt import CrtTransfers  # awscrt loads in ~80 ms: only when bytes move
 
         endpoint_url, region = self._endpoint()  # unlocked: it may make botocore's client
-        with self._clients_lock:
-            if self._native is None:
-                keys = _keys_of(self._session)
-                if keys() is None:  # say it here: the native signer could only fail vaguely
-                    raise AccessDeniedError("cannot reach S3: no AWS credentials were found")
-                self._native = CrtTransfers(
-                    self.settings,
-                    keys,
-                    endpoint_url=endpoint_url,
-                    region=region,
-                    ca_file=self._ca_bundle(),
-                )
-            return self._native
+        keys = _keys_of(self._session)
+        if keys() is None:  # say it here: the native signer could only fail vaguely
+            raise AccessDeniedError("cannot reach S3: no AWS credentials were found")
+        return CrtTransfers(
+            self.settings, keys, endpoint_url=endpoint_url, region=region, ca_file=self._ca_bundle()
+        )
 
     def _endpoint(self) -> tuple[str, str]:
         """(endpoint URL, region) for the native client.
@@ -278,34 +226,10 @@ class ObjectStore:
         A missing bucket raises :class:`NotFoundError` (a bucket typo should
         not read as "nothing pushed yet").
         """
-        bulk = self._bulk()
-        info = self._head(url) if bulk is None else self._head_native(bulk, url)
+        info = self._bytes().head(url)
         if info is None and url.bucket not in self._buckets_seen:  # once per bucket
             self.check_bucket(url.bucket)
         return info
-
-    def _head(self, url: S3Url) -> ObjectInfo | None:
-        try:
-            response = self.client.head_object(Bucket=url.bucket, Key=url.key)
-        except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
-                raise translate(exc, str(url), "read") from exc
-            return None
-        except BotoCoreError as exc:
-            raise translate(exc, str(url), "read") from exc
-        return _info_from_response(url, response)
-
-    def _head_native(self, bulk: crt.CrtTransfers, url: S3Url) -> ObjectInfo | None:
-        self._count("HeadObject")
-        headers = bulk.head(url)
-        if headers is None:
-            return None
-        return ObjectInfo(
-            url,
-            headers.object_size(),
-            recorded_digest(url, headers.get(DIGEST_HEADER)),
-            headers.get("etag"),
-        )
 
     def check_bucket(self, bucket: str) -> None:
         """Raise :class:`NotFoundError` unless ``bucket`` exists and is reachable."""
@@ -354,27 +278,9 @@ class ObjectStore:
         surface as ``OSError`` for the caller to name. Below the multipart
         threshold this is one PUT; above it, s3transfer's parallel multipart.
         """
-        metadata = {DIGEST_METADATA_KEY: str(digest)}
-        bulk = self._bulk()
-        if bulk is not None:
-            self._count("PutObject")
-            bulk.put_file(path, url, size=size, metadata=metadata, on_bytes=on_bytes)
-            return
-        if size < self.settings.multipart_threshold_bytes:
-            with path.open("rb") as body, translating(url, "upload to"):
-                self.client.put_object(Bucket=url.bucket, Key=url.key, Body=body, Metadata=metadata)
-            if on_bytes is not None:
-                on_bytes(size)
-            return
-        with translating(url, "upload to"):
-            future = self._transfers.upload(
-                str(path),
-                url.bucket,
-                url.key,
-                extra_args={"Metadata": metadata},
-                subscribers=[_Subscriber(None, on_bytes)],
-            )
-            _wait(future)
+        self._bytes().put_file(
+            path, url, size=size, metadata=digest_metadata(digest), on_bytes=on_bytes
+        )
 
     def read_into(
         self,
@@ -393,32 +299,7 @@ class ObjectStore:
         With the native client (``transfer_client = "crt"``), it splits large
         objects itself and the GET's own headers describe the object.
         """
-        bulk = self._bulk()
-        if bulk is not None:
-            self._count("GetObject")
-            headers = bulk.get(
-                url, writer.write, on_bytes, size_hint=info.size if info is not None else None
-            )
-            return ObjectInfo(
-                url,
-                headers.object_size(),
-                recorded_digest(url, headers.get(DIGEST_HEADER)),
-                headers.get("etag"),
-            )
-        if info is not None and info.size >= self.settings.multipart_threshold_bytes:
-            with translating(url, "download"):
-                future = self._transfers.download(
-                    url.bucket, url.key, writer, subscribers=[_Subscriber(info, on_bytes)]
-                )
-                _wait(future)
-            return info
-        with translating(url, "download"):
-            response = self.client.get_object(Bucket=url.bucket, Key=url.key)
-            for chunk in response["Body"].iter_chunks(256 * 1024):
-                writer.write(chunk)
-                if on_bytes is not None:
-                    on_bytes(len(chunk))
-        return _info_from_response(url, response)
+        return self._bytes().read_into(url, writer, info=info, on_bytes=on_bytes)
 
     def download_file(
         self,
@@ -430,7 +311,7 @@ class ObjectStore:
     ) -> Received:
         """Download ``url`` to ``dest``, verified against its recorded size and digest.
 
-        Raises :class:`IntegrityError` when the bytes do not match; then
+        Raises :class:`~stager.errors.IntegrityError` when the bytes do not match; then
         nothing exists at ``dest`` (nor under a temp name).
         """
         with atomic_file(dest) as handle:
@@ -447,21 +328,9 @@ class ObjectStore:
         (``If-None-Match: *``), so an accepted object is never replaced.
         """
         digest = digest_bytes(data)
-        bulk = self._bulk()
-        if bulk is not None:
-            self._count("PutObject")
-            metadata = {DIGEST_METADATA_KEY: str(digest)}
-            bulk.put_small(url, data, metadata=metadata, create_only=create_only)
-            return digest
-        extra: dict[str, str] = {"IfNoneMatch": "*"} if create_only else {}
-        with translating(url, "write"):
-            self.client.put_object(
-                Bucket=url.bucket,
-                Key=url.key,
-                Body=data,
-                Metadata={DIGEST_METADATA_KEY: str(digest)},
-                **extra,
-            )
+        self._bytes().put_small(
+            url, data, metadata=digest_metadata(digest), create_only=create_only
+        )
         return digest
 
     def delete(self, url: S3Url) -> None:
@@ -470,16 +339,7 @@ class ObjectStore:
 
     def get_bytes(self, url: S3Url) -> bytes:
         """Read a small object whole, verified against its digest if it has one."""
-        bulk = self._bulk()
-        if bulk is not None:
-            self._count("GetObject")
-            data, headers = bulk.get_small(url)
-            recorded = recorded_digest(url, headers.get(DIGEST_HEADER))
-        else:
-            with translating(url, "read"):
-                response = self.client.get_object(Bucket=url.bucket, Key=url.key)
-                data = response["Body"].read()
-            recorded = recorded_digest(url, response.get("Metadata", {}).get(DIGEST_METADATA_KEY))
+        data, recorded = self._bytes().get_small(url)
         if recorded is not None and digest_bytes(data) != recorded:
             raise IntegrityError(f"{url}: content does not match its recorded digest")
         return data
@@ -507,12 +367,3 @@ def _keys_of(session: Any) -> Callable[[], tuple[str, str, str | None] | None]:
         return frozen.access_key, frozen.secret_key, frozen.token
 
     return keys
-
-
-def _wait(future: Any) -> None:
-    """Wait for an s3transfer future; cancel it if we are interrupted."""
-    try:
-        future.result()
-    except KeyboardInterrupt:
-        future.cancel()
-        raise

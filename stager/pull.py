@@ -24,7 +24,8 @@ from stager.digest import Digest, once_more_on_mismatch
 from stager.digestcache import DigestCache, stamp_of
 from stager.errors import NotFoundError
 from stager.locations import S3Url
-from stager.objectstore import ObjectInfo, ObjectStore
+from stager.objectinfo import ObjectInfo
+from stager.objectstore import ObjectStore
 from stager.parallel import run_all
 from stager.plan import PullItem, plan_pull, single_pull_dest
 from stager.progress import Progress

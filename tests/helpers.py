@@ -13,7 +13,8 @@ import pytest
 from stager.atomic import TEMP_MARKER
 from stager.digest import digest_bytes
 from stager.locations import S3Url
-from stager.objectstore import DIGEST_METADATA_KEY, ObjectStore
+from stager.objectinfo import DIGEST_METADATA_KEY
+from stager.objectstore import ObjectStore
 from stager.s3server import TlsFiles
 
 

@@ -27,9 +27,9 @@ from tests.helpers import make_certificate
 from worker_hooks.dispatch.client import DispatcherClient
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.local.cluster import LocalCluster
+from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import PROTOCOL_VERSION, VERSION_HEADER, TaskState
 from worker_hooks.task.result import ResultManifest
-from worker_hooks.task.spec import parse_spec
 
 ClusterFactory = Callable[..., LocalCluster]
 

@@ -22,13 +22,8 @@ from stager.errors import (
 )
 from stager.locations import S3Url
 from stager.manifest import Manifest
-from stager.objectstore import (
-    DIGEST_METADATA_KEY,
-    Credentials,
-    ObjectInfo,
-    ObjectStore,
-    check_received,
-)
+from stager.objectinfo import DIGEST_METADATA_KEY, ObjectInfo, check_received
+from stager.objectstore import Credentials, ObjectStore
 from stager.pull import pull
 from stager.push import push
 from stager.settings import TransferClient

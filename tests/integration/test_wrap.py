@@ -28,8 +28,8 @@ from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 from tests.helpers import count_requests, files_under
 from tests.integration.test_cli import assert_one_line_error
+from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.result import ResultManifest
-from worker_hooks.task.spec import parse_spec
 from worker_hooks.wrap.node import Node
 from worker_hooks.wrap.wrapper import WrapOptions, wrap_task
 

@@ -10,6 +10,7 @@ from stager.digest import digest_bytes
 from stager.errors import ProtocolError
 from stager.locations import S3Url
 from worker_hooks.task import protocol
+from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import (
     PROTOCOL_VERSION,
     Assignment,
@@ -37,7 +38,6 @@ from worker_hooks.task.protocol import (
     check_version,
 )
 from worker_hooks.task.result import FileRecord, ResultManifest
-from worker_hooks.task.spec import parse_spec
 
 D1, D2 = digest_bytes(b"one"), digest_bytes(b"two")
 SPEC = parse_spec(

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from stager.digest import Digest
 from stager.errors import ConfigError, StagerError, UnsafePathError
 from stager.locations import S3Url
+from worker_hooks.task.parse import inline_spec, parse_spec
 from worker_hooks.task.result import FileRecord, ResultManifest
-from worker_hooks.task.spec import InputSpec, OutputKind, TaskRef, inline_spec, parse_spec
+from worker_hooks.task.spec import InputSpec, OutputKind, TaskRef
 from worker_hooks.wrap.wrapper import stage_inputs
 
 DIGEST = "xxh3-128:" + "5a" * 16

@@ -13,9 +13,10 @@ from stager.errors import ConfigError, PreconditionFailedError, StaleAttemptErro
 from stager.locations import S3Url
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.dispatch.taskdb import SCHEMA_VERSION, Limits, TaskDB
+from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import Assignment, InputUse, TaskState
 from worker_hooks.task.result import FileRecord, ResultManifest
-from worker_hooks.task.spec import InputSpec, parse_spec
+from worker_hooks.task.spec import InputSpec
 
 DIGEST = Digest.parse("xxh3-128:" + "c" * 32)
 

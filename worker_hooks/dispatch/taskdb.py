@@ -45,6 +45,7 @@ from stager.errors import (
     StaleAttemptError,
 )
 from worker_hooks.dispatch.scheduling import Candidate, Policy, choose_tasks
+from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import (
     Assignment,
     InputUse,
@@ -55,7 +56,7 @@ from worker_hooks.task.protocol import (
     WorkerInfo,
 )
 from worker_hooks.task.result import ResultManifest
-from worker_hooks.task.spec import TaskSpec, parse_spec
+from worker_hooks.task.spec import TaskSpec
 from worker_hooks.task.workflow import check_batch
 
 SCHEMA_VERSION = 1

@@ -25,8 +25,9 @@ from typing import Any, Self
 from stager.digest import Digest
 from stager.errors import ProtocolError, StagerError
 from stager.locations import S3Url
+from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.result import ResultManifest
-from worker_hooks.task.spec import TaskSpec, parse_spec
+from worker_hooks.task.spec import TaskSpec
 
 PROTOCOL_VERSION = 1
 VERSION_HEADER = "Stager-Protocol"

@@ -1,12 +1,8 @@
-"""Task specs: what one job needs, checked before any I/O.
+"""Task specs: what one job needs, as frozen values that only hold valid specs.
 
-``parse_spec`` turns decoded JSON (or YAML) into a frozen :class:`TaskSpec`
-or raises :class:`~stager.errors.ConfigError` naming the field at fault
-(``outputs[1].path``). Every path is checked component by component, every
-URL parsed, every size bounded; no other exception escapes, whatever the
-input (a property the unit tests fuzz). :meth:`TaskSpec.to_json` is its
-inverse: ``parse_spec(spec.to_json()) == spec``. docs/task-spec.md is the
-contract.
+They are built by :func:`~worker_hooks.task.parse.parse_spec`, which checks
+every field before any I/O; :meth:`TaskSpec.to_json` is its inverse
+(``parse_spec(spec.to_json()) == spec``). docs/task-spec.md is the contract.
 
 An input's source is an S3 object or a :class:`TaskRef`
 (``task://<producer>/<path>``), another task's declared output that the
@@ -18,39 +14,19 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import PurePosixPath
 from typing import Any
 
 from stager.digest import Digest
-from stager.errors import ConfigError, StagerError, UnsafePathError
+from stager.errors import ConfigError, StagerError
 from stager.locations import S3Url, safe_relative_path
-from stager.units import parse_size
 from worker_hooks.task.result import ResultManifest
 
 FORMAT = "stager-task/1"
 TASK_SCHEME = "task://"
 GLOB_CHARACTERS = frozenset("*?[")
-MAX_SIZE_BYTES = 2**60
-SPEC_HINT = "fix the field named above; the format is in docs/task-spec.md"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_KEYS = frozenset(
-    {
-        "format",
-        "id",
-        "command",
-        "shell",
-        "env",
-        "timeout_s",
-        "inputs",
-        "outputs",
-        "bundle",
-        "scratch_bytes",
-        "results",
-    }
-)
 
 
 class Persist(enum.Enum):
@@ -212,240 +188,3 @@ class TaskSpec:
         if self.results is not None:
             body["results"] = str(self.results)
         return body
-
-
-class _Fields:
-    """Typed access to one JSON object; every error names the field."""
-
-    def __init__(self, body: Any, where: str) -> None:
-        if not isinstance(body, dict):
-            raise ConfigError(f"task spec: {where or 'the spec'} must be an object", hint=SPEC_HINT)
-        self.body = body
-        self.where = where
-
-    def name(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def fail(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"task spec: {self.name(key)} {problem}", hint=SPEC_HINT)
-
-    def string(self, key: str, default: str | None = None) -> str:
-        value = self.body.get(key, default)
-        if not isinstance(value, str):
-            raise self.fail(key, "must be a string" if key in self.body else "is required")
-        if "\x00" in value:
-            raise self.fail(key, "contains a NUL byte")
-        return value
-
-    def optional_string(self, key: str) -> str | None:
-        return None if self.body.get(key) is None else self.string(key)
-
-    def url(self, key: str) -> S3Url:
-        try:
-            return S3Url.parse(self.string(key))
-        except StagerError as exc:
-            raise self.fail(key, f"is not a valid S3 URL: {exc.message}") from exc
-
-    def path(self, key: str, default: str | None = None) -> PurePosixPath:
-        text = self.string(key, default)
-        try:
-            return safe_relative_path(text.rstrip("/") or text, what=self.name(key))
-        except StagerError as exc:
-            raise UnsafePathError(f"task spec: {exc.message}", hint=exc.hint) from exc
-
-    def size(self, key: str) -> int | None:
-        value = self.body.get(key)
-        if value is None:
-            return None
-        if isinstance(value, str):
-            try:
-                value = parse_size(value)
-            except (StagerError, ValueError, OverflowError) as exc:
-                raise self.fail(key, f"is not a size: {value!r}") from exc
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, "must be a number of bytes")
-        if not 0 <= value <= MAX_SIZE_BYTES:
-            raise self.fail(key, f"is out of range: {value}")
-        return value
-
-    def digest(self, key: str) -> Digest | None:
-        text = self.optional_string(key)
-        if text is None:
-            return None
-        try:
-            return Digest.parse(text)
-        except StagerError as exc:
-            raise self.fail(key, f"is not a digest: {text[:80]!r}") from exc
-
-    def items(self, key: str) -> list[Any]:
-        value = self.body.get(key, [])
-        if not isinstance(value, list):
-            raise self.fail(key, "must be a list")
-        return value
-
-    def reject_unknown(self, allowed: frozenset[str]) -> None:
-        unknown = sorted(str(key) for key in self.body if key not in allowed)
-        if unknown:
-            raise ConfigError(f"task spec: unknown field {self.name(unknown[0])}", hint=SPEC_HINT)
-
-
-def _command(fields: _Fields, shell: bool) -> tuple[str, ...]:
-    value = fields.body.get("command")
-    if shell:
-        return (fields.string("command"),)
-    if not isinstance(value, list) or not value:
-        raise fields.fail("command", "must be a non-empty list of strings (or set shell: true)")
-    for number, word in enumerate(value):
-        if not isinstance(word, str) or "\x00" in word:
-            raise fields.fail(f"command[{number}]", "must be a string without NUL bytes")
-    if not value[0]:
-        raise fields.fail("command[0]", "is empty")
-    return tuple(value)
-
-
-def _env(fields: _Fields) -> dict[str, str]:
-    value = fields.body.get("env", {})
-    if not isinstance(value, dict):
-        raise fields.fail("env", "must be an object of strings")
-    for name, text in value.items():
-        if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
-            raise fields.fail("env", f"has an invalid variable name {name!r}")
-        if not isinstance(text, str) or "\x00" in text:
-            raise fields.fail(f"env.{name}", "must be a string without NUL bytes")
-    return dict(value)
-
-
-def _timeout(fields: _Fields) -> float | None:
-    value = fields.body.get("timeout_s")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
-        raise fields.fail("timeout_s", "must be a positive number of seconds")
-    return float(value)
-
-
-def _input(body: Any, where: str) -> InputSpec:
-    fields = _Fields(body, where)
-    fields.reject_unknown(frozenset({"source", "path", "digest", "size"}))
-    source: S3Url | TaskRef
-    if fields.string("source").startswith(TASK_SCHEME):
-        try:
-            source = TaskRef.parse(fields.string("source"))
-        except StagerError as exc:
-            raise fields.fail("source", exc.message) from exc
-    else:
-        source = fields.url("source")
-        if source.is_prefix:
-            raise fields.fail("source", "names a prefix; inputs are single objects")
-    return InputSpec(
-        source=source,
-        path=str(fields.path("path")),
-        digest=fields.digest("digest"),
-        size=fields.size("size"),
-    )
-
-
-def _output(body: Any, where: str) -> OutputSpec:
-    fields = _Fields(body, where)
-    fields.reject_unknown(frozenset({"path", "to", "persist"}))
-    path = str(fields.path("path"))
-    text = fields.string("path")
-    output = OutputSpec(path + "/" if text.endswith("/") else path, fields.url("to"))
-    persist = fields.string("persist", "s3")
-    if persist not in {p.value for p in Persist}:
-        supported = ", ".join(p.value for p in Persist)
-        raise fields.fail("persist", f"{persist!r} is not supported (supported: {supported})")
-    if output.kind is not OutputKind.FILE and not output.to.is_prefix:
-        raise fields.fail("to", f"must end in '/' for a {output.kind.value} output")
-    return output
-
-
-def _bundle(body: Any) -> BundleSpec:
-    fields = _Fields(body, "bundle")
-    fields.reject_unknown(frozenset({"source", "path", "digest", "size"}))
-    return BundleSpec(
-        source=fields.url("source"),
-        path=str(fields.path("path", "app")),
-        digest=fields.digest("digest"),
-        size=fields.size("size"),
-    )
-
-
-def _unique_paths(spec_inputs: Sequence[InputSpec], bundle: BundleSpec | None) -> None:
-    seen: set[str] = set()
-    for number, item in enumerate(spec_inputs):
-        if item.path in seen:
-            raise ConfigError(
-                f"task spec: inputs[{number}].path {item.path!r} is used twice", hint=SPEC_HINT
-            )
-        seen.add(item.path)
-    if bundle is not None and any(
-        p == bundle.path or p.startswith(bundle.path + "/") for p in seen
-    ):
-        raise ConfigError(
-            f"task spec: bundle.path {bundle.path!r} overlaps an input", hint=SPEC_HINT
-        )
-
-
-def parse_spec(body: Any) -> TaskSpec:
-    """Validate decoded JSON into a :class:`TaskSpec`; raise ConfigError naming the field."""
-    fields = _Fields(body, "")
-    fields.reject_unknown(_KEYS)
-    if body.get("format", FORMAT) != FORMAT:
-        raise fields.fail("format", f"must be {FORMAT!r}")
-    task_id = fields.string("id")
-    if not valid_task_id(task_id):
-        raise fields.fail("id", "must be 1-128 letters, digits, '.', '_' or '-'")
-    shell = body.get("shell", False)
-    if not isinstance(shell, bool):
-        raise fields.fail("shell", "must be true or false")
-    inputs = tuple(_input(item, f"inputs[{n}]") for n, item in enumerate(fields.items("inputs")))
-    outputs = tuple(
-        _output(item, f"outputs[{n}]") for n, item in enumerate(fields.items("outputs"))
-    )
-    bundle = None if body.get("bundle") is None else _bundle(body["bundle"])
-    _unique_paths(inputs, bundle)
-    if any(isinstance(i.source, TaskRef) and i.source.producer == task_id for i in inputs):
-        raise ConfigError(f"task spec: task {task_id} names its own output as an input")
-    results = None if body.get("results") is None else fields.url("results")
-    return TaskSpec(
-        id=task_id,
-        command=_command(fields, shell),
-        shell=shell,
-        env=_env(fields),
-        timeout_s=_timeout(fields),
-        inputs=inputs,
-        outputs=outputs,
-        bundle=bundle,
-        scratch_bytes=fields.size("scratch_bytes") or 0,
-        results=results,
-    )
-
-
-def split_pair(text: str, what: str) -> tuple[str, str]:
-    """Split an inline ``LEFT=RIGHT`` argument (``--in``/``--out``) at its first '='."""
-    left, sep, right = text.partition("=")
-    if not sep or not left or not right:
-        raise ConfigError(f"{what} {text!r} must look like LEFT=RIGHT")
-    return left, right
-
-
-def inline_spec(
-    *,
-    command: Sequence[str],
-    inputs: Sequence[str] = (),
-    outputs: Sequence[str] = (),
-    task_id: str = "task",
-    **extra: Any,
-) -> TaskSpec:
-    """The spec of ``stager wrap --in SRC=PATH --out PATH=DEST -- CMD...``."""
-    body: dict[str, Any] = {"id": task_id, "command": list(command), **extra}
-    body["inputs"] = [
-        dict(zip(("source", "path"), split_pair(text, "--in"), strict=True)) for text in inputs
-    ]
-    body["outputs"] = [
-        dict(zip(("path", "to"), split_pair(text, "--out"), strict=True)) for text in outputs
-    ]
-    if body.get("shell"):
-        body["command"] = " ".join(command)
-    return parse_spec({key: value for key, value in body.items() if value is not None})

@@ -24,7 +24,8 @@ from typing import Any
 
 from stager.errors import ConfigError
 from worker_hooks.task.documents import load_document
-from worker_hooks.task.spec import TaskSpec, parse_spec
+from worker_hooks.task.parse import parse_spec
+from worker_hooks.task.spec import TaskSpec
 
 
 def check_batch(

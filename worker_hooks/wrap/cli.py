@@ -12,7 +12,8 @@ from fsd.materialize import Materialize
 from stager.cli.context import CliState
 from stager.errors import ConfigError
 from worker_hooks.task.documents import load_document
-from worker_hooks.task.spec import TaskSpec, inline_spec, parse_spec, split_pair
+from worker_hooks.task.parse import inline_spec, parse_spec, split_pair
+from worker_hooks.task.spec import TaskSpec
 from worker_hooks.wrap.node import CACHE_FLAGS, WRAP_FLAGS, open_node
 from worker_hooks.wrap.sandboxes import sweep
 from worker_hooks.wrap.wrapper import WrapOptions, wrap_task

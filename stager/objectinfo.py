@@ -1,0 +1,52 @@
+"""What is known of one stored object, and the check a received copy must pass.
+
+Every object stager writes carries its digest in user metadata
+(``x-amz-meta-stager-digest: xxh3-128:...``); objects written by other
+tools carry none and are hashed as they stream, then reported unverified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stager.digest import Digest, Hasher
+from stager.errors import DigestFormatError, IntegrityError
+from stager.locations import S3Url
+
+DIGEST_METADATA_KEY = "stager-digest"
+DIGEST_HEADER = f"x-amz-meta-{DIGEST_METADATA_KEY}"  # the same, as a (lower-case) header
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a HEAD (or a GET's headers) tells about one object."""
+
+    url: S3Url
+    size: int
+    digest: Digest | None
+    etag: str | None = None
+
+
+def recorded_digest(url: S3Url, text: str | None) -> Digest | None:
+    """The digest an object's metadata records; metadata that is not one is damage."""
+    if text is None:
+        return None
+    try:
+        return Digest.parse(text)
+    except DigestFormatError as exc:
+        raise IntegrityError(f"{url}: its recorded digest is malformed") from exc
+
+
+def digest_metadata(digest: Digest) -> dict[str, str]:
+    """The user metadata that records ``digest`` on an object."""
+    return {DIGEST_METADATA_KEY: str(digest)}
+
+
+def check_received(info: ObjectInfo, got: Hasher) -> None:
+    """Raise :class:`IntegrityError` unless ``got`` matches ``info``'s size and digest."""
+    if got.size != info.size:
+        raise IntegrityError(f"{info.url}: received {got.size} bytes, expected {info.size}")
+    if info.digest is not None and got.digest != info.digest:
+        raise IntegrityError(
+            f"{info.url}: content digest {got.digest} does not match recorded {info.digest}"
+        )
