@@ -73,12 +73,7 @@ class InputSpec:
     size: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"source": str(self.source), "path": self.path}
-        if self.digest is not None:
-            body["digest"] = str(self.digest)
-        if self.size is not None:
-            body["size"] = self.size
-        return body
+        return _object_json(self.source, self.path, self.digest, self.size)
 
 
 @dataclass(frozen=True)
@@ -109,12 +104,7 @@ class BundleSpec:
     size: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"source": str(self.source), "path": self.path}
-        if self.digest is not None:
-            body["digest"] = str(self.digest)
-        if self.size is not None:
-            body["size"] = self.size
-        return body
+        return _object_json(self.source, self.path, self.digest, self.size)
 
 
 @dataclass(frozen=True)
@@ -188,3 +178,15 @@ class TaskSpec:
         if self.results is not None:
             body["results"] = str(self.results)
         return body
+
+
+def _object_json(
+    source: S3Url | TaskRef, path: str, digest: Digest | None, size: int | None
+) -> dict[str, Any]:
+    """An input's or a bundle's JSON form: what is not known is left out."""
+    body: dict[str, Any] = {"source": str(source), "path": path}
+    if digest is not None:
+        body["digest"] = str(digest)
+    if size is not None:
+        body["size"] = size
+    return body
