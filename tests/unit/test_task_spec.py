@@ -57,13 +57,33 @@ def test_a_valid_spec_parses_with_kinds_and_defaults() -> None:
         ({"inputs": [{"source": "task://../x/y", "path": "a"}]}, "inputs[0].source"),
         ({"inputs": [{"source": "s3://bkt/k", "path": "a", "digest": "md5:0"}]}, "digest"),
         ({"outputs": [{"path": "d/", "to": "s3://bkt/file"}]}, "outputs[0].to"),
+        ({"outputs": [{"path": "o", "to": "s3://bkt/p/../../etc/o.txt"}]}, "outputs[0].to"),
+        ({"outputs": [{"path": "o", "to": "s3://bkt/./o.txt"}]}, "outputs[0].to"),
+        ({"results": "s3://bkt/r/../"}, "results"),
+        (
+            {
+                "inputs": [
+                    {"source": "s3://bkt/k", "path": "a"},
+                    {"source": "s3://bkt/j", "path": "a/b"},
+                ]
+            },
+            r"inputs\[1\].path 'a/b' overlaps inputs\[0\].path 'a'",
+        ),
+        (
+            {
+                "inputs": [{"source": "s3://bkt/k", "path": "app/x"}],
+                "bundle": {"source": "s3://bkt/a"},
+            },
+            "bundle.path 'app' overlaps inputs",
+        ),
         ({"outputs": [{"path": "x", "to": "s3://bkt/x", "persist": "tape"}]}, "outputs[0].persist"),
         ({"scratch_bytes": "lots"}, "scratch_bytes"),
         ({"surprise": 1}, "surprise"),
     ],
 )
 def test_errors_name_the_field(change: dict[str, Any], names: str) -> None:
-    with pytest.raises(ConfigError, match=r"task spec: .*" + names.replace("[", r"\[")):
+    pattern = names if "\\" in names else names.replace("[", r"\[")
+    with pytest.raises(ConfigError, match=r"task spec: .*" + pattern):
         parse_spec({**VALID, **change})
 
 

@@ -83,6 +83,13 @@ class _Fields:
         except StagerError as exc:
             raise self.fail(key, f"is not a valid S3 URL: {exc.message}") from exc
 
+    def destination(self, key: str) -> S3Url:
+        """An S3 location stager writes to: no '.' or '..' segments in its key."""
+        url = self.url(key)
+        if any(part in (".", "..") for part in url.key.split("/")):
+            raise self.fail(key, f"has '.' or '..' segments in its key: {str(url)!r}")
+        return url
+
     def path(self, key: str, default: str | None = None) -> PurePosixPath:
         text = self.string(key, default)
         try:
@@ -187,7 +194,7 @@ def _output(body: Any, where: str) -> OutputSpec:
     fields.reject_unknown(frozenset({"path", "to", "persist"}))
     path = str(fields.path("path"))
     text = fields.string("path")
-    output = OutputSpec(path + "/" if text.endswith("/") else path, fields.url("to"))
+    output = OutputSpec(path + "/" if text.endswith("/") else path, fields.destination("to"))
     persist = fields.string("persist", "s3")
     if persist not in {p.value for p in Persist}:
         supported = ", ".join(p.value for p in Persist)
@@ -208,20 +215,23 @@ def _bundle(body: Any) -> BundleSpec:
     )
 
 
+def _overlaps(a: str, b: str) -> bool:
+    """True when one sandbox path is the other or lies inside it (``a`` and ``a/b``)."""
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
 def _unique_paths(spec_inputs: Sequence[InputSpec], bundle: BundleSpec | None) -> None:
-    seen: set[str] = set()
-    for number, item in enumerate(spec_inputs):
-        if item.path in seen:
-            raise ConfigError(
-                f"task spec: inputs[{number}].path {item.path!r} is used twice", hint=SPEC_HINT
-            )
-        seen.add(item.path)
-    if bundle is not None and any(
-        p == bundle.path or p.startswith(bundle.path + "/") for p in seen
-    ):
-        raise ConfigError(
-            f"task spec: bundle.path {bundle.path!r} overlaps an input", hint=SPEC_HINT
-        )
+    """No two inputs (or an input and the bundle) may claim one place in the sandbox."""
+    claimed: list[tuple[str, str]] = []
+    named = [(f"inputs[{n}].path", item.path) for n, item in enumerate(spec_inputs)]
+    for field_name, path in [*named, *([("bundle.path", bundle.path)] if bundle else [])]:
+        for other_name, other in claimed:
+            if _overlaps(path, other):
+                raise ConfigError(
+                    f"task spec: {field_name} {path!r} overlaps {other_name} {other!r}",
+                    hint="give every input its own place: one cannot be a file and a folder",
+                )
+        claimed.append((field_name, path))
 
 
 def parse_spec(body: Any) -> TaskSpec:
@@ -244,7 +254,7 @@ def parse_spec(body: Any) -> TaskSpec:
     _unique_paths(inputs, bundle)
     if any(isinstance(i.source, TaskRef) and i.source.producer == task_id for i in inputs):
         raise ConfigError(f"task spec: task {task_id} names its own output as an input")
-    results = None if body.get("results") is None else fields.url("results")
+    results = None if body.get("results") is None else fields.destination("results")
     return TaskSpec(
         id=task_id,
         command=_command(fields, shell),
