@@ -157,8 +157,8 @@ def test_dependants_of_a_failed_producer_fail_with_the_reason(
     submit(cluster.client, [producer, consumer], workflow="wf")
     counts = wait_until_ended(cluster.client, "wf")
     assert counts["failed"] == 2
-    assert "exited with code 7" in cluster.client.task("bad").error or ""
-    assert "producer bad failed" in cluster.client.task("next").error or ""
+    assert "exited with code 7" in (cluster.client.task("bad").error or "")
+    assert "producer bad failed" in (cluster.client.task("next").error or "")
 
 
 def test_requests_without_the_token_get_401(make_cluster: ClusterFactory) -> None:
@@ -167,8 +167,13 @@ def test_requests_without_the_token_get_401(make_cluster: ClusterFactory) -> Non
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}):
         response = http.request("GET", cluster.url + "/v1/status", headers=headers)
         assert response.status == 401
+    # Header bytes that are not ASCII (nor UTF-8) are a wrong token too, not a crash.
+    for odd in (b"Bearer \xff\xfe\x80", "Bearer \u00e9t\u00e9".encode()):
+        response = http.request("GET", cluster.url + "/v1/status", headers={"Authorization": odd})
+        assert response.status == 401, response.data
     with pytest.raises(AccessDeniedError, match="refused the token"):
         DispatcherClient(cluster.url, "wrong").status()
+    assert "Traceback" not in cluster.log_of("dispatcher")
     assert "wrong" not in cluster.log_of("dispatcher")
     assert cluster.token_file.read_text().strip() not in cluster.log_of("dispatcher")
 
@@ -372,7 +377,7 @@ def test_submit_wait_status_and_cancel_from_the_command_line(
     cancelled = stager("cancel", "blocker")
     assert cancelled.returncode == 0 and "blocker: cancelled" in cancelled.stdout
     assert cluster.client.task("parked").state is TaskState.FAILED
-    assert "cancelled" in cluster.client.task("parked").error or ""
+    assert "cancelled" in (cluster.client.task("parked").error or "")
 
 
 @pytest.mark.parametrize(
@@ -501,6 +506,9 @@ def test_workers_report_what_their_cache_gains_and_loses(
         ("/v1/tasks", {"workflow": "w", "tasks": [{"id": "x", "command": ["true"], "inputs": 1}]}),
         ("/v1/tasks", {"workflow": "w", "tasks": [{"id": "x", "command": ["true"]}] * 2}),
         ("/v1/lease", ["not", "an", "object"]),
+        ("/v1/lease", {"worker": "w", "cache": {"added": [[[[0]]]]}}),
+        ("/v1/lease", b"[" * 100_000 + b"]" * 100_000),  # nested past the parser's depth
+        ("/v1/tasks", b'{"workflow": "w", "tasks": ' + b"[" * 100_000 + b"]" * 100_001),
     ],
 )
 def test_malformed_requests_get_400_and_leave_no_traceback(
@@ -510,7 +518,7 @@ def test_malformed_requests_get_400_and_leave_no_traceback(
     response = urllib3.PoolManager().request(
         "POST",
         cluster.url + path,
-        body=json.dumps(body).encode(),
+        body=body if isinstance(body, bytes) else json.dumps(body).encode(),
         headers={
             "Authorization": f"Bearer {cluster.token_file.read_text().strip()}",
             VERSION_HEADER: str(PROTOCOL_VERSION),

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import secrets
 from pathlib import Path
 from typing import Any
 
 import click
 
 from stager.cli.context import CliState
-from stager.errors import from_os_error
 from stager.settings import load_component
 from stager.units import format_size
-from worker_hooks.dispatch.client import TOKEN_ENV, DispatcherClient, load_token
+from worker_hooks.dispatch.client import DispatcherClient
 from worker_hooks.dispatch.follow import wait_for_workflow
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.dispatch.settings import DispatcherSettings
 from worker_hooks.dispatch.taskdb import Limits, TaskDB
+from worker_hooks.dispatch.token import TOKEN_ENV, load_token, server_token
 from worker_hooks.task.workflow import load_workflow
 
 dispatcher_url_option = click.option(
@@ -42,24 +40,6 @@ ca_file_option = click.option(
 
 def client_from_flags(url: str, token_file: Path | None, ca_file: str | None) -> DispatcherClient:
     return DispatcherClient(url, load_token(token_file), ca_file=ca_file)
-
-
-def _server_token(token_file: Path | None, db_path: Path) -> tuple[str, Path | None]:
-    """The token to require: from the file, the environment, or new (saved 0600)."""
-    if token_file is None and os.environ.get(TOKEN_ENV):
-        return os.environ[TOKEN_ENV].strip(), None
-    path = token_file or db_path.with_name("dispatcher.token")
-    if path.exists():
-        return load_token(path), path
-    token = secrets.token_urlsafe(32)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(token + "\n")
-    except OSError as exc:
-        raise from_os_error(exc, f"write token file {path}") from exc
-    return token, path
 
 
 @click.group("dispatcher")
@@ -110,7 +90,7 @@ def serve_command(
     settings = load_component(
         DispatcherSettings, flags, config_path=core.config_path, section="dispatcher"
     )
-    token, saved = _server_token(token_file, settings.dispatcher_db)
+    token, saved = server_token(token_file, settings.dispatcher_db.with_name("dispatcher.token"))
     tls = tls_context(
         str(settings.tls_cert) if settings.tls_cert else None,
         str(settings.tls_key) if settings.tls_key else None,

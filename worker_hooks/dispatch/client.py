@@ -9,10 +9,8 @@ only into the Authorization header, never into a message.
 
 from __future__ import annotations
 
-import os
 import urllib.parse
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TypeVar
 
 import urllib3
@@ -25,6 +23,7 @@ from stager.errors import (
     StagerError,
     UnreachableError,
 )
+from worker_hooks.dispatch.token import TOKEN_ENV, check_token
 from worker_hooks.task.protocol import (
     PROTOCOL_VERSION,
     VERSION_HEADER,
@@ -53,7 +52,6 @@ from worker_hooks.task.protocol import (
 from worker_hooks.task.result import ResultManifest
 from worker_hooks.task.spec import TaskSpec
 
-TOKEN_ENV = "STAGER_DISPATCHER_TOKEN"
 M = TypeVar("M", bound=Message)
 _BY_STATUS: dict[int, type[StagerError]] = {
     400: ConfigError,
@@ -63,23 +61,6 @@ _BY_STATUS: dict[int, type[StagerError]] = {
 }
 
 
-def load_token(token_file: Path | None) -> str:
-    """The token from ``token_file``, else $STAGER_DISPATCHER_TOKEN."""
-    if token_file is not None:
-        try:
-            token = token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read token file {token_file}: {exc.strerror}") from exc
-    else:
-        token = os.environ.get(TOKEN_ENV, "").strip()
-    if not token:
-        raise ConfigError(
-            "no dispatcher token",
-            hint=f"give --token-file FILE or set {TOKEN_ENV} (see docs/dispatcher.md)",
-        )
-    return token
-
-
 class DispatcherClient:
     def __init__(
         self, url: str, token: str, *, ca_file: str | None = None, timeout_s: float = 30.0
@@ -87,6 +68,7 @@ class DispatcherClient:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"dispatcher URL {url!r} is not http(s)://host:port")
         self.url = url.rstrip("/")
+        token = check_token(token, "the client's token", min_chars=1)  # a header: one clean line
         self._headers = {
             "Authorization": f"Bearer {token}",
             "Content-Type": "application/json",

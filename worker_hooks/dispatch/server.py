@@ -28,6 +28,7 @@ from aiohttp import web
 
 from stager.errors import ConfigError, NotFoundError, PreconditionFailedError, StagerError
 from worker_hooks.dispatch.taskdb import TaskDB
+from worker_hooks.dispatch.token import check_token
 from worker_hooks.task.protocol import (
     PROTOCOL_VERSION,
     VERSION_HEADER,
@@ -66,10 +67,8 @@ def _status_of(exc: StagerError) -> int:
 
 class Dispatcher:
     def __init__(self, db: TaskDB, token: str, *, expire_every_s: float = 1.0) -> None:
-        if not token:
-            raise ConfigError("the dispatcher needs a token", hint="see docs/dispatcher.md")
         self.db = db
-        self._token = ("Bearer " + token).encode()
+        self._token = ("Bearer " + check_token(token, "the dispatcher's token")).encode()
         self._expire_every_s = expire_every_s
         self._changed = asyncio.Condition()
 
@@ -98,7 +97,8 @@ class Dispatcher:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "").encode()
+        # Header bytes that are not UTF-8 arrive as surrogates: compared, never decoded.
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, self._token):
             return web.json_response(
                 {"error": "missing or wrong token"},
