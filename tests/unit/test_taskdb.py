@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -214,3 +215,23 @@ def test_a_workflow_larger_than_sqlites_variable_limit(db: TaskDB) -> None:
     assert db.known_ids([f"t{n}" for n in range(0, 2400, 2)]) == {
         f"t{n}" for n in range(0, 1200, 2)
     }
+
+
+def test_the_database_and_its_journal_are_readable_by_their_owner_only(
+    tmp_path: Path, clock: Clock
+) -> None:
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "state" / "d.sqlite"
+        db = TaskDB(path, Limits(), clock=clock)
+        body = {**task("t"), "env": {"API_KEY": "s3cr3t"}}
+        submit(db, body)
+        files = [path, path.with_name("d.sqlite-wal"), path.with_name("d.sqlite-shm")]
+        assert all(f.exists() for f in files)
+        assert {oct(f.stat().st_mode & 0o777) for f in files} == {"0o600"}
+        db.close()
+        path.chmod(0o644)  # made before this rule: tightened when opened
+        TaskDB(path, Limits(), clock=clock).close()
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

@@ -28,6 +28,7 @@ Not thread-safe: one owner (the server's event loop) calls it.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -43,6 +44,7 @@ from stager.errors import (
     PreconditionFailedError,
     StagerError,
     StaleAttemptError,
+    from_os_error,
 )
 from worker_hooks.dispatch.scheduling import Candidate, Policy, choose_tasks
 from worker_hooks.task.parse import parse_spec
@@ -110,6 +112,19 @@ class Limits:
     candidate_window: int = 256
 
 
+def _private_file(path: Path) -> None:
+    """Make the database file (task specs hold their ``env``) its owner's only.
+
+    SQLite gives its -wal and -shm files the database file's mode.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        os.chmod(path, 0o600)  # a file made before this rule, or by hand
+    except OSError as exc:
+        raise from_os_error(exc, f"open the task database {path}") from exc
+
+
 def _spec_columns(spec: TaskSpec) -> tuple[str, str]:
     """The ``body`` and ``inputs`` columns of a task."""
     known = [[str(digest), size] for digest, size in spec.known_inputs()]
@@ -130,7 +145,7 @@ class TaskDB:
     ) -> None:
         self.limits = limits
         self._clock = clock
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private_file(path)
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
