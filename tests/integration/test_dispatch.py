@@ -544,3 +544,24 @@ def test_a_request_of_another_protocol_version_is_refused_naming_both(
     assert f"this one speaks {PROTOCOL_VERSION}" in error
     assert ("no protocol version" if version is None else "speaks protocol '") in error
     assert cluster.client.status().counts  # the right version is still served
+
+
+def test_a_workers_tasks_never_see_its_s3_keys_or_its_token(
+    s3_server: LocalS3Server, tmp_path: Path, store: ObjectStore, prefix: S3Url
+) -> None:
+    env = {
+        **s3_server.env(),
+        "STAGER_STATE_DIR": str(tmp_path / "state"),
+        "STAGER_DISPATCHER_TOKEN": "worker-env-token-value-1234",
+        "SITE_LICENSE": "lic-42",
+    }
+    with LocalCluster(tmp_path / "cluster", env) as cluster:
+        cluster.add_worker("w1", "--pass-env", "SITE_LICENSE")
+        submit(cluster.client, [task("t", "env > out.txt", prefix)], workflow="wf")
+        assert wait_until_ended(cluster.client, "wf")["done"] == 1, cluster.log_of("w1")
+    seen = store.get_bytes(prefix.child("out/t.txt")).decode()
+    assert s3_server.credentials.secret_key not in seen
+    assert s3_server.credentials.access_key not in seen
+    assert "worker-env-token-value" not in seen
+    assert cluster.token_file.read_text().strip() not in seen
+    assert "SITE_LICENSE=lic-42" in seen.splitlines()

@@ -456,3 +456,30 @@ def test_an_nfs_head_that_is_not_a_cache_is_refused(run_cli: Any, tmp_path: Path
     )
     assert_one_line_error(done, 2, "is not a stager cache")
     assert list((tmp_path / "unmounted").iterdir()) == []
+
+
+def test_the_command_gets_a_clean_environment_and_only_the_variables_it_asks_for(
+    node: Node, store: ObjectStore, prefix: S3Url, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrapper-secret-1")
+    monkeypatch.setenv("STAGER_DISPATCHER_TOKEN", "wrapper-secret-2")
+    monkeypatch.setenv("RESEARCH_DB", "/data/db")
+    monkeypatch.setenv("SITE_LICENSE", "lic-42")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    script = "env > out.txt; echo tmp > $TMPDIR/probe; cat $TMPDIR/probe >> out.txt"
+    spec = spec_for(
+        prefix,
+        script,
+        env={"MINE": "set-by-spec"},
+        pass_env=["RESEARCH_DB", "NOT_SET_ANYWHERE"],
+        outputs=[{"path": "out.txt", "to": str(prefix.child("env.txt"))}],
+    )
+    wrap_task(spec, node, WrapOptions(pass_env=("SITE_LICENSE",)))
+    lines = store.get_bytes(prefix.child("env.txt")).decode().splitlines()
+    env = dict(line.split("=", 1) for line in lines if "=" in line)
+    assert "wrapper-secret" not in "\n".join(lines)
+    assert env["MINE"] == "set-by-spec" and env["RESEARCH_DB"] == "/data/db"
+    assert env["SITE_LICENSE"] == "lic-42" and env["LC_ALL"] == "C.UTF-8"
+    assert "NOT_SET_ANYWHERE" not in env and env["PATH"]
+    assert env["TMPDIR"].startswith(str(node.sandbox_dir)) and lines[-1] == "tmp"
+    assert env["STAGER_TASK_ID"] == "t1"

@@ -33,7 +33,7 @@ from worker_hooks.task.spec import (
 
 MAX_SIZE_BYTES = 2**60
 SPEC_HINT = "fix the field named above; the format is in docs/task-spec.md"
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KEYS = frozenset(
     {
         "format",
@@ -47,6 +47,7 @@ _KEYS = frozenset(
         "bundle",
         "scratch_bytes",
         "results",
+        "pass_env",
     }
 )
 
@@ -152,11 +153,19 @@ def _env(fields: _Fields) -> dict[str, str]:
     if not isinstance(value, dict):
         raise fields.fail("env", "must be an object of strings")
     for name, text in value.items():
-        if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
+        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
             raise fields.fail("env", f"has an invalid variable name {name!r}")
         if not isinstance(text, str) or "\x00" in text:
             raise fields.fail(f"env.{name}", "must be a string without NUL bytes")
     return dict(value)
+
+
+def _pass_env(fields: _Fields) -> tuple[str, ...]:
+    names = fields.items("pass_env")
+    for number, name in enumerate(names):
+        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+            raise fields.fail(f"pass_env[{number}]", "must be a variable name")
+    return tuple(names)
 
 
 def _timeout(fields: _Fields) -> float | None:
@@ -266,6 +275,7 @@ def parse_spec(body: Any) -> TaskSpec:
         bundle=bundle,
         scratch_bytes=fields.size("scratch_bytes") or 0,
         results=results,
+        pass_env=_pass_env(fields),
     )
 
 

@@ -119,6 +119,7 @@ class TaskSpec:
     bundle: BundleSpec | None = None
     scratch_bytes: int = 0
     results: S3Url | None = None
+    pass_env: tuple[str, ...] = ()  # names of the wrapper's variables the command gets
 
     @property
     def results_prefix(self) -> S3Url:
@@ -177,6 +178,8 @@ class TaskSpec:
             body["bundle"] = self.bundle.to_json()
         if self.results is not None:
             body["results"] = str(self.results)
+        if self.pass_env:
+            body["pass_env"] = list(self.pass_env)
         return body
 
 

@@ -107,12 +107,14 @@ class Worker:
         settings: WorkerSettings,
         *,
         worker_id: str | None = None,
+        pass_env: tuple[str, ...] = (),
         log: Callable[[str], None] = lambda line: None,
     ) -> None:
         self.client = client
         self.node = node
         self.settings = settings
         self.worker_id = worker_id or default_worker_id()
+        self.pass_env = pass_env
         self.log = log
         self.report = WorkerReport()
         self._held: dict[str, _Held] = {}
@@ -272,7 +274,8 @@ class Worker:
     def _run_one(self, item: _Held) -> None:
         started = time.monotonic()
         try:
-            result = wrap_task(item.lease.spec, self.node, WrapOptions(cancel=item.cancel))
+            options = WrapOptions(cancel=item.cancel, pass_env=self.pass_env)
+            result = wrap_task(item.lease.spec, self.node, options)
         except TaskCancelledError:
             self._hand_back(item)
             return

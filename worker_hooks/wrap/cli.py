@@ -14,6 +14,7 @@ from stager.errors import ConfigError
 from worker_hooks.task.documents import load_document
 from worker_hooks.task.parse import inline_spec, parse_spec, split_pair
 from worker_hooks.task.spec import TaskSpec
+from worker_hooks.wrap.environment import checked_names
 from worker_hooks.wrap.node import CACHE_FLAGS, WRAP_FLAGS, open_node
 from worker_hooks.wrap.sandboxes import sweep
 from worker_hooks.wrap.wrapper import WrapOptions, wrap_task
@@ -125,6 +126,12 @@ Exit codes: 0 done (outputs durable, result recorded); 10 the command failed;
 @click.option("--shell", is_flag=True, help="Run the command through /bin/sh -c.")
 @click.option("--bundle", help="Application archive in S3, shown in the sandbox at app/.")
 @click.option("--results", help="Prefix for result manifests and logs [beside the first output].")
+@click.option(
+    "--pass-env",
+    multiple=True,
+    metavar="NAME",
+    help="Give the command this variable of yours (repeatable); it gets a clean environment.",
+)
 @click.option("--force", is_flag=True, help="Run even if a result for this task exists.")
 @click.option("--keep-failed", is_flag=True, help="Keep the sandbox of a failed task.")
 @node_options
@@ -137,6 +144,7 @@ def wrap_command(
     command: tuple[str, ...],
     force: bool,
     keep_failed: bool,
+    pass_env: tuple[str, ...],
     **flags: Any,
 ) -> None:
     """Run one job: stage its inputs in, run it in a sandbox, make its outputs durable.
@@ -157,7 +165,12 @@ def wrap_command(
             f" {swept.process_groups} commands they left running",
             err=True,
         )
-    options = WrapOptions(force=force, keep_failed=keep_failed, live=sys.stdout.isatty())
+    options = WrapOptions(
+        force=force,
+        keep_failed=keep_failed,
+        live=sys.stdout.isatty(),
+        pass_env=checked_names(pass_env),
+    )
     result = wrap_task(spec, node, options)
     manifest = result.manifest
     if result.memoized:

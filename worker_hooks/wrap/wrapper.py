@@ -48,6 +48,7 @@ from stager.units import format_size
 from worker_hooks.task.result import FileRecord, ResultManifest
 from worker_hooks.task.spec import TaskRef, TaskSpec
 from worker_hooks.wrap.bundle import ensure_bundle, remove_tree
+from worker_hooks.wrap.environment import task_environment
 from worker_hooks.wrap.memo import commit, committed_result, log_url, result_url, task_key
 from worker_hooks.wrap.node import Node
 from worker_hooks.wrap.outputs import FoundOutput, find_outputs
@@ -62,6 +63,7 @@ class WrapOptions:
     keep_failed: bool = False
     live: bool = False
     cancel: threading.Event | None = None  # set it to stop the command (a worker's drain)
+    pass_env: tuple[str, ...] = ()  # variables passed to every task (worker_hooks.wrap.environment)
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ def _make_sandbox(spec: TaskSpec, sandbox_dir: Path) -> Path:
         claim(root)
         (root / "work").mkdir()
         (root / "logs").mkdir()
+        (root / "tmp").mkdir()
     except OSError as exc:
         raise from_os_error(exc, f"make a sandbox in {sandbox_dir}") from exc
     return root
@@ -143,10 +146,6 @@ def _make_sandbox(spec: TaskSpec, sandbox_dir: Path) -> Path:
 
 def _argv(spec: TaskSpec) -> list[str]:
     return ["/bin/sh", "-c", spec.command[0]] if spec.shell else list(spec.command)
-
-
-def _environment(spec: TaskSpec, work: Path) -> dict[str, str]:
-    return {**os.environ, "STAGER_TASK_ID": spec.id, "STAGER_SANDBOX": str(work), **spec.env}
 
 
 def _failure(spec: TaskSpec, outcome: RunOutcome) -> StagerError | None:
@@ -236,7 +235,13 @@ class _Run:
                 outcome = run_command(
                     _argv(spec),
                     cwd=work,
-                    env=_environment(spec, work),
+                    env=task_environment(
+                        spec,
+                        work=work,
+                        tmp=sandbox / "tmp",
+                        pass_env=self.options.pass_env,
+                        source=os.environ,
+                    ),
                     stdout_path=logs / "stdout",
                     stderr_path=logs / "stderr",
                     timeout_s=spec.timeout_s,
