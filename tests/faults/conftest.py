@@ -12,10 +12,19 @@ import pytest
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 4 MiB file system (tmpfs), so writes hit ENOSPC."""
-    mount_point = tmp_path / "small"
+    yield from _tmpfs(tmp_path / "small", "size=4m")
+
+
+@pytest.fixture
+def few_inodes(tmp_path: Path) -> Iterator[Path]:
+    """A real file system (tmpfs) with room for bytes but for only 200 files."""
+    yield from _tmpfs(tmp_path / "few-inodes", "size=64m,nr_inodes=200")
+
+
+def _tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
     mount_point.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
         capture_output=True,
         check=False,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -90,3 +91,57 @@ def test_server_killed_during_stage_out_then_rerun_succeeds(tmp_path: Path) -> N
         assert len([k for k in keys if k.endswith("result.json")]) == 1
     finally:
         server.stop()
+
+
+def _leave_free_inodes(root: Path, free: int) -> None:
+    """Add or remove empty files until exactly ``free`` more can be made."""
+    filler = root / "filler"
+    filler.mkdir(exist_ok=True)
+    existing = sorted(filler.iterdir())
+    while os.statvfs(root).f_favail < free and existing:
+        existing.pop().unlink()
+    while os.statvfs(root).f_favail > free:
+        (filler / secrets.token_hex(8)).touch()
+
+
+def _running(marker: str) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+def test_a_full_disk_while_the_wrapper_sets_up_is_exit_9_and_leaves_nothing_running(
+    s3_server: LocalS3Server, tmp_path: Path, few_inodes: Path
+) -> None:
+    # With 0, 1, 2, ... files left, setting up fails at every step in turn: the
+    # sandbox, its folders, the owner file, the logs, the command's run file.
+    marker = f"sleep 3{os.getpid() % 1000:03d}.5"
+    spec = tmp_path / "task.json"
+    s3_server.client().create_bucket(Bucket="full-disk")
+    body = {"id": "t", "command": f"{marker}; echo ok", "shell": True, "timeout_s": 1}
+    spec.write_text(json.dumps({**body, "results": "s3://full-disk/r/"}))
+    codes = []
+    for free in range(10):
+        sandboxes = few_inodes / f"run{free}"
+        _leave_free_inodes(few_inodes, 2 + free)  # the run's own folder, and its parent
+        sandboxes.mkdir()
+        env = {
+            **os.environ,
+            **s3_server.env(),
+            "STAGER_CACHE_DIR": str(tmp_path / "cache"),
+            "STAGER_SANDBOX_DIR": str(sandboxes / "s"),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "stager", "wrap", "--spec", str(spec)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        codes.append(done.returncode)
+        assert done.returncode in (9, 12), done.stderr  # full disk, or it got to run (timeout)
+        assert "internal error" not in done.stderr
+        assert _running(marker) == [], f"left running with {free} files free"
+        if done.returncode == 12:
+            break
+    assert 9 in codes and codes[-1] == 12  # it failed on the way, then ran once there was room

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from stager.errors import LocalIOError
+from stager.errors import LocalIOError, from_os_error
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,12 @@ def run_command(
     ``on_start`` learns the pid of the command, which leads its own process group.
     """
     started = time.monotonic()
-    with stdout_path.open("wb") as out_log, stderr_path.open("wb") as err_log:
+    with contextlib.ExitStack() as logs:
+        try:
+            out_log = logs.enter_context(stdout_path.open("wb"))
+            err_log = logs.enter_context(stderr_path.open("wb"))
+        except OSError as exc:
+            raise from_os_error(exc, f"create the command's logs in {stdout_path.parent}") from exc
         pipe = subprocess.PIPE if live else None
         try:
             process = subprocess.Popen(
@@ -113,21 +118,24 @@ def run_command(
                 f"cannot start {argv[0]!r}: {exc.strerror or exc}",
                 hint="check the command's name, its path in the sandbox and its execute bit",
             ) from exc
-        if on_start is not None:
-            on_start(process.pid)
-        tees = []
-        if live:
-            assert process.stdout is not None and process.stderr is not None
-            for source, log, echo in (
-                (process.stdout, out_log, sys.stdout.buffer),
-                (process.stderr, err_log, sys.stderr.buffer),
-            ):
-                tee = threading.Thread(target=_tee, args=(source, log, echo), daemon=True)
-                tee.start()
-                tees.append(tee)
-        exited = _Exited(process.pid)
+        tees: list[threading.Thread] = []
         stopped_by = None
-        try:
+        try:  # from here on, whatever happens, the command's whole group is ended
+            if on_start is not None:
+                try:
+                    on_start(process.pid)
+                except OSError as exc:
+                    raise from_os_error(exc, "record the command's process group") from exc
+            if live:
+                assert process.stdout is not None and process.stderr is not None
+                for source, log, echo in (
+                    (process.stdout, out_log, sys.stdout.buffer),
+                    (process.stderr, err_log, sys.stderr.buffer),
+                ):
+                    tee = threading.Thread(target=_tee, args=(source, log, echo), daemon=True)
+                    tee.start()
+                    tees.append(tee)
+            exited = _Exited(process.pid)
             stopped_by = _wait_for_exit(exited, timeout_s, cancel)
             if stopped_by is not None:
                 _signal_group(process.pid, signal.SIGTERM)

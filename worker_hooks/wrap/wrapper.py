@@ -218,8 +218,11 @@ class _Run:
                         store=node.store,
                     )
                     link = work / spec.bundle.path
-                    link.parent.mkdir(parents=True, exist_ok=True)
-                    link.symlink_to(bundle_dir, target_is_directory=True)
+                    try:
+                        link.parent.mkdir(parents=True, exist_ok=True)
+                        link.symlink_to(bundle_dir, target_is_directory=True)
+                    except OSError as exc:
+                        raise from_os_error(exc, f"show the bundle at {link}") from exc
                 staged = pins.enter_context(
                     staged_resolved(
                         inputs,
