@@ -13,8 +13,15 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from fsd.cache import NodeCache
+from stager.digest import digest_bytes
 from stager.locations import S3Url
+from stager.objectstore import ObjectStore
 from stager.s3server import LocalS3Server
+from tests.helpers import files_under
+from worker_hooks.task.parse import parse_spec
+from worker_hooks.wrap.node import Node
+from worker_hooks.wrap.wrapper import wrap_task
 
 
 def run_wrap(server: LocalS3Server, spec: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -145,3 +152,27 @@ def test_a_full_disk_while_the_wrapper_sets_up_is_exit_9_and_leaves_nothing_runn
         if done.returncode == 12:
             break
     assert 9 in codes and codes[-1] == 12  # it failed on the way, then ran once there was room
+
+
+def test_an_output_that_fits_the_quota_but_not_the_disk_is_uploaded_from_the_sandbox(
+    s3_server: LocalS3Server, tmp_path: Path, small_disk: Path
+) -> None:
+    client = s3_server.client()
+    client.create_bucket(Bucket="full-cache")
+    cache = NodeCache(small_disk / "cache", quota_bytes=1 << 30)  # the disk is the limit
+    with ObjectStore(s3_server.settings(), credentials=s3_server.credentials) as store:
+        node = Node(cache=cache, store=store, sandbox_dir=tmp_path / "sandboxes")
+        spec = parse_spec(
+            {
+                "id": "big",
+                "command": "head -c 6291456 /dev/urandom > out.bin",
+                "shell": True,
+                "outputs": [{"path": "out.bin", "to": "s3://full-cache/out.bin"}],
+            }
+        )
+        result = wrap_task(spec, node)
+        (record,) = result.manifest.outputs
+        data = store.get_bytes(record.url)
+    assert len(data) == 6 * 1024 * 1024 and digest_bytes(data) == record.digest
+    assert files_under(small_disk / "cache" / "tmp") == []
+    assert files_under(small_disk / "cache" / "data") == []

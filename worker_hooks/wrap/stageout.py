@@ -3,8 +3,8 @@
 Each output is copied into the node cache (hashed as it streams), so a later
 task on this node that reads it is a cache hit, and then uploaded from the
 verified entry with its digest in the object's metadata (multipart and
-parallel above the threshold). An output too big for the cache is hashed
-and uploaded from the sandbox instead. Any failure becomes
+parallel above the threshold). An output the cache cannot take (its quota,
+or a full disk under it) is hashed and uploaded from the sandbox instead. Any failure becomes
 :class:`StageOutError`: the caller then writes no result manifest.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fsd.cache import NodeCache, digest_of_entry
 from stager.digest import Digest, HashingWriter, digest_stream
-from stager.errors import CacheFullError, StageOutError, StagerError, from_os_error
+from stager.errors import DiskFullError, StageOutError, StagerError, from_os_error
 from stager.objectstore import ObjectStore
 from stager.parallel import run_all
 from worker_hooks.task.result import FileRecord
@@ -44,8 +44,8 @@ class _Uploader:
                     None, item.size, lambda writer: _copy(item, writer), flight_key=str(item.path)
                 )
                 return entry, digest_of_entry(entry)
-            except CacheFullError:
-                pass  # too big for the cache: hash it where it is
+            except DiskFullError:  # the quota or the disk under the cache: hash it in place
+                pass
         try:
             with item.path.open("rb") as handle:
                 digest, _ = digest_stream(handle)
