@@ -36,6 +36,11 @@ class S3Url:
             )
         if "\x00" in key or "//" in key:
             raise InvalidUrlError(f"invalid key in {text!r}", hint="remove empty path parts")
+        if any(part in (".", "..") for part in key.split("/")):
+            raise InvalidUrlError(
+                f"the key in {text!r} has a '.' or '..' part",
+                hint="S3 servers resolve such keys differently; write the key without them",
+            )
         return cls(bucket, key)
 
     @property

@@ -94,6 +94,12 @@ def _from_response(code: str, status: str, message: str, where: str, action: str
             f"cannot {action} {where}: the server failed ({detail})",
             hint="the S3 server reported an internal error; retry later",
         )
+    if code in ("", status):  # no S3 error document: the endpoint may not be S3 at all
+        kind = AccessDeniedError if status == "401" else StagerError
+        return kind(
+            f"cannot {action} {where}: the endpoint answered HTTP {status} without an S3 error",
+            hint="check that --endpoint-url / AWS_ENDPOINT_URL names an S3 server",
+        )
     return StagerError(f"cannot {action} {where}: {code or status}: {detail}")
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -205,3 +207,35 @@ def test_sigterm_stops_the_demo_and_everything_it_started(tmp_path: Path) -> Non
     assert len(logs) == 3
     for log in logs:
         assert "stopped;" in log.read_text(), log.read_text()
+
+
+def test_an_endpoint_that_is_not_s3_is_named_as_such(run_cli: Any, tmp_path: Path) -> None:
+    class RefuseEverything(http.server.BaseHTTPRequestHandler):
+        def _refuse(self) -> None:
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = do_PUT = _refuse
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RefuseEverything)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        done = run_cli(
+            "pull", "s3://bkt/x", str(tmp_path / "x"), env={"AWS_ENDPOINT_URL": endpoint}
+        )
+    finally:
+        server.shutdown()
+    assert done.returncode == 4, done.stderr
+    assert "answered HTTP 401 without an S3 error" in done.stderr
+    assert "401: 401" not in done.stderr and "names an S3 server" in done.stderr
+
+
+def test_a_key_with_dot_dot_parts_is_a_usage_error(run_cli: Any, tmp_path: Path) -> None:
+    done = run_cli("pull", "s3://bkt/../x", str(tmp_path / "x"))
+    assert done.returncode == 2 and "'.' or '..' part" in done.stderr
+    assert "400" not in done.stderr

@@ -36,6 +36,10 @@ def test_bucket_root_and_prefixes() -> None:
         "s3://bucket..name/k",
         "s3://bucket/a//b",
         "s3://bucket/a\x00b",
+        "s3://bucket/../x",
+        "s3://bucket/p/../../etc/o.txt",
+        "s3://bucket/./o.txt",
+        "s3://bucket/p/..",
     ],
 )
 def test_malformed_urls_are_refused(text: str) -> None:

@@ -43,9 +43,27 @@ def client_error(code: str, status: int) -> ClientError:
     ],
 )
 def test_client_errors(code: str, status: int, kind: type[errors.StagerError]) -> None:
+    """botocore's shapes; the native client's are tested against a real endpoint."""
     error = translate(client_error(code, status), "s3://b/k", "read")
     assert type(error) is kind
     assert "s3://b/k" in error.message
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"), [(401, errors.AccessDeniedError), (400, errors.StagerError)]
+)
+def test_an_answer_without_an_s3_error_says_the_endpoint_may_not_be_s3(
+    status: int, kind: type[errors.StagerError]
+) -> None:
+    # botocore fills in the status as the code when the body holds no S3 error.
+    response = {
+        "Error": {"Code": str(status), "Message": ""},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    error = translate(ClientError(response, "HeadObject"), "s3://b/k", "read")  # type: ignore[arg-type]
+    assert type(error) is kind
+    assert f"HTTP {status} without an S3 error" in error.message
+    assert f"{status}: {status}" not in error.one_line() and "S3 server" in error.hint
 
 
 def test_connection_failures_are_unreachable() -> None:

@@ -84,13 +84,6 @@ class _Fields:
         except StagerError as exc:
             raise self.fail(key, f"is not a valid S3 URL: {exc.message}") from exc
 
-    def destination(self, key: str) -> S3Url:
-        """An S3 location stager writes to: no '.' or '..' segments in its key."""
-        url = self.url(key)
-        if any(part in (".", "..") for part in url.key.split("/")):
-            raise self.fail(key, f"has '.' or '..' segments in its key: {str(url)!r}")
-        return url
-
     def path(self, key: str, default: str | None = None) -> PurePosixPath:
         text = self.string(key, default)
         try:
@@ -203,7 +196,7 @@ def _output(body: Any, where: str) -> OutputSpec:
     fields.reject_unknown(frozenset({"path", "to", "persist"}))
     path = str(fields.path("path"))
     text = fields.string("path")
-    output = OutputSpec(path + "/" if text.endswith("/") else path, fields.destination("to"))
+    output = OutputSpec(path + "/" if text.endswith("/") else path, fields.url("to"))
     persist = fields.string("persist", "s3")
     if persist not in {p.value for p in Persist}:
         supported = ", ".join(p.value for p in Persist)
@@ -263,7 +256,7 @@ def parse_spec(body: Any) -> TaskSpec:
     _unique_paths(inputs, bundle)
     if any(isinstance(i.source, TaskRef) and i.source.producer == task_id for i in inputs):
         raise ConfigError(f"task spec: task {task_id} names its own output as an input")
-    results = None if body.get("results") is None else fields.destination("results")
+    results = None if body.get("results") is None else fields.url("results")
     return TaskSpec(
         id=task_id,
         command=_command(fields, shell),
