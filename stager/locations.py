@@ -74,14 +74,19 @@ def safe_relative_path(text: str, *, what: str = "path") -> PurePosixPath:
     touched on disk: this runs before any I/O.
     """
     if "\x00" in text:
-        raise UnsafePathError(f"{what} {text!r} contains a NUL byte")
+        raise UnsafePathError(f"{what} {text!r} contains a NUL byte", hint="remove the NUL byte")
     if "\\" in text:
-        raise UnsafePathError(f"{what} {text!r} contains a backslash")
+        raise UnsafePathError(
+            f"{what} {text!r} contains a backslash", hint="separate path parts with '/'"
+        )
     if text.startswith("/"):
-        raise UnsafePathError(f"{what} {text!r} is absolute")
+        raise UnsafePathError(
+            f"{what} {text!r} is absolute",
+            hint="write it relative to its root, without a leading '/'",
+        )
     parts = [part for part in text.split("/") if part not in ("", ".")]
     if not parts:
-        raise UnsafePathError(f"{what} {text!r} is empty")
+        raise UnsafePathError(f"{what} {text!r} is empty", hint="give a path")
     if ".." in parts:
         raise UnsafePathError(f"{what} {text!r} climbs out of its root with '..'")
     return PurePosixPath(*parts)

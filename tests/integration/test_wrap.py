@@ -17,6 +17,7 @@ from fsd.cache import NodeCache
 from stager.digest import digest_bytes
 from stager.errors import (
     CommandFailedError,
+    ConfigError,
     DiskFullError,
     IntegrityError,
     MissingOutputError,
@@ -144,9 +145,10 @@ def test_output_symlink_out_of_the_sandbox_is_refused(
         "ln -s /etc/hostname leak.txt",
         outputs=[{"path": "leak.txt", "to": str(prefix.child("out/leak.txt"))}],
     )
-    with pytest.raises(UnsafePathError, match="outside the sandbox"):
+    with pytest.raises(UnsafePathError, match="outside the sandbox") as refused:
         wrap_task(spec, node)
     assert store.head(prefix.child("out/leak.txt")) is None
+    assert "'..'" not in refused.value.hint and "link" in refused.value.hint
 
 
 def test_memoized_rerun_makes_no_uploads_and_force_reruns(
@@ -324,11 +326,22 @@ def test_tar_slip_bundle_is_refused_with_nothing_written(
     bundle = make_tar([file_member("ok.txt", b"fine"), member])
     put(store, prefix.child("apps/evil.tar.gz"), bundle)
     spec = spec_for(prefix, "true", bundle={"source": str(prefix.child("apps/evil.tar.gz"))})
-    with pytest.raises(UnsafePathError):
+    with pytest.raises(UnsafePathError) as refused:
         wrap_task(spec, node)
+    assert refused.value.message.count(member[0].name) == 1  # named once, not twice
     assert not (tmp_path / "escaped.txt").exists()
     assert not Path("/tmp/absolute.txt").exists()
     assert not node.bundles_dir.exists() or list(node.bundles_dir.iterdir()) == []
+
+
+def test_a_bundle_that_is_not_a_tar_archive_is_one_line(
+    node: Node, store: ObjectStore, prefix: S3Url
+) -> None:
+    put(store, prefix.child("apps/notes.txt"), b"this is not an archive\n")
+    spec = spec_for(prefix, "true", bundle={"source": str(prefix.child("apps/notes.txt"))})
+    with pytest.raises(ConfigError, match="is not a readable tar archive") as refused:
+        wrap_task(spec, node)
+    assert "\n" not in refused.value.one_line() and "gzip" in refused.value.hint
 
 
 def wrap_env(tmp_path: Path) -> dict[str, str]:

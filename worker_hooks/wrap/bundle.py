@@ -32,11 +32,11 @@ def check_members(archive: tarfile.TarFile, name: str) -> list[tarfile.TarInfo]:
     """Every member, if all are plain files or directories inside the target."""
     members = archive.getmembers()
     for member in members:
-        what = f"bundle {name}: member {member.name!r}"
-        safe_relative_path(member.name, what=what)
+        safe_relative_path(member.name, what=f"bundle {name}: member")
         if not (member.isfile() or member.isdir()):
             raise UnsafePathError(
-                f"{what} is a link or a special file", hint="bundles hold only files and folders"
+                f"bundle {name}: member {member.name!r} is a link or a special file",
+                hint="bundles hold only files and folders",
             )
     return members
 
@@ -46,8 +46,11 @@ def _extract(archive_path: Path, target: Path, name: str) -> None:
         with tarfile.open(archive_path, "r:*") as archive:
             members = check_members(archive, name)
             archive.extractall(target, members=members, filter="data")
-    except tarfile.TarError as exc:
-        raise ConfigError(f"bundle {name} is not a readable tar archive: {exc}") from exc
+    except tarfile.TarError as exc:  # its text lists every method tried, over lines
+        raise ConfigError(
+            f"bundle {name} is not a readable tar archive",
+            hint="bundles are tar files, optionally compressed with gzip, bzip2 or xz",
+        ) from exc
     for parent, _, files in os.walk(target):
         for file_name in files:
             path = Path(parent, file_name)

@@ -36,7 +36,10 @@ class _Finder:
         relative = path.relative_to(self.sandbox).as_posix()
         real = path.resolve()
         if not real.is_relative_to(self.real_root):
-            raise UnsafePathError(f"output {relative} leads outside the sandbox (to {real})")
+            raise UnsafePathError(
+                f"output {relative} is a link that leads outside the sandbox (to {real})",
+                hint="write outputs as files inside the sandbox, not links to elsewhere",
+            )
         if not real.is_file():
             raise MissingOutputError(f"output {relative} is not a regular file")
         return FoundOutput(path, relative, url, real.stat().st_size)
