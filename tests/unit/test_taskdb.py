@@ -125,6 +125,16 @@ def test_a_failed_producer_fails_its_dependants_transitively(db: TaskDB) -> None
     assert db.task("d").state is TaskState.FAILED
 
 
+def test_a_done_task_keeps_no_error_of_an_earlier_attempt(db: TaskDB) -> None:
+    submit(db, task("t"))
+    (first,) = db.lease("w1", 1)
+    db.fail("t", first.attempt, "w1", "the S3 endpoint did not answer", retry=True)
+    (second,) = db.lease("w2", 1)
+    db.complete("t", second.attempt, "w2", result_for("t"))
+    info = db.task("t")
+    assert info.state is TaskState.DONE and info.error is None
+
+
 def test_release_requeues_without_counting_a_failure(db: TaskDB) -> None:
     submit(db, task("t"))
     (lease,) = db.lease("w1", 1)
@@ -136,10 +146,12 @@ def test_release_requeues_without_counting_a_failure(db: TaskDB) -> None:
 
 
 def test_batch_checks(db: TaskDB) -> None:
-    with pytest.raises(ConfigError, match="unknown task"):
+    with pytest.raises(ConfigError, match="unknown task") as unknown:
         submit(db, task("b", "task://nope/out.txt"))
-    with pytest.raises(ConfigError, match="cycle"):
+    with pytest.raises(ConfigError, match="cycle") as cycle:
         submit(db, task("x", "task://y/out.txt"), task("y", "task://x/out.txt"))
+    for refused in (unknown, cycle):  # the hint speaks of the workflow, not of settings
+        assert "STAGER_" not in refused.value.hint and "workflow" in refused.value.hint
     submit(db, task("t"))
     with pytest.raises(PreconditionFailedError, match="submitted before"):
         submit(db, task("t"))

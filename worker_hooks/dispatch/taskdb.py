@@ -415,7 +415,7 @@ class TaskDB:
         with self._tx() as db:
             self._current(task_id, attempt, worker)
             db.execute(
-                "UPDATE tasks SET state = 'done', result = ?, finished_at = ?,"
+                "UPDATE tasks SET state = 'done', result = ?, finished_at = ?, error = NULL,"
                 " lease_expires = NULL, bytes_from_s3 = ?, bytes_from_cache = ? WHERE id = ?",
                 (
                     result_json,

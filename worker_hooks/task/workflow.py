@@ -27,6 +27,8 @@ from worker_hooks.task.documents import load_document
 from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.spec import TaskSpec
 
+HINT = "fix the workflow; its format is in docs/workflows.md"
+
 
 def check_batch(
     specs: Sequence[TaskSpec], known: Callable[[Sequence[str]], set[str]] = lambda ids: set()
@@ -40,13 +42,16 @@ def check_batch(
     ids = [spec.id for spec in specs]
     duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
     if duplicates:
-        raise ConfigError(f"task id {duplicates[0]} is used twice in the workflow")
+        raise ConfigError(f"task id {duplicates[0]} is used twice in the workflow", hint=HINT)
     in_batch = set(ids)
     known_ids = known(sorted({p for spec in specs for p in spec.producers} - in_batch))
     for spec in specs:
         unknown = sorted(spec.producers - in_batch - known_ids)
         if unknown:
-            raise ConfigError(f"task {spec.id} depends on unknown task {unknown[0]}")
+            raise ConfigError(
+                f"task {spec.id} depends on unknown task {unknown[0]}",
+                hint="submit its producer in the same workflow or before it",
+            )
     _refuse_cycles({spec.id: spec.producers & in_batch for spec in specs})
 
 
@@ -66,7 +71,9 @@ def _refuse_cycles(edges: Mapping[str, frozenset[str]]) -> None:
             if node in done:
                 continue
             if node in on_path:
-                raise ConfigError(f"the workflow has a dependency cycle through task {node}")
+                raise ConfigError(
+                    f"the workflow has a dependency cycle through task {node}", hint=HINT
+                )
             on_path.add(node)
             path.append(node)
             stack.append((node, True))
@@ -91,11 +98,13 @@ def workflow_tasks(document: Any, where: str) -> tuple[str | None, list[TaskSpec
         )
     defaults = document.get("defaults") or {}
     if not isinstance(defaults, dict) or not isinstance(defaults.get("env") or {}, dict):
-        raise ConfigError(f"{where}: 'defaults' must be an object (and its env too)")
+        raise ConfigError(f"{where}: 'defaults' must be an object (and its env too)", hint=HINT)
     specs = []
     for number, task in enumerate(document["tasks"]):
         if not isinstance(task, dict) or not isinstance(task.get("env") or {}, dict):
-            raise ConfigError(f"{where}: task {number} must be an object (and its env too)")
+            raise ConfigError(
+                f"{where}: task {number} must be an object (and its env too)", hint=HINT
+            )
         merged = {**defaults, **task}
         env = {**(defaults.get("env") or {}), **(task.get("env") or {})}
         if env:
