@@ -9,6 +9,7 @@ come from the standard AWS chain (environment, ``~/.aws``, instance profile,
 
 from __future__ import annotations
 
+import difflib
 import enum
 import os
 import tomllib
@@ -241,3 +242,29 @@ def load_settings(
 ) -> Settings:
     """The core's settings (see :func:`load_component`)."""
     return load_component(Settings, flags, environ=environ, config_path=config_path, cwd=cwd)
+
+
+def variables_of(*classes: type[Any]) -> frozenset[str]:
+    """The ``STAGER_*`` names that set the fields of settings ``classes``."""
+    return frozenset(ENV_PREFIX + f.name.upper() for cls in classes for f in fields(cls))
+
+
+# Variables the core reads besides its settings; every other package adds its
+# own through the "stager.variables" entry point group (see stager.cli).
+VARIABLES = variables_of(Settings) | {
+    "STAGER_DEBUG",
+    "STAGER_WEED_BINARY",
+    "STAGER_TASK_ID",  # set for a task's command, which may run stager itself
+    "STAGER_SANDBOX",
+}
+
+
+def unknown_variables(
+    environ: Mapping[str, str], known: frozenset[str]
+) -> list[tuple[str, str | None]]:
+    """Each ``STAGER_*`` variable in ``environ`` that nothing reads, and the closest known name."""
+    return [
+        (name, next(iter(difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)), None))
+        for name in sorted(environ)
+        if name.startswith(ENV_PREFIX) and name not in known
+    ]

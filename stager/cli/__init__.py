@@ -22,6 +22,9 @@ import click
 from stager import __version__
 from stager.cli.context import CliState
 from stager.errors import StagerError
+from stager.settings import VARIABLES, unknown_variables
+
+VARIABLES_GROUP = "stager.variables"
 
 INTERNAL_ERROR_EXIT = 70
 INTERRUPTED_EXIT = 130
@@ -82,6 +85,20 @@ def cli(
     ctx.call_on_close(ctx.obj.close)
 
 
+def _warn_of_unknown_variables() -> None:
+    """One line per ``STAGER_*`` variable nothing reads (a typo is otherwise silent)."""
+    if not any(n.startswith("STAGER_") and n not in VARIABLES for n in os.environ):
+        return  # the usual case: nothing to look up
+    known = set(VARIABLES)
+    for entry in entry_points(group=VARIABLES_GROUP):
+        known |= entry.load()
+    for name, closest in unknown_variables(os.environ, frozenset(known)):
+        guess = f"; did you mean {closest}?" if closest else ""
+        click.echo(
+            f"stager: warning: {name} is not a stager variable and is ignored{guess}", err=True
+        )
+
+
 def _register_commands() -> None:
     from stager.cli.s3 import commands as s3_commands
     from stager.cli.transfer import commands as transfer_commands
@@ -110,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn errors into one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    _warn_of_unknown_variables()
     _register_commands()
     try:
         result = cli.main(args=args, prog_name="stager", standalone_mode=False)

@@ -1,9 +1,11 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from stager.errors import ConfigError
-from stager.settings import Settings, load_settings, setting_docs
+from stager.settings import VARIABLES, Settings, load_settings, setting_docs, unknown_variables
 from stager.units import format_size, parse_size
 
 MiB = 1024 * 1024
@@ -91,3 +93,37 @@ def test_parse_size_refuses_nonsense(text: str) -> None:
 def test_format_size() -> None:
     assert format_size(1536) == "1.5 KiB"
     assert format_size(3) == "3 B"
+
+
+def test_a_misspelt_variable_is_reported_with_the_closest_name() -> None:
+    environ = {"STAGER_CACHE_QOUTA": "1G", "STAGER_PART_SIZE_BYTES": "8M", "HOME": "/root"}
+    known = VARIABLES | {"STAGER_CACHE_QUOTA"}
+    assert unknown_variables(environ, known) == [("STAGER_CACHE_QOUTA", "STAGER_CACHE_QUOTA")]
+    assert unknown_variables({"STAGER_NOTHING_LIKE_IT": "1"}, known) == [
+        ("STAGER_NOTHING_LIKE_IT", None)
+    ]
+
+
+def test_every_command_warns_of_an_unknown_variable_in_one_line(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(repo),
+        "STAGER_CACHE_DIR": str(tmp_path / "cache"),  # read by another package: known
+        "STAGER_DISPATCHER_URL": "http://127.0.0.1:1",
+        "STAGER_TASK_ID": "t",
+    }
+    quiet = subprocess.run(
+        [sys.executable, "-m", "stager", "cache", "stats"], capture_output=True, text=True, env=env
+    )
+    assert quiet.returncode == 0 and "warning" not in quiet.stderr, quiet.stderr
+    env["STAGER_CACHE_QOUTA"] = "1G"
+    warned = subprocess.run(
+        [sys.executable, "-m", "stager", "cache", "stats"], capture_output=True, text=True, env=env
+    )
+    assert warned.returncode == 0
+    assert warned.stderr.strip() == (
+        "stager: warning: STAGER_CACHE_QOUTA is not a stager variable and is ignored; "
+        "did you mean STAGER_CACHE_QUOTA?"
+    )

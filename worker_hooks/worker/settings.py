@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stager.settings import positive_float, positive_int, setting_field
+from stager.settings import positive_float, positive_int, setting_field, variables_of
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,3 +24,6 @@ class WorkerSettings:
     dispatcher_lost_s: float = setting_field(
         120.0, positive_float, "give up when the dispatcher is unreachable this long"
     )
+
+
+VARIABLES = variables_of(WorkerSettings)  # the "stager.variables" entry point

@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fsd.materialize import Materialize
-from stager.settings import member_of, optional_path, positive_float, setting_field
+from stager.settings import (
+    member_of,
+    optional_path,
+    positive_float,
+    setting_field,
+    variables_of,
+)
 
 
 def _default_sandbox_dir() -> Path:
@@ -31,3 +37,6 @@ class WrapSettings:
     nfs_head: Path | None = setting_field(
         None, optional_path, "a shared cache on a mount, read before S3 (the NFS head)"
     )
+
+
+VARIABLES = variables_of(WrapSettings)  # the "stager.variables" entry point
