@@ -173,6 +173,7 @@ class NodeCache:
         return False
 
     def _drop(self, path: Path, size: int) -> None:
+        """Remove a damaged entry and note it in the damage journal (for ``verify``)."""
         with self._cache_lock().holding():
             try:
                 path.unlink()
@@ -181,6 +182,22 @@ class NodeCache:
             ledger = read_ledger(self._ledger())
             ledger.used_bytes = max(0, ledger.used_bytes - size)
             write_ledger(self._ledger(), ledger)
+            with contextlib.suppress(OSError), self._journal.open("a") as journal:
+                journal.write(f"{digest_of_entry(path)}\n")
+
+    @property
+    def _journal(self) -> Path:
+        return self.root / "damaged.log"
+
+    def _take_journal(self) -> list[Digest]:
+        """The entries dropped as damaged since the last call (the journal is emptied)."""
+        with self._cache_lock().holding():
+            try:
+                lines = self._journal.read_text().split()
+            except FileNotFoundError:
+                return []
+            self._journal.unlink()
+        return [Digest.parse(line) for line in lines if line]
 
     # -- inserting ----------------------------------------------------------------
 
@@ -454,16 +471,15 @@ class NodeCache:
                     self._reverify(digest_of_entry(path), path)
 
     def verify(self) -> list[Digest]:
-        """Re-hash every entry; drop the damaged ones and return their digests."""
-        damaged = []
+        """Re-hash every entry and drop the damaged ones; return every digest dropped
+        as damaged since the last verify (by it, by recovery or by a lookup)."""
         for path in sorted((self.root / "data").glob("*/*")):
             digest = digest_of_entry(path)
             with contextlib.suppress(FileNotFoundError), path.open("rb") as handle:
                 actual, size = digest_stream(handle)
                 if actual != digest:
                     self._drop(path, size)
-                    damaged.append(digest)
-        return damaged
+        return sorted(set(self._take_journal()))
 
     def evict(self, *, all_unpinned: bool = False, free_bytes: int = 0) -> list[EntryState]:
         """Evict LRU unpinned entries: all of them, or enough to free ``free_bytes``."""
@@ -510,7 +526,7 @@ class NodeCache:
         )
 
 
-_CACHE_NAMES = ("VERSION", "ledger.json", "data", "tmp", "locks", "pins")
+_CACHE_NAMES = ("VERSION", "ledger.json", "damaged.log", "data", "tmp", "locks", "pins")
 
 
 def _is_cache_name(name: str) -> bool:
