@@ -120,19 +120,20 @@ class HashingWriter:
     the bytes arrive and the file is never read back.
     """
 
-    def __init__(self, target: BinaryIO) -> None:
-        self._target = target
+    def __init__(self, target: BinaryIO | None) -> None:
+        self._target = target  # None: the bytes are only hashed
         self.hasher = Hasher()
 
     def write(self, data: bytes) -> int:
         self.hasher.update(data)
-        return self._target.write(data)
+        return len(data) if self._target is None else self._target.write(data)
 
     def seekable(self) -> bool:
         return False
 
     def flush(self) -> None:
-        self._target.flush()
+        if self._target is not None:
+            self._target.flush()
 
 
 def once_more_on_mismatch(fetch: Callable[[], T]) -> T:

@@ -120,7 +120,10 @@ class LockTimeoutError(StagerError):
 
 class IntegrityError(StagerError):
     exit_code = 7
-    default_hint = "the stored object is damaged or was changed by another tool; re-push it"
+    default_hint = (
+        "the stored object is damaged or was changed by another tool; "
+        "repair it with `stager push --verify-remote`"
+    )
 
 
 class LocalIOError(StagerError):

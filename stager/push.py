@@ -32,6 +32,7 @@ from stager.digestcache import DigestCache, stamp_of
 from stager.errors import IntegrityError, LocalIOError, from_os_error
 from stager.locations import S3Url
 from stager.manifest import Manifest, ManifestEntry
+from stager.objectinfo import ObjectInfo
 from stager.objectstore import ObjectStore
 from stager.parallel import run_all
 from stager.plan import PushAction, PushItem, Source, plan_push
@@ -77,12 +78,18 @@ def hash_local_file(path: Path, digests: DigestCache) -> tuple[Digest, int]:
 
 class _Pusher:
     def __init__(
-        self, store: ObjectStore, digests: DigestCache, progress: Progress, spool_dir: Path
+        self,
+        store: ObjectStore,
+        digests: DigestCache,
+        progress: Progress,
+        spool_dir: Path,
+        verify_remote: bool,
     ) -> None:
         self.store = store
         self.digests = digests
         self.progress = progress
         self.spool_dir = spool_dir
+        self.verify_remote = verify_remote
 
     def push_one(self, item: PushItem) -> _Outcome:
         path, spooled_digest, cleanup = self._local_copy(item.source)
@@ -94,13 +101,23 @@ class _Pusher:
             entry = ManifestEntry(item.source.logical, str(item.url), size, digest)
             if item.action is PushAction.COMPARE:
                 existing = self.store.head(item.url)
-                if existing is not None and (existing.size, existing.digest) == (size, digest):
+                if (
+                    existing is not None
+                    and (existing.size, existing.digest) == (size, digest)
+                    and (not self.verify_remote or self._holds(existing, digest))
+                ):
                     self.progress.advance(size)
                     return _Outcome(entry, uploaded=False)
             self._upload(path, item.url, digest, size)
             return _Outcome(entry, uploaded=True)
         finally:
             cleanup()
+
+    def _holds(self, existing: ObjectInfo, digest: Digest) -> bool:
+        """True if the stored bytes (read whole, not trusted from metadata) hash to ``digest``."""
+        writer = HashingWriter(None)
+        self.store.read_into(existing.url, writer, info=existing)
+        return writer.hasher.digest == digest and writer.hasher.size == existing.size
 
     def _upload(self, path: Path, url: S3Url, digest: Digest, size: int) -> None:
         try:
@@ -145,9 +162,15 @@ def push(
     store: ObjectStore,
     digests: DigestCache,
     show_progress: bool = True,
+    verify_remote: bool = False,
     clock: Callable[[], float] = time.monotonic,
 ) -> PushReport:
-    """Push every file named by ``arguments`` below the prefix ``dest``."""
+    """Push every file named by ``arguments`` below the prefix ``dest``.
+
+    With ``verify_remote`` an object whose metadata matches is read back and
+    hashed before it counts as unchanged: an object damaged (or replaced by
+    another tool) behind metadata that still looks right is uploaded again.
+    """
     started = clock()
     dest = dest.as_prefix()
     sources = expand_sources(arguments)
@@ -157,7 +180,7 @@ def push(
     total = sum(source.size for source in sources)
     spool = store.settings.state_dir / "spool"
     with Progress(total, "push", enabled=show_progress) as progress:
-        pusher = _Pusher(store, digests, progress, spool)
+        pusher = _Pusher(store, digests, progress, spool, verify_remote)
         outcomes = run_all(pusher.push_one, items, workers=store.settings.files_in_flight)
     manifest = Manifest(
         kind="push",

@@ -29,9 +29,18 @@ Examples:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also save the push manifest (JSON) to this local file.",
 )
+@click.option(
+    "--verify-remote",
+    is_flag=True,
+    help="Read back objects that look unchanged and re-upload any whose bytes differ.",
+)
 @click.pass_obj
 def push_command(
-    state: CliState, sources: tuple[str, ...], dest: str, manifest_path: Path | None
+    state: CliState,
+    sources: tuple[str, ...],
+    dest: str,
+    manifest_path: Path | None,
+    verify_remote: bool,
 ) -> None:
     """Push files and directories to S3, skipping what is already there.
 
@@ -47,6 +56,7 @@ def push_command(
         store=state.object_store(),
         digests=state.digest_cache(),
         show_progress=state.settings.progress,
+        verify_remote=verify_remote,
     )
     if manifest_path is not None:
         write_local_manifest(report.manifest, manifest_path)

@@ -239,3 +239,27 @@ def test_a_key_with_dot_dot_parts_is_a_usage_error(run_cli: Any, tmp_path: Path)
     done = run_cli("pull", "s3://bkt/../x", str(tmp_path / "x"))
     assert done.returncode == 2 and "'.' or '..' part" in done.stderr
     assert "400" not in done.stderr
+
+
+def test_the_hint_after_a_damaged_object_repairs_it(
+    run_cli: Any, tmp_path: Path, prefix: S3Url, raw_client: Any
+) -> None:
+    original = write_random(tmp_path / "in" / "ref.bin", 64 * 1024)
+    assert run_cli("push", str(tmp_path / "in" / "ref.bin"), "--to", str(prefix)).returncode == 0
+    key = prefix.child("ref.bin")
+    # Same size, the original's digest in its metadata, other bytes.
+    put_tampered(raw_client, key, bytes(b ^ 1 for b in original), claimed=original)
+    refused = run_cli("pull", str(key), str(tmp_path / "out" / "ref.bin"))
+    assert refused.returncode == 7 and "stager push --verify-remote" in refused.stderr
+    plain = run_cli("push", str(tmp_path / "in" / "ref.bin"), "--to", str(prefix))
+    assert "skipped 1 unchanged" in plain.stdout  # metadata alone cannot see the damage
+    repaired = run_cli(
+        "push", str(tmp_path / "in" / "ref.bin"), "--to", str(prefix), "--verify-remote"
+    )
+    assert repaired.returncode == 0 and "uploaded 1" in repaired.stdout, repaired.stdout
+    again = run_cli(
+        "push", str(tmp_path / "in" / "ref.bin"), "--to", str(prefix), "--verify-remote"
+    )
+    assert "skipped 1 unchanged" in again.stdout  # intact objects are read, not rewritten
+    assert run_cli("pull", str(key), str(tmp_path / "out" / "ref.bin")).returncode == 0
+    assert (tmp_path / "out" / "ref.bin").read_bytes() == original
