@@ -198,8 +198,12 @@ class CrtTransfers:
         size: int,
         metadata: Mapping[str, str],
         on_bytes: ProgressCallback | None = None,
+        conditions: Mapping[str, str] | None = None,
     ) -> None:
-        """Upload ``path`` (``size`` bytes) with user ``metadata``; multipart when large."""
+        """Upload ``path`` (``size`` bytes) with user ``metadata``; multipart when large.
+
+        ``conditions`` (``If-None-Match``, ``If-Match``) make the write conditional;
+        a multipart upload carries them on its completion."""
 
         def on_progress(progress: int) -> None:
             if on_bytes is not None:
@@ -207,7 +211,7 @@ class CrtTransfers:
 
         request = self._client.make_request(
             type=S3RequestType.PUT_OBJECT,
-            request=self._request("PUT", url, _put_headers(size, metadata)),
+            request=self._request("PUT", url, _put_headers(size, metadata, conditions)),
             send_filepath=str(path),
             on_progress=on_progress,
         )
@@ -217,9 +221,7 @@ class CrtTransfers:
         self, url: S3Url, data: bytes, *, metadata: Mapping[str, str], create_only: bool
     ) -> None:
         """Store ``data`` in one PUT; ``create_only`` adds ``If-None-Match: *``."""
-        headers = _put_headers(len(data), metadata)
-        if create_only:
-            headers["If-None-Match"] = "*"
+        headers = _put_headers(len(data), metadata, {"If-None-Match": "*"} if create_only else None)
         request = self._request("PUT", url, headers)
         request.body_stream = io.BytesIO(data)
         _wait(
@@ -231,11 +233,14 @@ class CrtTransfers:
         )
 
 
-def _put_headers(size: int, metadata: Mapping[str, str]) -> dict[str, str]:
+def _put_headers(
+    size: int, metadata: Mapping[str, str], conditions: Mapping[str, str] | None = None
+) -> dict[str, str]:
     return {
         "Content-Length": str(size),
         "Content-Type": "application/octet-stream",
         **{f"x-amz-meta-{name}": value for name, value in metadata.items()},
+        **(conditions or {}),
     }
 
 

@@ -18,8 +18,17 @@ from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
 from stager.digest import Digest, HashingWriter
+from stager.errors import PreconditionFailedError
 from stager.locations import S3Url
-from stager.objectinfo import DIGEST_HEADER, DIGEST_METADATA_KEY, ObjectInfo, recorded_digest
+from stager.objectinfo import (
+    DIGEST_HEADER,
+    DIGEST_METADATA_KEY,
+    TASK_HEADER,
+    TASK_METADATA_KEY,
+    ObjectInfo,
+    WriteCondition,
+    recorded_digest,
+)
 from stager.s3errors import translate, translating
 
 if TYPE_CHECKING:
@@ -54,8 +63,12 @@ class ByteMover(Protocol):
         size: int,
         metadata: Mapping[str, str],
         on_bytes: ProgressCallback | None,
+        condition: WriteCondition | None,
     ) -> None:
-        """Upload ``path``; local read errors surface as ``OSError``."""
+        """Upload ``path``; local read errors surface as ``OSError``.
+
+        A ``condition`` that does not hold raises PreconditionFailedError.
+        """
         ...
 
     def put_small(
@@ -104,9 +117,13 @@ class NativeMover:
         size: int,
         metadata: Mapping[str, str],
         on_bytes: ProgressCallback | None,
+        condition: WriteCondition | None,
     ) -> None:
         self._count("PutObject")
-        self._native.put_file(path, url, size=size, metadata=metadata, on_bytes=on_bytes)
+        conditions = condition.headers() if condition else None
+        self._native.put_file(
+            path, url, size=size, metadata=metadata, on_bytes=on_bytes, conditions=conditions
+        )
 
     def put_small(
         self, url: S3Url, data: bytes, *, metadata: Mapping[str, str], create_only: bool
@@ -181,15 +198,19 @@ class BotocoreMover:
         size: int,
         metadata: Mapping[str, str],
         on_bytes: ProgressCallback | None,
+        condition: WriteCondition | None,
     ) -> None:
         if size < self._threshold:
+            extra = _condition_args(condition)
             with path.open("rb") as body, translating(url, "upload to"):
                 self._client().put_object(
-                    Bucket=url.bucket, Key=url.key, Body=body, Metadata=dict(metadata)
+                    Bucket=url.bucket, Key=url.key, Body=body, Metadata=dict(metadata), **extra
                 )
             if on_bytes is not None:
                 on_bytes(size)
             return
+        if condition is not None:  # s3transfer cannot send conditions: checked before, racily
+            self._check(url, condition)
         with translating(url, "upload to"):
             future = self._transfers().upload(
                 str(path),
@@ -200,10 +221,17 @@ class BotocoreMover:
             )
             _wait(future)
 
+    def _check(self, url: S3Url, condition: WriteCondition) -> None:
+        info = self.head(url)
+        if (condition.absent and info is not None) or (
+            condition.etag is not None and (info is None or info.etag != condition.etag)
+        ):
+            raise PreconditionFailedError(f"cannot upload to {url}: it changed or exists")
+
     def put_small(
         self, url: S3Url, data: bytes, *, metadata: Mapping[str, str], create_only: bool
     ) -> None:
-        extra: dict[str, str] = {"IfNoneMatch": "*"} if create_only else {}
+        extra = _condition_args(WriteCondition(absent=create_only))
         with translating(url, "write"):
             self._client().put_object(
                 Bucket=url.bucket, Key=url.key, Body=data, Metadata=dict(metadata), **extra
@@ -237,13 +265,26 @@ class _Subscriber(BaseSubscriber):  # type: ignore[misc]
 def _info_from_headers(url: S3Url, headers: Headers) -> ObjectInfo:
     """What the native client's response headers say about the object."""
     digest = recorded_digest(url, headers.get(DIGEST_HEADER))
-    return ObjectInfo(url, headers.object_size(), digest, headers.get("etag"))
+    return ObjectInfo(
+        url, headers.object_size(), digest, headers.get("etag"), headers.get(TASK_HEADER)
+    )
 
 
 def _info_from_response(url: S3Url, response: dict[str, Any]) -> ObjectInfo:
     """What a botocore HEAD or GET response says about the object."""
     digest = recorded_digest(url, response.get("Metadata", {}).get(DIGEST_METADATA_KEY))
-    return ObjectInfo(url, int(response["ContentLength"]), digest, response.get("ETag"))
+    metadata = response.get("Metadata", {})
+    size = int(response["ContentLength"])
+    return ObjectInfo(url, size, digest, response.get("ETag"), metadata.get(TASK_METADATA_KEY))
+
+
+def _condition_args(condition: WriteCondition | None) -> dict[str, str]:
+    """botocore's PutObject arguments for ``condition``."""
+    if condition is None:
+        return {}
+    if condition.absent:
+        return {"IfNoneMatch": "*"}
+    return {"IfMatch": condition.etag} if condition.etag else {}
 
 
 def _wait(future: Any) -> None:

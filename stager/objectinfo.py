@@ -15,6 +15,9 @@ from stager.locations import S3Url
 
 DIGEST_METADATA_KEY = "stager-digest"
 DIGEST_HEADER = f"x-amz-meta-{DIGEST_METADATA_KEY}"  # the same, as a (lower-case) header
+# The key of the task whose run wrote an output (see docs/task-spec.md, "Outputs and attempts").
+TASK_METADATA_KEY = "stager-task"
+TASK_HEADER = f"x-amz-meta-{TASK_METADATA_KEY}"
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,20 @@ class ObjectInfo:
     size: int
     digest: Digest | None
     etag: str | None = None
+    task: str | None = None  # the key of the task that wrote it, if a task did
+
+
+@dataclass(frozen=True)
+class WriteCondition:
+    """When a write may happen: the key is free (``absent``), or still holds ``etag``."""
+
+    absent: bool = False
+    etag: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        if self.absent:
+            return {"If-None-Match": "*"}
+        return {"If-Match": self.etag} if self.etag else {}
 
 
 def recorded_digest(url: S3Url, text: str | None) -> Digest | None:
@@ -37,9 +54,9 @@ def recorded_digest(url: S3Url, text: str | None) -> Digest | None:
         raise IntegrityError(f"{url}: its recorded digest is malformed") from exc
 
 
-def digest_metadata(digest: Digest) -> dict[str, str]:
-    """The user metadata that records ``digest`` on an object."""
-    return {DIGEST_METADATA_KEY: str(digest)}
+def digest_metadata(digest: Digest, task: str | None = None) -> dict[str, str]:
+    """The user metadata that records ``digest`` (and the writing task) on an object."""
+    return {DIGEST_METADATA_KEY: str(digest), **({TASK_METADATA_KEY: task} if task else {})}
 
 
 def check_received(info: ObjectInfo, got: Hasher) -> None:

@@ -36,7 +36,7 @@ from stager.digest import Digest, HashingWriter, digest_bytes
 from stager.errors import AccessDeniedError, IntegrityError, NotFoundError
 from stager.locations import S3Url
 from stager.movers import BotocoreMover, ByteMover, NativeMover, ProgressCallback
-from stager.objectinfo import ObjectInfo, check_received, digest_metadata
+from stager.objectinfo import ObjectInfo, WriteCondition, check_received, digest_metadata
 from stager.s3errors import translate, translating
 from stager.settings import Settings, TransferClient
 
@@ -271,15 +271,25 @@ class ObjectStore:
         digest: Digest,
         size: int,
         on_bytes: ProgressCallback | None = None,
+        task: str | None = None,
+        condition: WriteCondition | None = None,
     ) -> None:
         """Upload ``path`` (``size`` bytes) to ``url`` with ``digest`` in its metadata.
 
         The caller computed ``digest`` from the same bytes; local read errors
-        surface as ``OSError`` for the caller to name. Below the multipart
-        threshold this is one PUT; above it, s3transfer's parallel multipart.
+        surface as ``OSError`` for the caller to name. ``task`` (a task key) is
+        recorded too; a ``condition`` that does not hold raises
+        :class:`~stager.errors.PreconditionFailedError` and writes nothing (the
+        native client sends it with the request; with s3transfer, an upload at
+        or above the multipart threshold is checked by a HEAD just before).
         """
         self._bytes().put_file(
-            path, url, size=size, metadata=digest_metadata(digest), on_bytes=on_bytes
+            path,
+            url,
+            size=size,
+            metadata=digest_metadata(digest, task),
+            on_bytes=on_bytes,
+            condition=condition,
         )
 
     def read_into(

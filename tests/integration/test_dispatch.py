@@ -565,3 +565,41 @@ def test_a_workers_tasks_never_see_its_s3_keys_or_its_token(
     assert "worker-env-token-value" not in seen
     assert cluster.token_file.read_text().strip() not in seen
     assert "SITE_LICENSE=lic-42" in seen.splitlines()
+
+
+def test_a_stale_attempt_resumed_after_its_lease_never_changes_an_accepted_output(
+    make_cluster: ClusterFactory, store: ObjectStore, prefix: S3Url, tmp_path: Path
+) -> None:
+    cluster = make_cluster(lease_s=6)
+    stale = cluster.add_worker("stale")
+    started = tmp_path / "started"
+    # Each run writes different bytes, so a replaced output cannot go unseen.
+    command = f"touch {started}; sleep 4; date +%s%N > out.txt; head -c 64 /dev/urandom >> out.txt"
+    submit(cluster.client, [task("t", command, prefix)], workflow="wf")
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(stale.pid, signal.SIGSTOP)  # mid-command: its lease runs out, the task moves on
+    try:
+        cluster.add_worker("prompt")
+        assert wait_until_ended(cluster.client, "wf")["done"] == 1, cluster.log_of("prompt")
+    finally:
+        os.kill(stale.pid, signal.SIGCONT)  # it finishes its run, stages out, and reports
+    deadline = time.monotonic() + 60
+    while "is stale" not in cluster.log_of("stale"):
+        assert time.monotonic() < deadline, cluster.log_of("stale")
+        time.sleep(0.2)
+    accepted = cluster.client.task("t").result
+    assert accepted is not None and cluster.client.task("t").attempt == 2
+    (record,) = accepted.outputs
+    assert digest_bytes(store.get_bytes(record.url)) == record.digest  # still the accepted bytes
+    consumer = task(
+        "consumer",
+        "cat in.txt > out.txt",
+        prefix,
+        inputs=[{"source": "task://t/out.txt", "path": "in.txt"}],
+    )
+    submit(cluster.client, [consumer], workflow="after")
+    assert wait_until_ended(cluster.client, "after")["done"] == 1, cluster.log_of("prompt")
+    assert store.get_bytes(prefix.child("out/consumer.txt")) == store.get_bytes(record.url)

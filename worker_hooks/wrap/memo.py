@@ -4,7 +4,7 @@ A task's *key* names what it computes: its command, environment, input
 identities (digests), bundle and output declarations, but not its id or
 timeout. The result manifest for a key is written last, create-only, at
 ``<results prefix><key>/result.json``; logs of every run, failed ones
-included, sit beside it.
+included, sit beside it under ``runs/<run id>/``.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def result_url(spec: TaskSpec, key: str) -> S3Url:
     return spec.results_prefix.child(f"{key}/result.json")
 
 
-def log_url(spec: TaskSpec, key: str, name: str) -> S3Url:
-    return spec.results_prefix.child(f"{key}/{name}")
+def log_url(spec: TaskSpec, key: str, run_id: str, name: str) -> S3Url:
+    """Where one run's log goes: every run (attempt) of a task keeps its own."""
+    return spec.results_prefix.child(f"{key}/runs/{run_id}/{name}")
 
 
 def committed_result(store: ObjectStore, url: S3Url, *, workers: int = 16) -> ResultManifest | None:

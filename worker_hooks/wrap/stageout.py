@@ -21,20 +21,33 @@ from stager.objectstore import ObjectStore
 from stager.parallel import run_all
 from worker_hooks.task.result import FileRecord
 from worker_hooks.wrap.outputs import FoundOutput
+from worker_hooks.wrap.publish import publish
 
 
 class _Uploader:
-    def __init__(self, cache: NodeCache | None, store: ObjectStore) -> None:
+    def __init__(
+        self, cache: NodeCache | None, store: ObjectStore, task: str, replace_own: bool
+    ) -> None:
         self.cache = cache
         self.store = store
+        self.task = task
+        self.replace_own = replace_own
 
     def __call__(self, item: FoundOutput) -> FileRecord:
         source, digest = self._hashed(item)
         try:
-            self.store.upload_file(source, item.url, digest=digest, size=item.size)
+            published = publish(
+                self.store,
+                source,
+                item.url,
+                digest=digest,
+                size=item.size,
+                task=self.task,
+                replace_own=self.replace_own,
+            )
         except OSError as exc:
             raise from_os_error(exc, f"read output {item.relative}") from exc
-        return FileRecord(item.relative, item.url, digest, item.size)
+        return FileRecord(item.relative, item.url, published.digest, published.size)
 
     def _hashed(self, item: FoundOutput) -> tuple[Path, Digest]:
         """A verified file holding the output's bytes, and their digest."""
@@ -67,11 +80,14 @@ def upload_outputs(
     *,
     cache: NodeCache | None,
     store: ObjectStore,
+    task: str,
+    replace_own: bool = False,
     workers: int = 8,
 ) -> list[FileRecord]:
-    """Upload every output; return their records in order, or raise StageOutError."""
+    """Publish every output (:mod:`worker_hooks.wrap.publish`); return their records
+    in order (an adopted twin's where it got there first), or raise StageOutError."""
     try:
-        return run_all(_Uploader(cache, store), found, workers=workers)
+        return run_all(_Uploader(cache, store, task, replace_own), found, workers=workers)
     except StageOutError:
         raise
     except StagerError as exc:

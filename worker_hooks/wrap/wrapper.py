@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import tempfile
@@ -172,7 +173,10 @@ class _Run:
         self.node = node
         self.options = options
         self.timer = _Timer()
-        self.started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        started = datetime.now(UTC)
+        self.started_at = started.isoformat(timespec="milliseconds")
+        # Names this run's logs: every run keeps its own, whichever attempt wins.
+        self.run_id = f"{started:%Y%m%dT%H%M%S.%f}-{secrets.token_hex(3)}"
 
     def __call__(self) -> WrapResult:
         node = self.node
@@ -259,6 +263,8 @@ class _Run:
                 find_outputs(work, spec.outputs),
                 cache=node.cache,
                 store=node.store,
+                task=key,
+                replace_own=self.options.force,
                 workers=node.workers,
             )
         manifest = ResultManifest(
@@ -286,12 +292,12 @@ class _Run:
             raise TaskCancelledError(f"task {self.spec.id} was stopped before it ended")
         failed = _failure(self.spec, outcome)
         items = [
-            FoundOutput(logs / name, name, log_url(self.spec, key, name), size)
+            FoundOutput(logs / name, name, log_url(self.spec, key, self.run_id, name), size)
             for name in ("stdout", "stderr")
             if (size := (logs / name).stat().st_size) > 0
         ]
         try:
-            records = upload_outputs(items, cache=None, store=self.node.store, workers=2)
+            records = upload_outputs(items, cache=None, store=self.node.store, task=key, workers=2)
         except StagerError as exc:
             if failed is not None:
                 failed.hint = f"its logs could not be uploaded ({exc.message}); see {logs}"

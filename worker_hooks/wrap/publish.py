@@ -1,0 +1,72 @@
+"""Putting one output at its final key without undoing another attempt's accepted result.
+
+Two attempts of one task may both reach stage-out: a worker stopped past
+its lease (SIGSTOP, a long GC pause, a partition) resumes after another
+attempt's result was accepted. Fencing refuses its completion, but its
+uploads would still land. So outputs are written conditionally:
+
+1. ``PUT`` with ``If-None-Match: *``: the key is free, the object is ours.
+2. The key is taken. Its object holds the same bytes: nothing to do.
+3. It was written by another run of the *same task* (its ``stager-task``
+   metadata holds this task's key): that run got there first, and its
+   bytes are as valid an output of this task as ours. They are adopted:
+   this run's result records them and nothing is written. A stale attempt
+   therefore never replaces what an accepted result points to, and the
+   bytes at an output's key always hash to the digest its result records.
+4. Anything else (an older run with other inputs, another tool's file), or
+   ``replace_own`` (``stager wrap --force``): replaced with ``If-Match`` on
+   the ETag just seen, so only the object that was looked at is replaced;
+   if it changed meanwhile, start again at 2 (bounded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from stager.digest import Digest
+from stager.errors import PreconditionFailedError, StageOutError
+from stager.locations import S3Url
+from stager.objectinfo import WriteCondition
+from stager.objectstore import ObjectStore
+
+ROUNDS = 4
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the key holds once the output is published: ours, or an adopted twin's."""
+
+    digest: Digest
+    size: int
+    adopted: bool
+
+
+def publish(
+    store: ObjectStore,
+    source: Path,
+    url: S3Url,
+    *,
+    digest: Digest,
+    size: int,
+    task: str,
+    replace_own: bool = False,
+) -> Published:
+    """Publish ``source`` at ``url`` by the rules above; local read errors are ``OSError``."""
+    condition = WriteCondition(absent=True)
+    for _ in range(ROUNDS):
+        try:
+            store.upload_file(source, url, digest=digest, size=size, task=task, condition=condition)
+            return Published(digest, size, adopted=False)
+        except PreconditionFailedError:
+            pass
+        there = store.head(url)
+        if there is None:  # removed meanwhile
+            condition = WriteCondition(absent=True)
+        elif there.digest == digest and there.size == size:
+            return Published(digest, size, adopted=False)
+        elif there.task == task and there.digest is not None and not replace_own:
+            return Published(there.digest, there.size, adopted=True)
+        else:
+            condition = WriteCondition(etag=there.etag)
+    raise StageOutError(f"{url} kept changing while this run tried to publish its output")
