@@ -5,7 +5,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import subprocess
+import sys
 import tarfile
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,13 +31,16 @@ from stager.errors import (
 )
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
+from stager.s3server import LocalS3Server
 from tests.helpers import count_requests, files_under
 from tests.integration.test_cli import assert_one_line_error
 from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.result import ResultManifest
+from worker_hooks.wrap.bundle import remove_tree
 from worker_hooks.wrap.node import Node
 from worker_hooks.wrap.wrapper import WrapOptions, wrap_task
 
+REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
 
 
@@ -303,7 +310,7 @@ def test_bundle_is_extracted_once_and_shared(node: Node, store: ObjectStore, pre
         )
         wrap_task(spec, node)
         assert store.get_bytes(prefix.child(f"out/{n}.txt")) == f"tool says {n}\n".encode()
-    (extracted,) = node.bundles_dir.iterdir()
+    (extracted,) = (p for p in node.bundles_dir.iterdir() if p.is_dir())
     assert extracted.name == digest_bytes(bundle).hex
 
 
@@ -496,3 +503,72 @@ def test_the_command_gets_a_clean_environment_and_only_the_variables_it_asks_for
     assert "NOT_SET_ANYWHERE" not in env and env["PATH"]
     assert env["TMPDIR"].startswith(str(node.sandbox_dir)) and lines[-1] == "tmp"
     assert env["STAGER_TASK_ID"] == "t1"
+
+
+AS_NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+TAMPER = (
+    "chmod -R u+w app/ 2>/dev/null; rm -f app/bin/tool; "
+    "printf '#!/bin/sh\\necho TAMPERED\\n' > app/bin/tool; chmod +x app/bin/tool; true"
+)
+
+
+def test_a_task_cannot_change_what_another_task_sees_of_a_bundle(
+    node: Node, store: ObjectStore, prefix: S3Url
+) -> None:
+    bundle = make_tar([file_member("bin/tool", b"#!/bin/sh\necho tool says $1\n")])
+    put(store, prefix.child("apps/tool.tar.gz"), bundle)
+    app = {"source": str(prefix.child("apps/tool.tar.gz"))}
+    wrap_task(spec_for(prefix, TAMPER, id="evil", bundle=app), node)
+    spec = spec_for(
+        prefix,
+        "app/bin/tool 2 > out.txt",
+        id="victim",
+        bundle=app,
+        outputs=[{"path": "out.txt", "to": str(prefix.child("out/victim.txt"))}],
+    )
+    wrap_task(spec, node)
+    assert store.get_bytes(prefix.child("out/victim.txt")) == b"tool says 2\n"
+    (extracted,) = (p for p in node.bundles_dir.iterdir() if p.is_dir())
+    assert extracted.stat().st_mode & 0o777 == 0o555  # folders are read-only too
+
+
+def test_a_non_root_task_cannot_change_a_bundle_either(
+    store: ObjectStore, prefix: S3Url, s3_server: LocalS3Server
+) -> None:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the wrapper as another user")
+    bundle = make_tar([file_member("bin/tool", b"#!/bin/sh\necho tool says $1\n")])
+    put(store, prefix.child("apps/tool.tar.gz"), bundle)
+    app = {"source": str(prefix.child("apps/tool.tar.gz"))}
+    base = Path(tempfile.mkdtemp(prefix="stager-nobody-"))
+    try:
+        base.chmod(0o777)
+        env = {
+            **os.environ,
+            **s3_server.env(),
+            "PYTHONPATH": str(REPO),
+            "HOME": str(base),
+            "STAGER_STATE_DIR": str(base / "state"),
+            "STAGER_CACHE_DIR": str(base / "cache"),
+            "STAGER_SANDBOX_DIR": str(base / "sandboxes"),
+        }
+        results = str(prefix.child("results/"))
+        for task_id, command in (("evil", TAMPER), ("victim", "app/bin/tool 2 > out.txt")):
+            body = {"id": task_id, "command": command, "shell": True, "bundle": app}
+            body["results"] = results
+            body["outputs"] = [{"path": "out.txt", "to": str(prefix.child(f"out/{task_id}"))}]
+            if task_id == "evil":
+                body["command"] = f"{command}; echo > out.txt"
+            spec = base / f"{task_id}.json"
+            spec.write_text(json.dumps(body))
+            done = subprocess.run(
+                [*AS_NOBODY, sys.executable, "-m", "stager", "wrap", "--spec", str(spec)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stderr
+        assert store.get_bytes(prefix.child("out/victim")) == b"tool says 2\n"
+    finally:
+        remove_tree(base)

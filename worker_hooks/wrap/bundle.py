@@ -4,9 +4,20 @@ The archive (tar, optionally gzip-, bzip2- or xz-compressed) is fetched
 through the node cache, then every member is checked before anything is
 written: only regular files and directories, with relative paths that stay
 inside the target (no links, devices, FIFOs, absolute paths or ``..``). It
-is extracted into a temp directory, made read-only and renamed to
-``<bundles>/<digest hex>``: the rename publishes it whole, and when two
-processes race, the loser's copy is removed and the winner's is used.
+is extracted into a temp directory, made read-only (files and folders),
+renamed to ``<bundles>/<digest hex>`` and sealed.
+
+Every task of the node sees that one tree, and a task runs as the worker's
+user, who owns it: read-only folders stop a slip, not a task that means it
+(it may make them writable again, and root ignores them). So every use
+first checks the tree against its seal (``<hex>.seal``: a digest over each
+member's path, mode, size, inode and ctime, which no write, chmod,
+replacement or rename inside the tree leaves unchanged, and which a task
+cannot set back). A tree that fails the check, or has no seal (a crash
+mid-publication), is removed and extracted again from the verified cache
+entry. One lock per bundle (``<hex>.lock``) orders checks, extractions and
+seals among processes. A change made while another task is using the tree
+is not prevented for that task; the next use repairs it.
 """
 
 from __future__ import annotations
@@ -20,12 +31,19 @@ from pathlib import Path
 from typing import Any
 
 from fsd.cache import NodeCache, digest_of_entry
+from fsd.locks import LinkLock
 from fsd.stagein import StageInput, warm
-from stager.atomic import TEMP_MARKER
+from stager.atomic import TEMP_MARKER, atomic_file
+from stager.digest import Hasher
 from stager.errors import ConfigError, UnsafePathError, from_os_error
 from stager.locations import safe_relative_path
 from stager.objectstore import ObjectStore
 from worker_hooks.task.spec import BundleSpec
+
+READ_ONLY_DIR = 0o555
+# Python before 3.11.4 has no extraction filters; the members are checked above
+# either way, and modes are reduced to r-x after extraction.
+_DATA_FILTER: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 
 
 def check_members(archive: tarfile.TarFile, name: str) -> list[tarfile.TarInfo]:
@@ -45,16 +63,32 @@ def _extract(archive_path: Path, target: Path, name: str) -> None:
     try:
         with tarfile.open(archive_path, "r:*") as archive:
             members = check_members(archive, name)
-            archive.extractall(target, members=members, filter="data")
+            archive.extractall(target, members=members, **_DATA_FILTER)
     except tarfile.TarError as exc:  # its text lists every method tried, over lines
         raise ConfigError(
             f"bundle {name} is not a readable tar archive",
             hint="bundles are tar files, optionally compressed with gzip, bzip2 or xz",
         ) from exc
-    for parent, _, files in os.walk(target):
+    for parent, dirs, files in os.walk(target, topdown=False):
         for file_name in files:
             path = Path(parent, file_name)
             path.chmod(path.stat().st_mode & 0o555)
+        for dir_name in dirs:
+            Path(parent, dir_name).chmod(READ_ONLY_DIR)
+    target.chmod(READ_ONLY_DIR)
+
+
+def fingerprint(root: Path) -> str:
+    """A digest of the tree's shape: every member's path, mode, size, inode and ctime."""
+    hasher = Hasher()
+    for parent, dirs, files in os.walk(root):
+        dirs.sort()
+        for path in [Path(parent), *(Path(parent, name) for name in sorted(files))]:
+            info = path.lstat()
+            member = path.relative_to(root).as_posix()
+            line = f"{member}\0{info.st_mode}\0{info.st_size}\0{info.st_ino}\0{info.st_ctime_ns}\n"
+            hasher.update(line.encode(errors="surrogateescape"))
+    return str(hasher.digest)
 
 
 def remove_tree(path: Path) -> None:
@@ -73,31 +107,49 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path, onerror=make_writable_and_retry)
 
 
+def _intact(tree: Path, seal: Path) -> bool:
+    try:
+        return tree.is_dir() and seal.read_text() == fingerprint(tree)
+    except OSError:
+        return False
+
+
 def ensure_bundle(
     bundle: BundleSpec, *, bundles_dir: Path, cache: NodeCache, store: ObjectStore
 ) -> Path:
-    """The extracted bundle's directory, extracting it on first use on this node."""
+    """The extracted bundle's directory, as published: extracted on first use on this
+    node, and again whenever it no longer matches its seal."""
     source = StageInput(bundle.source, "bundle", bundle.digest, bundle.size)
     ((_, entry, _),) = warm([source], cache=cache, store=store)
     final = bundles_dir / entry.name
-    if final.is_dir():
-        return final
-    temp = bundles_dir / f".{entry.name}{TEMP_MARKER}{secrets.token_hex(4)}"
-    digest = digest_of_entry(entry)
+    seal = bundles_dir / f"{entry.name}.seal"
     try:
         bundles_dir.mkdir(parents=True, exist_ok=True)
+        with LinkLock(bundles_dir / f"{entry.name}.lock").holding():
+            if _intact(final, seal):
+                return final
+            seal.unlink(missing_ok=True)
+            remove_tree(final)  # changed since it was sealed, or never sealed
+            _publish(source, entry, final, cache=cache, store=store)
+            with atomic_file(seal) as handle:
+                handle.write(fingerprint(final).encode())
+    except OSError as exc:
+        raise from_os_error(exc, f"extract bundle {bundle.source} into {bundles_dir}") from exc
+    return final
+
+
+def _publish(
+    source: StageInput, entry: Path, final: Path, *, cache: NodeCache, store: ObjectStore
+) -> None:
+    """Extract the archive ``entry`` into a temp directory, then rename it to ``final``."""
+    temp = final.with_name(f".{final.name}{TEMP_MARKER}{secrets.token_hex(4)}")
+    digest = digest_of_entry(entry)
+    try:
         with cache.pinned([digest]):
             if cache.lookup(digest) is None:  # evicted before the pin: fetch it again
                 ((_, entry, _),) = warm([source], cache=cache, store=store)
             temp.mkdir()
-            _extract(entry, temp, str(bundle.source))
-        try:
-            temp.rename(final)
-        except OSError:
-            if not final.is_dir():
-                raise
-    except OSError as exc:
-        raise from_os_error(exc, f"extract bundle {bundle.source} into {bundles_dir}") from exc
+            _extract(entry, temp, str(source.source))
+        temp.rename(final)
     finally:
         remove_tree(temp)
-    return final
