@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat as stat_module
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +27,9 @@ from fsd.eviction import EntryState, plan_eviction
 from fsd.groupcommit import GroupCommit
 from fsd.ledger import Ledger, Reservation, read_ledger, write_ledger
 from fsd.locks import LinkLock
+from fsd.materialize import Materialize, materialize
 from fsd.owner import Owner
+from fsd.seals import SEALS_DIR, Seals
 from stager.atomic import TEMP_MARKER, atomic_file, fsync_directory
 from stager.digest import (
     Digest,
@@ -96,6 +99,7 @@ class NodeCache:
         self.stale_after_s = stale_after_s
         self.pin_stale_after_s = pin_stale_after_s
         self._clock = clock
+        self._seals = Seals(root, clock)
         self._open_layout()
         self._cache_lock_path = root / "locks" / "cache.lock"
         self._small_publications: GroupCommit[_SmallInsert, bool] = GroupCommit(self._publish_small)
@@ -118,7 +122,7 @@ class NodeCache:
                     f"{self.root} holds a cache of another format: {version.read_text().strip()!r}"
                     " (a cache holds only copies: empty it, or use another --cache-dir)"
                 )
-            for name in ("data", "tmp", "locks", "pins"):
+            for name in ("data", "tmp", "locks", "pins", SEALS_DIR):
                 (self.root / name).mkdir(exist_ok=True)
         except OSError as exc:
             raise from_os_error(exc, f"open cache {self.root}") from exc
@@ -141,25 +145,50 @@ class NodeCache:
     # -- reading ------------------------------------------------------------------
 
     def lookup(self, digest: Digest) -> Path | None:
-        """The entry for ``digest`` if it is present and intact; records the use."""
+        """The entry for ``digest`` if it is present and intact; records the use.
+
+        Intact means sealed in its current state (:mod:`fsd.seals`); an entry
+        that is not is re-hashed, under its lock, and sealed or dropped.
+        """
         path = self.entry_path(digest)
         try:
-            info = path.stat()
+            info = path.lstat()
         except FileNotFoundError:
             return None
-        touched = info.st_mtime_ns != MARKER_MTIME_NS or info.st_mode & 0o222
-        if touched and not self._reverify(digest, path):
+        if self._seals.use(digest.hex, info):
+            return path
+        with self._entry_lock(digest.hex).holding():  # a link in progress, or damage
+            return self._lookup_locked(digest)
+
+    def _lookup_locked(self, digest: Digest) -> Path | None:
+        """:meth:`lookup` for a caller that holds the entry's lock."""
+        path = self.entry_path(digest)
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
             return None
-        with contextlib.suppress(FileNotFoundError):
-            self._mark(path)
-        return path
+        if not stat_module.S_ISREG(info.st_mode):  # replaced by a link or a folder
+            self._drop(path, 0)
+            return None
+        if self._seals.use(digest.hex, info) or self._reverify(digest, path):
+            return path
+        return None
+
+    def _entry_lock(self, name: str) -> LinkLock:
+        """The lock of one entry (or one source's flight): fetches, links, re-hashes."""
+        return LinkLock(
+            self.root / "locks" / f"{name}.lock",
+            stale_after_s=self.stale_after_s,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
 
     def _mark(self, path: Path) -> None:
-        """Record a use (atime, for LRU order) and the marker mtime of an intact entry (rule 3)."""
+        """Give a staged entry the marker mtime that caches of format 2 before seals check."""
         os.utime(path, ns=(int(self._clock() * 1e9), MARKER_MTIME_NS))
 
     def _reverify(self, digest: Digest, path: Path) -> bool:
-        """Re-hash an entry something may have written to; keep it only if intact."""
+        """Re-hash an entry something may have written to; seal it if intact, else drop it."""
         try:
             with path.open("rb") as handle:
                 actual, size = digest_stream(handle)
@@ -168,17 +197,58 @@ class NodeCache:
         if actual == digest:
             os.chmod(path, READ_ONLY)
             self._mark(path)
+            self._seals.seal(digest.hex, path)
             return True
         self._drop(path, size)
         return False
 
+    # -- sandboxes ------------------------------------------------------------------
+
+    def materialize(self, entry: Path, dest: Path, mode: Materialize) -> Materialize:
+        """Show ``entry`` at ``dest`` (see :func:`fsd.materialize.materialize`).
+
+        A hard link changes the entry's ctime: it is sealed again, under the
+        entry's lock, if the state before the link was sealed.
+        """
+        if mode is not Materialize.LINK:
+            return materialize(entry, dest, mode)
+        with self._entry_lock(entry.name).holding():
+            sealed = self._seals.holds(entry.name, entry.stat())
+            used = materialize(entry, dest, mode)
+            if sealed and used is Materialize.LINK:
+                self._seals.seal(entry.name, entry)
+        return used
+
+    def release_links(self, links: Sequence[tuple[Path, Digest]]) -> None:
+        """Remove hard links to entries from a finished sandbox, keeping the seals true.
+
+        Each link's inode is the entry's: if its state is still the sealed
+        one (the task neither wrote nor changed it), the entry is sealed
+        again after the removal; if not, it is left unsealed and re-hashed
+        before its next use. Links already gone are skipped.
+        """
+        for link, digest in links:
+            with self._entry_lock(digest.hex).holding():
+                try:
+                    sealed = self._seals.holds(digest.hex, link.lstat())
+                    link.unlink()
+                except FileNotFoundError:
+                    continue
+                entry = self.entry_path(digest)
+                with contextlib.suppress(FileNotFoundError):
+                    if sealed:
+                        self._seals.seal(digest.hex, entry)
+
     def _drop(self, path: Path, size: int) -> None:
         """Remove a damaged entry and note it in the damage journal (for ``verify``)."""
         with self._cache_lock().holding():
+            self._seals.remove(path.name)
             try:
                 path.unlink()
             except FileNotFoundError:
                 return
+            except IsADirectoryError:  # a folder put where an entry was
+                shutil.rmtree(path, ignore_errors=True)
             ledger = read_ledger(self._ledger())
             ledger.used_bytes = max(0, ledger.used_bytes - size)
             write_ledger(self._ledger(), ledger)
@@ -216,14 +286,8 @@ class NodeCache:
                 f"of {format_size(self.quota_bytes)}"
             )
         name = digest.hex if digest else "src-" + digest_bytes(flight_key.encode()).hex
-        lock = LinkLock(
-            self.root / "locks" / f"{name}.lock",
-            stale_after_s=self.stale_after_s,
-            clock=self._clock,
-            sleep=self._sleep,
-        )
-        with lock.holding(keep_fresh=True):
-            if digest is not None and (found := self.lookup(digest)) is not None:
+        with self._entry_lock(name).holding(keep_fresh=True):
+            if digest is not None and (found := self._lookup_locked(digest)) is not None:
                 return found
             if size < SMALL_ENTRY_BYTES and self._fits_now(size):
                 return self._insert_small(digest, size, fill)
@@ -269,6 +333,7 @@ class NodeCache:
                 return final
             os.replace(staging, final)
             fsync_directory(final.parent)
+            self._seals.seal(final.name, final)
         except OSError as exc:
             with contextlib.suppress(FileNotFoundError):
                 staging.unlink()
@@ -323,6 +388,7 @@ class NodeCache:
                     else:
                         insert.final.parent.mkdir(exist_ok=True)
                         os.replace(insert.staging, insert.final)
+                        self._seals.seal(insert.final.name, insert.final)
                         ledger.used_bytes += insert.size
                         ledger.fetches += 1
                         counted += 1
@@ -442,13 +508,13 @@ class NodeCache:
 
     def _scan(self) -> list[EntryState]:
         pinned = self._live_pins()
+        used = self._seals.last_uses()
         states = []
         for path in (self.root / "data").glob("*/*"):
             with contextlib.suppress(FileNotFoundError):
-                info = path.stat()
-                states.append(
-                    EntryState(path.name, info.st_size, info.st_atime_ns, path.name in pinned)
-                )
+                size = path.stat().st_size
+                last = used.get(path.name, 0)  # unsealed: evicted first
+                states.append(EntryState(path.name, size, last, path.name in pinned))
         return states
 
     def recover(self) -> None:
@@ -461,14 +527,10 @@ class NodeCache:
                         temp.unlink()
             ledger = read_ledger(self._ledger())
             self._drop_stale_reservations(ledger)
-            ledger.used_bytes = sum(state.size_bytes for state in self._scan())
+            states = self._scan()
+            ledger.used_bytes = sum(state.size_bytes for state in states)
             write_ledger(self._ledger(), ledger)
-        for path in list((self.root / "data").glob("*/*")):
-            with contextlib.suppress(FileNotFoundError):
-                info = path.stat()
-                damaged = info.st_mtime_ns != MARKER_MTIME_NS or info.st_mode & 0o222
-                if damaged or not stat_module.S_ISREG(info.st_mode):
-                    self._reverify(digest_of_entry(path), path)
+            self._seals.sweep({state.hex for state in states})
 
     def verify(self) -> list[Digest]:
         """Re-hash every entry and drop the damaged ones; return every digest dropped
@@ -490,6 +552,7 @@ class NodeCache:
             victims = unpinned if planned is None else planned
             ledger = read_ledger(self._ledger())
             for victim in victims:
+                self._seals.remove(victim.hex)
                 with contextlib.suppress(FileNotFoundError):
                     (self.root / "data" / victim.hex[:2] / victim.hex).unlink()
                     ledger.used_bytes -= victim.size_bytes
@@ -526,7 +589,16 @@ class NodeCache:
         )
 
 
-_CACHE_NAMES = ("VERSION", "ledger.json", "damaged.log", "data", "tmp", "locks", "pins")
+_CACHE_NAMES = (
+    "VERSION",
+    "ledger.json",
+    "damaged.log",
+    "data",
+    "tmp",
+    "locks",
+    "pins",
+    SEALS_DIR,
+)
 
 
 def _is_cache_name(name: str) -> bool:

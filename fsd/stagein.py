@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from fsd.cache import Fill, NodeCache, digest_of_entry
-from fsd.materialize import Materialize, materialize
+from fsd.materialize import Materialize
 from stager.digest import Digest, HashingWriter
 from stager.errors import ConfigError, NotFoundError
 from stager.locations import S3Url, safe_relative_path
@@ -143,7 +143,7 @@ class _Stager:
         item = planned.input
         entry, tier = self.entry_for(planned)
         dest = self.sandbox.joinpath(*item.dest.parts)
-        used = materialize(entry, dest, self.mode)
+        used = self.cache.materialize(entry, dest, self.mode)
         return StagedInput(
             path=dest,
             digest=digest_of_entry(entry),

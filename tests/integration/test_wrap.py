@@ -572,3 +572,26 @@ def test_a_non_root_task_cannot_change_a_bundle_either(
         assert store.get_bytes(prefix.child("out/victim")) == b"tool says 2\n"
     finally:
         remove_tree(base)
+
+
+def test_a_task_that_damages_its_input_and_forges_the_mtime_cannot_pass_it_on(
+    node: Node, store: ObjectStore, prefix: S3Url
+) -> None:
+    data = os.urandom(64 * 1024)
+    put(store, prefix.child("in/ref.bin"), data)
+    ref = {"source": str(prefix.child("in/ref.bin")), "path": "ref.bin"}
+    forge = (
+        "chmod u+w ref.bin && printf X | dd of=ref.bin conv=notrunc 2>/dev/null"
+        " && chmod 444 ref.bin && touch -d @1 ref.bin"
+    )
+    wrap_task(spec_for(prefix, forge, id="forger", inputs=[ref]), node)
+    spec = spec_for(
+        prefix,
+        "cat ref.bin > copy.bin",
+        id="reader",
+        inputs=[ref],
+        outputs=[{"path": "copy.bin", "to": str(prefix.child("out/copy.bin"))}],
+    )
+    result = wrap_task(spec, node)
+    assert store.get_bytes(prefix.child("out/copy.bin")) == data
+    assert result.manifest.inputs[0].digest == digest_bytes(data)

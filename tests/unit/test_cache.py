@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from fsd import cache as cache_module
 from fsd.cache import MARKER_MTIME_NS, NodeCache
 from fsd.materialize import Materialize, materialize
 from fsd.owner import Owner
@@ -246,10 +248,12 @@ def test_the_injected_clock_orders_uses_and_ages_locks(tmp_path: Path) -> None:
     clock = FakeClock(1_000_000.0)
     cache = NodeCache(tmp_path / "c", quota_bytes=10_000, clock=clock, sleep=clock.sleep)
     entry = insert(cache, b"first")
-    assert entry.stat().st_atime_ns == 1_000_000 * 10**9  # a use is the clock's time
+    (state,) = cache.entries()
+    assert state.last_used_ns == 1_000_000 * 10**9  # a use is the clock's time
     clock.now += 5
     assert cache.lookup(digest_bytes(b"first")) == entry
-    assert entry.stat().st_atime_ns == 1_000_005 * 10**9
+    (state,) = cache.entries()
+    assert state.last_used_ns == 1_000_005 * 10**9
     # A fetch lock held by a process on another host ages by the cache's clock:
     # once the clock says it is stale, the next fetch breaks it instead of waiting.
     data = b"second"
@@ -263,3 +267,57 @@ def test_the_injected_clock_orders_uses_and_ages_locks(tmp_path: Path) -> None:
     fetch.join(timeout=20)
     assert fetched == [data]
     assert clock.slept == 0.0  # broken at once, not waited for
+
+
+def _hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the cache's re-hashes of entries (it reads them through digest_stream)."""
+    counted: list[int] = []
+    real = cache_module.digest_stream
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        counted.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "digest_stream", counting)
+    return counted
+
+
+@pytest.mark.parametrize("how", ["flip a byte as root", "chmod, write, chmod back"])
+def test_damage_behind_a_forged_mtime_is_not_served(tmp_path: Path, how: str) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
+    entry = insert(cache, b"original")
+    link = tmp_path / "sandbox" / "in.txt"
+    materialize(entry, link, Materialize.LINK)  # a hard link to the entry, as a task has
+    if how == "chmod, write, chmod back":
+        os.chmod(link, 0o644)
+    with link.open("r+b") as handle:
+        handle.write(b"O")
+    os.chmod(link, 0o444)
+    os.utime(link, ns=(0, MARKER_MTIME_NS))  # mtime back to the marker: looks untouched
+    assert cache.lookup(digest_bytes(b"original")) is None  # ctime gave it away
+    assert not entry.exists()
+
+
+def test_the_caches_own_links_keep_entries_sealed_without_a_rehash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
+    digest = digest_bytes(b"reference")
+    entry = insert(cache, b"reference")
+    hashed = _hashes(monkeypatch)
+    for task in range(3):  # what every task does: look up, link, run, release
+        assert cache.lookup(digest) == entry
+        link = tmp_path / f"sandbox-{task}" / "ref"
+        assert cache.materialize(entry, link, Materialize.LINK) is Materialize.LINK
+        cache.release_links([(link, digest)])
+        assert not link.exists()
+    assert cache.lookup(digest) == entry
+    assert hashed == []  # no re-hash: every change of the entry's ctime was the cache's own
+    # A task that changed its input is caught when its sandbox is released.
+    link = tmp_path / "sandbox-bad" / "ref"
+    cache.materialize(entry, link, Materialize.LINK)
+    os.chmod(link, 0o644)
+    link.write_bytes(b"Reference")
+    os.chmod(link, 0o444)
+    cache.release_links([(link, digest)])
+    assert cache.lookup(digest) is None and hashed == [1]

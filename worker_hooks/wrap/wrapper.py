@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fsd.materialize import Materialize
 from fsd.stagein import ResolvedInput, StagedInput, StageInput, resolve_inputs, staged_resolved
+from stager.digest import Digest
 from stager.errors import (
     CommandFailedError,
     ConfigError,
@@ -175,6 +177,7 @@ class _Run:
         self.timer = _Timer()
         started = datetime.now(UTC)
         self.started_at = started.isoformat(timespec="milliseconds")
+        self._links: list[tuple[Path, Digest]] = []  # inputs hard-linked into the sandbox
         # Names this run's logs: every run keeps its own, whichever attempt wins.
         self.run_id = f"{started:%Y%m%dT%H%M%S.%f}-{secrets.token_hex(3)}"
 
@@ -203,6 +206,7 @@ class _Run:
             return result
         finally:
             if succeeded or not self.options.keep_failed:
+                node.cache.release_links(self._links)  # keeps the entries' seals true
                 remove_tree(sandbox)
             else:
                 keep(sandbox)
@@ -238,6 +242,9 @@ class _Run:
                         workers=node.workers,
                     )
                 )
+                self._links = [
+                    (s.path, s.digest) for s in staged if s.materialized_as is Materialize.LINK
+                ]
             with self.timer.phase("run"):
                 outcome = run_command(
                     _argv(spec),

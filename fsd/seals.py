@@ -1,0 +1,78 @@
+"""Seals: which cache entries are intact, told by what a writer cannot forge.
+
+A seal is an empty file ``seals/<hex[0:2]>/<hex>.<inode>.<ctime ns>``, made
+when the cache has verified an entry's bytes (or written them itself). Any
+write to the entry's inode, through any hard link, and any chmod or utime,
+changes the inode's ctime, which no one can set back; so an entry whose
+current inode and ctime have no seal is re-hashed before it is used. The
+cache's own changes to an entry (a hard link into a sandbox, its removal)
+are sealed again under the entry's lock, after checking that the state
+before them was sealed. A seal's mtime is its entry's last use (LRU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+SEALS_DIR = "seals"
+
+
+class Seals:
+    def __init__(self, cache_root: Path, clock: Callable[[], float]) -> None:
+        self.root = cache_root / SEALS_DIR
+        self._clock = clock
+
+    def _path(self, hexdigest: str, info: os.stat_result) -> Path:
+        return self.root / hexdigest[:2] / f"{hexdigest}.{info.st_ino}.{info.st_ctime_ns}"
+
+    def holds(self, hexdigest: str, info: os.stat_result) -> bool:
+        """True if the entry in state ``info`` (its ``stat``) is sealed and read-only."""
+        return not info.st_mode & 0o222 and self._path(hexdigest, info).exists()
+
+    def use(self, hexdigest: str, info: os.stat_result) -> bool:
+        """Record a use of the entry in state ``info``; False if that state is not sealed."""
+        if info.st_mode & 0o222:
+            return False
+        now_ns = int(self._clock() * 1e9)
+        try:
+            os.utime(self._path(hexdigest, info), ns=(now_ns, now_ns))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def seal(self, hexdigest: str, entry: Path) -> None:
+        """Seal the entry's current state, as a use now; its older seals go."""
+        path = self._path(hexdigest, entry.stat())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o444))
+        now_ns = int(self._clock() * 1e9)
+        os.utime(path, ns=(now_ns, now_ns))
+        for old in path.parent.glob(f"{hexdigest}.*"):
+            if old.name != path.name:
+                old.unlink(missing_ok=True)
+
+    def remove(self, hexdigest: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            for old in (self.root / hexdigest[:2]).glob(f"{hexdigest}.*"):
+                old.unlink(missing_ok=True)
+
+    def last_uses(self) -> dict[str, int]:
+        """The last use (ns) of every sealed entry, by hex digest."""
+        uses: dict[str, int] = {}
+        with contextlib.suppress(FileNotFoundError):
+            for bucket in self.root.iterdir():
+                for seal in bucket.iterdir():
+                    with contextlib.suppress(FileNotFoundError):
+                        uses[seal.name.split(".", 1)[0]] = seal.stat().st_mtime_ns
+        return uses
+
+    def sweep(self, present: set[str]) -> None:
+        """Remove the seals of entries that are gone (evicted by an older stager, say)."""
+        with contextlib.suppress(FileNotFoundError):
+            for bucket in self.root.iterdir():
+                for seal in bucket.iterdir():
+                    if seal.name.split(".", 1)[0] not in present:
+                        seal.unlink(missing_ok=True)
