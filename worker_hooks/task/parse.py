@@ -255,7 +255,9 @@ def parse_spec(body: Any) -> TaskSpec:
     bundle = None if body.get("bundle") is None else _bundle(body["bundle"])
     _unique_paths(inputs, bundle)
     if any(isinstance(i.source, TaskRef) and i.source.producer == task_id for i in inputs):
-        raise ConfigError(f"task spec: task {task_id} names its own output as an input")
+        raise ConfigError(
+            f"task spec: task {task_id} names its own output as an input", hint=SPEC_HINT
+        )
     results = None if body.get("results") is None else fields.url("results")
     return TaskSpec(
         id=task_id,
