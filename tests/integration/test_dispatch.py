@@ -65,6 +65,13 @@ def submit(client: DispatcherClient, bodies: list[dict[str, Any]], workflow: str
     return client.submit([parse_spec(body) for body in bodies], workflow=workflow)
 
 
+def wait_for(condition: Callable[[], bool], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{condition} still false after {timeout_s} s"
+        time.sleep(0.05)
+
+
 def wait_until_ended(
     client: DispatcherClient, workflow: str, timeout_s: float = 120
 ) -> dict[str, int]:
@@ -108,10 +115,7 @@ def test_kill_9_of_a_worker_mid_task_releases_its_task_after_expiry(
     started = tmp_path / "started"
     slow = task("slow", f"touch {started}; sleep 2; echo finished > out.txt", prefix)
     submit(cluster.client, [slow], workflow="wf")
-    deadline = time.monotonic() + 60
-    while not started.exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for(started.exists)
     os.kill(victim.pid, signal.SIGKILL)  # the worker only; its command is left to finish
     victim.wait()
     cluster.add_worker("rescuer")
@@ -576,10 +580,7 @@ def test_a_stale_attempt_resumed_after_its_lease_never_changes_an_accepted_outpu
     # Each run writes different bytes, so a replaced output cannot go unseen.
     command = f"touch {started}; sleep 4; date +%s%N > out.txt; head -c 64 /dev/urandom >> out.txt"
     submit(cluster.client, [task("t", command, prefix)], workflow="wf")
-    deadline = time.monotonic() + 60
-    while not started.exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for(started.exists)
     os.kill(stale.pid, signal.SIGSTOP)  # mid-command: its lease runs out, the task moves on
     try:
         cluster.add_worker("prompt")

@@ -19,8 +19,7 @@ from worker_hooks.dispatch.cli import (
 )
 from worker_hooks.worker.agent import Worker
 from worker_hooks.worker.settings import WorkerSettings
-from worker_hooks.wrap.cli import node_options, take_node_flags
-from worker_hooks.wrap.environment import checked_names
+from worker_hooks.wrap.cli import node_options, pass_env_option, take_node_flags
 from worker_hooks.wrap.node import open_node
 
 
@@ -41,12 +40,7 @@ Examples:
 @click.option("--drain-s", type=float, help="On SIGTERM, let running tasks finish this long [60].")
 @click.option("--heartbeat-s", type=float, help="Seconds between heartbeats [5].")
 @click.option("--worker-id", help="Name shown in `stager status` [host-pid].")
-@click.option(
-    "--pass-env",
-    multiple=True,
-    metavar="NAME",
-    help="Give every task this variable of the worker's (repeatable); tasks get a clean one.",
-)
+@pass_env_option("Give every task this variable of the worker's (repeatable).")
 @node_options
 @click.pass_obj
 def worker_command(
@@ -72,7 +66,7 @@ def worker_command(
         node,
         settings,
         worker_id=worker_id,
-        pass_env=checked_names(pass_env),
+        pass_env=pass_env,
         log=lambda line: click.echo(line, err=True),
     )
     signals: list[int] = []

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -19,10 +20,23 @@ from worker_hooks.wrap.node import CACHE_FLAGS, WRAP_FLAGS, open_node
 from worker_hooks.wrap.sandboxes import sweep
 from worker_hooks.wrap.wrapper import WrapOptions, wrap_task
 
+Command = TypeVar("Command", bound=Callable[..., Any])
+
 
 def take_node_flags(flags: dict[str, Any]) -> dict[str, Any]:
     """Take the values of :func:`node_options` out of a command's ``flags``."""
     return {name: flags.pop(name) for name in (*CACHE_FLAGS, *WRAP_FLAGS)}
+
+
+def pass_env_option(text: str) -> Callable[[Command], Command]:
+    """``--pass-env NAME`` (repeatable), checked: see :mod:`worker_hooks.wrap.environment`."""
+    return click.option(
+        "--pass-env",
+        multiple=True,
+        metavar="NAME",
+        callback=lambda ctx, param, names: checked_names(names),
+        help=text,
+    )
 
 
 def node_options(function: Any) -> Any:
@@ -126,12 +140,7 @@ Exit codes: 0 done (outputs durable, result recorded); 10 the command failed;
 @click.option("--shell", is_flag=True, help="Run the command through /bin/sh -c.")
 @click.option("--bundle", help="Application archive in S3, shown in the sandbox at app/.")
 @click.option("--results", help="Prefix for result manifests and logs [beside the first output].")
-@click.option(
-    "--pass-env",
-    multiple=True,
-    metavar="NAME",
-    help="Give the command this variable of yours (repeatable); it gets a clean environment.",
-)
+@pass_env_option("Give the command this variable of yours (repeatable); it gets a clean one.")
 @click.option("--force", is_flag=True, help="Run even if a result for this task exists.")
 @click.option("--keep-failed", is_flag=True, help="Keep the sandbox of a failed task.")
 @node_options
@@ -169,7 +178,7 @@ def wrap_command(
         force=force,
         keep_failed=keep_failed,
         live=sys.stdout.isatty(),
-        pass_env=checked_names(pass_env),
+        pass_env=pass_env,
     )
     result = wrap_task(spec, node, options)
     manifest = result.manifest
