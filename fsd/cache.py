@@ -30,6 +30,7 @@ from fsd.locks import LinkLock
 from fsd.materialize import Materialize, materialize
 from fsd.owner import Owner
 from fsd.seals import SEALS_DIR, Seals
+from fsd.sources import SOURCES_DIR, Source, SourceIndex, SourceRecord
 from stager.atomic import TEMP_MARKER, atomic_file, fsync_directory
 from stager.digest import (
     Digest,
@@ -41,7 +42,8 @@ from stager.digest import (
 from stager.errors import CacheFormatError, CacheFullError, IntegrityError, from_os_error
 from stager.units import format_size
 
-FORMAT = "stager-cache/2\n"
+FORMAT = "stager-cache/3\n"
+MIGRATES_FROM = "stager-cache/2\n"  # format 3 adds the source index: see docs/cache-format.md
 SMALL_ENTRY_BYTES = 1024 * 1024  # below this, space is accounted at publication (rule 5)
 MARKER_MTIME_NS = 1_000_000_000
 READ_ONLY = 0o444
@@ -64,6 +66,8 @@ class CacheStats:
     quota_bytes: int
     pinned_entries: int
     fetches: int
+    source_records: int  # objects without a digest, found by their source (see sources.py)
+    source_hits: int
 
 
 def digest_of_entry(entry: Path) -> Digest:
@@ -100,6 +104,7 @@ class NodeCache:
         self.pin_stale_after_s = pin_stale_after_s
         self._clock = clock
         self._seals = Seals(root, clock)
+        self._sources = SourceIndex(root)
         self._open_layout()
         self._cache_lock_path = root / "locks" / "cache.lock"
         self._small_publications: GroupCommit[_SmallInsert, bool] = GroupCommit(self._publish_small)
@@ -117,12 +122,16 @@ class NodeCache:
                     raise CacheFormatError(f"{self.root} is not empty and is not a stager cache")
                 with atomic_file(version, replace=False) as handle:
                     handle.write(FORMAT.encode())
+            if version.read_text() == MIGRATES_FROM:
+                (self.root / SOURCES_DIR).mkdir(exist_ok=True)
+                with atomic_file(version) as handle:  # idempotent: racing openers agree
+                    handle.write(FORMAT.encode())
             if version.read_text() != FORMAT:
                 raise CacheFormatError(
                     f"{self.root} holds a cache of another format: {version.read_text().strip()!r}"
                     " (a cache holds only copies: empty it, or use another --cache-dir)"
                 )
-            for name in ("data", "tmp", "locks", "pins", SEALS_DIR):
+            for name in ("data", "tmp", "locks", "pins", SEALS_DIR, SOURCES_DIR):
                 (self.root / name).mkdir(exist_ok=True)
         except OSError as exc:
             raise from_os_error(exc, f"open cache {self.root}") from exc
@@ -271,7 +280,15 @@ class NodeCache:
 
     # -- inserting ----------------------------------------------------------------
 
-    def ensure(self, digest: Digest | None, size: int, fill: Fill, *, flight_key: str = "") -> Path:
+    def ensure(
+        self,
+        digest: Digest | None,
+        size: int,
+        fill: Fill,
+        *,
+        flight_key: str = "",
+        source: Source | None = None,
+    ) -> Path:
         """The entry for ``digest``, fetched by ``fill`` unless present (single flight).
 
         ``fill`` writes the bytes into the writer it is given. With ``digest``
@@ -279,24 +296,51 @@ class NodeCache:
         digest of what ``fill`` wrote, and ``flight_key`` (e.g. the source
         URL) names the single flight. A mismatch is fetched once more, then
         raised as :class:`IntegrityError`.
+
+        ``source`` (an object with no recorded digest, as a HEAD described
+        it) names the single flight instead, and the source index: a source
+        fetched before is found there without calling ``fill``, and one
+        fetched now is recorded once its entry is published.
         """
         if size > self.quota_bytes:
             raise CacheFullError(
                 f"an input of {format_size(size)} can never fit the cache quota "
                 f"of {format_size(self.quota_bytes)}"
             )
-        name = digest.hex if digest else "src-" + digest_bytes(flight_key.encode()).hex
+        if digest is not None:
+            name = digest.hex
+        else:
+            name = "src-" + (source.id if source else digest_bytes(flight_key.encode()).hex)
         with self._entry_lock(name).holding(keep_fresh=True):
             if digest is not None and (found := self._lookup_locked(digest)) is not None:
                 return found
-            if size < SMALL_ENTRY_BYTES and self._fits_now(size):
-                return self._insert_small(digest, size, fill)
-            key = self._reserve(size)
-            try:
-                return self._publish(*self._stage_twice(digest, size, fill, key), size, key)
-            except BaseException:
-                self._settle(key, published_bytes=0)  # a published insert settled itself
-                raise
+            if source is not None and (found := self._from_source_index(source)) is not None:
+                return found
+            entry = self._insert(digest, size, fill)
+            if source is not None:
+                self._sources.record(source, digest_of_entry(entry))
+            return entry
+
+    def _from_source_index(self, source: Source) -> Path | None:
+        known = self._sources.find(source)
+        if known is None:
+            return None
+        found = self._lookup_locked(known)
+        if found is None:  # the entry went (evicted, damaged): so does the record
+            self._sources.forget(source)
+            return None
+        self._sources.hit(source)
+        return found
+
+    def _insert(self, digest: Digest | None, size: int, fill: Fill) -> Path:
+        if size < SMALL_ENTRY_BYTES and self._fits_now(size):
+            return self._insert_small(digest, size, fill)
+        key = self._reserve(size)
+        try:
+            return self._publish(*self._stage_twice(digest, size, fill, key), size, key)
+        except BaseException:
+            self._settle(key, published_bytes=0)  # a published insert settled itself
+            raise
 
     def _stage(self, digest: Digest | None, size: int, fill: Fill, key: str) -> tuple[Path, Digest]:
         """Write the bytes to a read-only staging file in ``tmp/``; check size and digest."""
@@ -531,6 +575,7 @@ class NodeCache:
             ledger.used_bytes = sum(state.size_bytes for state in states)
             write_ledger(self._ledger(), ledger)
             self._seals.sweep({state.hex for state in states})
+            self._sources.sweep({state.hex for state in states})
 
     def verify(self) -> list[Digest]:
         """Re-hash every entry and drop the damaged ones; return every digest dropped
@@ -586,7 +631,13 @@ class NodeCache:
             quota_bytes=self.quota_bytes,
             pinned_entries=sum(s.pinned for s in states),
             fetches=ledger.fetches,
+            source_records=len(sources := self._sources.records()),
+            source_hits=sum(record.hits for record in sources),
         )
+
+    def source_records(self) -> list[SourceRecord]:
+        """What the source index holds: digest, URL and hits of each record."""
+        return self._sources.records()
 
 
 _CACHE_NAMES = (
@@ -598,6 +649,7 @@ _CACHE_NAMES = (
     "locks",
     "pins",
     SEALS_DIR,
+    SOURCES_DIR,
 )
 
 

@@ -103,17 +103,23 @@ def stats(context: CacheContext) -> None:
     click.echo(f"used       {format_size(s.used_bytes)} of {format_size(s.quota_bytes)}")
     click.echo(f"reserved   {format_size(s.reserved_bytes)} by fetches in progress")
     click.echo(f"fetches    {s.fetches}")
+    click.echo(f"sources    {s.source_records} objects without a digest, {s.source_hits} hits")
 
 
 @cache_group.command("ls")
 @click.pass_obj
 def ls(context: CacheContext) -> None:
-    """Every entry, most recently used first."""
-    for entry in context.open().entries():
+    """Every entry, most recently used first; entries of objects without a digest show
+    the source they were fetched from and how often it was found again."""
+    cache = context.open()
+    sources = {record.digest.hex: record for record in cache.source_records()}
+    for entry in cache.entries():
         used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.last_used_ns / 1e9))
-        pin = "pinned" if entry.pinned else ""
+        pin = " pinned" if entry.pinned else ""
+        record = sources.get(entry.hex)
+        found = f"  source {record.url} ({record.hits} hits)" if record else ""
         digest = Digest.from_hex(entry.hex)
-        click.echo(f"{digest}  {format_size(entry.size_bytes):>10}  {used}  {pin}")
+        click.echo(f"{digest}  {format_size(entry.size_bytes):>10}  {used}{pin}{found}")
 
 
 @cache_group.command("verify")

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from fsd.cache import Fill, NodeCache, digest_of_entry
 from fsd.materialize import Materialize
+from fsd.sources import Source
 from stager.digest import Digest, HashingWriter
 from stager.errors import ConfigError, NotFoundError
 from stager.locations import S3Url, safe_relative_path
@@ -103,19 +104,15 @@ def plan_stage_in(
     return plan
 
 
-def _resolve(
-    store: ObjectStore, checked: tuple[StageInput, S3Url, PurePosixPath], *, fetch_only: bool
-) -> ResolvedInput:
+def _resolve(store: ObjectStore, checked: tuple[StageInput, S3Url, PurePosixPath]) -> ResolvedInput:
     """What is known of an input: one HEAD unless the digest and size are given.
 
-    With ``fetch_only`` (warming a cache, where nothing is keyed on the
-    input's identity) a small object of known size needs no HEAD: its one
-    GET returns the same metadata, checked as the bytes arrive. A large one
-    needs the HEAD's ETag to pin its ranged GETs to one version.
+    The HEAD of an object without a digest gives its ETag, which finds it
+    in the source index (no transfer if it was fetched before) and pins the
+    ranged GETs of a large one to one version.
     """
     item, url, dest = checked
-    small = item.size is not None and item.size < store.settings.multipart_threshold_bytes
-    if item.size is not None and (item.digest is not None or (fetch_only and small)):
+    if item.size is not None and item.digest is not None:
         return ResolvedInput(url, dest, item.digest, item.size)
     info = store.head(url)
     if info is None:
@@ -172,7 +169,9 @@ class _Stager:
                 filled_from.append(tier)
                 fill(writer)
 
-            return self.cache.ensure(item.digest, item.size, tracked, flight_key=str(item.url))
+            return self.cache.ensure(
+                item.digest, item.size, tracked, flight_key=str(item.url), source=self._source(item)
+            )
 
         entry = None
         if planned.tier is Tier.NFS_HEAD:
@@ -180,6 +179,12 @@ class _Stager:
         if entry is None:
             entry = fill_from(Tier.S3, lambda writer: self._fetch(item, writer))
         return entry, filled_from[-1] if filled_from else Tier.LOCAL
+
+    def _source(self, item: ResolvedInput) -> Source | None:
+        """The object as the source index knows it, if it has no digest but an ETag."""
+        if item.digest is not None or item.info is None or item.info.etag is None:
+            return None
+        return Source(self.store.endpoint_id, item.url, item.info.etag, item.size)
 
     def _fetch(self, item: ResolvedInput, writer: HashingWriter) -> None:
         """Stream the object into ``writer``; its own recorded digest and size must match."""
@@ -233,7 +238,7 @@ def warm(
     ]
     stager = _Stager(cache, store, Path("/nonexistent-sandbox"), Materialize.LINK, nfs_head)
     checked = validate_inputs(inputs)
-    resolved = run_all(lambda i: _resolve(store, i, fetch_only=True), checked, workers=workers)
+    resolved = run_all(lambda i: _resolve(store, i), checked, workers=workers)
     fetched = run_all(stager.entry_for, _plan(resolved, cache, nfs_head), workers=workers)
     return [(item.url, entry, tier) for item, (entry, tier) in zip(resolved, fetched, strict=True)]
 
@@ -243,7 +248,7 @@ def resolve_inputs(
 ) -> list[ResolvedInput]:
     """Validate every input, then learn unknown digests and sizes (one HEAD each)."""
     checked = validate_inputs(inputs)
-    return run_all(lambda item: _resolve(store, item, fetch_only=False), checked, workers=workers)
+    return run_all(lambda item: _resolve(store, item), checked, workers=workers)
 
 
 @contextlib.contextmanager

@@ -191,6 +191,12 @@ class ObjectStore:
             self.settings, keys, endpoint_url=endpoint_url, region=region, ca_file=self._ca_bundle()
         )
 
+    @property
+    def endpoint_id(self) -> str:
+        """Names the endpoint, to tell the same key at two stores apart (no request made)."""
+        configured = self.settings.endpoint_url or _configured_endpoint(self._session)
+        return configured or f"aws:{self.settings.region or self._session.region_name or ''}"
+
     def _endpoint(self) -> tuple[str, str]:
         """(endpoint URL, region) for the native client.
 

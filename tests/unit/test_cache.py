@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,10 @@ from fsd import cache as cache_module
 from fsd.cache import MARKER_MTIME_NS, NodeCache
 from fsd.materialize import Materialize, materialize
 from fsd.owner import Owner
+from fsd.sources import Source as ObjectSource
 from stager.digest import HashingWriter, digest_bytes
 from stager.errors import CacheFormatError, CacheFullError, IntegrityError
+from stager.locations import S3Url
 from tests.helpers import files_under
 
 
@@ -321,3 +324,46 @@ def test_the_caches_own_links_keep_entries_sealed_without_a_rehash(
     os.chmod(link, 0o444)
     cache.release_links([(link, digest)])
     assert cache.lookup(digest) is None and hashed == [1]
+
+
+def _source(etag: str = '"e1"', size: int = 6) -> ObjectSource:
+    return ObjectSource("http://127.0.0.1:1", S3Url("bkt", "ref/genome.fa"), etag, size)
+
+
+def test_a_source_without_a_digest_is_found_again_without_a_fetch(tmp_path: Path) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
+    fill = Source(b"first!", b"second")
+    entry = cache.ensure(None, 6, fill, source=_source())
+    assert cache.ensure(None, 6, fill, source=_source()) == entry  # found by its source
+    assert fill.calls == 1 and entry.read_bytes() == b"first!"
+    # A changed object (another ETag, or size) is a new source: fetched, never the old bytes.
+    changed = cache.ensure(None, 6, fill, source=_source(etag='"e2"'))
+    assert fill.calls == 2 and changed.read_bytes() == b"second"
+    stats = cache.stats()
+    assert (stats.source_records, stats.source_hits) == (2, 1)
+
+
+def test_a_source_whose_entry_went_is_fetched_again_and_recovery_sweeps_records(
+    tmp_path: Path,
+) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
+    fill = Source(b"first!")
+    cache.ensure(None, 6, fill, source=_source())
+    cache.evict(all_unpinned=True)
+    assert cache.ensure(None, 6, fill, source=_source()).read_bytes() == b"first!"
+    assert fill.calls == 2  # the record pointed at nothing: fetched, recorded again
+    cache.ensure(None, 6, Source(b"other!"), source=_source(etag='"e3"'))
+    cache.evict(all_unpinned=True)
+    NodeCache(tmp_path / "c", quota_bytes=10_000)  # recovery, as a new process opens it
+    assert cache.stats().source_records == 0
+
+
+def test_a_format_2_cache_is_migrated_in_place(tmp_path: Path) -> None:
+    cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
+    entry = insert(cache, b"kept")
+    (tmp_path / "c" / "VERSION").write_text("stager-cache/2\n")
+    shutil.rmtree(tmp_path / "c" / "sources")
+    again = NodeCache(tmp_path / "c", quota_bytes=10_000)
+    assert (tmp_path / "c" / "VERSION").read_text() == "stager-cache/3\n"
+    assert again.lookup(digest_bytes(b"kept")) == entry
+    assert again.ensure(None, 6, Source(b"first!"), source=_source()).exists()
