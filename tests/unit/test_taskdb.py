@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +248,31 @@ def test_the_database_and_its_journal_are_readable_by_their_owner_only(
         assert path.stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_an_input_without_a_digest_is_scheduled_by_what_a_completion_learned(
+    tmp_path: Path, clock: Clock
+) -> None:
+    db = TaskDB(tmp_path / "d.sqlite", Limits(policy=Policy.MAX_CACHE_HIT), clock=clock)
+    db.touch_worker("holder")
+    db.touch_worker("other")
+    submit(db, task("first", "s3://bkt/ref/genome.fa"))  # no digest anywhere
+    (lease,) = db.lease("holder", 1)
+    learned = Digest.parse("xxh3-128:" + "f" * 32)
+    record = FileRecord("in0", S3Url.parse("s3://bkt/ref/genome.fa"), learned, 9)
+    done = replace(result_for("first"), inputs=(record,))
+    db.complete("first", lease.attempt, "holder", done, [InputUse(learned, 9, False)])
+    submit(db, task("second", "s3://bkt/ref/genome.fa"))
+    assert db.lease("other", 5) == []  # kept for the worker whose cache holds it
+    assert [lease.task_id for lease in db.lease("holder", 5)] == ["second"]
+
+
+def test_a_version_1_database_is_migrated(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "d.sqlite"
+    TaskDB(path, Limits(), clock=clock).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("DROP TABLE learned")
+        raw.execute("PRAGMA user_version=1")
+    db = TaskDB(path, Limits(), clock=clock)
+    submit(db, task("t", "s3://bkt/x"))
+    assert db.counts()["queued"] == 1

@@ -61,7 +61,7 @@ from worker_hooks.task.result import ResultManifest
 from worker_hooks.task.spec import TaskSpec
 from worker_hooks.task.workflow import check_batch
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 adds the table of learned digests (migrated from 1)
 FINAL_STATES = tuple(state.value for state in TaskState if state.final)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -96,6 +96,9 @@ CREATE TABLE IF NOT EXISTS replicas (
     worker TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (worker, digest)
 );
 CREATE INDEX IF NOT EXISTS replicas_by_digest ON replicas(digest);
+CREATE TABLE IF NOT EXISTS learned (
+    url TEXT PRIMARY KEY, digest TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS assignments (
     task TEXT NOT NULL, attempt INTEGER NOT NULL, worker TEXT NOT NULL, at REAL NOT NULL
 );
@@ -126,8 +129,13 @@ def _private_file(path: Path) -> None:
 
 
 def _spec_columns(spec: TaskSpec) -> tuple[str, str]:
-    """The ``body`` and ``inputs`` columns of a task."""
-    known = [[str(digest), size] for digest, size in spec.known_inputs()]
+    """The ``body`` and ``inputs`` columns of a task.
+
+    ``inputs`` lists ``[digest, size]`` for inputs whose digest is known and
+    ``[null, size, url]`` for the others, whose digest may be learned later.
+    """
+    known: list[list[Any]] = [[str(digest), size] for digest, size in spec.known_inputs()]
+    known += [[None, size, str(url)] for url, size in spec.unknown_inputs()]
     return json.dumps(spec.to_json()), json.dumps(known)
 
 
@@ -157,7 +165,7 @@ class TaskDB:
         with self._tx() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             tables = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
-            if version == 0 and tables == 0:
+            if (version == 0 and tables == 0) or version == 1:  # new, or migrated from 1
                 for statement in _SCHEMA.split(";"):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -319,6 +327,12 @@ class TaskDB:
             holders.setdefault(Digest.parse(row["digest"]), set()).add(row["worker"])
         return {digest: frozenset(workers) for digest, workers in holders.items()}
 
+    def _learned(self, urls: set[str]) -> dict[str, Digest]:
+        """The digests completions recorded for these objects (a hint for scheduling:
+        an object may have changed since; staging checks what it fetches)."""
+        rows = self._rows_in("SELECT url, digest FROM learned WHERE url IN ({marks})", sorted(urls))
+        return {row["url"]: Digest.parse(row["digest"]) for row in rows}
+
     def lease(self, worker: str, count: int) -> list[Lease]:
         """Lease up to ``count`` queued tasks to ``worker``, chosen by the policy."""
         now = self._clock()
@@ -329,12 +343,18 @@ class TaskDB:
                 " ORDER BY seq LIMIT ?",
                 (self.limits.candidate_window if self.limits.policy is not Policy.FIFO else count,),
             ).fetchall()
+            inputs = {r["id"]: json.loads(r["inputs"]) for r in rows}
+            learned = self._learned({i[2] for ins in inputs.values() for i in ins if i[0] is None})
             candidates = [
                 Candidate(
                     r["id"],
                     r["seq"],
                     r["queued_at"] or 0.0,
-                    tuple((Digest.parse(d), s) for d, s in json.loads(r["inputs"])),
+                    tuple(
+                        (Digest.parse(i[0]) if i[0] else learned[i[2]], i[1])
+                        for i in inputs[r["id"]]
+                        if i[0] or i[2] in learned
+                    ),
                 )
                 for r in rows
             ]
@@ -424,6 +444,12 @@ class TaskDB:
                     sum(u.size for u in uses if u.from_cache),
                     task_id,
                 ),
+            )
+            # What each input turned out to hold: tasks that name the same object
+            # without a digest are scheduled by it from now on.
+            db.executemany(
+                "INSERT OR REPLACE INTO learned (url, digest) VALUES (?, ?)",
+                [(str(r.url), str(r.digest)) for r in result.inputs],
             )
             held = {u.digest for u in uses} | {r.digest for r in result.outputs}
             db.executemany(

@@ -142,6 +142,14 @@ class TaskSpec:
         """(digest, size) of the inputs whose digest is known (for scheduling)."""
         return tuple((i.digest, i.size or 0) for i in self.inputs if i.digest is not None)
 
+    def unknown_inputs(self) -> tuple[tuple[S3Url, int], ...]:
+        """(object, size if given) of the S3 inputs whose digest is not known."""
+        return tuple(
+            (i.source, i.size or 0)
+            for i in self.inputs
+            if i.digest is None and isinstance(i.source, S3Url)
+        )
+
     def resolved(self, producer: str, result: ResultManifest) -> TaskSpec:
         """This spec with its references to ``producer`` replaced by what it recorded."""
         outputs = {record.path: record for record in result.outputs}
