@@ -136,6 +136,7 @@ def _save(out: Path, name: str, data: dict[str, object], markdown: str) -> None:
 
 RUN_LABELS = {
     "stager": "stager (node caches, data-aware)",
+    "foreign": "stager, reference written by plain boto3 (no digest anywhere)",
     "shared": "stager, shared mode (one cache for all nodes)",
     "naive": "naive ({downloader} per task)",
 }
@@ -187,7 +188,8 @@ def workflow_command(
         f"{f.tasks} tasks, {f.workers} workers, reference {format_size(f.reference_bytes)}, "
         f"shared cache in {f.shared_dir}; naive/stager {data['naive_over_stager']}, "
         f"stager/ideal {data['stager_over_ideal']} (on this machine "
-        f"{data['stager_over_ideal_here']}), shared/ideal {data['shared_over_ideal']}\n"
+        f"{data['stager_over_ideal_here']}), shared/ideal {data['shared_over_ideal']}, "
+        f"reference without a digest/pushed {data['foreign_over_stager']}\n"
     )
     _save(out, "workflow", data, markdown)
 

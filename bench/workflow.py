@@ -85,6 +85,7 @@ class WorkflowFigures:
             "stager_over_ideal": round(stager / self.ideal_makespan_s, 3),
             "stager_over_ideal_here": round(stager / self.ideal_here_s, 3),
             "shared_over_ideal": round(self.run("shared").makespan_s / self.ideal_makespan_s, 3),
+            "foreign_over_stager": round(self.run("foreign").makespan_s / stager, 3),
         }
 
 
@@ -117,9 +118,32 @@ def naive_tasks(
                 "id": "naive-" + task["id"],
                 "inputs": [],
                 "command": " && ".join([*fetches, task["command"]]),
+                # The script reaches S3 itself, so it asks for the worker's keys.
+                "pass_env": ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"],
             }
         )
     return tool, converted
+
+
+def foreign_reference_tasks(
+    tasks: list[dict[str, Any]], server: LocalS3Server, reference: Path
+) -> list[dict[str, Any]]:
+    """The same tasks, reading a copy of the reference that plain boto3 uploaded.
+
+    Such an object carries no digest, and the tasks give none: stager learns
+    it on the first fetch (the node cache's source index) and from the first
+    completion (the dispatcher's scheduling).
+    """
+    server.client().upload_file(str(reference), BUCKET, "bench/foreign/reference.bin")
+    source = {"source": f"s3://{BUCKET}/bench/foreign/reference.bin", "path": "reference.bin"}
+    return [
+        {
+            **task,
+            "id": "foreign-" + task["id"],
+            "inputs": [source, *(i for i in task["inputs"] if i["path"] != "reference.bin")],
+        }
+        for task in tasks
+    ]
 
 
 def _compute_seconds(sample: Path, runs: int = 3) -> float:
@@ -166,6 +190,7 @@ def run_workflow_bench(
             maps = [t for t in build_workflow(pushed, shape)["tasks"] if t["id"] != "reduce"]
             stager_tasks = [{"shell": True, "timeout_s": 3600, **t} for t in maps]
             tool, naive = naive_tasks(stager_tasks, endpoint)
+            foreign = foreign_reference_tasks(stager_tasks, server, dataset / "reference.bin")
             sample = work / "sample"
             sample.mkdir()
             (sample / "reference.bin").symlink_to(dataset / "reference.bin")
@@ -182,6 +207,7 @@ def run_workflow_bench(
             runs = []
             for mode, batch, cache_dir in (
                 ("stager", stager_tasks, None),
+                ("foreign", foreign, None),
                 ("shared", stager_tasks, head / f"cache-{secrets.token_hex(4)}"),
                 ("naive", naive, None),
             ):
