@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from fsd.cache import NodeCache
+from fsd.sources import Source
 from stager.digest import digest_bytes
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 from stager.s3server import LocalS3Server
 from tests.helpers import count_requests
+from worker_hooks.dispatch.follow import wait_for_workflow
+from worker_hooks.local.cluster import LocalCluster
 from worker_hooks.task.parse import parse_spec
+from worker_hooks.task.spec import TaskSpec
 from worker_hooks.wrap.node import Node
 from worker_hooks.wrap.wrapper import wrap_task
 
@@ -81,3 +85,79 @@ def test_a_task_on_the_same_node_reads_such_an_input_without_a_get_until_it_chan
     raw_client.put_object(Bucket=url.bucket, Key=url.key, Body=b"a,b\n3,4\n")
     assert run("third") == 2
     assert store.get_bytes(prefix.child("out/third")) == b"a,b\n3,4\n"
+
+
+def test_workers_schedule_and_cache_an_input_that_no_one_gave_a_digest(
+    tmp_path: Path, prefix: S3Url, raw_client: Any, s3_server: LocalS3Server, store: ObjectStore
+) -> None:
+    url = prefix.child("ref/genome.fa")
+    data = os.urandom(256 * 1024)
+    raw_client.put_object(Bucket=url.bucket, Key=url.key, Body=data)
+
+    def task(task_id: str) -> TaskSpec:
+        return parse_spec(
+            {
+                "id": task_id,
+                "command": "cksum < ref > out.txt",
+                "shell": True,
+                "inputs": [{"source": str(url), "path": "ref"}],
+                "outputs": [{"path": "out.txt", "to": str(prefix.child(f"out/{task_id}"))}],
+            }
+        )
+
+    env = {**s3_server.env(), "STAGER_STATE_DIR": str(tmp_path / "state")}
+    args = ["--policy", "max-cache-hit", "--starvation-s", "600"]
+    with LocalCluster(tmp_path / "cluster", env, dispatcher_args=args) as cluster:
+        cluster.add_worker("holder")
+        cluster.wait_for_workers(["holder"])
+        cluster.client.submit([task("first")], workflow="one")
+        wait_for_workflow(cluster.client, "one", poll_s=0.2)
+        cluster.add_worker("other")
+        cluster.wait_for_workers(["holder", "other"])
+        cluster.client.submit([task(f"next-{n}") for n in range(4)], workflow="more")
+        status = wait_for_workflow(cluster.client, "more", poll_s=0.2)
+        placed = {a.task: a.worker for a in cluster.client.assignments()}
+    assert {placed[f"next-{n}"] for n in range(4)} == {"holder"}  # where the bytes are
+    assert status.bytes_from_s3 == 0 and status.bytes_from_cache == 4 * len(data)
+    expected = subprocess.run(["cksum"], input=data, capture_output=True, check=True).stdout
+    assert store.get_bytes(prefix.child("out/next-3")) == expected
+
+
+KILLED_BETWEEN_ENTRY_AND_RECORD = """
+import os, sys
+from pathlib import Path
+from fsd.cache import NodeCache
+from fsd.sources import Source, SourceIndex
+from stager.locations import S3Url
+
+def die(self, source, digest):  # the entry is published; its record is not written yet
+    os.kill(os.getpid(), 9)
+
+SourceIndex.record = die
+cache = NodeCache(Path(sys.argv[1]), quota_bytes=1 << 30)
+source = Source("e", S3Url("bkt", "k"), '"etag"', 6)
+cache.ensure(None, 6, lambda writer: writer.write(b"bytes!"), source=source)
+"""
+
+
+def test_a_kill_between_an_entry_and_its_source_record_costs_one_more_fetch(
+    tmp_path: Path,
+) -> None:
+    cache_dir = tmp_path / "cache"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_BETWEEN_ENTRY_AND_RECORD, str(cache_dir)], cwd=REPO
+    )
+    assert killed.returncode == -9
+    cache = NodeCache(cache_dir, quota_bytes=1 << 30)  # recovery, as the next process opens it
+    assert cache.stats().entries == 1 and cache.stats().source_records == 0
+    fills: list[int] = []
+
+    def fill(writer: Any) -> None:
+        fills.append(1)
+        writer.write(b"bytes!")
+
+    source = Source("e", S3Url("bkt", "k"), '"etag"', 6)
+    entry = cache.ensure(None, 6, fill, source=source)
+    assert entry.read_bytes() == b"bytes!" and fills == [1]  # fetched once more, then known
+    assert cache.ensure(None, 6, fill, source=source) == entry and fills == [1]
+    assert cache.stats().entries == 1 and cache.verify() == []
