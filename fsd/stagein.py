@@ -104,15 +104,21 @@ def plan_stage_in(
     return plan
 
 
-def _resolve(store: ObjectStore, checked: tuple[StageInput, S3Url, PurePosixPath]) -> ResolvedInput:
+def _resolve(
+    store: ObjectStore, checked: tuple[StageInput, S3Url, PurePosixPath], *, fetch_only: bool
+) -> ResolvedInput:
     """What is known of an input: one HEAD unless the digest and size are given.
 
     The HEAD of an object without a digest gives its ETag, which finds it
     in the source index (no transfer if it was fetched before) and pins the
-    ranged GETs of a large one to one version.
+    ranged GETs of a large one to one version. With ``fetch_only`` (warming
+    a cache from a listing, which gives sizes) a small object needs no HEAD:
+    its one GET returns the same metadata, checked as the bytes arrive; such
+    a warm-up does not consult the source index.
     """
     item, url, dest = checked
-    if item.size is not None and item.digest is not None:
+    small = item.size is not None and item.size < store.settings.multipart_threshold_bytes
+    if item.size is not None and (item.digest is not None or (fetch_only and small)):
         return ResolvedInput(url, dest, item.digest, item.size)
     info = store.head(url)
     if info is None:
@@ -238,7 +244,7 @@ def warm(
     ]
     stager = _Stager(cache, store, Path("/nonexistent-sandbox"), Materialize.LINK, nfs_head)
     checked = validate_inputs(inputs)
-    resolved = run_all(lambda i: _resolve(store, i), checked, workers=workers)
+    resolved = run_all(lambda i: _resolve(store, i, fetch_only=True), checked, workers=workers)
     fetched = run_all(stager.entry_for, _plan(resolved, cache, nfs_head), workers=workers)
     return [(item.url, entry, tier) for item, (entry, tier) in zip(resolved, fetched, strict=True)]
 
@@ -248,7 +254,7 @@ def resolve_inputs(
 ) -> list[ResolvedInput]:
     """Validate every input, then learn unknown digests and sizes (one HEAD each)."""
     checked = validate_inputs(inputs)
-    return run_all(lambda item: _resolve(store, item), checked, workers=workers)
+    return run_all(lambda item: _resolve(store, item, fetch_only=False), checked, workers=workers)
 
 
 @contextlib.contextmanager
