@@ -39,7 +39,13 @@ from stager.digest import (
     digest_stream,
     once_more_on_mismatch,
 )
-from stager.errors import CacheFormatError, CacheFullError, IntegrityError, from_os_error
+from stager.errors import (
+    CacheFormatError,
+    CacheFullError,
+    DigestFormatError,
+    IntegrityError,
+    from_os_error,
+)
 from stager.units import format_size
 
 FORMAT = "stager-cache/3\n"
@@ -106,7 +112,6 @@ class NodeCache:
         self._seals = Seals(root, clock)
         self._sources = SourceIndex(root)
         self._open_layout()
-        self._cache_lock_path = root / "locks" / "cache.lock"
         self._small_publications: GroupCommit[_SmallInsert, bool] = GroupCommit(self._publish_small)
         if recover:
             self.recover()
@@ -141,12 +146,7 @@ class NodeCache:
         return self.root / "data" / hexdigest[:2] / hexdigest
 
     def _cache_lock(self) -> LinkLock:
-        return LinkLock(
-            self._cache_lock_path,
-            stale_after_s=self.stale_after_s,
-            clock=self._clock,
-            sleep=self._sleep,
-        )
+        return self._entry_lock("cache")
 
     def _ledger(self) -> Path:
         return self.root / "ledger.json"
@@ -184,7 +184,8 @@ class NodeCache:
         return None
 
     def _entry_lock(self, name: str) -> LinkLock:
-        """The lock of one entry (or one source's flight): fetches, links, re-hashes."""
+        """``locks/<name>.lock``: one entry's (or source's flight) for fetches, links and
+        re-hashes; ``cache`` is the cache lock (no hex digest is named so)."""
         return LinkLock(
             self.root / "locks" / f"{name}.lock",
             stale_after_s=self.stale_after_s,
@@ -276,7 +277,11 @@ class NodeCache:
             except FileNotFoundError:
                 return []
             self._journal.unlink()
-        return [Digest.parse(line) for line in lines if line]
+        damaged = []
+        for line in lines:
+            with contextlib.suppress(DigestFormatError):  # a torn line is not a digest
+                damaged.append(Digest.parse(line))
+        return damaged
 
     # -- inserting ----------------------------------------------------------------
 

@@ -72,11 +72,6 @@ class Digest:
         return f"Digest({str(self)!r})"
 
 
-def parse_optional(text: str | None) -> Digest | None:
-    """``None`` stays ``None``; anything else must parse."""
-    return None if text is None else Digest.parse(text)
-
-
 class Hasher:
     """Accumulates bytes and counts them; ``digest`` may be read at any time."""
 
