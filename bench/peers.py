@@ -21,7 +21,6 @@ from stager.locations import S3Url
 from stager.s3server import REGION, LocalS3Server
 
 PEER_VENV_ENV = "STAGER_BENCH_PEERS"
-VARIABLES = frozenset({PEER_VENV_ENV})  # the "stager.variables" entry point
 
 
 def peer_bin_dir() -> Path:

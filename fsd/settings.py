@@ -13,7 +13,6 @@ from stager.settings import (
     positive_float,
     setting_field,
     size_value,
-    variables_of,
 )
 
 GB = 1000**3
@@ -53,6 +52,3 @@ def default_quota_bytes(root: Path) -> int:
     """The smaller of 140 GB and 90 % of the file system that holds ``root``."""
     stat = os.statvfs(root)
     return min(140 * GB, int(stat.f_blocks * stat.f_frsize * 0.9))
-
-
-VARIABLES = variables_of(CacheSettings)  # the "stager.variables" entry point

@@ -249,8 +249,8 @@ def variables_of(*classes: type[Any]) -> frozenset[str]:
     return frozenset(ENV_PREFIX + f.name.upper() for cls in classes for f in fields(cls))
 
 
-# Variables the core reads besides its settings; every other package adds its
-# own through the "stager.variables" entry point group (see stager.cli).
+# Variables the core reads besides its settings; every other package names its
+# own in the "stager.variables" entry point group (see pyproject.toml).
 VARIABLES = variables_of(Settings) | {
     "STAGER_DEBUG",
     "STAGER_WEED_BINARY",

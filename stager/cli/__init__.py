@@ -89,10 +89,9 @@ def _warn_of_unknown_variables() -> None:
     """One line per ``STAGER_*`` variable nothing reads (a typo is otherwise silent)."""
     if not any(n.startswith("STAGER_") and n not in VARIABLES for n in os.environ):
         return  # the usual case: nothing to look up
-    known = set(VARIABLES)
-    for entry in entry_points(group=VARIABLES_GROUP):
-        known |= entry.load()
-    for name, closest in unknown_variables(os.environ, frozenset(known)):
+    # The names alone: nothing is imported (this runs before every command).
+    known = VARIABLES | {entry.name for entry in entry_points(group=VARIABLES_GROUP)}
+    for name, closest in unknown_variables(os.environ, known):
         guess = f"; did you mean {closest}?" if closest else ""
         click.echo(
             f"stager: warning: {name} is not a stager variable and is ignored{guess}", err=True

@@ -1,11 +1,19 @@
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 
 from stager.errors import ConfigError
-from stager.settings import VARIABLES, Settings, load_settings, setting_docs, unknown_variables
+from stager.settings import (
+    VARIABLES,
+    Settings,
+    load_settings,
+    setting_docs,
+    unknown_variables,
+    variables_of,
+)
 from stager.units import format_size, parse_size
 
 MiB = 1024 * 1024
@@ -127,3 +135,19 @@ def test_every_command_warns_of_an_unknown_variable_in_one_line(tmp_path: Path) 
         "stager: warning: STAGER_CACHE_QOUTA is not a stager variable and is ignored; "
         "did you mean STAGER_CACHE_QUOTA?"
     )
+
+
+def test_the_declared_variables_are_exactly_what_each_package_reads() -> None:
+    declared = entry_points(group="stager.variables")
+    settings_classes = set()
+    for entry in declared:
+        target = entry.load()
+        if isinstance(target, str):  # a module's name for an environment variable
+            assert target == entry.name, entry
+        else:  # a settings class: the variable sets one of its fields
+            assert entry.name in variables_of(target), entry
+            settings_classes.add(target)
+    listed = {entry.name for entry in declared}
+    for cls in settings_classes:  # no field of a listed class is left out
+        assert variables_of(cls) <= listed, cls.__name__
+    assert not listed & VARIABLES  # the core's own are not listed twice

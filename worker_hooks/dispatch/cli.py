@@ -20,17 +20,19 @@ from worker_hooks.dispatch.taskdb import Limits, TaskDB
 from worker_hooks.dispatch.token import TOKEN_ENV, load_token, server_token
 from worker_hooks.task.workflow import load_workflow
 
+URL_ENV = "STAGER_DISPATCHER_URL"
+TOKEN_FILE_ENV = "STAGER_DISPATCHER_TOKEN_FILE"
 dispatcher_url_option = click.option(
     "--dispatcher",
     "dispatcher_url",
-    envvar="STAGER_DISPATCHER_URL",
+    envvar=URL_ENV,
     required=True,
     help="Dispatcher URL, e.g. https://frontend:8765 [$STAGER_DISPATCHER_URL].",
 )
 token_file_option = click.option(
     "--token-file",
     type=click.Path(dir_okay=False, path_type=Path),
-    envvar="STAGER_DISPATCHER_TOKEN_FILE",
+    envvar=TOKEN_FILE_ENV,
     help=f"File holding the dispatcher's token [${TOKEN_ENV}].",
 )
 ca_file_option = click.option(

@@ -12,7 +12,6 @@ from stager.settings import (
     positive_float,
     positive_int,
     setting_field,
-    variables_of,
 )
 from worker_hooks.dispatch.scheduling import Policy
 
@@ -46,11 +45,3 @@ class DispatcherSettings:
     )
     tls_cert: Path | None = setting_field(None, optional_path, "TLS certificate (PEM)")
     tls_key: Path | None = setting_field(None, optional_path, "TLS private key (PEM)")
-
-
-# The "stager.variables" entry point: the settings, and what the commands read.
-VARIABLES = variables_of(DispatcherSettings) | {
-    "STAGER_DISPATCHER_URL",
-    "STAGER_DISPATCHER_TOKEN",
-    "STAGER_DISPATCHER_TOKEN_FILE",
-}

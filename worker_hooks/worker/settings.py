@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stager.settings import positive_float, positive_int, setting_field, variables_of
+from stager.settings import positive_float, positive_int, setting_field
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,6 +24,3 @@ class WorkerSettings:
     dispatcher_lost_s: float = setting_field(
         120.0, positive_float, "give up when the dispatcher is unreachable this long"
     )
-
-
-VARIABLES = variables_of(WorkerSettings)  # the "stager.variables" entry point

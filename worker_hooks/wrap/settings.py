@@ -12,7 +12,6 @@ from stager.settings import (
     optional_path,
     positive_float,
     setting_field,
-    variables_of,
 )
 
 
@@ -37,6 +36,3 @@ class WrapSettings:
     nfs_head: Path | None = setting_field(
         None, optional_path, "a shared cache on a mount, read before S3 (the NFS head)"
     )
-
-
-VARIABLES = variables_of(WrapSettings)  # the "stager.variables" entry point
