@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from stager.digest import Digest
 from stager.errors import IntegrityError, from_os_error
 from stager.locations import S3Url
 from stager.settings import load_component
+from stager.tokens import load_token
 from stager.units import format_size, parse_size
 
 
@@ -157,3 +159,68 @@ def evict(context: CacheContext, all_unpinned: bool, free: str | None) -> None:
     victims = context.open().evict(all_unpinned=all_unpinned, free_bytes=parse_size(free or 0))
     freed = sum(v.size_bytes for v in victims)
     click.echo(f"evicted {len(victims)} entries ({format_size(freed)})")
+
+
+@click.group("fsd")
+def fsd_group() -> None:
+    """The node file service: serves this node's cache to its peers, takes their mirrors."""
+
+
+@fsd_group.command(
+    "serve",
+    epilog="""\b
+Examples:
+  stager fsd serve --listen 10.0.1.17:8766 --token-file ~/.stager-token
+  STAGER_DISPATCHER_TOKEN=... stager fsd serve --listen 0.0.0.0:8766 --cache-dir /scratch/c
+(`stager worker --serve HOST:PORT` runs the same service beside a worker.)
+""",
+)
+@click.option("--listen", required=True, help="HOST:PORT on the nodes' private network.")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File holding the cluster token [$STAGER_DISPATCHER_TOKEN].",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Cache root [$STAGER_CACHE_DIR or ~/.cache/stager/node-cache].",
+)
+@click.option("--cache-quota", help="Bytes the cache may hold, e.g. 140G.")
+@click.pass_obj
+def serve(
+    core: CliState,
+    /,
+    listen: str,
+    token_file: Path | None,
+    cache_dir: Path | None,
+    cache_quota: str | None,
+) -> None:
+    """Serve cache entries to peers (signed requests only), receive mirrored outputs
+    and write them behind to S3, until SIGTERM or SIGINT."""
+    from fsd.service import NodeService
+
+    cache = CacheContext(core, {"cache_dir": cache_dir, "cache_quota": cache_quota}).open()
+    service = NodeService(
+        cache,
+        core.object_store(),
+        load_token(token_file),
+        listen,
+        log=lambda line: click.echo(line, err=True),
+    )
+    signals: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, _: signals.append(number))
+    address = service.start()
+    click.echo(f"node file service on {address}, cache {cache.root}", err=True)
+    try:
+        while not signals:
+            time.sleep(0.2)
+    finally:
+        service.stop()
+    counts = service.outbox.counts()
+    click.echo(
+        f"stopped; served {format_size(service.files.served_bytes)}, received "
+        f"{format_size(service.files.received_bytes)}, {counts.pending} writes behind pending",
+        err=True,
+    )

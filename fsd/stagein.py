@@ -3,7 +3,9 @@
 Order of work, so that a bad spec costs no I/O: every input's sandbox path
 and URL are validated first; then inputs without a known digest or size are
 resolved with one HEAD each; then a pure plan picks each input's source
-tier (local cache, then the NFS head, then S3); then missing entries are
+tier (local cache, then the NFS head, then a peer node that holds it, then
+S3); a peer that fails (:mod:`fsd.peerclient` bounds how long that takes)
+is passed over for the next, and S3 is always the last; then missing entries are
 fetched in parallel (single flight per digest across processes) and every
 input is materialized. Entries stay pinned for as long as the caller's
 ``with`` block runs.
@@ -15,12 +17,13 @@ import contextlib
 import dataclasses
 import enum
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from fsd.cache import Fill, NodeCache, digest_of_entry
 from fsd.materialize import Materialize
+from fsd.peerclient import PeerClient, first_that_works
 from fsd.sources import Source
 from stager.digest import Digest, HashingWriter
 from stager.errors import ConfigError, NotFoundError
@@ -43,7 +46,16 @@ class StageInput:
 class Tier(enum.Enum):
     LOCAL = "local"
     NFS_HEAD = "nfs-head"
+    PEER = "peer"
     S3 = "s3"
+
+
+@dataclass(frozen=True)
+class Peers:
+    """Other nodes that hold some inputs (the dispatcher's replica catalog says which)."""
+
+    client: PeerClient
+    holders: Mapping[Digest, Sequence[str]]  # digest -> addresses of node file services
 
 
 @dataclass(frozen=True)
@@ -89,15 +101,21 @@ def validate_inputs(inputs: Sequence[StageInput]) -> list[tuple[StageInput, S3Ur
 
 
 def plan_stage_in(
-    inputs: Sequence[ResolvedInput], *, local: set[Digest], nfs_head: set[Digest]
+    inputs: Sequence[ResolvedInput],
+    *,
+    local: set[Digest],
+    nfs_head: set[Digest],
+    peers: frozenset[Digest] | set[Digest] = frozenset(),
 ) -> list[PlannedInput]:
-    """The cheapest source of each input: local cache > NFS head > S3."""
+    """The cheapest source of each input: local cache > NFS head > peer > S3."""
     plan = []
     for item in inputs:
         if item.digest is not None and item.digest in local:
             tier = Tier.LOCAL
         elif item.digest is not None and item.digest in nfs_head:
             tier = Tier.NFS_HEAD
+        elif item.digest is not None and item.digest in peers:
+            tier = Tier.PEER
         else:
             tier = Tier.S3
         plan.append(PlannedInput(item, tier))
@@ -135,12 +153,14 @@ class _Stager:
         sandbox: Path,
         mode: Materialize,
         nfs_head: NodeCache | None,
+        peers: Peers | None = None,
     ) -> None:
         self.cache = cache
         self.store = store
         self.sandbox = sandbox
         self.mode = mode
         self.nfs_head = nfs_head
+        self.peers = peers
 
     def stage(self, planned: PlannedInput) -> StagedInput:
         item = planned.input
@@ -182,6 +202,8 @@ class _Stager:
         entry = None
         if planned.tier is Tier.NFS_HEAD:
             entry = self._from_nfs_head(item, fill_from)
+        if planned.tier is Tier.PEER:
+            entry = self._from_peers(item, fill_from)
         if entry is None:
             entry = fill_from(Tier.S3, lambda writer: self._fetch(item, writer))
         return entry, filled_from[-1] if filled_from else Tier.LOCAL
@@ -213,14 +235,34 @@ class _Stager:
 
         return fill_from(Tier.NFS_HEAD, copy)
 
+    def _from_peers(
+        self,
+        item: ResolvedInput,
+        fill_from: Callable[[Tier, Fill], Path],
+    ) -> Path | None:
+        """The entry from the first peer that serves the right bytes in time, else None."""
+        assert self.peers is not None and item.digest is not None
+        digest, client = item.digest, self.peers.client
+        entries: list[Path] = []
+
+        def attempt(address: str) -> None:
+            entries.append(fill_from(Tier.PEER, lambda w: client.fetch(address, digest, w)))
+
+        first_that_works(client, self.peers.holders.get(digest, ()), attempt)
+        return entries[0] if entries else None
+
 
 def _plan(
-    resolved: Sequence[ResolvedInput], cache: NodeCache, nfs_head: NodeCache | None
+    resolved: Sequence[ResolvedInput],
+    cache: NodeCache,
+    nfs_head: NodeCache | None,
+    peers: Peers | None = None,
 ) -> list[PlannedInput]:
     known = {item.digest for item in resolved if item.digest is not None}
     local = {d for d in known if cache.entry_path(d).exists()}
     head = {d for d in known if nfs_head is not None and nfs_head.entry_path(d).exists()}
-    return plan_stage_in(resolved, local=local, nfs_head=head)
+    held = {d for d in known if peers is not None and peers.client.usable(peers.holders.get(d, ()))}
+    return plan_stage_in(resolved, local=local, nfs_head=head, peers=held)
 
 
 def warm(
@@ -229,6 +271,7 @@ def warm(
     cache: NodeCache,
     store: ObjectStore,
     nfs_head: NodeCache | None = None,
+    peers: Peers | None = None,
     workers: int = 8,
 ) -> list[tuple[S3Url, Path, Tier]]:
     """Fetch objects into the cache without a sandbox (preloading).
@@ -242,10 +285,10 @@ def warm(
         else StageInput(source=item, path=f"input-{n}")
         for n, item in enumerate(sources)
     ]
-    stager = _Stager(cache, store, Path("/nonexistent-sandbox"), Materialize.LINK, nfs_head)
+    stager = _Stager(cache, store, Path("/nonexistent-sandbox"), Materialize.LINK, nfs_head, peers)
     checked = validate_inputs(inputs)
     resolved = run_all(lambda i: _resolve(store, i, fetch_only=True), checked, workers=workers)
-    fetched = run_all(stager.entry_for, _plan(resolved, cache, nfs_head), workers=workers)
+    fetched = run_all(stager.entry_for, _plan(resolved, cache, nfs_head, peers), workers=workers)
     return [(item.url, entry, tier) for item, (entry, tier) in zip(resolved, fetched, strict=True)]
 
 
@@ -266,12 +309,20 @@ def staged_inputs(
     store: ObjectStore,
     mode: Materialize = Materialize.LINK,
     nfs_head: NodeCache | None = None,
+    peers: Peers | None = None,
     workers: int = 8,
 ) -> Iterator[list[StagedInput]]:
     """Stage ``inputs`` (as a spec names them) into ``sandbox``; pinned inside the block."""
     resolved = resolve_inputs(inputs, store=store, workers=workers)
     with staged_resolved(
-        resolved, sandbox, cache=cache, store=store, mode=mode, nfs_head=nfs_head, workers=workers
+        resolved,
+        sandbox,
+        cache=cache,
+        store=store,
+        mode=mode,
+        nfs_head=nfs_head,
+        peers=peers,
+        workers=workers,
     ) as staged:
         yield staged
 
@@ -285,13 +336,14 @@ def staged_resolved(
     store: ObjectStore,
     mode: Materialize = Materialize.LINK,
     nfs_head: NodeCache | None = None,
+    peers: Peers | None = None,
     workers: int = 8,
 ) -> Iterator[list[StagedInput]]:
     """Stage inputs already resolved by :func:`resolve_inputs` (no second HEAD)."""
-    stager = _Stager(cache, store, sandbox, mode, nfs_head)
+    stager = _Stager(cache, store, sandbox, mode, nfs_head, peers)
     known = [item.digest for item in resolved if item.digest is not None]
     with cache.pinned(known):
-        staged = run_all(stager.stage, _plan(resolved, cache, nfs_head), workers=workers)
+        staged = run_all(stager.stage, _plan(resolved, cache, nfs_head, peers), workers=workers)
         learned = [s.digest for s in staged if s.digest not in known]
         with cache.pinned(learned):
             yield staged

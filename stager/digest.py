@@ -119,7 +119,7 @@ class HashingWriter:
         self._target = target  # None: the bytes are only hashed
         self.hasher = Hasher()
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         self.hasher.update(data)
         return len(data) if self._target is None else self._target.write(data)
 

@@ -11,7 +11,7 @@ import pytest
 from stager.digest import digest_bytes
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
-from worker_hooks.wrap.publish import publish
+from stager.publish import publish
 
 MiB = 1024 * 1024
 

@@ -11,13 +11,13 @@ import click
 
 from stager.cli.context import CliState
 from stager.settings import load_component
+from stager.tokens import TOKEN_ENV, load_token, server_token
 from stager.units import format_size
 from worker_hooks.dispatch.client import DispatcherClient
 from worker_hooks.dispatch.follow import wait_for_workflow
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.dispatch.settings import DispatcherSettings
 from worker_hooks.dispatch.taskdb import Limits, TaskDB
-from worker_hooks.dispatch.token import TOKEN_ENV, load_token, server_token
 from worker_hooks.task.workflow import load_workflow
 
 URL_ENV = "STAGER_DISPATCHER_URL"

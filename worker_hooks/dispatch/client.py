@@ -23,7 +23,7 @@ from stager.errors import (
     StagerError,
     UnreachableError,
 )
-from worker_hooks.dispatch.token import TOKEN_ENV, check_token
+from stager.tokens import TOKEN_ENV, check_token
 from worker_hooks.task.protocol import (
     PROTOCOL_VERSION,
     VERSION_HEADER,

@@ -27,8 +27,8 @@ from typing import TypeVar
 from aiohttp import web
 
 from stager.errors import ConfigError, NotFoundError, PreconditionFailedError, StagerError
+from stager.tokens import check_token
 from worker_hooks.dispatch.taskdb import TaskDB
-from worker_hooks.dispatch.token import check_token
 from worker_hooks.task.protocol import (
     PROTOCOL_VERSION,
     VERSION_HEADER,

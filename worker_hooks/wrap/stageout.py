@@ -19,9 +19,9 @@ from stager.digest import Digest, HashingWriter, digest_stream
 from stager.errors import DiskFullError, StageOutError, StagerError, from_os_error
 from stager.objectstore import ObjectStore
 from stager.parallel import run_all
+from stager.publish import publish
 from worker_hooks.task.result import FileRecord
 from worker_hooks.wrap.outputs import FoundOutput
-from worker_hooks.wrap.publish import publish
 
 
 class _Uploader:
@@ -84,7 +84,7 @@ def upload_outputs(
     replace_own: bool = False,
     workers: int = 8,
 ) -> list[FileRecord]:
-    """Publish every output (:mod:`worker_hooks.wrap.publish`); return their records
+    """Publish every output (:mod:`stager.publish`); return their records
     in order (an adopted twin's where it got there first), or raise StageOutError."""
     try:
         return run_all(_Uploader(cache, store, task, replace_own), found, workers=workers)

@@ -1,8 +1,11 @@
-"""The dispatcher's bearer token: where it comes from and what it may hold.
+"""The cluster token: where it comes from and what it may hold.
 
-A token is one line of printable ASCII (no blanks), 16 to 4096 characters:
-it travels in an HTTP header, so anything else (a second line pasted into
-the file, a stray byte) is refused when the token is read, with a message
+One secret per cluster. The dispatcher takes it as a bearer token; the
+node file service (:mod:`fsd.peerauth`) only ever sees HMACs keyed from it,
+so a node that serves files never receives the token itself. A token is
+one line of printable ASCII (no blanks), 16 to 4096 characters: it
+travels in an HTTP header, so anything else (a second line pasted into the
+file, a stray byte) is refused when the token is read, with a message
 that says what is wrong and never shows the token itself.
 """
 

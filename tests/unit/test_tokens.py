@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from stager.errors import ConfigError
+from stager.tokens import TOKEN_ENV, check_token, load_token, server_token
 from worker_hooks.dispatch.client import DispatcherClient
-from worker_hooks.dispatch.token import TOKEN_ENV, check_token, load_token, server_token
 
 GOOD = "Zx8_-" * 8
 REPO = Path(__file__).resolve().parents[2]
