@@ -270,8 +270,12 @@ def test_an_input_without_a_digest_is_scheduled_by_what_a_completion_learned(
 def test_a_version_1_database_is_migrated(tmp_path: Path, clock: Clock) -> None:
     path = tmp_path / "d.sqlite"
     TaskDB(path, Limits(), clock=clock).close()
-    with sqlite3.connect(path) as raw:
+    with sqlite3.connect(path) as raw:  # as version 1 made it
         raw.execute("DROP TABLE learned")
+        raw.execute("DROP TABLE outputs")
+        raw.execute("ALTER TABLE tasks DROP COLUMN bytes_from_peers")
+        raw.execute("ALTER TABLE workers DROP COLUMN address")
+        raw.execute("ALTER TABLE workers DROP COLUMN suspect_until")
         raw.execute("PRAGMA user_version=1")
     db = TaskDB(path, Limits(), clock=clock)
     submit(db, task("t", "s3://bkt/x"))

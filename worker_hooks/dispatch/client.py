@@ -35,7 +35,6 @@ from worker_hooks.task.protocol import (
     FailRequest,
     HeartbeatReply,
     HeartbeatRequest,
-    Held,
     InputUse,
     LeaseReply,
     LeaseRequest,
@@ -128,21 +127,20 @@ class DispatcherClient:
         return list(self.call("POST", "/v1/tasks", SubmitReply, request).submitted)
 
     def lease(
-        self, worker: str, max_tasks: int, *, wait_s: float, cache: CacheReport | None = None
-    ) -> LeaseReply:
-        """Leased tasks (maybe none after ``wait_s``) and the dispatcher's lease length."""
-        request = LeaseRequest(worker, max_tasks, wait_s, cache)
-        return self.call("POST", "/v1/lease", LeaseReply, request, wait_s=wait_s)
-
-    def heartbeat(
         self,
         worker: str,
-        held: Sequence[Held],
+        max_tasks: int,
         *,
-        cache_bytes: int,
+        wait_s: float,
         cache: CacheReport | None = None,
-    ) -> list[str]:
-        request = HeartbeatRequest(worker, tuple(held), cache_bytes, cache)
+        address: str | None = None,
+    ) -> LeaseReply:
+        """Leased tasks (maybe none after ``wait_s``) and the dispatcher's lease length."""
+        request = LeaseRequest(worker, max_tasks, wait_s, cache, address)
+        return self.call("POST", "/v1/lease", LeaseReply, request, wait_s=wait_s)
+
+    def heartbeat(self, request: HeartbeatRequest) -> list[str]:
+        """Extend leases, report the cache; the ids of tasks the worker must drop."""
         return list(self.call("POST", "/v1/heartbeat", HeartbeatReply, request).drop)
 
     def complete(

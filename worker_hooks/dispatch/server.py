@@ -158,7 +158,7 @@ class Dispatcher:
         self._apply_cache_report(body.worker, body.cache)
         deadline = asyncio.get_running_loop().time() + wait_s
         while True:
-            leases = self.db.lease(body.worker, count) if count else []
+            leases = self.db.lease(body.worker, count, address=body.address) if count else []
             remaining = deadline - asyncio.get_running_loop().time()
             if leases or remaining <= 0:
                 break
@@ -177,7 +177,10 @@ class Dispatcher:
         body = await self._read(request, HeartbeatRequest)
         self._apply_cache_report(body.worker, body.cache)
         held = [(h.task_id, h.attempt) for h in body.held]
-        drop = self.db.heartbeat(body.worker, held, cache_bytes=body.cache_bytes)
+        self.db.suspect(body.bad_peers)
+        drop = self.db.heartbeat(
+            body.worker, held, cache_bytes=body.cache_bytes, written=body.written
+        )
         return _reply(HeartbeatReply(tuple(drop)))
 
     async def complete(self, request: web.Request) -> web.Response:

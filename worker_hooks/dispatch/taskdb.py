@@ -33,7 +33,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +52,19 @@ from worker_hooks.task.protocol import (
     Assignment,
     InputUse,
     Lease,
+    NodeOnly,
+    Replica,
     StatusReply,
     TaskInfo,
     TaskState,
     WorkerInfo,
+    Written,
 )
-from worker_hooks.task.result import ResultManifest
+from worker_hooks.task.result import Persist, ResultManifest
 from worker_hooks.task.spec import TaskSpec
 from worker_hooks.task.workflow import check_batch
 
-SCHEMA_VERSION = 2  # 2 adds the table of learned digests (migrated from 1)
+SCHEMA_VERSION = 3  # 2 adds learned digests, 3 node addresses and outputs (migrated from 1, 2)
 FINAL_STATES = tuple(state.value for state in TaskState if state.final)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -81,7 +84,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     result TEXT,
     error TEXT,
     bytes_from_s3 INTEGER NOT NULL DEFAULT 0,
-    bytes_from_cache INTEGER NOT NULL DEFAULT 0
+    bytes_from_cache INTEGER NOT NULL DEFAULT 0,
+    bytes_from_peers INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, seq);
 CREATE INDEX IF NOT EXISTS tasks_by_workflow ON tasks(workflow, state);
@@ -90,7 +94,8 @@ CREATE TABLE IF NOT EXISTS deps (
 );
 CREATE INDEX IF NOT EXISTS deps_by_producer ON deps(producer);
 CREATE TABLE IF NOT EXISTS workers (
-    id TEXT PRIMARY KEY, last_seen REAL NOT NULL, cache_bytes INTEGER NOT NULL DEFAULT 0
+    id TEXT PRIMARY KEY, last_seen REAL NOT NULL, cache_bytes INTEGER NOT NULL DEFAULT 0,
+    address TEXT, suspect_until REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS replicas (
     worker TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (worker, digest)
@@ -99,10 +104,24 @@ CREATE INDEX IF NOT EXISTS replicas_by_digest ON replicas(digest);
 CREATE TABLE IF NOT EXISTS learned (
     url TEXT PRIMARY KEY, digest TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outputs (
+    task TEXT NOT NULL, workflow TEXT NOT NULL, url TEXT NOT NULL, digest TEXT NOT NULL,
+    size INTEGER NOT NULL, kept TEXT NOT NULL, in_s3 INTEGER NOT NULL,
+    PRIMARY KEY (task, url)
+);
+CREATE INDEX IF NOT EXISTS outputs_on_nodes ON outputs(in_s3, workflow);
+CREATE INDEX IF NOT EXISTS outputs_by_digest ON outputs(digest);
 CREATE TABLE IF NOT EXISTS assignments (
     task TEXT NOT NULL, attempt INTEGER NOT NULL, worker TEXT NOT NULL, at REAL NOT NULL
 );
 """
+
+# Columns that version 3 added to tables of earlier versions (migrated in place).
+_ADDED_COLUMNS = (
+    ("tasks", "bytes_from_peers", "INTEGER NOT NULL DEFAULT 0"),
+    ("workers", "address", "TEXT"),
+    ("workers", "suspect_until", "REAL NOT NULL DEFAULT 0"),
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,7 +184,11 @@ class TaskDB:
         with self._tx() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             tables = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
-            if (version == 0 and tables == 0) or version == 1:  # new, or migrated from 1
+            if (version == 0 and tables == 0) or version in (1, 2):  # new, or migrated
+                for table, column, kind in _ADDED_COLUMNS if version else ():
+                    have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                    if column not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
                 for statement in _SCHEMA.split(";"):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -283,13 +306,53 @@ class TaskDB:
 
     # -- leasing ------------------------------------------------------------------
 
-    def touch_worker(self, worker: str, *, cache_bytes: int | None = None) -> None:
+    def touch_worker(
+        self, worker: str, *, cache_bytes: int | None = None, address: str | None = None
+    ) -> None:
         self._db.execute(
-            "INSERT INTO workers (id, last_seen, cache_bytes) VALUES (?, ?, ?)"
+            "INSERT INTO workers (id, last_seen, cache_bytes, address) VALUES (?, ?, ?, ?)"
             " ON CONFLICT(id) DO UPDATE SET last_seen = excluded.last_seen,"
-            " cache_bytes = COALESCE(?, workers.cache_bytes)",
-            (worker, self._clock(), cache_bytes or 0, cache_bytes),
+            " cache_bytes = COALESCE(?, workers.cache_bytes),"
+            " address = COALESCE(excluded.address, workers.address)",
+            (worker, self._clock(), cache_bytes or 0, address, cache_bytes),
         )
+
+    def suspect(self, addresses: Sequence[str]) -> None:
+        """Peers that failed a worker: offered to no one for a while (they may be dead)."""
+        until = self._clock() + self.limits.worker_timeout_s
+        self._db.executemany(
+            "UPDATE workers SET suspect_until = ? WHERE address = ?",
+            [(until, a) for a in addresses],
+        )
+
+    def _peer_addresses(
+        self, digests: set[Digest], *, besides: str
+    ) -> dict[Digest, tuple[str, ...]]:
+        """Live, unsuspected file services of other workers holding each digest."""
+        if not digests:
+            return {}
+        now = self._clock()
+        rows = self._rows_in(
+            "SELECT r.digest, w.address FROM replicas r JOIN workers w ON w.id = r.worker"
+            " WHERE w.last_seen >= ? AND w.suspect_until <= ? AND w.address IS NOT NULL"
+            " AND w.id != ? AND r.digest IN ({marks}) ORDER BY w.cache_bytes",
+            sorted(str(d) for d in digests),
+            before=[now - self.limits.worker_timeout_s, now, besides],
+        )
+        found: dict[Digest, list[str]] = {}
+        for row in rows:
+            found.setdefault(Digest.parse(row["digest"]), []).append(row["address"])
+        return {digest: tuple(addresses) for digest, addresses in found.items()}
+
+    def _mirror_targets(self, besides: str, count: int = 8) -> tuple[str, ...]:
+        """Live, unsuspected file services of other workers, emptiest cache first."""
+        now = self._clock()
+        rows = self._db.execute(
+            "SELECT address FROM workers WHERE last_seen >= ? AND suspect_until <= ?"
+            " AND address IS NOT NULL AND id != ? ORDER BY cache_bytes, id LIMIT ?",
+            (now - self.limits.worker_timeout_s, now, besides, count),
+        )
+        return tuple(row["address"] for row in rows)
 
     def report_cache(
         self,
@@ -333,11 +396,15 @@ class TaskDB:
         rows = self._rows_in("SELECT url, digest FROM learned WHERE url IN ({marks})", sorted(urls))
         return {row["url"]: Digest.parse(row["digest"]) for row in rows}
 
-    def lease(self, worker: str, count: int) -> list[Lease]:
-        """Lease up to ``count`` queued tasks to ``worker``, chosen by the policy."""
+    def lease(self, worker: str, count: int, *, address: str | None = None) -> list[Lease]:
+        """Lease up to ``count`` queued tasks to ``worker``, chosen by the policy.
+
+        Each lease names the other nodes that hold the task's inputs and the
+        peers its ``mirror`` outputs may go to (when workers run file services).
+        """
         now = self._clock()
         with self._tx() as db:
-            self.touch_worker(worker)
+            self.touch_worker(worker, address=address)
             rows = db.execute(
                 "SELECT id, seq, queued_at, inputs FROM tasks WHERE state = 'queued'"
                 " ORDER BY seq LIMIT ?",
@@ -381,7 +448,26 @@ class TaskDB:
                     (task_id, row["attempt"], worker, now),
                 )
                 leases.append(Lease(task_id, row["attempt"], _spec_of(row), expires))
-        return leases
+            return self._with_peers(leases, worker)
+
+    def _with_peers(self, leases: list[Lease], worker: str) -> list[Lease]:
+        if not leases:
+            return leases
+        wanted = {digest for lease in leases for digest, _ in lease.spec.known_inputs()}
+        holders = self._peer_addresses(wanted, besides=worker)
+        targets = self._mirror_targets(worker)
+        return [
+            replace(
+                lease,
+                peers=tuple(
+                    Replica(digest, holders[digest])
+                    for digest, _ in lease.spec.known_inputs()
+                    if digest in holders
+                ),
+                mirror_to=targets,
+            )
+            for lease in leases
+        ]
 
     def _row(self, task_id: str) -> sqlite3.Row:
         row = self._db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -402,13 +488,25 @@ class TaskDB:
         return row
 
     def heartbeat(
-        self, worker: str, held: Sequence[tuple[str, int]], *, cache_bytes: int | None = None
+        self,
+        worker: str,
+        held: Sequence[tuple[str, int]],
+        *,
+        cache_bytes: int | None = None,
+        written: Sequence[Written] = (),
     ) -> list[str]:
-        """Extend the leases ``worker`` still holds; return the ids it must drop."""
+        """Extend the leases ``worker`` still holds; return the ids it must drop.
+
+        ``written``: outputs the worker's node wrote behind (now in S3).
+        """
         now = self._clock()
         stale = []
         with self._tx() as db:
             self.touch_worker(worker, cache_bytes=cache_bytes)
+            db.executemany(
+                "UPDATE outputs SET in_s3 = 1 WHERE digest = ? AND url = ?",
+                [(str(w.digest), str(w.url)) for w in written],
+            )
             for task_id, attempt in held:
                 cursor = db.execute(
                     "UPDATE tasks SET lease_expires = ? WHERE id = ? AND attempt = ?"
@@ -436,12 +534,14 @@ class TaskDB:
             self._current(task_id, attempt, worker)
             db.execute(
                 "UPDATE tasks SET state = 'done', result = ?, finished_at = ?, error = NULL,"
-                " lease_expires = NULL, bytes_from_s3 = ?, bytes_from_cache = ? WHERE id = ?",
+                " lease_expires = NULL, bytes_from_s3 = ?, bytes_from_cache = ?,"
+                " bytes_from_peers = ? WHERE id = ?",
                 (
                     result_json,
                     now,
                     sum(u.size for u in uses if not u.from_cache),
                     sum(u.size for u in uses if u.from_cache),
+                    sum(u.size for u in uses if u.from_peer),
                     task_id,
                 ),
             )
@@ -450,6 +550,23 @@ class TaskDB:
             db.executemany(
                 "INSERT OR REPLACE INTO learned (url, digest) VALUES (?, ?)",
                 [(str(r.url), str(r.digest)) for r in result.inputs],
+            )
+            workflow = db.execute("SELECT workflow FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            db.executemany(
+                "INSERT OR REPLACE INTO outputs (task, workflow, url, digest, size, kept, in_s3)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        task_id,
+                        workflow[0],
+                        str(r.url),
+                        str(r.digest),
+                        r.size,
+                        r.kept.value,
+                        r.kept is Persist.S3,
+                    )
+                    for r in result.outputs
+                ],
             )
             held = {u.digest for u in uses} | {r.digest for r in result.outputs}
             db.executemany(
@@ -561,6 +678,7 @@ class TaskDB:
         where, args = ("WHERE workflow = ?", (workflow,)) if workflow else ("", ())
         totals = self._db.execute(
             "SELECT SUM(bytes_from_s3) AS s3, SUM(bytes_from_cache) AS cache,"
+            " SUM(bytes_from_peers) AS peers,"
             " MIN(submitted_at) AS first, MAX(finished_at) AS last,"
             " SUM(state = 'done' AND finished_at >= ?) AS recent"
             f" FROM tasks {where}",
@@ -574,6 +692,7 @@ class TaskDB:
                 running=w["running"],
                 cache_bytes=w["cache_bytes"],
                 cached_digests=w["cached"],
+                address=w["address"],
             )
             for w in self._db.execute(
                 "SELECT w.*, (SELECT COUNT(*) FROM tasks t WHERE t.worker = w.id AND"
@@ -593,4 +712,24 @@ class TaskDB:
             cache_hit_rate=from_cache / (from_s3 + from_cache) if from_s3 + from_cache else None,
             tasks_per_s_last_minute=(totals["recent"] or 0) / 60,
             tasks_per_s_overall=counts["done"] / span if span > 0 else None,
+            node_only=self._node_only(workflow),
+            bytes_from_peers=totals["peers"] or 0,
+            bytes_written_behind=self._written_behind(workflow),
         )
+
+    def _written_behind(self, workflow: str | None) -> int:
+        """Bytes of outputs kept on nodes that have reached S3 since."""
+        where, args = ("AND workflow = ?", (workflow,)) if workflow else ("", ())
+        row = self._db.execute(
+            f"SELECT SUM(size) FROM outputs WHERE in_s3 = 1 AND kept != 's3' {where}", args
+        ).fetchone()
+        return int(row[0] or 0)
+
+    def _node_only(self, workflow: str | None) -> tuple[NodeOnly, ...]:
+        where, args = ("AND workflow = ?", (workflow,)) if workflow else ("", ())
+        rows = self._db.execute(
+            "SELECT workflow, COUNT(*) AS n, SUM(size) AS bytes FROM outputs"
+            f" WHERE in_s3 = 0 {where} GROUP BY workflow ORDER BY workflow",
+            args,
+        )
+        return tuple(NodeOnly(r["workflow"], r["n"], r["bytes"] or 0) for r in rows)

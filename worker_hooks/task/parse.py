@@ -18,14 +18,15 @@ from stager.digest import Digest
 from stager.errors import ConfigError, StagerError, UnsafePathError
 from stager.locations import S3Url, safe_relative_path
 from stager.units import parse_size
+from worker_hooks.task.result import Persist
 from worker_hooks.task.spec import (
     FORMAT,
+    MAX_MIRRORS,
     TASK_SCHEME,
     BundleSpec,
     InputSpec,
     OutputKind,
     OutputSpec,
-    Persist,
     TaskRef,
     TaskSpec,
     valid_task_id,
@@ -193,14 +194,21 @@ def _input(body: Any, where: str) -> InputSpec:
 
 def _output(body: Any, where: str) -> OutputSpec:
     fields = _Fields(body, where)
-    fields.reject_unknown(frozenset({"path", "to", "persist"}))
+    fields.reject_unknown(frozenset({"path", "to", "persist", "mirrors"}))
     path = str(fields.path("path"))
     text = fields.string("path")
-    output = OutputSpec(path + "/" if text.endswith("/") else path, fields.url("to"))
     persist = fields.string("persist", "s3")
     if persist not in {p.value for p in Persist}:
         supported = ", ".join(p.value for p in Persist)
         raise fields.fail("persist", f"{persist!r} is not supported (supported: {supported})")
+    mirrors = fields.body.get("mirrors", 1)
+    if isinstance(mirrors, bool) or not isinstance(mirrors, int) or not 1 <= mirrors <= MAX_MIRRORS:
+        raise fields.fail("mirrors", f"must be a whole number from 1 to {MAX_MIRRORS}")
+    if "mirrors" in fields.body and persist != Persist.MIRROR.value:
+        raise fields.fail("mirrors", "is only for persist: mirror")
+    output = OutputSpec(
+        path + "/" if text.endswith("/") else path, fields.url("to"), Persist(persist), mirrors
+    )
     if output.kind is not OutputKind.FILE and not output.to.is_prefix:
         raise fields.fail("to", f"must end in '/' for a {output.kind.value} output")
     return output

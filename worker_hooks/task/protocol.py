@@ -108,6 +108,16 @@ class WorkerInfo:
     running: int
     cache_bytes: int
     cached_digests: int
+    address: str | None = None  # its node file service, if it runs one
+
+
+@dataclass(frozen=True)
+class NodeOnly:
+    """A workflow's outputs that are on nodes but not (yet) in S3."""
+
+    workflow: str
+    outputs: int
+    bytes: int
 
 
 @dataclass(frozen=True)
@@ -116,10 +126,13 @@ class StatusReply(Message):
     counts: dict[str, int]
     workers: tuple[WorkerInfo, ...]
     bytes_from_s3: int
-    bytes_from_cache: int
+    bytes_from_cache: int  # node caches, NFS head and peers
     cache_hit_rate: float | None
     tasks_per_s_last_minute: float
     tasks_per_s_overall: float | None
+    node_only: tuple[NodeOnly, ...] = ()
+    bytes_from_peers: int = 0
+    bytes_written_behind: int = 0
 
     def count(self, state: TaskState) -> int:
         return self.counts.get(state.value, 0)
@@ -155,6 +168,15 @@ class LeaseRequest(Message):
     max_tasks: int = 1
     wait_s: float = 0.0
     cache: CacheReport | None = None
+    address: str | None = None  # HOST:PORT of the worker's node file service
+
+
+@dataclass(frozen=True)
+class Replica:
+    """Other nodes whose file services hold ``digest`` (from the replica catalog)."""
+
+    digest: Digest
+    addresses: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -163,6 +185,8 @@ class Lease:
     attempt: int
     spec: TaskSpec
     expires_at: float
+    peers: tuple[Replica, ...] = ()  # where the task's inputs are on other nodes
+    mirror_to: tuple[str, ...] = ()  # live peers to mirror outputs to, best first
 
 
 @dataclass(frozen=True)
@@ -178,11 +202,21 @@ class Held:
 
 
 @dataclass(frozen=True)
+class Written:
+    """An output a node wrote behind: S3 now holds ``digest`` at ``url``."""
+
+    digest: Digest
+    url: S3Url
+
+
+@dataclass(frozen=True)
 class HeartbeatRequest(Message):
     worker: str
     held: tuple[Held, ...] = ()
     cache_bytes: int | None = None
     cache: CacheReport | None = None
+    bad_peers: tuple[str, ...] = ()  # addresses that failed this worker lately
+    written: tuple[Written, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -197,6 +231,7 @@ class InputUse:
     digest: Digest
     size: int
     from_cache: bool
+    from_peer: bool = False  # fetched from another node's cache (counts as from a cache)
 
 
 @dataclass(frozen=True)

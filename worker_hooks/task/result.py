@@ -8,6 +8,7 @@ readers. Pure: no I/O.
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,20 +20,40 @@ from stager.locations import S3Url
 FORMAT = "stager-result/1"
 
 
+class Persist(enum.Enum):
+    """Where an output is durable when its task counts as done (docs/task-spec.md).
+
+    ``s3``: in S3. ``mirror``: in its node's cache and on ``mirrors`` peer
+    nodes' caches, each writing it behind to S3. ``local``: only in its
+    node's cache, for dependants to fetch from there (recomputed if lost).
+    """
+
+    S3 = "s3"
+    MIRROR = "mirror"
+    LOCAL = "local"
+
+
 @dataclass(frozen=True)
 class FileRecord:
+    """One file a task read or wrote; ``kept`` says where an output was when it was recorded
+    (``s3``: at ``url``; otherwise on nodes, ``url`` being where it goes, if ever)."""
+
     path: str
     url: S3Url
     digest: Digest
     size: int
+    kept: Persist = Persist.S3
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "path": self.path,
             "url": str(self.url),
             "digest": str(self.digest),
             "size": self.size,
         }
+        if self.kept is not Persist.S3:  # absent in results written before the policies
+            body["kept"] = self.kept.value
+        return body
 
     @classmethod
     def from_json(cls, item: Any) -> FileRecord:
@@ -44,6 +65,7 @@ class FileRecord:
             url=S3Url.parse(str(item["url"])),
             digest=Digest.parse(str(item["digest"])),
             size=size,
+            kept=Persist(item.get("kept", "s3")),
         )
 
 

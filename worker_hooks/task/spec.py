@@ -21,7 +21,7 @@ from typing import Any
 from stager.digest import Digest
 from stager.errors import ConfigError, StagerError
 from stager.locations import S3Url, safe_relative_path
-from worker_hooks.task.result import ResultManifest
+from worker_hooks.task.result import Persist, ResultManifest
 
 FORMAT = "stager-task/1"
 TASK_SCHEME = "task://"
@@ -29,10 +29,7 @@ GLOB_CHARACTERS = frozenset("*?[")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class Persist(enum.Enum):
-    """Where an output must be durable before its task counts as done."""
-
-    S3 = "s3"
+MAX_MIRRORS = 8
 
 
 class OutputKind(enum.Enum):
@@ -83,6 +80,7 @@ class OutputSpec:
     path: str
     to: S3Url
     persist: Persist = Persist.S3
+    mirrors: int = 1  # peer copies, for Persist.MIRROR
 
     @property
     def kind(self) -> OutputKind:
@@ -91,7 +89,14 @@ class OutputSpec:
         return OutputKind.DIR if self.path.endswith("/") else OutputKind.FILE
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "to": str(self.to), "persist": self.persist.value}
+        body: dict[str, Any] = {
+            "path": self.path,
+            "to": str(self.to),
+            "persist": self.persist.value,
+        }
+        if self.persist is Persist.MIRROR:
+            body["mirrors"] = self.mirrors
+        return body
 
 
 @dataclass(frozen=True)

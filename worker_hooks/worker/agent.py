@@ -30,7 +30,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fsd.cache import digest_of_entry
-from fsd.stagein import Tier, warm
+from fsd.outbox import Outbox
+from fsd.peerclient import PeerClient
+from fsd.stagein import Peers, Tier, warm
 from stager.digest import Digest
 from stager.errors import (
     AccessDeniedError,
@@ -45,10 +47,18 @@ from stager.errors import (
     UnreachableError,
 )
 from worker_hooks.dispatch.client import DispatcherClient
-from worker_hooks.task.protocol import CacheReport, Held, InputUse, Lease
+from worker_hooks.task.protocol import (
+    CacheReport,
+    HeartbeatRequest,
+    Held,
+    InputUse,
+    Lease,
+    Written,
+)
 from worker_hooks.worker.settings import WorkerSettings
 from worker_hooks.wrap.node import Node
 from worker_hooks.wrap.sandboxes import sweep
+from worker_hooks.wrap.stageout import NodeKeeping
 from worker_hooks.wrap.wrapper import WrapOptions, WrapResult, stage_inputs, wrap_task
 
 # The task's own fault or its spec's: running it elsewhere would not help.
@@ -91,6 +101,22 @@ class _Held:
         return self.prefetch.result()
 
 
+@dataclass(frozen=True)
+class ServiceLink:
+    """This node's file service (:mod:`fsd.service`), as the worker uses it.
+
+    The worker advertises ``address`` with every lease request, fetches
+    inputs from peers and mirrors outputs with ``client``, queues its own
+    ``mirror`` outputs in ``outbox``, and reports what the service wrote
+    behind (``written``, filled by its writer) with its heartbeats.
+    """
+
+    address: str
+    client: PeerClient
+    outbox: Outbox
+    written: queue.SimpleQueue[Written] = field(default_factory=queue.SimpleQueue)
+
+
 @dataclass
 class WorkerReport:
     done: int = 0
@@ -108,9 +134,11 @@ class Worker:
         *,
         worker_id: str | None = None,
         pass_env: tuple[str, ...] = (),
+        service: ServiceLink | None = None,
         log: Callable[[str], None] = lambda line: None,
     ) -> None:
         self.client = client
+        self.service = service
         self.node = node
         self.settings = settings
         self.worker_id = worker_id or default_worker_id()
@@ -211,6 +239,7 @@ class Worker:
                     want,
                     wait_s=1.0 if busy else self.settings.lease_wait_s,
                     cache=first_report if first else None,
+                    address=self.service.address if self.service else None,
                 )
                 first, lost_since = False, None
                 self._lease_s = reply.lease_s
@@ -244,10 +273,21 @@ class Worker:
             item.prefetch = self._prefetcher.submit(self._prefetch, item)
         self._ready.put(item)
 
+    def _peers(self, lease: Lease) -> Peers | None:
+        if self.service is None:
+            return None
+        return Peers(self.service.client, {r.digest: r.addresses for r in lease.peers})
+
     def _prefetch(self, item: _Held) -> set[Digest]:
         try:
             inputs = stage_inputs(item.lease.spec)
-            warmed = warm(inputs, cache=self.node.cache, store=self.node.store, workers=4)
+            warmed = warm(
+                inputs,
+                cache=self.node.cache,
+                store=self.node.store,
+                peers=self._peers(item.lease),
+                workers=4,
+            )
         except StagerError:  # the run meets and reports any error
             return set()
         return {digest_of_entry(entry) for _, entry, tier in warmed if tier is Tier.S3}
@@ -274,7 +314,16 @@ class Worker:
     def _run_one(self, item: _Held) -> None:
         started = time.monotonic()
         try:
-            options = WrapOptions(cancel=item.cancel, pass_env=self.pass_env)
+            keeping = None
+            if self.service is not None:
+                link = self.service
+                keeping = NodeKeeping(link.client, item.lease.mirror_to, link.outbox)
+            options = WrapOptions(
+                cancel=item.cancel,
+                pass_env=self.pass_env,
+                peers=self._peers(item.lease),
+                keeping=keeping,
+            )
             result = wrap_task(item.lease.spec, self.node, options)
         except TaskCancelledError:
             self._hand_back(item)
@@ -292,7 +341,10 @@ class Worker:
         prefetched = item.prefetched_from_s3()
         uses = [
             InputUse(
-                s.digest, s.size, from_cache=s.tier is not Tier.S3 and s.digest not in prefetched
+                s.digest,
+                s.size,
+                from_cache=s.tier is not Tier.S3 and s.digest not in prefetched,
+                from_peer=s.tier is Tier.PEER,
             )
             for s in result.staged
         ]
@@ -351,6 +403,15 @@ class Worker:
         self._reported_cache, _ = self.node.cache.holdings()
         return CacheReport(full=True, added=tuple(sorted(self._reported_cache)))
 
+    def _service_news(self) -> tuple[list[str], list[Written]]:
+        """Peers that failed this node, and outputs its file service wrote behind."""
+        if self.service is None:
+            return [], []
+        written = []
+        while not self.service.written.empty():
+            written.append(self.service.written.get())
+        return self.service.client.take_bad(), written
+
     def _heartbeat_loop(self) -> None:
         last = time.monotonic()
         while not self._finished.wait(0.25):
@@ -363,12 +424,17 @@ class Worker:
                 held = [Held(h.task_id, h.attempt) for h in self._held.values()]
                 added, removed = current - self._reported_cache, self._reported_cache - current
             delta = CacheReport(added=tuple(sorted(added)), removed=tuple(sorted(removed)))
+            bad, written = self._service_news()
+            request = HeartbeatRequest(
+                self.worker_id, tuple(held), cache_bytes, delta, tuple(bad), tuple(written)
+            )
             try:
-                drop = self.client.heartbeat(
-                    self.worker_id, held, cache_bytes=cache_bytes, cache=delta
-                )
+                drop = self.client.heartbeat(request)
             except StagerError as exc:  # the delta is sent again with the next beat
                 self.log(f"worker {self.worker_id}: heartbeat failed: {exc.one_line()}")
+                if self.service is not None:  # and so are the writes behind
+                    for item in written:
+                        self.service.written.put(item)
                 continue
             with self._lock:  # apply what was sent: completions may have told more meanwhile
                 self._reported_cache = (self._reported_cache - removed) | added

@@ -2,25 +2,50 @@
 
 from __future__ import annotations
 
+import queue
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from fsd.peerclient import PeerClient
+from fsd.service import NodeService
 from stager.cli.context import CliState
 from stager.settings import load_component
+from stager.tokens import load_token
 from worker_hooks.dispatch.cli import (
     ca_file_option,
     client_from_flags,
     dispatcher_url_option,
     token_file_option,
 )
-from worker_hooks.worker.agent import Worker
+from worker_hooks.task.protocol import Written
+from worker_hooks.worker.agent import ServiceLink, Worker
 from worker_hooks.worker.settings import WorkerSettings
 from worker_hooks.wrap.cli import node_options, pass_env_option, take_node_flags
-from worker_hooks.wrap.node import open_node
+from worker_hooks.wrap.node import Node, open_node
+
+
+def start_service(
+    node: Node, listen: str, token_file: Path | None, log: Callable[[str], None]
+) -> tuple[NodeService, ServiceLink]:
+    """Start the node file service beside a worker; the worker's link to it."""
+    token = load_token(token_file)
+    written: queue.SimpleQueue[Written] = queue.SimpleQueue()
+    service = NodeService(
+        node.cache,
+        node.store,
+        token,
+        listen,
+        on_written=lambda item: written.put(Written(item.digest, item.url)),
+        log=log,
+    )
+    address = service.start()
+    log(f"node file service on {address}")
+    return service, ServiceLink(address, PeerClient(token), service.outbox, written)
 
 
 @click.command(
@@ -40,6 +65,12 @@ Examples:
 @click.option("--drain-s", type=float, help="On SIGTERM, let running tasks finish this long [60].")
 @click.option("--heartbeat-s", type=float, help="Seconds between heartbeats [5].")
 @click.option("--worker-id", help="Name shown in `stager status` [host-pid].")
+@click.option(
+    "--serve",
+    metavar="HOST:PORT",
+    help="Run the node file service here (peer fetch, mirror, local outputs); "
+    "peers must reach this address.",
+)
 @pass_env_option("Give every task this variable of the worker's (repeatable).")
 @node_options
 @click.pass_obj
@@ -51,6 +82,7 @@ def worker_command(
     ca_file: str | None,
     worker_id: str | None,
     pass_env: tuple[str, ...],
+    serve: str | None,
     **flags: Any,
 ) -> None:
     """Pull tasks from the dispatcher and run them (outbound connections only).
@@ -61,19 +93,26 @@ def worker_command(
     node_flags = take_node_flags(flags)
     settings = load_component(WorkerSettings, flags, config_path=core.config_path, section="worker")
     node = open_node(core, node_flags)
+    log = lambda line: click.echo(line, err=True)  # noqa: E731
+    service, link = (None, None) if serve is None else start_service(node, serve, token_file, log)
     worker = Worker(
         client_from_flags(dispatcher_url, token_file, ca_file),
         node,
         settings,
         worker_id=worker_id,
         pass_env=pass_env,
-        log=lambda line: click.echo(line, err=True),
+        service=link,
+        log=log,
     )
     signals: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda number, _: signals.append(number))  # no locks in a handler
     click.echo(f"worker {worker.worker_id}: pulling from {dispatcher_url}", err=True)
-    report = worker.run(threading.Event(), signalled=lambda: bool(signals))
+    try:
+        report = worker.run(threading.Event(), signalled=lambda: bool(signals))
+    finally:
+        if service is not None:
+            service.stop()
     click.echo(
         f"worker {worker.worker_id}: stopped; {report.done} done, {report.failed} failed, "
         f"{report.handed_back} handed back",

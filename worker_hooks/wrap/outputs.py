@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from stager.errors import ConfigError, MissingOutputError, UnsafePathError
 from stager.locations import S3Url
+from worker_hooks.task.result import Persist
 from worker_hooks.task.spec import GLOB_CHARACTERS, OutputKind, OutputSpec
 
 
@@ -25,6 +26,8 @@ class FoundOutput:
     relative: str
     url: S3Url
     size: int
+    persist: Persist = Persist.S3
+    mirrors: int = 1
 
 
 class _Finder:
@@ -85,7 +88,11 @@ def find_outputs(sandbox: Path, outputs: Sequence[OutputSpec]) -> list[FoundOutp
         OutputKind.DIR: finder.directory,
         OutputKind.GLOB: finder.glob,
     }
-    found = [item for output in outputs for item in expand[output.kind](output)]
+    found = [
+        replace(item, persist=output.persist, mirrors=output.mirrors)
+        for output in outputs
+        for item in expand[output.kind](output)
+    ]
     seen: dict[S3Url, str] = {}
     for item in found:
         if item.url in seen and seen[item.url] != item.relative:

@@ -1,40 +1,70 @@
-"""Stage-out: make a task's outputs durable in S3, each hashed once as it is read.
+"""Stage-out: make a task's outputs durable by their policy, each hashed once as it is read.
 
 Each output is copied into the node cache (hashed as it streams), so a later
-task on this node that reads it is a cache hit, and then uploaded from the
-verified entry with its digest in the object's metadata (multipart and
-parallel above the threshold). An output the cache cannot take (its quota,
-or a full disk under it) is hashed and uploaded from the sandbox instead. Any failure becomes
-:class:`StageOutError`: the caller then writes no result manifest.
+task on this node that reads it is a cache hit. Then, by its ``persist``:
+
+- ``s3``: uploaded from the verified entry with its digest in the object's
+  metadata (multipart and parallel above the threshold);
+- ``mirror``: copied to ``mirrors`` peer nodes, each of which verifies it
+  into its cache and queues it in its outbox before it answers; then queued
+  in this node's outbox too. Every holder writes it behind to S3;
+- ``local``: left in the node cache, for dependants to fetch from here.
+
+An output the cache cannot take (its quota, or a full disk under it) is
+hashed and uploaded from the sandbox instead, whatever its policy; so is a
+``mirror`` output with fewer live peers than it asks for, and any output of
+a node without a file service: S3 is durable, so falling back to it never
+breaks a promise. Any failure becomes :class:`StageOutError`: the caller
+then writes no result manifest.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from fsd.cache import NodeCache, digest_of_entry
+from fsd.outbox import Outbox
+from fsd.peerclient import PeerClient
 from stager.digest import Digest, HashingWriter, digest_stream
 from stager.errors import DiskFullError, StageOutError, StagerError, from_os_error
 from stager.objectstore import ObjectStore
 from stager.parallel import run_all
 from stager.publish import publish
-from worker_hooks.task.result import FileRecord
+from worker_hooks.task.result import FileRecord, Persist
 from worker_hooks.wrap.outputs import FoundOutput
+
+
+@dataclass(frozen=True)
+class NodeKeeping:
+    """What keeping outputs on nodes takes: peers to mirror to and this node's outbox."""
+
+    client: PeerClient
+    mirror_to: tuple[str, ...]  # live peers' file services, best first
+    outbox: Outbox
 
 
 class _Uploader:
     def __init__(
-        self, cache: NodeCache | None, store: ObjectStore, task: str, replace_own: bool
+        self,
+        cache: NodeCache | None,
+        store: ObjectStore,
+        task: str,
+        replace_own: bool,
+        keeping: NodeKeeping | None = None,
     ) -> None:
         self.cache = cache
         self.store = store
         self.task = task
         self.replace_own = replace_own
+        self.keeping = keeping
 
     def __call__(self, item: FoundOutput) -> FileRecord:
         source, digest = self._hashed(item)
+        if item.persist is not Persist.S3 and self._kept_on_nodes(item, source, digest):
+            return FileRecord(item.relative, item.url, digest, item.size, item.persist)
         try:
             published = publish(
                 self.store,
@@ -48,6 +78,27 @@ class _Uploader:
         except OSError as exc:
             raise from_os_error(exc, f"read output {item.relative}") from exc
         return FileRecord(item.relative, item.url, published.digest, published.size)
+
+    def _kept_on_nodes(self, item: FoundOutput, entry: Path, digest: Digest) -> bool:
+        """Keep the output by its node policy; False if S3 must take it now instead."""
+        if self.keeping is None or self.cache is None or entry == item.path:
+            return False  # no file service, or not in the cache (it did not fit)
+        if item.persist is Persist.LOCAL:
+            return True
+        client, copies = self.keeping.client, 0
+        for address in client.usable(self.keeping.mirror_to):
+            try:
+                client.mirror(
+                    address, entry, digest, item.size, write_behind=item.url, task=self.task
+                )
+            except StagerError:
+                client.mark_bad(address)
+                continue
+            copies += 1
+            if copies == item.mirrors:
+                self.keeping.outbox.add(digest, item.size, item.url, self.task)
+                return True
+        return False
 
     def _hashed(self, item: FoundOutput) -> tuple[Path, Digest]:
         """A verified file holding the output's bytes, and their digest."""
@@ -82,12 +133,15 @@ def upload_outputs(
     store: ObjectStore,
     task: str,
     replace_own: bool = False,
+    keeping: NodeKeeping | None = None,
     workers: int = 8,
 ) -> list[FileRecord]:
-    """Publish every output (:mod:`stager.publish`); return their records
-    in order (an adopted twin's where it got there first), or raise StageOutError."""
+    """Keep every output by its policy (S3 ones through :mod:`stager.publish`); return
+    their records in order (an adopted twin's where it got there first), or raise
+    StageOutError."""
+    uploader = _Uploader(cache, store, task, replace_own, keeping)
     try:
-        return run_all(_Uploader(cache, store, task, replace_own), found, workers=workers)
+        return run_all(uploader, found, workers=workers)
     except StageOutError:
         raise
     except StagerError as exc:

@@ -35,7 +35,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fsd.materialize import Materialize
-from fsd.stagein import ResolvedInput, StagedInput, StageInput, resolve_inputs, staged_resolved
+from fsd.stagein import (
+    Peers,
+    ResolvedInput,
+    StagedInput,
+    StageInput,
+    resolve_inputs,
+    staged_resolved,
+)
 from stager.digest import Digest
 from stager.errors import (
     CommandFailedError,
@@ -57,7 +64,7 @@ from worker_hooks.wrap.node import Node
 from worker_hooks.wrap.outputs import FoundOutput, find_outputs
 from worker_hooks.wrap.runner import RunOutcome, run_command
 from worker_hooks.wrap.sandboxes import claim, keep, record_run
-from worker_hooks.wrap.stageout import upload_outputs
+from worker_hooks.wrap.stageout import NodeKeeping, upload_outputs
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,8 @@ class WrapOptions:
     live: bool = False
     cancel: threading.Event | None = None  # set it to stop the command (a worker's drain)
     pass_env: tuple[str, ...] = ()  # variables passed to every task (worker_hooks.wrap.environment)
+    peers: Peers | None = None  # other nodes holding inputs (a worker with a file service)
+    keeping: NodeKeeping | None = None  # what `mirror` and `local` outputs need
 
 
 @dataclass(frozen=True)
@@ -239,6 +248,7 @@ class _Run:
                         store=node.store,
                         mode=node.materialize,
                         nfs_head=node.nfs_head,
+                        peers=self.options.peers,
                         workers=node.workers,
                     )
                 )
@@ -272,6 +282,7 @@ class _Run:
                 store=node.store,
                 task=key,
                 replace_own=self.options.force,
+                keeping=self.options.keeping,
                 workers=node.workers,
             )
         manifest = ResultManifest(
