@@ -99,15 +99,19 @@ class Outbox:
                     self._db.execute("ROLLBACK")
                 raise
 
-    def add(self, digest: Digest, size: int, url: S3Url, task: str) -> None:
-        """Promise to write ``digest`` to ``url``; durable when this returns."""
+    def add(
+        self, digest: Digest, size: int, url: S3Url, task: str, *, delay_s: float = 0.0
+    ) -> None:
+        """Promise to write ``digest`` to ``url``, not before ``delay_s``; durable on return."""
+        now = self._clock()
         try:
             with self._tx() as db:
                 db.execute(
-                    "INSERT INTO outbox (digest, size, url, task, added_at) VALUES (?, ?, ?, ?, ?)"
-                    " ON CONFLICT(digest, url) DO UPDATE SET state = 'pending', next_try_at = 0"
+                    "INSERT INTO outbox (digest, size, url, task, added_at, next_try_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(digest, url) DO UPDATE"
+                    " SET state = 'pending', next_try_at = excluded.next_try_at"
                     " WHERE state = 'lost'",
-                    (str(digest), size, str(url), task, self._clock()),
+                    (str(digest), size, str(url), task, now, now + delay_s),
                 )
         except sqlite3.Error as exc:
             raise from_os_error(OSError(str(exc)), f"record in the outbox {self.path}") from exc

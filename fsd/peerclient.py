@@ -161,11 +161,9 @@ class PeerClient:
             response = connection.getresponse()
             self._check(response, address, str(digest))
             transfer = _Transfer(self.limits, self._clock)
-            buffer = bytearray(CHUNK_BYTES)
-            view = memoryview(buffer)
-            while count := response.readinto(buffer):
-                writer.write(view[:count])
-                transfer.count(count, address)
+            while chunk := response.read1(CHUNK_BYTES):  # what arrived: the rate is checked often
+                writer.write(chunk)
+                transfer.count(len(chunk), address)
             return transfer.moved
         except (OSError, http.client.HTTPException) as exc:
             raise UnreachableError(f"peer {address} broke off sending {digest}: {exc}") from exc

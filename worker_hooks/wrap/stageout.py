@@ -39,11 +39,18 @@ from worker_hooks.wrap.outputs import FoundOutput
 
 @dataclass(frozen=True)
 class NodeKeeping:
-    """What keeping outputs on nodes takes: peers to mirror to and this node's outbox."""
+    """What keeping outputs on nodes takes: peers to mirror to and this node's outbox.
+
+    The producer writes its ``mirror`` outputs behind ``producer_delay_s``
+    after its mirrors may start: by then one of them has usually written
+    it, and the producer's write costs one HEAD; if all of them died, the
+    producer's copy still gets there.
+    """
 
     client: PeerClient
     mirror_to: tuple[str, ...]  # live peers' file services, best first
     outbox: Outbox
+    producer_delay_s: float = 5.0
 
 
 class _Uploader:
@@ -96,7 +103,8 @@ class _Uploader:
                 continue
             copies += 1
             if copies == item.mirrors:
-                self.keeping.outbox.add(digest, item.size, item.url, self.task)
+                delay = self.keeping.producer_delay_s
+                self.keeping.outbox.add(digest, item.size, item.url, self.task, delay_s=delay)
                 return True
         return False
 
