@@ -1,11 +1,18 @@
 """``stager demo``: the whole data path on one machine, end to end (the main job).
 
 It starts the embedded S3 server, a dispatcher and three workers (each with
-its own scratch: separate "nodes"), pushes a generated dataset (one shared
-reference plus one small input per task), submits a fan-out/fan-in workflow
-(map tasks that all read the reference, then a reduce over their outputs),
-waits with progress, verifies every output in S3 against its recorded
-digest, prints a summary and stops everything it started.
+its own scratch and node file service: separate "nodes"), pushes a
+generated dataset (one shared reference plus one small input per task),
+submits a fan-out/fan-in workflow, waits with progress, verifies every
+output against its recorded digest, prints a summary and stops everything
+it started. The workflow uses the three persistence policies:
+
+- map tasks read the reference and their input; each writes a checksum
+  (``s3``) and a sample (``local``: it stays in its node's cache);
+- the reduce reads every checksum and every sample (from the other nodes'
+  caches: peer to peer) and writes a summary (``s3``) and the merged
+  samples (``mirror: 1``: done once a peer holds a verified copy, then
+  written behind to S3).
 """
 
 from __future__ import annotations
@@ -34,10 +41,12 @@ from worker_hooks.dispatch.client import DispatcherClient
 from worker_hooks.dispatch.follow import wait_for_workflow
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.local.cluster import LocalCluster
+from worker_hooks.task.result import Persist
 from worker_hooks.task.workflow import workflow_tasks
 
 BUCKET = "stager-demo"
 MiB = 1024 * 1024
+SAMPLE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -56,9 +65,13 @@ class DemoSummary:
     policy: str
     bytes_from_s3: int
     bytes_from_cache: int
+    bytes_from_peers: int
+    bytes_written_behind: int
     cache_hit_rate: float | None
     outputs_verified: int
+    outputs_on_nodes: int  # `local` outputs: verified by their readers, never in S3
     tasks_per_worker: dict[str, int]
+    reduce_worker: str
 
 
 def generate_dataset(root: Path, shape: DemoShape) -> Path:
@@ -90,22 +103,37 @@ def build_workflow(pushed: PushReport, shape: DemoShape) -> dict[str, Any]:
     maps = [
         {
             "id": f"map-{n:04d}",
-            "command": "{ cksum < reference.bin; cksum < input.dat; } > result.txt",
+            "command": "{ cksum < reference.bin; cksum < input.dat; } > result.txt; "
+            f"{{ cat input.dat; tail -c {SAMPLE_BYTES} reference.bin; }} > sample.bin",
             "inputs": [
                 staged("reference.bin", "reference.bin"),
                 staged(f"task-{n:04d}.dat", "input.dat"),
             ],
-            "outputs": [{"path": "result.txt", "to": str(out.child(f"map-{n:04d}.txt"))}],
+            "outputs": [
+                {"path": "result.txt", "to": str(out.child(f"map-{n:04d}.txt"))},
+                {
+                    "path": "sample.bin",
+                    "to": str(out.child(f"samples/map-{n:04d}.bin")),
+                    "persist": "local",
+                },
+            ],
         }
         for n in range(shape.map_tasks)
     ]
     reduce = {
         "id": "reduce",
-        "command": "cat parts/* > summary.txt",
+        "command": "cat parts/* > summary.txt; cat samples/* > merged.bin",
         "inputs": [
-            {"source": f"task://{m['id']}/result.txt", "path": f"parts/{m['id']}.txt"} for m in maps
+            *({"source": f"task://{m['id']}/result.txt", "path": f"parts/{m['id']}"} for m in maps),
+            *(
+                {"source": f"task://{m['id']}/sample.bin", "path": f"samples/{m['id']}"}
+                for m in maps
+            ),
         ],
-        "outputs": [{"path": "summary.txt", "to": str(out.child("summary.txt"))}],
+        "outputs": [
+            {"path": "summary.txt", "to": str(out.child("summary.txt"))},
+            {"path": "merged.bin", "to": str(out.child("merged.bin")), "persist": "mirror"},
+        ],
     }
     return {
         "name": "demo-run1",
@@ -114,19 +142,52 @@ def build_workflow(pushed: PushReport, shape: DemoShape) -> dict[str, Any]:
     }
 
 
-def verify_outputs(client: DispatcherClient, store: ObjectStore, task_ids: list[str]) -> int:
-    """Read every recorded output back from S3 and check its digest; return the count."""
-    checked = 0
+@dataclass(frozen=True)
+class Verified:
+    in_s3: int  # outputs read back from S3 and checked against their digests
+    on_nodes: int  # `local` outputs (verified by the tasks that read them)
+    mirrored_bytes: int
+
+
+def verify_outputs(
+    client: DispatcherClient, store: ObjectStore, task_ids: list[str], *, wait_s: float = 60.0
+) -> Verified:
+    """Check every recorded output: read it back from S3 and check its digest, waiting
+    (bounded) for ``mirror`` ones to be written behind; a ``local`` one must not be in S3
+    (its readers verified it)."""
+    checked = local = mirrored = 0
+    deadline = time.monotonic() + wait_s
     for task_id in task_ids:
         result = client.task(task_id).result
         if result is None:
             raise IntegrityError(f"demo: task {task_id} has no recorded result")
         for record in result.outputs:
+            if record.kept is Persist.LOCAL:
+                if store.head(record.url) is not None:
+                    raise IntegrityError(f"demo: the local output {record.url} reached S3")
+                local += 1
+                continue
+            while record.kept is Persist.MIRROR and store.head(record.url) is None:
+                if time.monotonic() > deadline:
+                    raise IntegrityError(f"demo: {record.url} was not written behind")
+                time.sleep(0.1)
+            mirrored += record.size if record.kept is Persist.MIRROR else 0
             data = store.get_bytes(record.url)
             if digest_bytes(data) != record.digest or len(data) != record.size:
                 raise IntegrityError(f"demo: {record.url} does not match its recorded digest")
             checked += 1
-    return checked
+    return Verified(checked, local, mirrored)
+
+
+def written_behind(client: DispatcherClient, workflow: str, expected: int) -> int:
+    """The bytes the dispatcher heard were written behind, once it heard of ``expected``
+    (workers report with their heartbeats), or what it heard after a bounded wait."""
+    deadline = time.monotonic() + 30
+    while (done := client.status(workflow).bytes_written_behind) < expected:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return done
 
 
 def run_demo(
@@ -159,7 +220,7 @@ def run_demo(
             with LocalCluster(work_dir / "cluster", env, policy=shape.policy) as cluster:
                 names = [f"node-{n + 1}" for n in range(shape.workers)]
                 for name in names:
-                    cluster.add_worker(name)
+                    cluster.add_worker(name, "--serve", "127.0.0.1:0")
                 cluster.wait_for_workers(names)
                 echo(f"dispatcher {cluster.url}; workers: {', '.join(names)}")
                 started = time.monotonic()
@@ -167,26 +228,37 @@ def run_demo(
                 echo(f"submitted {len(ids)} tasks ({shape.map_tasks} map + 1 reduce)")
                 status = wait_for_workflow(cluster.client, str(name))
                 wall_s = time.monotonic() - started
-                checked = verify_outputs(cluster.client, store, ids)
+                verified = verify_outputs(cluster.client, store, ids)
+                behind = written_behind(cluster.client, str(name), verified.mirrored_bytes)
                 per_worker = Counter(a.worker for a in cluster.client.assignments())
+                reduce_worker = cluster.client.task("reduce").worker or "?"
     summary = DemoSummary(
         tasks=len(ids),
         wall_s=round(wall_s, 2),
         policy=status.policy,
         bytes_from_s3=status.bytes_from_s3,
         bytes_from_cache=status.bytes_from_cache,
+        bytes_from_peers=status.bytes_from_peers,
+        bytes_written_behind=behind,
         cache_hit_rate=status.cache_hit_rate,
-        outputs_verified=checked,
+        outputs_verified=verified.in_s3,
+        outputs_on_nodes=verified.on_nodes,
         tasks_per_worker=dict(sorted(per_worker.items())),
+        reduce_worker=reduce_worker,
     )
     hit = summary.cache_hit_rate or 0.0
     echo(f"done:    {len(ids)} tasks in {wall_s:.1f} s with policy {summary.policy}")
     echo(
         f"inputs:  {format_size(summary.bytes_from_s3)} from S3, "
-        f"{format_size(summary.bytes_from_cache)} from node caches (hit rate {hit:.0%})"
+        f"{format_size(summary.bytes_from_cache)} from node caches (hit rate {hit:.0%}), "
+        f"of which {format_size(summary.bytes_from_peers)} peer to peer"
     )
+    echo(f"outputs: {format_size(summary.bytes_written_behind)} mirrored, then written behind")
     echo("per worker: " + ", ".join(f"{w} {n}" for w, n in summary.tasks_per_worker.items()))
-    echo(f"verified {checked} outputs in S3 against their recorded digests")
+    echo(
+        f"verified {verified.in_s3} outputs in S3 against their recorded digests; "
+        f"{verified.on_nodes} local outputs stayed on their nodes"
+    )
     echo("stopped the workers, the dispatcher and the S3 server; demo complete")
     return summary
 
