@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from bench.dispatch import run_dispatch_bench
+from bench.nodes import nodes_markdown, run_nodes_bench
 from bench.peers import DEFAULT_TOOLS, TOOLS, Endpoint, peer_bin_dir
 from bench.report import conditions, transfer_markdown, transfer_plot, write_json
 from bench.transfer import TIME_BINARY, WORKLOADS, TransferBench, available_tools
@@ -17,7 +18,7 @@ from bench.workflow import run_workflow_bench
 from stager.errors import ConfigError
 from stager.objectstore import ObjectStore
 from stager.s3server import LocalS3Server
-from stager.units import format_size
+from stager.units import format_size, parse_size
 
 out_option = click.option(
     "--out",
@@ -218,3 +219,25 @@ def dispatch_command(tasks: int, workers: int, slots: int, out: Path) -> None:
         f"median {f.lease_rtt_median_ms} ms, p99 {f.lease_rtt_p99_ms} ms.\n"
     )
     _save(out, "dispatch", data, markdown)
+
+
+@bench_group.command(
+    "nodes",
+    epilog="""\b
+Examples:
+  stager bench nodes                                   # 1 GiB fetch, 256 MiB outputs
+  stager bench nodes --fetch-size 128M --output-size 32M   # quick
+""",
+)
+@click.option("--fetch-size", default="1G", show_default=True, help="Object fetched from each.")
+@click.option("--output-size", default="256M", show_default=True, help="Output per policy.")
+@out_option
+def nodes_command(fetch_size: str, output_size: str, out: Path) -> None:
+    """Peer fetch next to S3 GET; time to done under s3, mirror and local; the
+    fall-back delay for a dead peer (network namespaces; skipped without them)."""
+    with tempfile.TemporaryDirectory(prefix="stager-bench-") as scratch:
+        figures = run_nodes_bench(
+            Path(scratch), fetch_bytes=parse_size(fetch_size), output_bytes=parse_size(output_size)
+        )
+    data = {**asdict(figures), "conditions": conditions({})}
+    _save(out, "nodes", data, nodes_markdown(figures))

@@ -4,7 +4,8 @@
 process inside it; :meth:`Host.vanish` makes the host behave as a dead
 node does: its link goes down while the other side keeps its hardware
 address, so packets sent to it vanish without an answer (no RST, no ICMP),
-and only a timeout notices. Needs root; tests skip without it.
+and only a timeout notices. Needs root and ``ip``; without them, the
+constructor raises :class:`NoNamespaces` (tests skip, benchmarks say so).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import os
 import subprocess
 from collections.abc import Sequence
 
-import pytest
-
 _numbers = itertools.count()
 
 
@@ -24,6 +23,10 @@ def _ip(*args: str, namespace: str | None = None) -> None:
         ["ip", *args] if namespace is None else ["ip", "netns", "exec", namespace, "ip", *args]
     )
     subprocess.run(command, check=True, capture_output=True, timeout=10)
+
+
+class NoNamespaces(Exception):
+    """This machine (or this user) cannot make network namespaces."""
 
 
 class Host:
@@ -36,7 +39,7 @@ class Host:
         try:
             _ip("netns", "add", self.name)
         except (OSError, subprocess.CalledProcessError) as exc:
-            pytest.skip(f"network namespaces are not available here: {exc}")
+            raise NoNamespaces(f"network namespaces are not available here: {exc}") from exc
         try:
             _ip("link", "add", self.outside, "type", "veth", "peer", "name", self.inside)
             _ip("link", "set", self.inside, "netns", self.name)
@@ -49,9 +52,9 @@ class Host:
             self.remove()
             raise
 
-    def run(self, args: Sequence[str], **popen: object) -> subprocess.Popen[bytes]:
-        """Start ``args`` inside the namespace (a process on the other host)."""
-        return subprocess.Popen(["ip", "netns", "exec", self.name, *args], **popen)  # type: ignore[call-overload, no-any-return]
+    def command(self, args: Sequence[str]) -> list[str]:
+        """``args`` as a command that runs inside the namespace (on the other host)."""
+        return ["ip", "netns", "exec", self.name, *args]
 
     def vanish(self) -> None:
         """From now on, packets to this host are dropped without a word."""
