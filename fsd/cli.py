@@ -217,8 +217,7 @@ def serve(
         while not signals:
             time.sleep(0.2)
     finally:
-        service.stop()
-    counts = service.outbox.counts()
+        counts = service.stop()
     click.echo(
         f"stopped; served {format_size(service.files.served_bytes)}, received "
         f"{format_size(service.files.received_bytes)}, {counts.pending} writes behind pending",

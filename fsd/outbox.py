@@ -201,14 +201,29 @@ class WriteBehind:
         self._thread.join(timeout=timeout_s)
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            with self.cache.pinned(sorted(self.outbox.pending_digests(), key=str)):
+        pins: dict[Digest, contextlib.ExitStack] = {}
+        try:
+            while not self._stop.is_set():
+                self._hold_pins(pins)
                 for item in self.outbox.due():
                     if self._stop.is_set():
                         return
                     self.write_one(item)
-            self._wake.wait(self.poll_s)
-            self._wake.clear()
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
+        finally:
+            for pin in pins.values():
+                pin.close()
+
+    def _hold_pins(self, pins: dict[Digest, contextlib.ExitStack]) -> None:
+        """Pin what is pending and was not pinned yet; unpin what is no longer pending."""
+        pending = self.outbox.pending_digests()
+        for digest in set(pins) - pending:
+            pins.pop(digest).close()
+        for digest in pending - set(pins):
+            pin = contextlib.ExitStack()
+            pin.enter_context(self.cache.pinned([digest]))
+            pins[digest] = pin
 
     def write_one(self, item: OutboxItem) -> None:
         """Write one row behind: HEAD first, so a twin's write costs one request."""

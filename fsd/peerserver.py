@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -120,7 +121,8 @@ class FileService:
         digest = _digest_of(request)
         if digest is None:
             return web.json_response({"error": "not a digest"}, status=400)
-        with self.cache.pinned([digest]):
+        with contextlib.ExitStack() as pin:  # the cache's locks are files: not on the loop
+            await asyncio.to_thread(pin.enter_context, self.cache.pinned([digest]))
             entry = await asyncio.to_thread(self.cache.lookup, digest)
             if entry is None:
                 return web.json_response({"error": "not held here"}, status=404)
@@ -207,7 +209,11 @@ async def serving(service: FileService, host: str, port: int) -> AsyncIterator[i
     try:
         sock = socket.create_server((host, port), reuse_port=False)
     except OSError as exc:
-        raise UnreachableError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise UnreachableError(
+            f"cannot listen on {host}:{port}: {reason}",
+            hint="choose another port, or an address of this host",
+        ) from exc
     runner = web.AppRunner(service.app(), access_log=None, handle_signals=False)
     await runner.setup()
     try:

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 
 from fsd.cache import NodeCache
-from fsd.outbox import Outbox, OutboxItem, WriteBehind, outbox_path
+from fsd.outbox import Outbox, OutboxCounts, OutboxItem, WriteBehind, outbox_path
 from fsd.peerauth import RequestGuard
 from fsd.peerclient import parse_address
 from fsd.peerserver import FileService, serving
@@ -82,9 +82,12 @@ class NodeService:
         finally:
             self._ready.set()
 
-    def stop(self) -> None:
+    def stop(self) -> OutboxCounts:
+        """Stop serving and writing; what the outbox held at the end (pending rows stay)."""
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=10)
         self.writer.stop()
+        counts = self.outbox.counts()
         self.outbox.close()
+        return counts

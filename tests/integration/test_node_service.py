@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import http.client
 import io
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fsd.cache import NodeCache
-from fsd.outbox import Outbox, outbox_path
+from fsd.outbox import Outbox, WriteBehind, outbox_path
 from fsd.peerauth import HEADER, Signer
-from fsd.peerclient import PeerClient
+from fsd.peerclient import PeerClient, PeerLimits
 from fsd.service import NodeService
 from stager.digest import Digest, HashingWriter, digest_bytes
 from stager.errors import AccessDeniedError, NotFoundError
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
+from stager.s3server import LocalS3Server, free_ports
+from tests.helpers import count_requests
+from worker_hooks.task.result import FileRecord, Persist
+from worker_hooks.wrap.outputs import FoundOutput
+from worker_hooks.wrap.stageout import NodeKeeping, upload_outputs
 
 TOKEN = "node-service-test-token-0123456789"
 GIB = 1024**3
@@ -176,3 +187,113 @@ def test_the_outbox_resumes_after_a_restart(
         service.stop()
     info = store.head(url)
     assert info is not None and info.digest == digest
+
+
+def test_two_holders_writing_one_output_behind_cost_one_extra_request(
+    tmp_path: Path, store: ObjectStore, prefix: S3Url
+) -> None:
+    data = b"mirrored output " * 50_000
+    url = prefix.child("twice.bin")
+    writers = []
+    for name in ("producer", "mirror"):
+        cache = open_cache(tmp_path / name)
+        digest = put_entry(cache, data)
+        outbox = Outbox(outbox_path(cache.root))
+        outbox.add(digest, len(data), url, "task-key")
+        writers.append((WriteBehind(outbox, cache, store), outbox))
+    requests = count_requests(store)
+    first, first_box = writers[0]
+    first.write_one(first_box.due()[0])
+    after_first = sum(requests.values())
+    second, second_box = writers[1]
+    second.write_one(second_box.due()[0])
+    assert sum(requests.values()) - after_first == 1  # its HEAD found the bytes there
+    assert requests["HeadObject"] == 2 and first_box.counts().written == 1
+    assert second_box.counts().written == 1
+    info = store.head(url)
+    assert info is not None and info.digest == digest_bytes(data)
+
+
+def stage_out(
+    tmp_path: Path, store: ObjectStore, url: S3Url, persist: Persist, keeping: NodeKeeping | None
+) -> tuple[FileRecord, NodeCache]:
+    cache = open_cache(tmp_path / "producer")
+    output = tmp_path / "sandbox" / "out.bin"
+    output.parent.mkdir()
+    output.write_bytes(b"output bytes " * 10_000)
+    found = FoundOutput(output, "out.bin", url, output.stat().st_size, persist)
+    (record,) = upload_outputs([found], cache=cache, store=store, task="k", keeping=keeping)
+    return record, cache
+
+
+def test_a_mirror_output_with_no_live_peer_goes_to_s3_before_done(
+    tmp_path: Path, store: ObjectStore, prefix: S3Url
+) -> None:
+    dead = f"127.0.0.1:{free_ports(1)[0]}"
+    client = PeerClient(TOKEN, limits=PeerLimits(connect_timeout_s=1.0))
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    url = prefix.child("mirrored.bin")
+    record, _ = stage_out(
+        tmp_path, store, url, Persist.MIRROR, NodeKeeping(client, (dead,), outbox)
+    )
+    assert record.kept is Persist.S3  # the durable fall-back, recorded as such
+    info = store.head(url)
+    assert info is not None and info.digest == record.digest
+    assert client.take_bad() == [dead] and outbox.counts().pending == 0
+
+
+def test_a_local_output_without_a_file_service_goes_to_s3(
+    tmp_path: Path, store: ObjectStore, prefix: S3Url
+) -> None:
+    url = prefix.child("local.bin")
+    record, _ = stage_out(tmp_path, store, url, Persist.LOCAL, None)
+    assert record.kept is Persist.S3 and store.head(url) is not None
+
+
+def test_a_local_output_stays_in_the_cache_and_out_of_s3(
+    tmp_path: Path, store: ObjectStore, prefix: S3Url
+) -> None:
+    url = prefix.child("kept.bin")
+    keeping = NodeKeeping(PeerClient(TOKEN), (), Outbox(tmp_path / "outbox.sqlite"))
+    record, cache = stage_out(tmp_path, store, url, Persist.LOCAL, keeping)
+    assert record.kept is Persist.LOCAL and store.head(url) is None
+    assert cache.lookup(record.digest) is not None
+
+
+def test_stager_fsd_serve_runs_until_sigterm_and_bad_flags_are_one_line(
+    tmp_path: Path, run_cli: Any, s3_server: LocalS3Server
+) -> None:
+    env = {**os.environ, **s3_server.env(), "STAGER_DISPATCHER_TOKEN": TOKEN}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stager",
+            "fsd",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()
+        address = first.split(" on ", 1)[1].split(",", 1)[0]
+        assert PeerClient(TOKEN).status(address).entries == 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=30)
+    assert process.returncode == 0 and "stopped; served" in rest and TOKEN not in first + rest
+
+    taken = socket.create_server(("127.0.0.1", 0))
+    busy = f"127.0.0.1:{taken.getsockname()[1]}"
+    for listen, code in ((busy, 5), ("nonsense", 2)):
+        flags = ("--listen", listen, "--cache-dir", str(tmp_path / "c"))
+        ran = run_cli("fsd", "serve", *flags, env={"STAGER_DISPATCHER_TOKEN": TOKEN})
+        assert ran.returncode == code and len(ran.stderr.strip().splitlines()) == 1, ran.stderr
+    taken.close()

@@ -12,7 +12,7 @@ from stager.digest import Digest
 from stager.errors import ConfigError, StagerError, UnsafePathError
 from stager.locations import S3Url
 from worker_hooks.task.parse import inline_spec, parse_spec
-from worker_hooks.task.result import FileRecord, ResultManifest
+from worker_hooks.task.result import FileRecord, Persist, ResultManifest
 from worker_hooks.task.spec import InputSpec, OutputKind, TaskRef
 from worker_hooks.wrap.wrapper import stage_inputs
 
@@ -77,6 +77,19 @@ def test_a_valid_spec_parses_with_kinds_and_defaults() -> None:
             "bundle.path 'app' overlaps inputs",
         ),
         ({"outputs": [{"path": "x", "to": "s3://bkt/x", "persist": "tape"}]}, "outputs[0].persist"),
+        ({"outputs": [{"path": "x", "to": "s3://bkt/x", "mirrors": 2}]}, "outputs[0].mirrors"),
+        (
+            {"outputs": [{"path": "x", "to": "s3://bkt/x", "persist": "mirror", "mirrors": 0}]},
+            "outputs[0].mirrors",
+        ),
+        (
+            {"outputs": [{"path": "x", "to": "s3://bkt/x", "persist": "mirror", "mirrors": 9}]},
+            "outputs[0].mirrors",
+        ),
+        (
+            {"outputs": [{"path": "x", "to": "s3://bkt/x", "persist": "mirror", "mirrors": True}]},
+            "outputs[0].mirrors",
+        ),
         ({"scratch_bytes": "lots"}, "scratch_bytes"),
         ({"surprise": 1}, "surprise"),
     ],
@@ -147,6 +160,39 @@ def test_the_json_form_round_trips_every_field() -> None:
     )
     assert parse_spec(spec.to_json()) == spec
     assert spec.producers == frozenset({"map-1"})
+
+
+def test_persistence_policies_parse_and_round_trip() -> None:
+    spec = parse_spec(
+        {
+            **VALID,
+            "outputs": [
+                {"path": "a", "to": "s3://bkt/a"},
+                {"path": "b", "to": "s3://bkt/b", "persist": "mirror", "mirrors": 2},
+                {"path": "c", "to": "s3://bkt/c", "persist": "mirror"},
+                {"path": "d", "to": "s3://bkt/d", "persist": "local"},
+            ],
+        }
+    )
+    kept = [(o.persist, o.mirrors) for o in spec.outputs]
+    assert kept == [
+        (Persist.S3, 1),
+        (Persist.MIRROR, 2),
+        (Persist.MIRROR, 1),
+        (Persist.LOCAL, 1),
+    ]
+    assert parse_spec(spec.to_json()) == spec
+
+
+def test_a_record_says_where_an_output_was_kept_and_old_records_read_as_s3() -> None:
+    url = S3Url.parse("s3://bkt/o")
+    kept = FileRecord("o", url, Digest.parse(DIGEST), 3, Persist.LOCAL)
+    assert FileRecord.from_json(kept.to_json()) == kept
+    plain = FileRecord("o", url, Digest.parse(DIGEST), 3)
+    assert "kept" not in plain.to_json()  # a result of the s3 policy reads as before
+    assert FileRecord.from_json(plain.to_json()).kept is Persist.S3
+    with pytest.raises(ValueError):
+        FileRecord.from_json({**kept.to_json(), "kept": "tape"})
 
 
 def test_task_references_are_their_own_type_and_resolve_to_the_recorded_output() -> None:

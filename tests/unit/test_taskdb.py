@@ -16,11 +16,19 @@ from stager.locations import S3Url
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.dispatch.taskdb import SCHEMA_VERSION, Limits, TaskDB
 from worker_hooks.task.parse import parse_spec
-from worker_hooks.task.protocol import Assignment, InputUse, TaskState
-from worker_hooks.task.result import FileRecord, ResultManifest
+from worker_hooks.task.protocol import (
+    Assignment,
+    InputUse,
+    NodeOnly,
+    Replica,
+    TaskState,
+    Written,
+)
+from worker_hooks.task.result import FileRecord, Persist, ResultManifest
 from worker_hooks.task.spec import InputSpec
 
 DIGEST = Digest.parse("xxh3-128:" + "c" * 32)
+OTHER = Digest.parse("xxh3-128:" + "d" * 32)
 
 
 class Clock:
@@ -280,3 +288,44 @@ def test_a_version_1_database_is_migrated(tmp_path: Path, clock: Clock) -> None:
     db = TaskDB(path, Limits(), clock=clock)
     submit(db, task("t", "s3://bkt/x"))
     assert db.counts()["queued"] == 1
+
+
+def test_a_lease_names_the_peers_holding_its_inputs_and_where_to_mirror(
+    db: TaskDB, clock: Clock
+) -> None:
+    db.touch_worker("b", address="10.0.0.2:8766")
+    db.touch_worker("c")  # no file service: never offered
+    db.touch_worker("d", address="10.0.0.4:8766")
+    db.report_cache("b", added=[DIGEST], removed=[])
+    db.report_cache("c", added=[DIGEST], removed=[])
+    body = task("t")
+    body["inputs"] = [{"source": "s3://bkt/ref", "path": "ref", "digest": str(DIGEST), "size": 5}]
+    submit(db, body, {**body, "id": "u"}, {**body, "id": "v"})
+
+    (lease,) = db.lease("a", 1, address="10.0.0.1:8766")
+    assert lease.peers == (Replica(DIGEST, ("10.0.0.2:8766",)),)
+    assert set(lease.mirror_to) == {"10.0.0.2:8766", "10.0.0.4:8766"}  # never itself
+
+    db.suspect(["10.0.0.2:8766"])  # a worker reported it failing
+    (lease,) = db.lease("a", 1)
+    assert lease.peers == () and lease.mirror_to == ("10.0.0.4:8766",)
+
+    clock.now += Limits().worker_timeout_s + 1  # every peer went silent
+    db.touch_worker("a")
+    (lease,) = db.lease("a", 1)
+    assert lease.peers == () and lease.mirror_to == ()
+
+
+def test_outputs_kept_on_nodes_are_listed_until_written_behind(db: TaskDB) -> None:
+    submit(db, task("t"))
+    (lease,) = db.lease("w1", 1)
+    mirrored = FileRecord("m", S3Url.parse("s3://bkt/m"), DIGEST, 7, Persist.MIRROR)
+    local = FileRecord("l", S3Url.parse("s3://bkt/l"), OTHER, 11, Persist.LOCAL)
+    result = replace(result_for("t"), outputs=(*result_for("t").outputs, mirrored, local))
+    db.complete("t", lease.attempt, "w1", result)
+    status = db.status("wf")
+    assert status.node_only == (NodeOnly("wf", 2, 18),) and status.bytes_written_behind == 0
+
+    db.heartbeat("w2", [], written=[Written(DIGEST, mirrored.url)])  # the mirror wrote it
+    status = db.status("wf")
+    assert status.node_only == (NodeOnly("wf", 1, 11),) and status.bytes_written_behind == 7

@@ -212,16 +212,25 @@ def status_command(
     )
     hit = status.cache_hit_rate
     click.echo(
-        f"inputs     {format_size(status.bytes_from_cache)} from node caches, "
+        f"inputs     {format_size(status.bytes_from_cache)} from node caches "
+        f"({format_size(status.bytes_from_peers)} of it from peers), "
         f"{format_size(status.bytes_from_s3)} from S3"
         + (f" (hit rate {hit:.0%})" if hit is not None else "")
     )
+    if status.bytes_written_behind:
+        click.echo(f"outputs    {format_size(status.bytes_written_behind)} written behind to S3")
+    for kept in status.node_only:
+        click.echo(
+            f"only on nodes  {kept.workflow}: {kept.outputs} outputs, "
+            f"{format_size(kept.bytes)} (not in S3 yet)"
+        )
     for w in status.workers:
         state = "alive" if w.alive else "silent"
+        serves = f", serves {w.address}" if w.address else ""
         click.echo(
             f"worker     {w.id:<24} {state:<6} running {w.running:<3} "
             f"cache {format_size(w.cache_bytes)} ({w.cached_digests} entries), "
-            f"seen {w.last_seen_s_ago} s ago"
+            f"seen {w.last_seen_s_ago} s ago{serves}"
         )
     if not status.workers:
         click.echo("workers    none has contacted this dispatcher yet")
