@@ -119,8 +119,17 @@ def _file_service(
 
 
 def _serve_command(listen: str, cache_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "stager", "fsd", "serve", "--listen", listen,
-            "--cache-dir", str(cache_dir)]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "stager",
+        "fsd",
+        "serve",
+        "--listen",
+        listen,
+        "--cache-dir",
+        str(cache_dir),
+    ]
 
 
 def measure_fetch(work: Path, store: ObjectStore, env: dict[str, str], size: int) -> FetchFigures:
@@ -215,9 +224,12 @@ def measure_fallback(work: Path, store: ObjectStore, runs: int = 5) -> FallbackF
             cache = _fresh_cache(work / f"cache-{n}-{peers is not None}")
             started = time.perf_counter()
             with staged_inputs(
-                [StageInput(url, "in.bin", digest, MiB)], sandbox, cache=cache, store=store,
+                [StageInput(url, "in.bin", digest, MiB)],
+                sandbox,
+                cache=cache,
+                store=store,
                 peers=peers,
-            ):  # fmt: skip
+            ):
                 return time.perf_counter() - started
 
         plain = [stage(n, None) for n in range(runs)]
