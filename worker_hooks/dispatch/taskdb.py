@@ -33,7 +33,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +46,20 @@ from stager.errors import (
     StaleAttemptError,
     from_os_error,
 )
+from worker_hooks.dispatch.catalog import ReplicaCatalog, rows_in
 from worker_hooks.dispatch.scheduling import Candidate, Policy, choose_tasks
 from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import (
     Assignment,
     InputUse,
     Lease,
-    NodeOnly,
-    Replica,
     StatusReply,
     TaskInfo,
     TaskState,
     WorkerInfo,
     Written,
 )
-from worker_hooks.task.result import Persist, ResultManifest
+from worker_hooks.task.result import ResultManifest
 from worker_hooks.task.spec import TaskSpec
 from worker_hooks.task.workflow import check_batch
 
@@ -95,7 +94,7 @@ CREATE TABLE IF NOT EXISTS deps (
 CREATE INDEX IF NOT EXISTS deps_by_producer ON deps(producer);
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY, last_seen REAL NOT NULL, cache_bytes INTEGER NOT NULL DEFAULT 0,
-    address TEXT, suspect_until REAL NOT NULL DEFAULT 0
+    address TEXT, suspect_until REAL NOT NULL DEFAULT 0, lost_at REAL
 );
 CREATE TABLE IF NOT EXISTS replicas (
     worker TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (worker, digest)
@@ -121,6 +120,7 @@ _ADDED_COLUMNS = (
     ("tasks", "bytes_from_peers", "INTEGER NOT NULL DEFAULT 0"),
     ("workers", "address", "TEXT"),
     ("workers", "suspect_until", "REAL NOT NULL DEFAULT 0"),
+    ("workers", "lost_at", "REAL"),
 )
 
 
@@ -178,6 +178,9 @@ class TaskDB:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._check_schema(path)
+        self.catalog = ReplicaCatalog(
+            self._db, clock=clock, worker_timeout_s=limits.worker_timeout_s
+        )
 
     def _check_schema(self, path: Path) -> None:
         """Create the tables in a new file; refuse a file of another schema version."""
@@ -216,21 +219,8 @@ class TaskDB:
 
     # -- submitting ---------------------------------------------------------------
 
-    def _rows_in(
-        self, query: str, values: Sequence[str], before: Sequence[Any] = ()
-    ) -> Iterator[sqlite3.Row]:
-        """Rows of ``query`` (ending in ``IN ({marks})``) for ``values``, in chunks.
-
-        SQLite caps the variables of one statement (999 in older builds),
-        and a workflow may name tens of thousands of tasks or digests.
-        """
-        for start in range(0, len(values), 500):
-            chunk = list(values[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            yield from self._db.execute(query.format(marks=marks), [*before, *chunk])
-
     def known_ids(self, ids: Sequence[str]) -> set[str]:
-        rows = self._rows_in("SELECT id FROM tasks WHERE id IN ({marks})", ids)
+        rows = rows_in(self._db, "SELECT id FROM tasks WHERE id IN ({marks})", ids)
         return {row["id"] for row in rows}
 
     def submit(self, workflow: str, specs: Sequence[TaskSpec]) -> list[str]:
@@ -306,54 +296,6 @@ class TaskDB:
 
     # -- leasing ------------------------------------------------------------------
 
-    def touch_worker(
-        self, worker: str, *, cache_bytes: int | None = None, address: str | None = None
-    ) -> None:
-        self._db.execute(
-            "INSERT INTO workers (id, last_seen, cache_bytes, address) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT(id) DO UPDATE SET last_seen = excluded.last_seen,"
-            " cache_bytes = COALESCE(?, workers.cache_bytes),"
-            " address = COALESCE(excluded.address, workers.address)",
-            (worker, self._clock(), cache_bytes or 0, address, cache_bytes),
-        )
-
-    def suspect(self, addresses: Sequence[str]) -> None:
-        """Peers that failed a worker: offered to no one for a while (they may be dead)."""
-        until = self._clock() + self.limits.worker_timeout_s
-        self._db.executemany(
-            "UPDATE workers SET suspect_until = ? WHERE address = ?",
-            [(until, a) for a in addresses],
-        )
-
-    def _peer_addresses(
-        self, digests: set[Digest], *, besides: str
-    ) -> dict[Digest, tuple[str, ...]]:
-        """Live, unsuspected file services of other workers holding each digest."""
-        if not digests:
-            return {}
-        now = self._clock()
-        rows = self._rows_in(
-            "SELECT r.digest, w.address FROM replicas r JOIN workers w ON w.id = r.worker"
-            " WHERE w.last_seen >= ? AND w.suspect_until <= ? AND w.address IS NOT NULL"
-            " AND w.id != ? AND r.digest IN ({marks}) ORDER BY w.cache_bytes",
-            sorted(str(d) for d in digests),
-            before=[now - self.limits.worker_timeout_s, now, besides],
-        )
-        found: dict[Digest, list[str]] = {}
-        for row in rows:
-            found.setdefault(Digest.parse(row["digest"]), []).append(row["address"])
-        return {digest: tuple(addresses) for digest, addresses in found.items()}
-
-    def _mirror_targets(self, besides: str, count: int = 8) -> tuple[str, ...]:
-        """Live, unsuspected file services of other workers, emptiest cache first."""
-        now = self._clock()
-        rows = self._db.execute(
-            "SELECT address FROM workers WHERE last_seen >= ? AND suspect_until <= ?"
-            " AND address IS NOT NULL AND id != ? ORDER BY cache_bytes, id LIMIT ?",
-            (now - self.limits.worker_timeout_s, now, besides, count),
-        )
-        return tuple(row["address"] for row in rows)
-
     def report_cache(
         self,
         worker: str,
@@ -363,37 +305,26 @@ class TaskDB:
         full: bool = False,
     ) -> None:
         """Record what ``worker``'s cache gained and lost (or, with ``full``, all it holds)."""
-        with self._tx() as db:
-            if full:
-                db.execute("DELETE FROM replicas WHERE worker = ?", (worker,))
-            db.executemany(
-                "INSERT OR IGNORE INTO replicas (worker, digest) VALUES (?, ?)",
-                [(worker, str(d)) for d in added],
-            )
-            db.executemany(
-                "DELETE FROM replicas WHERE worker = ? AND digest = ?",
-                [(worker, str(d)) for d in removed],
-            )
+        with self._tx():
+            self.catalog.report_cache(worker, added=added, removed=removed, full=full)
 
-    def _holders(self, digests: set[Digest]) -> dict[Digest, frozenset[str]]:
-        if not digests:
-            return {}
-        alive_after = self._clock() - self.limits.worker_timeout_s
-        rows = self._rows_in(
-            "SELECT r.digest, r.worker FROM replicas r JOIN workers w ON w.id = r.worker"
-            " WHERE w.last_seen >= ? AND r.digest IN ({marks})",
-            sorted(str(d) for d in digests),
-            before=[alive_after],
-        )
-        holders: dict[Digest, set[str]] = {}
-        for row in rows:
-            holders.setdefault(Digest.parse(row["digest"]), set()).add(row["worker"])
-        return {digest: frozenset(workers) for digest, workers in holders.items()}
+    def suspect(self, addresses: Sequence[str]) -> None:
+        """Peers that failed a worker: offered to no one for ``worker_timeout_s``."""
+        with self._tx():
+            self.catalog.suspect(addresses)
+
+    def touch_worker(
+        self, worker: str, *, cache_bytes: int | None = None, address: str | None = None
+    ) -> None:
+        with self._tx():
+            self.catalog.touch_worker(worker, cache_bytes=cache_bytes, address=address)
 
     def _learned(self, urls: set[str]) -> dict[str, Digest]:
         """The digests completions recorded for these objects (a hint for scheduling:
         an object may have changed since; staging checks what it fetches)."""
-        rows = self._rows_in("SELECT url, digest FROM learned WHERE url IN ({marks})", sorted(urls))
+        rows = rows_in(
+            self._db, "SELECT url, digest FROM learned WHERE url IN ({marks})", sorted(urls)
+        )
         return {row["url"]: Digest.parse(row["digest"]) for row in rows}
 
     def lease(self, worker: str, count: int, *, address: str | None = None) -> list[Lease]:
@@ -404,7 +335,7 @@ class TaskDB:
         """
         now = self._clock()
         with self._tx() as db:
-            self.touch_worker(worker, address=address)
+            self.catalog.touch_worker(worker, address=address)
             rows = db.execute(
                 "SELECT id, seq, queued_at, inputs FROM tasks WHERE state = 'queued'"
                 " ORDER BY seq LIMIT ?",
@@ -425,7 +356,7 @@ class TaskDB:
                 )
                 for r in rows
             ]
-            holders = self._holders({d for c in candidates for d, _ in c.inputs})
+            holders = self.catalog.holders({d for c in candidates for d, _ in c.inputs})
             chosen = choose_tasks(
                 candidates,
                 worker=worker,
@@ -448,26 +379,7 @@ class TaskDB:
                     (task_id, row["attempt"], worker, now),
                 )
                 leases.append(Lease(task_id, row["attempt"], _spec_of(row), expires))
-            return self._with_peers(leases, worker)
-
-    def _with_peers(self, leases: list[Lease], worker: str) -> list[Lease]:
-        if not leases:
-            return leases
-        wanted = {digest for lease in leases for digest, _ in lease.spec.known_inputs()}
-        holders = self._peer_addresses(wanted, besides=worker)
-        targets = self._mirror_targets(worker)
-        return [
-            replace(
-                lease,
-                peers=tuple(
-                    Replica(digest, holders[digest])
-                    for digest, _ in lease.spec.known_inputs()
-                    if digest in holders
-                ),
-                mirror_to=targets,
-            )
-            for lease in leases
-        ]
+            return self.catalog.with_peers(leases, worker)
 
     def _row(self, task_id: str) -> sqlite3.Row:
         row = self._db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -502,11 +414,8 @@ class TaskDB:
         now = self._clock()
         stale = []
         with self._tx() as db:
-            self.touch_worker(worker, cache_bytes=cache_bytes)
-            db.executemany(
-                "UPDATE outputs SET in_s3 = 1 WHERE digest = ? AND url = ?",
-                [(str(w.digest), str(w.url)) for w in written],
-            )
+            self.catalog.touch_worker(worker, cache_bytes=cache_bytes)
+            self.catalog.mark_written(written)
             for task_id, attempt in held:
                 cursor = db.execute(
                     "UPDATE tasks SET lease_expires = ? WHERE id = ? AND attempt = ?"
@@ -552,22 +461,7 @@ class TaskDB:
                 [(str(r.url), str(r.digest)) for r in result.inputs],
             )
             workflow = db.execute("SELECT workflow FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            db.executemany(
-                "INSERT OR REPLACE INTO outputs (task, workflow, url, digest, size, kept, in_s3)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        task_id,
-                        workflow[0],
-                        str(r.url),
-                        str(r.digest),
-                        r.size,
-                        r.kept.value,
-                        r.kept is Persist.S3,
-                    )
-                    for r in result.outputs
-                ],
-            )
+            self.catalog.record_outputs(task_id, workflow[0], result)
             held = {u.digest for u in uses} | {r.digest for r in result.outputs}
             db.executemany(
                 "INSERT OR IGNORE INTO replicas (worker, digest) VALUES (?, ?)",
@@ -712,24 +606,7 @@ class TaskDB:
             cache_hit_rate=from_cache / (from_s3 + from_cache) if from_s3 + from_cache else None,
             tasks_per_s_last_minute=(totals["recent"] or 0) / 60,
             tasks_per_s_overall=counts["done"] / span if span > 0 else None,
-            node_only=self._node_only(workflow),
+            node_only=self.catalog.node_only(workflow),
             bytes_from_peers=totals["peers"] or 0,
-            bytes_written_behind=self._written_behind(workflow),
+            bytes_written_behind=self.catalog.written_behind(workflow),
         )
-
-    def _written_behind(self, workflow: str | None) -> int:
-        """Bytes of outputs kept on nodes that have reached S3 since."""
-        where, args = ("AND workflow = ?", (workflow,)) if workflow else ("", ())
-        row = self._db.execute(
-            f"SELECT SUM(size) FROM outputs WHERE in_s3 = 1 AND kept != 's3' {where}", args
-        ).fetchone()
-        return int(row[0] or 0)
-
-    def _node_only(self, workflow: str | None) -> tuple[NodeOnly, ...]:
-        where, args = ("AND workflow = ?", (workflow,)) if workflow else ("", ())
-        rows = self._db.execute(
-            "SELECT workflow, COUNT(*) AS n, SUM(size) AS bytes FROM outputs"
-            f" WHERE in_s3 = 0 {where} GROUP BY workflow ORDER BY workflow",
-            args,
-        )
-        return tuple(NodeOnly(r["workflow"], r["n"], r["bytes"] or 0) for r in rows)
