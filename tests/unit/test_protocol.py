@@ -27,7 +27,11 @@ from worker_hooks.task.protocol import (
     LeaseReply,
     LeaseRequest,
     Message,
+    NodeOnly,
+    RecoverRequest,
+    RecoveryReport,
     ReleaseRequest,
+    Replica,
     StateReply,
     StatusReply,
     SubmitReply,
@@ -35,11 +39,13 @@ from worker_hooks.task.protocol import (
     TaskInfo,
     TaskState,
     WorkerInfo,
+    Written,
     check_version,
 )
 from worker_hooks.task.result import FileRecord, ResultManifest
 
 D1, D2 = digest_bytes(b"one"), digest_bytes(b"two")
+URL = S3Url.parse("s3://bkt/out/m.bin")
 SPEC = parse_spec(
     {
         "id": "reduce",
@@ -82,13 +88,35 @@ SAMPLES: list[Message] = [
         tasks_per_s_last_minute=0.05,
         tasks_per_s_overall=None,
     ),
+    StatusReply(
+        policy="fifo",
+        counts={"done": 3},
+        workers=(WorkerInfo("node-2", False, 99.0, 0, 0, 0, "10.0.0.2:8766", lost=True),),
+        bytes_from_s3=0,
+        bytes_from_cache=30,
+        cache_hit_rate=1.0,
+        tasks_per_s_last_minute=0.0,
+        tasks_per_s_overall=0.1,
+        node_only=(NodeOnly("wf", 2, 300),),
+        bytes_from_peers=20,
+        bytes_written_behind=7,
+    ),
     AssignmentsReply((Assignment("reduce", 1, "node-1"),)),
     LeaseRequest("node-1", 4, 5.0, REPORT),
     LeaseRequest("node-1"),
+    LeaseRequest("node-1", 1, 0.0, None, "10.0.0.1:8766"),
     LeaseReply((Lease("reduce", 3, SPEC, 1234.5),), 60.0),
+    LeaseReply(
+        (Lease("r", 3, SPEC, 1.0, (Replica(D1, ("10.0.0.2:8766",)),), ("10.0.0.3:8766",)),), 60.0
+    ),
     HeartbeatRequest("node-1", (Held("reduce", 3),), 4096, REPORT),
+    HeartbeatRequest("node-1", (), 0, None, ("10.0.0.9:8766",), (Written(D1, URL),)),
     HeartbeatReply(("stale-task",)),
+    HeartbeatReply((), report_all=True),
     CompleteRequest("node-1", 3, RESULT, (InputUse(D1, 3, from_cache=True),)),
+    CompleteRequest("node-1", 3, RESULT, (InputUse(D1, 3, from_cache=True, from_peer=True),)),
+    RecoverRequest(dry_run=True),
+    RecoveryReport("node-2", False, 3, 1, 0, ("map-1",), ("reduce",), ("map-2",)),
     FailRequest("node-1", 3, "the command exited with code 1", retry=False),
     ReleaseRequest("node-1", 3),
     ErrorReply("dispatcher: no task 'x'"),

@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 
 from stager.digest import Digest
-from stager.errors import ConfigError, PreconditionFailedError, StaleAttemptError
+from stager.errors import (
+    ConfigError,
+    NotFoundError,
+    PreconditionFailedError,
+    StaleAttemptError,
+)
 from stager.locations import S3Url
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.dispatch.taskdb import SCHEMA_VERSION, Limits, TaskDB
@@ -95,9 +100,9 @@ def test_heartbeats_keep_a_lease_and_report_stale_ones(db: TaskDB, clock: Clock)
     (lease,) = db.lease("w1", 1)
     for _ in range(3):
         clock.now += 8
-        assert db.heartbeat("w1", [("t", lease.attempt)]) == []
+        assert db.heartbeat("w1", [("t", lease.attempt)]).drop == ()
         assert db.expire() == 0
-    assert db.heartbeat("w1", [("t", lease.attempt + 1)]) == ["t"]
+    assert db.heartbeat("w1", [("t", lease.attempt + 1)]).drop == ("t",)
 
 
 def test_expiry_past_the_limit_fails_the_task(db: TaskDB, clock: Clock) -> None:
@@ -329,3 +334,89 @@ def test_outputs_kept_on_nodes_are_listed_until_written_behind(db: TaskDB) -> No
     db.heartbeat("w2", [], written=[Written(DIGEST, mirrored.url)])  # the mirror wrote it
     status = db.status("wf")
     assert status.node_only == (NodeOnly("wf", 1, 11),) and status.bytes_written_behind == 7
+
+
+def local_result(task_id: str, digest: Digest, kept: Persist = Persist.LOCAL) -> ResultManifest:
+    record = FileRecord("out.txt", S3Url.parse(f"s3://bkt/out/{task_id}.txt"), digest, 5, kept)
+    return replace(result_for(task_id), outputs=(record,))
+
+
+def run(db: TaskDB, worker: str, result: ResultManifest, uses: tuple[Digest, ...] = ()) -> None:
+    (lease,) = db.lease(worker, 1)
+    assert lease.task_id == result.task_id
+    db.complete(lease.task_id, lease.attempt, worker, result, [InputUse(d, 5, True) for d in uses])
+
+
+def test_losing_the_only_copy_of_a_needed_intermediate_recomputes_its_producer(
+    db: TaskDB, clock: Clock
+) -> None:
+    submit(db, task("q"), task("p", "task://q/out.txt"), task("c", "task://p/out.txt"))
+    run(db, "a", local_result("q", DIGEST))
+    run(db, "a", local_result("p", OTHER), uses=(DIGEST,))
+    assert db.task("c").state is TaskState.QUEUED
+
+    dry = db.recover("a", dry_run=True)
+    assert (dry.recomputed, dry.reset) == (("p", "q"), ("c",))
+    assert db.task("c").state is TaskState.QUEUED and db.task("p").state is TaskState.DONE
+    assert not db.status().workers[0].lost  # a dry run changes nothing
+
+    report = db.recover("a")
+    assert report == replace(dry, dry_run=False)
+    assert [db.task(t).state for t in ("q", "p", "c")] == [
+        TaskState.QUEUED,
+        TaskState.WAITING,
+        TaskState.WAITING,
+    ]
+    assert db.status().workers[0].lost
+    # Recomputed elsewhere, with other bytes: the dependant reads what was made now.
+    fresh = Digest.parse("xxh3-128:" + "e" * 32)
+    run(db, "b", local_result("q", fresh))
+    run(db, "b", local_result("p", OTHER), uses=(fresh,))
+    (lease,) = db.lease("b", 1)
+    assert lease.task_id == "c" and lease.spec.inputs[0].digest == OTHER
+
+
+def test_outputs_another_node_holds_are_safe_and_unneeded_ones_are_dropped(db: TaskDB) -> None:
+    submit(db, task("m"), task("gone"), task("c", "task://gone/out.txt"))
+    run(db, "a", local_result("m", DIGEST, Persist.MIRROR))
+    db.report_cache("mirror", added=[DIGEST], removed=[])
+    run(db, "a", local_result("gone", OTHER))
+    run(db, "b", result_for("c"), uses=(OTHER,))  # its only reader has ended
+    db.report_cache("b", added=[], removed=[OTHER])
+    report = db.recover("a")
+    assert (report.outputs_from_mirror, report.outputs_dropped) == (1, 1)
+    assert report.recomputed == () and report.reset == ()
+
+
+def test_a_silent_worker_is_found_lost_its_lease_requeued_and_it_may_come_back(
+    db: TaskDB, clock: Clock
+) -> None:
+    submit(db, task("t"))
+    (lease,) = db.lease("a", 1)
+    db.touch_worker("b")
+    clock.now += db.limits.lease_s + 1
+    db.touch_worker("b")
+    (found,) = db.find_lost()
+    assert found.worker == "a" and found.requeued == ("t",)
+    assert db.task("t").state is TaskState.QUEUED
+    with pytest.raises(StaleAttemptError):  # its attempt cannot complete any more
+        db.complete("t", lease.attempt, "a", result_for("t"))
+    assert db.find_lost() == []  # found once
+    assert db.heartbeat("a", []).report_all  # back: it must report its whole cache
+    assert not db.heartbeat("a", []).report_all
+    with pytest.raises(NotFoundError):
+        db.recover("nobody")
+
+
+def test_dependants_that_failed_for_want_of_a_lost_input_run_again(db: TaskDB) -> None:
+    submit(db, task("p"), task("c", "task://p/out.txt"), task("d", "task://c/out.txt"))
+    run(db, "a", local_result("p", DIGEST))
+    (lease,) = db.lease("b", 1)  # before "a" is found lost, c cannot find its input
+    db.fail("c", lease.attempt, "b", "input s3://bkt/out/p.txt does not exist", retry=False)
+    assert db.task("d").state is TaskState.FAILED  # with its producer
+    report = db.recover("a")
+    assert report.recomputed == ("p",) and report.reset == ("c", "d")
+    assert [db.task(t).state for t in ("p", "c", "d")] == [
+        TaskState.QUEUED,
+        *[TaskState.WAITING] * 2,
+    ]

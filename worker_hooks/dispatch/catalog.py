@@ -22,6 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 from stager.digest import Digest
+from worker_hooks.dispatch.recovery import AtRisk
 from worker_hooks.task.protocol import Lease, NodeOnly, Replica, Written
 from worker_hooks.task.result import Persist, ResultManifest
 
@@ -55,9 +56,10 @@ class ReplicaCatalog:
 
     def touch_worker(
         self, worker: str, *, cache_bytes: int | None = None, address: str | None = None
-    ) -> None:
-        """A sign of life: a worker found lost before is back (its cache report re-adds
-        what it still holds)."""
+    ) -> bool:
+        """A sign of life. True if the worker had been found lost: it is back, and the
+        catalog needs a full report of its cache (its replicas were forgotten)."""
+        row = self._db.execute("SELECT lost_at FROM workers WHERE id = ?", (worker,)).fetchone()
         self._db.execute(
             "INSERT INTO workers (id, last_seen, cache_bytes, address) VALUES (?, ?, ?, ?)"
             " ON CONFLICT(id) DO UPDATE SET last_seen = excluded.last_seen,"
@@ -65,6 +67,7 @@ class ReplicaCatalog:
             " address = COALESCE(excluded.address, workers.address), lost_at = NULL",
             (worker, self._clock(), cache_bytes or 0, address, cache_bytes),
         )
+        return row is not None and row["lost_at"] is not None
 
     def suspect(self, addresses: Sequence[str]) -> None:
         """Peers that failed a worker: offered to no one for a while (they may be dead)."""
@@ -190,6 +193,18 @@ class ReplicaCatalog:
                 for r in result.outputs
             ],
         )
+
+    def at_risk(self, worker: str) -> list[AtRisk]:
+        """Outputs not in S3 that ``worker``'s cache holds (to ask, before it is lost)."""
+        rows = self._db.execute(
+            "SELECT o.task, o.digest, o.kept, o.size FROM outputs o JOIN replicas r"
+            " ON r.digest = o.digest WHERE r.worker = ? AND o.in_s3 = 0 ORDER BY o.task",
+            (worker,),
+        )
+        return [
+            AtRisk(r["task"], Digest.parse(r["digest"]), Persist(r["kept"]), r["size"])
+            for r in rows
+        ]
 
     def forget_outputs(self, task_id: str) -> None:
         self._db.execute("DELETE FROM outputs WHERE task = ?", (task_id,))

@@ -225,7 +225,7 @@ def status_command(
             f"{format_size(kept.bytes)} (not in S3 yet)"
         )
     for w in status.workers:
-        state = "alive" if w.alive else "silent"
+        state = "lost" if w.lost else "alive" if w.alive else "silent"
         serves = f", serves {w.address}" if w.address else ""
         click.echo(
             f"worker     {w.id:<24} {state:<6} running {w.running:<3} "
@@ -234,3 +234,35 @@ def status_command(
         )
     if not status.workers:
         click.echo("workers    none has contacted this dispatcher yet")
+
+
+@click.command(
+    "recover",
+    epilog="""\b
+Examples:
+  stager recover --node node-7 --dry-run     # what losing node-7 costs, changing nothing
+  stager recover --node node-7               # it was terminated: recover now, not at lease expiry
+""",
+)
+@click.option("--node", "worker", required=True, help="The worker id, as `stager status` shows.")
+@click.option("--dry-run", is_flag=True, help="Report what would be done; change nothing.")
+@dispatcher_url_option
+@token_file_option
+@ca_file_option
+def recover_command(
+    worker: str, dry_run: bool, dispatcher_url: str, token_file: Path | None, ca_file: str | None
+) -> None:
+    """Take a node as lost with its cache: re-queue its tasks, recompute the outputs only it
+    held that are still needed (docs/failures.md). The dispatcher does this by itself for a
+    node silent for longer than a lease."""
+    report = client_from_flags(dispatcher_url, token_file, ca_file).recover(worker, dry_run=dry_run)
+    would = "would be " if report.dry_run else ""
+    click.echo(
+        f"node {report.worker}: {'dry run, nothing changed' if dry_run else 'taken as lost'}"
+    )
+    click.echo(f"outputs safe on other nodes     {report.outputs_safe}")
+    click.echo(f"outputs written from a mirror   {report.outputs_from_mirror}")
+    click.echo(f"outputs lost, no longer needed  {report.outputs_dropped}")
+    click.echo(f"tasks {would}recomputed: {', '.join(report.recomputed) or 'none'}")
+    click.echo(f"tasks {would}sent back to wait: {', '.join(report.reset) or 'none'}")
+    click.echo(f"tasks {would}re-queued from its leases: {', '.join(report.requeued) or 'none'}")

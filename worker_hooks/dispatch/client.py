@@ -39,6 +39,8 @@ from worker_hooks.task.protocol import (
     LeaseReply,
     LeaseRequest,
     Message,
+    RecoverRequest,
+    RecoveryReport,
     ReleaseRequest,
     StateReply,
     StatusReply,
@@ -139,9 +141,9 @@ class DispatcherClient:
         request = LeaseRequest(worker, max_tasks, wait_s, cache, address)
         return self.call("POST", "/v1/lease", LeaseReply, request, wait_s=wait_s)
 
-    def heartbeat(self, request: HeartbeatRequest) -> list[str]:
-        """Extend leases, report the cache; the ids of tasks the worker must drop."""
-        return list(self.call("POST", "/v1/heartbeat", HeartbeatReply, request).drop)
+    def heartbeat(self, request: HeartbeatRequest) -> HeartbeatReply:
+        """Extend leases, report the cache; which tasks the worker must drop."""
+        return self.call("POST", "/v1/heartbeat", HeartbeatReply, request)
 
     def complete(
         self,
@@ -159,6 +161,11 @@ class DispatcherClient:
     ) -> TaskState:
         request = FailRequest(worker, attempt, error, retry)
         return self.call("POST", f"/v1/tasks/{_quoted(task_id)}/fail", StateReply, request).state
+
+    def recover(self, worker: str, *, dry_run: bool = False) -> RecoveryReport:
+        """Take ``worker`` as lost and recover what it held (see docs/failures.md)."""
+        path = f"/v1/workers/{_quoted(worker)}/recover"
+        return self.call("POST", path, RecoveryReport, RecoverRequest(dry_run))
 
     def release(self, task_id: str, attempt: int, worker: str) -> None:
         request = ReleaseRequest(worker, attempt)

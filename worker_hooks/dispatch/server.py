@@ -37,11 +37,11 @@ from worker_hooks.task.protocol import (
     CompleteRequest,
     ErrorReply,
     FailRequest,
-    HeartbeatReply,
     HeartbeatRequest,
     LeaseReply,
     LeaseRequest,
     Message,
+    RecoverRequest,
     ReleaseRequest,
     StateReply,
     SubmitReply,
@@ -88,6 +88,7 @@ class Dispatcher:
                 web.post("/v1/heartbeat", self.heartbeat),
                 web.get("/v1/status", self.status),
                 web.get("/v1/assignments", self.assignments),
+                web.post("/v1/workers/{id}/recover", self.recover),
             ]
         )
         app.cleanup_ctx.append(self._expiry_loop)
@@ -127,7 +128,8 @@ class Dispatcher:
         async def expire_forever() -> None:
             while True:
                 await asyncio.sleep(self._expire_every_s)
-                if self.db.expire():
+                expired, lost = self.db.expire(), self.db.find_lost()
+                if expired or lost:
                     await self._changed_now()
 
         task = asyncio.create_task(expire_forever())
@@ -178,10 +180,10 @@ class Dispatcher:
         self._apply_cache_report(body.worker, body.cache)
         held = [(h.task_id, h.attempt) for h in body.held]
         self.db.suspect(body.bad_peers)
-        drop = self.db.heartbeat(
+        reply = self.db.heartbeat(
             body.worker, held, cache_bytes=body.cache_bytes, written=body.written
         )
-        return _reply(HeartbeatReply(tuple(drop)))
+        return _reply(reply)
 
     async def complete(self, request: web.Request) -> web.Response:
         body = await self._read(request, CompleteRequest)
@@ -212,6 +214,13 @@ class Dispatcher:
 
     async def status(self, request: web.Request) -> web.Response:
         return _reply(self.db.status(request.query.get("workflow")))
+
+    async def recover(self, request: web.Request) -> web.Response:
+        body = await self._read(request, RecoverRequest)
+        report = self.db.recover(request.match_info["id"], dry_run=body.dry_run)
+        if not body.dry_run:
+            await self._changed_now()
+        return _reply(report)
 
     async def assignments(self, request: web.Request) -> web.Response:
         rows = self.db.assignments(request.query.get("task"))

@@ -47,12 +47,15 @@ from stager.errors import (
     from_os_error,
 )
 from worker_hooks.dispatch.catalog import ReplicaCatalog, rows_in
+from worker_hooks.dispatch.recovery import plan_recovery
 from worker_hooks.dispatch.scheduling import Candidate, Policy, choose_tasks
 from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import (
     Assignment,
+    HeartbeatReply,
     InputUse,
     Lease,
+    RecoveryReport,
     StatusReply,
     TaskInfo,
     TaskState,
@@ -65,6 +68,7 @@ from worker_hooks.task.workflow import check_batch
 
 SCHEMA_VERSION = 3  # 2 adds learned digests, 3 node addresses and outputs (migrated from 1, 2)
 FINAL_STATES = tuple(state.value for state in TaskState if state.final)
+SETTLED = ("done", "cancelled")  # what recovery leaves alone (a failed task may run again)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -84,7 +88,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     error TEXT,
     bytes_from_s3 INTEGER NOT NULL DEFAULT 0,
     bytes_from_cache INTEGER NOT NULL DEFAULT 0,
-    bytes_from_peers INTEGER NOT NULL DEFAULT 0
+    bytes_from_peers INTEGER NOT NULL DEFAULT 0,
+    submitted TEXT,
+    reruns INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, seq);
 CREATE INDEX IF NOT EXISTS tasks_by_workflow ON tasks(workflow, state);
@@ -92,6 +98,10 @@ CREATE TABLE IF NOT EXISTS deps (
     task TEXT NOT NULL, producer TEXT NOT NULL, PRIMARY KEY (task, producer)
 );
 CREATE INDEX IF NOT EXISTS deps_by_producer ON deps(producer);
+CREATE TABLE IF NOT EXISTS edges (
+    task TEXT NOT NULL, producer TEXT NOT NULL, PRIMARY KEY (task, producer)
+);
+CREATE INDEX IF NOT EXISTS edges_by_producer ON edges(producer);
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY, last_seen REAL NOT NULL, cache_bytes INTEGER NOT NULL DEFAULT 0,
     address TEXT, suspect_until REAL NOT NULL DEFAULT 0, lost_at REAL
@@ -118,6 +128,8 @@ CREATE TABLE IF NOT EXISTS assignments (
 # Columns that version 3 added to tables of earlier versions (migrated in place).
 _ADDED_COLUMNS = (
     ("tasks", "bytes_from_peers", "INTEGER NOT NULL DEFAULT 0"),
+    ("tasks", "submitted", "TEXT"),
+    ("tasks", "reruns", "INTEGER NOT NULL DEFAULT 0"),
     ("workers", "address", "TEXT"),
     ("workers", "suspect_until", "REAL NOT NULL DEFAULT 0"),
     ("workers", "lost_at", "REAL"),
@@ -164,6 +176,52 @@ def _spec_of(row: sqlite3.Row) -> TaskSpec:
 
 def _result_of(text: str) -> ResultManifest:
     return ResultManifest.from_bytes(text.encode())
+
+
+class _View:
+    """What recovery planning asks of the database (:class:`~recovery.CatalogView`)."""
+
+    def __init__(self, db: sqlite3.Connection, catalog: ReplicaCatalog) -> None:
+        self._db = db
+        self._catalog = catalog
+
+    def _first(self, query: str, *args: object) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._db.execute(query, args).fetchone()
+        return row
+
+    def available(self, digest: Digest) -> bool:
+        if self.producer_of(digest) is None:
+            return True  # an object in S3, not a task's output
+        if self._first("SELECT 1 FROM outputs WHERE digest = ? AND in_s3 = 1", str(digest)):
+            return True
+        return bool(self._catalog.holders({digest}))
+
+    def consumers(self, digest: Digest) -> list[str]:
+        rows = self._db.execute(
+            f"SELECT id FROM tasks WHERE state NOT IN {SETTLED} AND inputs LIKE ?",
+            (f"%{digest}%",),
+        )
+        return [row["id"] for row in rows]
+
+    def ever_consumed(self, digest: Digest) -> bool:
+        return self._first("SELECT 1 FROM tasks WHERE inputs LIKE ?", f"%{digest}%") is not None
+
+    def producer_of(self, digest: Digest) -> str | None:
+        row = self._first("SELECT task FROM outputs WHERE digest = ?", str(digest))
+        return None if row is None else str(row["task"])
+
+    def inputs_of(self, task: str) -> list[Digest]:
+        row = self._first("SELECT inputs FROM tasks WHERE id = ?", task)
+        known = json.loads(row["inputs"]) if row else []
+        return [Digest.parse(item[0]) for item in known if item[0]]
+
+    def dependants(self, task: str) -> list[str]:
+        rows = self._db.execute(
+            "SELECT e.task FROM edges e JOIN tasks t ON t.id = e.task"
+            f" WHERE e.producer = ? AND t.state NOT IN {SETTLED}",
+            (task,),
+        )
+        return [row["task"] for row in rows]
 
 
 class TaskDB:
@@ -237,14 +295,15 @@ class TaskDB:
             for spec in specs:
                 body, inputs = _spec_columns(spec)
                 db.execute(
-                    "INSERT INTO tasks (id, workflow, body, state, submitted_at, inputs)"
-                    " VALUES (?, ?, ?, 'waiting', ?, ?)",
-                    (spec.id, workflow, body, now, inputs),
+                    "INSERT INTO tasks (id, workflow, body, submitted, state, submitted_at, inputs)"
+                    " VALUES (?, ?, ?, ?, 'waiting', ?, ?)",
+                    (spec.id, workflow, body, body, now, inputs),
                 )
-                db.executemany(
-                    "INSERT INTO deps (task, producer) VALUES (?, ?)",
-                    [(spec.id, producer) for producer in spec.producers],
-                )
+                for table in ("deps", "edges"):  # deps: not yet satisfied; edges: for good
+                    db.executemany(
+                        f"INSERT INTO {table} (task, producer) VALUES (?, ?)",
+                        [(spec.id, producer) for producer in spec.producers],
+                    )
             for spec in specs:
                 for producer in spec.producers:
                     row = self._row(producer)
@@ -406,15 +465,16 @@ class TaskDB:
         *,
         cache_bytes: int | None = None,
         written: Sequence[Written] = (),
-    ) -> list[str]:
-        """Extend the leases ``worker`` still holds; return the ids it must drop.
+    ) -> HeartbeatReply:
+        """Extend the leases ``worker`` still holds; name the ones it must drop.
 
-        ``written``: outputs the worker's node wrote behind (now in S3).
+        ``written``: outputs the worker's node wrote behind (now in S3). A
+        worker that had been found lost is asked for a full cache report.
         """
         now = self._clock()
         stale = []
         with self._tx() as db:
-            self.catalog.touch_worker(worker, cache_bytes=cache_bytes)
+            was_lost = self.catalog.touch_worker(worker, cache_bytes=cache_bytes)
             self.catalog.mark_written(written)
             for task_id, attempt in held:
                 cursor = db.execute(
@@ -424,7 +484,7 @@ class TaskDB:
                 )
                 if cursor.rowcount == 0:
                     stale.append(task_id)
-        return stale
+        return HeartbeatReply(tuple(stale), report_all=was_lost)
 
     # -- ending an attempt --------------------------------------------------------
 
@@ -518,6 +578,78 @@ class TaskDB:
                 )
         return len(rows)
 
+    # -- lost nodes -------------------------------------------------------------------
+
+    def find_lost(self) -> list[RecoveryReport]:
+        """Recover from every worker silent for longer than a lease (its leases have run out)."""
+        silent = self.catalog.silent_workers(self.limits.lease_s)
+        return [self.recover(worker) for worker in silent]
+
+    def recover(self, worker: str, *, dry_run: bool = False) -> RecoveryReport:
+        """Take ``worker`` as lost with its cache; see :mod:`~worker_hooks.dispatch.recovery`.
+
+        Its leases are re-queued (new attempts; its own are stale from now on),
+        outputs only it held are recomputed where still needed. ``dry_run``
+        plans the same in a transaction that is then rolled back.
+        """
+        now = self._clock()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if self._db.execute("SELECT 1 FROM workers WHERE id = ?", (worker,)).fetchone() is None:
+                raise NotFoundError(f"no worker {worker!r} has contacted this dispatcher")
+            at_risk = self.catalog.at_risk(worker)
+            self.catalog.mark_lost(worker)
+            leased = self._db.execute(
+                "SELECT * FROM tasks WHERE state = 'leased' AND worker = ?", (worker,)
+            ).fetchall()
+            for row in leased:
+                self._after_failure(row, f"worker {worker} was lost", True, now)
+            plan = plan_recovery(at_risk, _View(self._db, self.catalog))
+            for task_id in plan.rerun:
+                self._restart(task_id, set(plan.rerun), rerun=True, now=now)
+            for task_id in plan.reset:
+                self._restart(task_id, set(plan.rerun), rerun=False, now=now)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("ROLLBACK" if dry_run else "COMMIT")
+        return RecoveryReport(
+            worker=worker,
+            dry_run=dry_run,
+            outputs_safe=len(plan.safe),
+            outputs_from_mirror=len(plan.from_mirror),
+            outputs_dropped=len(plan.dropped),
+            recomputed=plan.rerun,
+            reset=plan.reset,
+            requeued=tuple(row["id"] for row in leased),
+        )
+
+    def _restart(self, task_id: str, waiting_for: set[str], *, rerun: bool, now: float) -> None:
+        """Send a task back to wait for the producers in ``waiting_for`` (it runs again,
+        if it ran). Its spec is resolved afresh from the one submitted, with the results
+        of its other producers."""
+        row = self._row(task_id)
+        spec = parse_spec(json.loads(row["submitted"] or row["body"]))
+        edges = self._db.execute("SELECT producer FROM edges WHERE task = ?", (task_id,))
+        self._db.execute("DELETE FROM deps WHERE task = ?", (task_id,))
+        for producer in [edge["producer"] for edge in edges.fetchall()]:
+            produced = self._row(producer)
+            if producer in waiting_for or produced["state"] != "done":
+                self._db.execute(
+                    "INSERT INTO deps (task, producer) VALUES (?, ?)", (task_id, producer)
+                )
+            else:
+                spec = spec.resolved(producer, _result_of(produced["result"]))
+        self._db.execute(
+            "UPDATE tasks SET state = 'waiting', body = ?, inputs = ?, result = NULL,"
+            " worker = NULL, lease_expires = NULL, finished_at = NULL, error = NULL,"
+            " failures = 0, reruns = reruns + ? WHERE id = ?",
+            (*_spec_columns(spec), int(rerun), task_id),
+        )
+        if rerun:
+            self.catalog.forget_outputs(task_id)
+        self._queue_if_ready(task_id, now)
+
     def cancel(self, task_id: str) -> TaskState:
         """Cancel a task that has not finished (its dependants fail)."""
         now = self._clock()
@@ -587,6 +719,7 @@ class TaskDB:
                 cache_bytes=w["cache_bytes"],
                 cached_digests=w["cached"],
                 address=w["address"],
+                lost=w["lost_at"] is not None,
             )
             for w in self._db.execute(
                 "SELECT w.*, (SELECT COUNT(*) FROM tasks t WHERE t.worker = w.id AND"

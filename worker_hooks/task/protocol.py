@@ -109,6 +109,7 @@ class WorkerInfo:
     cache_bytes: int
     cached_digests: int
     address: str | None = None  # its node file service, if it runs one
+    lost: bool = False  # found lost (silent past its lease, or `stager recover`)
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,7 @@ class HeartbeatRequest(Message):
 @dataclass(frozen=True)
 class HeartbeatReply(Message):
     drop: tuple[str, ...]
+    report_all: bool = False  # the dispatcher forgot this node's cache: send a full report
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,25 @@ class FailRequest(Message):
 class ReleaseRequest(Message):
     worker: str
     attempt: int
+
+
+@dataclass(frozen=True)
+class RecoverRequest(Message):
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class RecoveryReport(Message):
+    """What recovering from a lost node did (or, with ``dry_run``, would do)."""
+
+    worker: str
+    dry_run: bool
+    outputs_safe: int  # another node holds them
+    outputs_from_mirror: int  # a surviving mirror holds them and writes them behind
+    outputs_dropped: int  # lost, and nothing needs them any more
+    recomputed: tuple[str, ...]  # producers that run again
+    reset: tuple[str, ...]  # pending dependants that wait for them again
+    requeued: tuple[str, ...]  # tasks the node held a lease on
 
 
 @dataclass(frozen=True)

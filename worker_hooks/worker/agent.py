@@ -153,6 +153,7 @@ class Worker:
         self._finished = threading.Event()
         self._fatal: StagerError | None = None
         self._reported_cache: set[Digest] = set()
+        self._report_all = False  # send the whole cache with the next heartbeat
         self._lease_s = settings.heartbeat_s * 3
         self._prefetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch")
 
@@ -424,20 +425,24 @@ class Worker:
                 held = [Held(h.task_id, h.attempt) for h in self._held.values()]
                 added, removed = current - self._reported_cache, self._reported_cache - current
             delta = CacheReport(added=tuple(sorted(added)), removed=tuple(sorted(removed)))
+            if self._report_all:  # the dispatcher had taken this node as lost
+                delta = CacheReport(full=True, added=tuple(sorted(current)))
+                added, removed = current, self._reported_cache - current
             bad, written = self._service_news()
             request = HeartbeatRequest(
                 self.worker_id, tuple(held), cache_bytes, delta, tuple(bad), tuple(written)
             )
             try:
-                drop = self.client.heartbeat(request)
+                reply = self.client.heartbeat(request)
             except StagerError as exc:  # the delta is sent again with the next beat
                 self.log(f"worker {self.worker_id}: heartbeat failed: {exc.one_line()}")
                 if self.service is not None:  # and so are the writes behind
                     for item in written:
                         self.service.written.put(item)
                 continue
+            self._report_all = reply.report_all
             with self._lock:  # apply what was sent: completions may have told more meanwhile
                 self._reported_cache = (self._reported_cache - removed) | added
-                for task_id in drop:
+                for task_id in reply.drop:
                     if task_id in self._held:
                         self._held[task_id].cancel.set()
