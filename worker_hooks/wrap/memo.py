@@ -77,14 +77,21 @@ def committed_result(store: ObjectStore, url: S3Url, *, workers: int = 16) -> Re
 
 
 def commit(store: ObjectStore, url: S3Url, manifest: ResultManifest) -> None:
-    """Write the manifest create-only; a twin run that committed first is accepted."""
+    """Write the manifest create-only; a twin run that committed first is accepted.
+
+    A manifest already there whose outputs are not all intact in S3 vouches
+    for nothing (outputs kept on a node that was lost, and now recomputed;
+    outputs deleted since): it is replaced.
+    """
     try:
         store.put_bytes(url, manifest.to_bytes(), create_only=True)
-    except PreconditionFailedError as exc:
-        if committed_result(store, url) is None:
+    except PreconditionFailedError:
+        try:
+            if committed_result(store, url) is None:
+                store.put_bytes(url, manifest.to_bytes())
+        except StagerError as exc:
             raise StageOutError(
-                f"another run committed a different result at {url}",
-                hint="run the task again with --force to replace it",
+                f"cannot replace the result manifest {url}: {exc.one_line()}"
             ) from exc
     except StagerError as exc:
         raise StageOutError(f"cannot write the result manifest {url}: {exc.one_line()}") from exc

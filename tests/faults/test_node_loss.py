@@ -1,0 +1,80 @@
+"""A node dies with the only copy of an intermediate: kill -9, its scratch wiped.
+
+Real dispatcher and workers (with their file services), the real S3 server.
+The dispatcher finds the node lost once it is silent past its lease, runs
+the producer again elsewhere, and the dependant completes with the bytes
+made the second time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stager.digest import digest_bytes
+from stager.locations import S3Url
+from stager.objectstore import ObjectStore
+from stager.s3server import LocalS3Server
+from tests.integration.test_dispatch import submit, wait_for, wait_until_ended
+from tests.integration.test_peers import SERVE, spec, state_of
+from worker_hooks.dispatch.scheduling import Policy
+from worker_hooks.local.cluster import LocalCluster
+from worker_hooks.task.protocol import TaskState
+
+
+@pytest.fixture
+def cluster(s3_server: LocalS3Server, tmp_path: Path) -> Iterator[LocalCluster]:
+    env = {**s3_server.env(), "STAGER_STATE_DIR": str(tmp_path / "state")}
+    with LocalCluster(tmp_path / "cluster", env, policy=Policy.FIFO, lease_s=3) as started:
+        yield started
+
+
+def test_a_lost_local_intermediate_is_recomputed_and_its_dependant_completes(
+    cluster: LocalCluster, store: ObjectStore, prefix: S3Url
+) -> None:
+    cluster.add_worker("a", *SERVE)
+    cluster.wait_for_workers(["a"])
+    produce = spec("p", "head -c 2000000 /dev/urandom > out.bin", prefix, "local")
+    submit(cluster.client, [produce], "wf")
+    wait_for(state_of(cluster, "p"))
+    first = cluster.client.task("p").result
+    assert first is not None
+
+    os.kill(cluster.workers["a"].pid, signal.SIGKILL)  # the node dies, and its disk with it
+    cluster.workers["a"].wait()
+    shutil.rmtree(cluster.work_dir / "a")
+
+    cluster.add_worker("b", *SERVE)
+    consume = spec(
+        "c", "cp in.bin out.bin", prefix, inputs=[{"source": "task://p/out.bin", "path": "in.bin"}]
+    )
+    submit(cluster.client, [consume], "wf")
+    assert wait_until_ended(cluster.client, "wf", timeout_s=120) == {
+        **{state.value: 0 for state in TaskState},
+        "done": 2,
+    }, cluster.log_of("b")[-2000:]
+
+    again = cluster.client.task("p").result
+    assert again is not None and again.outputs[0].digest != first.outputs[0].digest
+    copied = store.get_bytes(prefix.child("out/c.bin"))
+    assert digest_bytes(copied) == again.outputs[0].digest  # the bytes made the second time
+    assert [a.worker for a in cluster.client.assignments("p")] == ["a", "b"]
+    lost = {w.id: w.lost for w in cluster.client.status().workers}
+    assert lost == {"a": True, "b": False}
+
+
+def test_recover_dry_run_reports_and_changes_nothing(cluster: LocalCluster, prefix: S3Url) -> None:
+    cluster.add_worker("a", *SERVE)
+    cluster.wait_for_workers(["a"])
+    submit(cluster.client, [spec("p", "echo x > out.bin", prefix, "local")], "wf")
+    wait_for(state_of(cluster, "p"))
+    wait_for(lambda: cluster.client.status().workers[0].cached_digests > 0)
+    report = cluster.client.recover("a", dry_run=True)
+    assert report.dry_run and report.recomputed == ("p",)  # a final output, only on a
+    assert cluster.client.task("p").state is TaskState.DONE
+    assert not cluster.client.status().workers[0].lost
