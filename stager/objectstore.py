@@ -267,6 +267,30 @@ class ObjectStore:
                 for item in page.get("Contents", []):
                     yield S3Url(prefix.bucket, item["Key"]), int(item["Size"])
 
+    def incomplete_uploads(self, prefix: S3Url) -> Iterator[IncompleteUpload]:
+        """Multipart uploads begun under ``prefix`` and never completed nor aborted."""
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        with translating(prefix, "list incomplete uploads"):
+            for page in paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key):
+                for item in page.get("Uploads", []):
+                    yield IncompleteUpload(
+                        S3Url(prefix.bucket, item["Key"]),
+                        item["UploadId"],
+                        item["Initiated"].timestamp(),
+                    )
+
+    def abort_upload(self, upload: IncompleteUpload) -> None:
+        """Drop an incomplete upload and the parts it stored (idempotent)."""
+        url = upload.url
+        with translating(url, "abort an incomplete upload"):
+            try:
+                self.client.abort_multipart_upload(
+                    Bucket=url.bucket, Key=url.key, UploadId=upload.upload_id
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                    raise
+
     # -- data ---------------------------------------------------------------------
 
     def upload_file(
@@ -359,6 +383,15 @@ class ObjectStore:
         if recorded is not None and digest_bytes(data) != recorded:
             raise IntegrityError(f"{url}: content does not match its recorded digest")
         return data
+
+
+@dataclass(frozen=True)
+class IncompleteUpload:
+    """A multipart upload left open (a process killed mid-upload leaves one)."""
+
+    url: S3Url
+    upload_id: str
+    initiated_at: float  # Unix time, by the server's clock
 
 
 def _configured_endpoint(session: Any) -> str | None:

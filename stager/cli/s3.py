@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import click
 
+from stager.cli.context import CliState
+from stager.errors import ConfigError
 from stager.locations import S3Url
 from stager.s3errors import translating
 from stager.s3server import LocalS3Server
@@ -62,6 +65,54 @@ def serve(data_dir: Path | None, port: int | None, buckets: tuple[str, ...]) -> 
                 signal.pause()
             except KeyboardInterrupt:
                 click.echo("stopping the S3 server")
+
+
+@s3_group.command(
+    "gc",
+    epilog="""\b
+Examples:
+  stager s3 gc s3://my-bucket/run1/ --dry-run
+  stager s3 gc s3://my-bucket/ --older-than 6h
+""",
+)
+@click.argument("prefix")
+@click.option(
+    "--older-than",
+    default="1h",
+    show_default=True,
+    help="Only uploads begun this long ago (s, m, h, d): a younger one may still be running.",
+)
+@click.option("--dry-run", is_flag=True, help="List what would be aborted; abort nothing.")
+@click.pass_obj
+def gc(core: CliState, /, prefix: str, older_than: str, dry_run: bool) -> None:
+    """Abort multipart uploads left incomplete under PREFIX (by killed processes).
+
+    Their parts take space (and cost money) until they are aborted; S3 keeps
+    them forever unless a lifecycle rule says otherwise.
+    """
+    url = S3Url.parse(prefix)
+    cutoff = time.time() - parse_duration(older_than)
+    store = core.object_store()
+    found = [u for u in store.incomplete_uploads(url) if u.initiated_at <= cutoff]
+    for upload in found:
+        if not dry_run:
+            store.abort_upload(upload)
+        click.echo(f"{'would abort' if dry_run else 'aborted'}  {upload.url}")
+    verb = "would be aborted" if dry_run else "aborted"
+    click.echo(f"{len(found)} incomplete uploads older than {older_than} {verb}")
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``6h``, ``2d`` as seconds; anything else is a ConfigError."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"{text!r} is not a duration", hint="give it like 90s, 15m, 6h or 2d")
+    return value * units[unit]
 
 
 commands = [s3_group]

@@ -10,10 +10,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
+from stager.locations import S3Url
 from stager.objectstore import Credentials, make_client
 from stager.settings import Settings
 
@@ -155,3 +157,27 @@ def test_an_invalid_bucket_name_is_a_one_line_usage_error(
     assert done.stderr.startswith("stager: error: invalid bucket name 'bb'")
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "s3").exists()  # nothing was started
+
+
+def test_s3_gc_aborts_uploads_a_killed_process_left_open(
+    run_cli: Any, raw_client: Any, prefix: S3Url
+) -> None:
+    key = prefix.key + "outputs/a b \u00fc.bin"
+    upload = raw_client.create_multipart_upload(Bucket=prefix.bucket, Key=key)
+    raw_client.upload_part(
+        Bucket=prefix.bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 100
+    )
+
+    def still_open() -> list[str]:
+        listed = raw_client.list_multipart_uploads(Bucket=prefix.bucket, Prefix=prefix.key)
+        return [item["Key"] for item in listed.get("Uploads", [])]
+
+    young = run_cli("s3", "gc", str(prefix))  # begun a moment ago: it may still be running
+    assert young.returncode == 0 and "0 incomplete uploads" in young.stdout
+    dry = run_cli("s3", "gc", str(prefix), "--older-than", "0s", "--dry-run")
+    assert dry.returncode == 0 and "would abort" in dry.stdout and still_open() == [key]
+    done = run_cli("s3", "gc", str(prefix), "--older-than", "0s")
+    assert done.returncode == 0 and "1 incomplete uploads older than 0s aborted" in done.stdout
+    assert still_open() == []
+    bad = run_cli("s3", "gc", str(prefix), "--older-than", "soon")
+    assert bad.returncode == 2 and "not a duration" in bad.stderr
