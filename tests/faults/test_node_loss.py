@@ -78,3 +78,32 @@ def test_recover_dry_run_reports_and_changes_nothing(cluster: LocalCluster, pref
     assert report.dry_run and report.recomputed == ("p",)  # a final output, only on a
     assert cluster.client.task("p").state is TaskState.DONE
     assert not cluster.client.status().workers[0].lost
+
+
+def test_a_worker_restarted_on_its_intact_disk_serves_what_it_held(
+    s3_server: LocalS3Server, tmp_path: Path, store: ObjectStore, prefix: S3Url
+) -> None:
+    env = {**s3_server.env(), "STAGER_STATE_DIR": str(tmp_path / "state")}
+    with LocalCluster(tmp_path / "c", env, policy=Policy.FIFO, lease_s=30) as cluster:
+        cluster.add_worker("a", *SERVE)
+        cluster.wait_for_workers(["a"])
+        produce = spec("p", "head -c 1000000 /dev/urandom > out.bin", prefix, "local")
+        submit(cluster.client, [produce], "wf")
+        wait_for(state_of(cluster, "p"))
+        os.kill(cluster.workers["a"].pid, signal.SIGKILL)  # the process dies, the disk stays
+        cluster.workers["a"].wait()
+        cluster.add_worker("a", *SERVE)  # same id, same cache, a new port for its service
+        cluster.add_worker("b", *SERVE)
+        consume = spec(
+            "c",
+            "cp in.bin out.bin",
+            prefix,
+            inputs=[{"source": "task://p/out.bin", "path": "in.bin"}],
+        )
+        submit(cluster.client, [consume], "wf")
+        assert wait_until_ended(cluster.client, "wf")["done"] == 2
+        produced = cluster.client.task("p").result
+        assert produced is not None
+        copied = store.get_bytes(prefix.child("out/c.bin"))
+        assert digest_bytes(copied) == produced.outputs[0].digest
+        assert [a.worker for a in cluster.client.assignments("p")] == ["a"]  # ran once
