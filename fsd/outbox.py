@@ -130,6 +130,11 @@ class Outbox:
             rows = self._db.execute("SELECT digest FROM outbox WHERE state = 'pending'")
             return {Digest.parse(row[0]) for row in rows}
 
+    def hurry(self) -> None:
+        """Every pending row is due now (the node is about to go)."""
+        with self._tx() as db:
+            db.execute("UPDATE outbox SET next_try_at = 0 WHERE state = 'pending'")
+
     def written(self, item: OutboxItem) -> None:
         with self._tx() as db:
             db.execute("UPDATE outbox SET state = 'written', error = NULL WHERE id = ?", (item.id,))

@@ -36,7 +36,8 @@ class LocalCluster:
         ca_file: str | None = None,
     ) -> None:
         self.work_dir = work_dir
-        self.env = {**os.environ, **env}
+        # No instance metadata here: workers need not look for spot notices.
+        self.env = {**os.environ, "STAGER_SPOT_METADATA_URL": "off", **env}
         self.policy = policy
         self.lease_s = lease_s
         self.dispatcher_args = list(dispatcher_args)

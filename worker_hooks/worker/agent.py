@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fsd.cache import digest_of_entry
-from fsd.outbox import Outbox
+from fsd.outbox import Outbox, OutboxItem
 from fsd.peerclient import PeerClient
 from fsd.stagein import Peers, Tier, warm
 from stager.digest import Digest
@@ -55,7 +55,9 @@ from worker_hooks.task.protocol import (
     Lease,
     Written,
 )
+from worker_hooks.task.result import Persist
 from worker_hooks.worker.settings import WorkerSettings
+from worker_hooks.worker.spot import SpotWatcher
 from worker_hooks.wrap.node import Node
 from worker_hooks.wrap.sandboxes import sweep
 from worker_hooks.wrap.stageout import NodeKeeping
@@ -70,6 +72,9 @@ PERMANENT_ERRORS = (
     NotFoundError,
     AccessDeniedError,
 )
+
+
+EVACUATE_S = 30.0  # of a spot notice's two minutes, kept to send local outputs to S3
 
 
 def default_worker_id() -> str:
@@ -115,6 +120,7 @@ class ServiceLink:
     client: PeerClient
     outbox: Outbox
     written: queue.SimpleQueue[Written] = field(default_factory=queue.SimpleQueue)
+    wake_writer: Callable[[], None] = lambda: None  # write the outbox's due rows now
 
 
 @dataclass
@@ -135,10 +141,13 @@ class Worker:
         worker_id: str | None = None,
         pass_env: tuple[str, ...] = (),
         service: ServiceLink | None = None,
+        spot: SpotWatcher | None = None,
         log: Callable[[str], None] = lambda line: None,
     ) -> None:
         self.client = client
         self.service = service
+        self.spot = spot
+        self._kept_local: list[OutboxItem] = []  # this node's `local` outputs (to evacuate)
         self.node = node
         self.settings = settings
         self.worker_id = worker_id or default_worker_id()
@@ -180,11 +189,21 @@ class Worker:
         beat = self._thread(self._heartbeat_loop, "heartbeat")
         for thread in [*threads, beat]:
             thread.start()
-        while not stop.wait(0.2) and not signalled():
+        if self.spot is not None:
+            self.spot.start()
+        noticed = self.spot.noticed if self.spot is not None else threading.Event()
+        while not stop.wait(0.2) and not signalled() and not noticed.is_set():
             pass
-        self._drain(threads)
+        notice = self.spot.notice if self.spot is not None else None
+        drain_s = self.settings.drain_s
+        if notice is not None:
+            drain_s = min(drain_s, max(0.0, notice.deadline - time.time() - EVACUATE_S))
+            self.log(f"worker {self.worker_id}: spot interruption notice ({notice.action})")
+        self._drain(threads, drain_s)
         self._finished.set()
         beat.join(timeout=5)
+        if notice is not None:
+            self._evacuate(notice.deadline - 5.0)
         self._prefetcher.shutdown(wait=False, cancel_futures=True)
         if self._fatal is not None:
             raise self._fatal
@@ -201,7 +220,7 @@ class Worker:
 
         return threading.Thread(target=guarded, name=name, daemon=True)
 
-    def _drain(self, threads: list[threading.Thread]) -> None:
+    def _drain(self, threads: list[threading.Thread], drain_s: float) -> None:
         self._draining.set()
         with self._room:
             self._room.notify_all()
@@ -212,7 +231,7 @@ class Worker:
             except queue.Empty:
                 break
             self._hand_back(item)
-        deadline = time.monotonic() + self.settings.drain_s
+        deadline = time.monotonic() + drain_s
         for thread in threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         with self._lock:
@@ -357,8 +376,14 @@ class Worker:
             # The dispatcher now lists these on this worker: count them as told,
             # so a later heartbeat reports them removed once they are evicted.
             told = {s.digest for s in result.staged} | {r.digest for r in result.manifest.outputs}
+            local = [
+                OutboxItem(0, r.digest, r.size, r.url, result.manifest.task_key)
+                for r in result.manifest.outputs
+                if r.kept is Persist.LOCAL
+            ]
             with self._lock:
                 self._reported_cache |= told
+                self._kept_local.extend(local)
             self.report.done += 1
             how = "memoized" if result.memoized else f"in {seconds:.2f} s"
             self.log(f"worker {self.worker_id}: {item.task_id} done {how}")
@@ -420,29 +445,57 @@ class Worker:
             if time.monotonic() - last < min(self.settings.heartbeat_s, self._lease_s / 3):
                 continue
             last = time.monotonic()
-            current, cache_bytes = self.node.cache.holdings()
-            with self._lock:
-                held = [Held(h.task_id, h.attempt) for h in self._held.values()]
-                added, removed = current - self._reported_cache, self._reported_cache - current
-            delta = CacheReport(added=tuple(sorted(added)), removed=tuple(sorted(removed)))
-            if self._report_all:  # the dispatcher had taken this node as lost
-                delta = CacheReport(full=True, added=tuple(sorted(current)))
-                added, removed = current, self._reported_cache - current
-            bad, written = self._service_news()
-            request = HeartbeatRequest(
-                self.worker_id, tuple(held), cache_bytes, delta, tuple(bad), tuple(written)
-            )
-            try:
-                reply = self.client.heartbeat(request)
-            except StagerError as exc:  # the delta is sent again with the next beat
-                self.log(f"worker {self.worker_id}: heartbeat failed: {exc.one_line()}")
-                if self.service is not None:  # and so are the writes behind
-                    for item in written:
-                        self.service.written.put(item)
-                continue
-            self._report_all = reply.report_all
-            with self._lock:  # apply what was sent: completions may have told more meanwhile
-                self._reported_cache = (self._reported_cache - removed) | added
-                for task_id in reply.drop:
-                    if task_id in self._held:
-                        self._held[task_id].cancel.set()
+            self._beat()
+
+    def _beat(self) -> None:
+        """One heartbeat: leases held, what the cache gained and lost, the service's news."""
+        current, cache_bytes = self.node.cache.holdings()
+        with self._lock:
+            held = [Held(h.task_id, h.attempt) for h in self._held.values()]
+            added, removed = current - self._reported_cache, self._reported_cache - current
+        delta = CacheReport(added=tuple(sorted(added)), removed=tuple(sorted(removed)))
+        if self._report_all:  # the dispatcher had taken this node as lost
+            delta = CacheReport(full=True, added=tuple(sorted(current)))
+            added, removed = current, self._reported_cache - current
+        bad, written = self._service_news()
+        request = HeartbeatRequest(
+            self.worker_id, tuple(held), cache_bytes, delta, tuple(bad), tuple(written)
+        )
+        try:
+            reply = self.client.heartbeat(request)
+        except StagerError as exc:  # the delta is sent again with the next beat
+            self.log(f"worker {self.worker_id}: heartbeat failed: {exc.one_line()}")
+            if self.service is not None:  # and so are the writes behind
+                for item in written:
+                    self.service.written.put(item)
+            return
+        self._report_all = reply.report_all
+        with self._lock:  # apply what was sent: completions may have told more meanwhile
+            self._reported_cache = (self._reported_cache - removed) | added
+            for task_id in reply.drop:
+                if task_id in self._held:
+                    self._held[task_id].cancel.set()
+
+    # -- a spot interruption --------------------------------------------------------
+
+    def _evacuate(self, deadline: float) -> None:
+        """Before the node goes: its `local` outputs and its outbox to S3, by ``deadline``.
+
+        The dispatcher hears of each write with a last heartbeat, so what
+        reached S3 is not recomputed when the node is found lost.
+        """
+        if self.service is None:
+            return
+        outbox = self.service.outbox
+        for item in self._kept_local:
+            outbox.add(item.digest, item.size, item.url, item.task)
+        outbox.hurry()
+        self.service.wake_writer()
+        while outbox.counts().pending and time.time() < deadline:
+            time.sleep(0.1)
+        left = outbox.counts().pending
+        self.log(
+            f"worker {self.worker_id}: sent {len(self._kept_local)} local outputs and the outbox"
+            f" to S3 before the interruption" + (f"; {left} not in time" if left else "")
+        )
+        self._beat()

@@ -25,6 +25,7 @@ from worker_hooks.dispatch.cli import (
 from worker_hooks.task.protocol import Written
 from worker_hooks.worker.agent import ServiceLink, Worker
 from worker_hooks.worker.settings import WorkerSettings
+from worker_hooks.worker.spot import SpotWatcher
 from worker_hooks.wrap.cli import node_options, pass_env_option, take_node_flags
 from worker_hooks.wrap.node import Node, open_node
 
@@ -45,7 +46,8 @@ def start_service(
     )
     address = service.start()
     log(f"node file service on {address}")
-    return service, ServiceLink(address, PeerClient(token), service.outbox, written)
+    link = ServiceLink(address, PeerClient(token), service.outbox, written, service.writer.wake)
+    return service, link
 
 
 @click.command(
@@ -87,8 +89,11 @@ def worker_command(
 ) -> None:
     """Pull tasks from the dispatcher and run them (outbound connections only).
 
-    SIGTERM (a spot interruption notice) drains: no new leases, unstarted
-    tasks are handed back, running ones get --drain-s to finish.
+    SIGTERM drains: no new leases, unstarted tasks are handed back, running
+    ones get --drain-s to finish. So does a spot interruption notice (EC2
+    instance metadata, watched unless spot_metadata_url is 'off'), which also
+    sends the node's `local` outputs and write-behind outbox to S3 before the
+    instance goes.
     """
     node_flags = take_node_flags(flags)
     settings = load_component(WorkerSettings, flags, config_path=core.config_path, section="worker")
@@ -102,6 +107,9 @@ def worker_command(
         worker_id=worker_id,
         pass_env=pass_env,
         service=link,
+        spot=None
+        if settings.spot_metadata_url == "off"
+        else SpotWatcher(settings.spot_metadata_url, log=log),
         log=log,
     )
     signals: list[int] = []

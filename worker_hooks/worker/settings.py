@@ -24,3 +24,8 @@ class WorkerSettings:
     dispatcher_lost_s: float = setting_field(
         120.0, positive_float, "give up when the dispatcher is unreachable this long"
     )
+    spot_metadata_url: str = setting_field(
+        "http://169.254.169.254",
+        str,
+        "instance metadata service watched for spot interruption notices ('off': none)",
+    )
