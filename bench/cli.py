@@ -9,13 +9,14 @@ from pathlib import Path
 
 import click
 
+from bench.chaos import ChaosShape, chaos_markdown, run_chaos_bench
 from bench.dispatch import run_dispatch_bench
 from bench.nodes import nodes_markdown, run_nodes_bench
 from bench.peers import DEFAULT_TOOLS, TOOLS, Endpoint, peer_bin_dir
 from bench.report import conditions, transfer_markdown, transfer_plot, write_json
 from bench.transfer import TIME_BINARY, WORKLOADS, TransferBench, available_tools
 from bench.workflow import run_workflow_bench
-from stager.errors import ConfigError
+from stager.errors import ConfigError, IntegrityError
 from stager.objectstore import ObjectStore
 from stager.s3server import LocalS3Server
 from stager.units import format_size, parse_size
@@ -241,3 +242,30 @@ def nodes_command(fetch_size: str, output_size: str, out: Path) -> None:
         )
     data = {**asdict(figures), "conditions": conditions({})}
     _save(out, "nodes", data, nodes_markdown(figures))
+
+
+@bench_group.command(
+    "chaos",
+    epilog="""\b
+Examples:
+  stager bench chaos                                 # the soak: 1,000 tasks, 4 workers, 10 kills
+  stager bench chaos --tasks 100 --kills 2 --workers 3   # the short one (as in CI)
+""",
+)
+@click.option("--tasks", default=1000, show_default=True)
+@click.option("--workers", default=4, show_default=True)
+@click.option("--kills", default=10, show_default=True, help="Workers killed (and wiped).")
+@click.option("--seed", default=11, show_default=True, help="Seed of the fault schedule.")
+@out_option
+def chaos_command(tasks: int, workers: int, kills: int, seed: int, out: Path) -> None:
+    """A workflow with every persistence policy, undisturbed and then under kill -9s,
+    a worker stopped past its lease and a proxy that makes S3 fail; what was lost,
+    missing or corrupt (all must be 0) and what the faults cost."""
+    shape = ChaosShape(tasks=tasks, workers=workers, kills=kills, seed=seed)
+    with tempfile.TemporaryDirectory(prefix="stager-bench-") as scratch:
+        figures = run_chaos_bench(Path(scratch), shape)
+    data = {**asdict(figures), "conditions": conditions({})}
+    _save(out, "chaos", data, chaos_markdown(figures))
+    bad = figures.chaos.lost + figures.chaos.missing + figures.chaos.corrupt
+    if bad:
+        raise IntegrityError(f"the soak lost or damaged {bad} tasks or outputs")

@@ -26,7 +26,7 @@ from fsd.materialize import Materialize
 from fsd.peerclient import PeerClient, first_that_works
 from fsd.sources import Source
 from stager.digest import Digest, HashingWriter
-from stager.errors import ConfigError, NotFoundError
+from stager.errors import ConfigError, NotFoundError, UnreachableError
 from stager.locations import S3Url, safe_relative_path
 from stager.objectinfo import ObjectInfo, check_received
 from stager.objectstore import ObjectStore
@@ -205,7 +205,15 @@ class _Stager:
         if planned.tier is Tier.PEER:
             entry = self._from_peers(item, fill_from)
         if entry is None:
-            entry = fill_from(Tier.S3, lambda writer: self._fetch(item, writer))
+            try:
+                entry = fill_from(Tier.S3, lambda writer: self._fetch(item, writer))
+            except NotFoundError as exc:
+                if self.peers is None or item.digest not in self.peers.holders:
+                    raise
+                raise UnreachableError(  # a node's output: retried, not a missing input
+                    f"input {item.url} is only on nodes that did not serve it",
+                    hint="the dispatcher makes it again if those nodes are lost",
+                ) from exc
         return entry, filled_from[-1] if filled_from else Tier.LOCAL
 
     def _source(self, item: ResolvedInput) -> Source | None:

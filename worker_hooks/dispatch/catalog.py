@@ -23,6 +23,7 @@ from typing import Any
 
 from stager.digest import Digest
 from worker_hooks.dispatch.recovery import AtRisk
+from worker_hooks.dispatch.scheduling import Candidate
 from worker_hooks.task.protocol import Lease, NodeOnly, Replica, Written
 from worker_hooks.task.result import Persist, ResultManifest
 
@@ -152,6 +153,32 @@ class ReplicaCatalog:
             (self._alive_after(), self._clock(), besides, count),
         )
         return tuple(row["address"] for row in rows)
+
+    def unreachable(self, candidates: Sequence[Candidate], worker: str) -> set[str]:
+        """Candidates reading an output that only nodes hold and that ``worker`` cannot get:
+        not in its own cache, and no live, unsuspected peer serves it."""
+        wanted = {digest for c in candidates for digest, _ in c.inputs}
+        if not wanted:
+            return set()
+        rows = rows_in(
+            self._db,
+            "SELECT digest, MAX(in_s3) AS in_s3 FROM outputs WHERE digest IN ({marks})"
+            " GROUP BY digest",
+            sorted(str(d) for d in wanted),
+        )
+        on_nodes = {Digest.parse(r["digest"]) for r in rows if not r["in_s3"]}
+        if not on_nodes:
+            return set()
+        own = rows_in(
+            self._db,
+            "SELECT digest FROM replicas WHERE worker = ? AND digest IN ({marks})",
+            sorted(str(d) for d in on_nodes),
+            before=[worker],
+        )
+        reachable = {Digest.parse(r["digest"]) for r in own}
+        reachable |= set(self._peer_addresses(on_nodes - reachable, besides=worker))
+        missing = on_nodes - reachable
+        return {c.task_id for c in candidates if any(d in missing for d, _ in c.inputs)}
 
     def with_peers(self, leases: list[Lease], worker: str) -> list[Lease]:
         """The leases with the peers that hold their inputs and where to mirror outputs."""

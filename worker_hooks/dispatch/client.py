@@ -157,9 +157,16 @@ class DispatcherClient:
         self.call("POST", f"/v1/tasks/{_quoted(task_id)}/complete", StateReply, request)
 
     def fail(
-        self, task_id: str, attempt: int, worker: str, error: str, *, retry: bool
+        self,
+        task_id: str,
+        attempt: int,
+        worker: str,
+        error: str,
+        *,
+        retry: bool,
+        bad_peers: Sequence[str] = (),
     ) -> TaskState:
-        request = FailRequest(worker, attempt, error, retry)
+        request = FailRequest(worker, attempt, error, retry, tuple(bad_peers))
         return self.call("POST", f"/v1/tasks/{_quoted(task_id)}/fail", StateReply, request).state
 
     def recover(self, worker: str, *, dry_run: bool = False) -> RecoveryReport:

@@ -195,6 +195,7 @@ class Dispatcher:
 
     async def fail(self, request: web.Request) -> web.Response:
         body = await self._read(request, FailRequest)
+        self.db.suspect(body.bad_peers)
         state = self.db.fail(
             request.match_info["id"], body.attempt, body.worker, body.error, retry=body.retry
         )

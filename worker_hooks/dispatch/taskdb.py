@@ -386,35 +386,48 @@ class TaskDB:
         )
         return {row["url"]: Digest.parse(row["digest"]) for row in rows}
 
+    def _candidates(self, limit: int) -> list[Candidate]:
+        """The first ``limit`` queued tasks, with the digests of their inputs where known."""
+        rows = self._db.execute(
+            "SELECT id, seq, queued_at, inputs FROM tasks WHERE state = 'queued'"
+            " ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+        inputs = {r["id"]: json.loads(r["inputs"]) for r in rows}
+        learned = self._learned({i[2] for ins in inputs.values() for i in ins if i[0] is None})
+        return [
+            Candidate(
+                r["id"],
+                r["seq"],
+                r["queued_at"] or 0.0,
+                tuple(
+                    (Digest.parse(i[0]) if i[0] else learned[i[2]], i[1])
+                    for i in inputs[r["id"]]
+                    if i[0] or i[2] in learned
+                ),
+            )
+            for r in rows
+        ]
+
     def lease(self, worker: str, count: int, *, address: str | None = None) -> list[Lease]:
         """Lease up to ``count`` queued tasks to ``worker``, chosen by the policy.
 
         Each lease names the other nodes that hold the task's inputs and the
         peers its ``mirror`` outputs may go to (when workers run file services).
+        A task that reads an output only nodes hold, none of which ``worker``
+        can reach now (all suspect, silent or lost), stays queued: it waits for
+        a holder to answer again or for recovery to make the output anew.
         """
         now = self._clock()
         with self._tx() as db:
             self.catalog.touch_worker(worker, address=address)
-            rows = db.execute(
-                "SELECT id, seq, queued_at, inputs FROM tasks WHERE state = 'queued'"
-                " ORDER BY seq LIMIT ?",
-                (self.limits.candidate_window if self.limits.policy is not Policy.FIFO else count,),
-            ).fetchall()
-            inputs = {r["id"]: json.loads(r["inputs"]) for r in rows}
-            learned = self._learned({i[2] for ins in inputs.values() for i in ins if i[0] is None})
-            candidates = [
-                Candidate(
-                    r["id"],
-                    r["seq"],
-                    r["queued_at"] or 0.0,
-                    tuple(
-                        (Digest.parse(i[0]) if i[0] else learned[i[2]], i[1])
-                        for i in inputs[r["id"]]
-                        if i[0] or i[2] in learned
-                    ),
-                )
-                for r in rows
-            ]
+            window = self.limits.candidate_window
+            candidates = self._candidates(count if self.limits.policy is Policy.FIFO else window)
+            blocked = self.catalog.unreachable(candidates, worker)
+            if blocked and self.limits.policy is Policy.FIFO and len(candidates) < window:
+                candidates = self._candidates(window)  # look past the ones that must wait
+                blocked = self.catalog.unreachable(candidates, worker)
+            candidates = [c for c in candidates if c.task_id not in blocked]
             holders = self.catalog.holders({d for c in candidates for d, _ in c.inputs})
             chosen = choose_tasks(
                 candidates,
@@ -680,6 +693,7 @@ class TaskDB:
             worker=row["worker"],
             error=row["error"],
             result=_result_of(row["result"]) if row["result"] else None,
+            reruns=row["reruns"],
         )
 
     def assignments(self, task_id: str | None = None) -> list[Assignment]:

@@ -98,6 +98,7 @@ class TaskInfo(Message):
     worker: str | None
     error: str | None
     result: ResultManifest | None
+    reruns: int = 0  # times recovery ran it again after a node took its outputs
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,7 @@ class FailRequest(Message):
     attempt: int
     error: str
     retry: bool = False
+    bad_peers: tuple[str, ...] = ()  # peers that failed this attempt (suspect at once)
 
 
 @dataclass(frozen=True)

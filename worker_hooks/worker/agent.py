@@ -389,8 +389,13 @@ class Worker:
             self.log(f"worker {self.worker_id}: {item.task_id} done {how}")
 
     def _report_failure(self, item: _Held, error: str, *, retry: bool) -> None:
+        # The peers that failed this attempt, told now: the next lease must not offer them.
+        bad = self.service.client.take_bad() if self.service is not None else []
+
         def send() -> None:
-            self.client.fail(item.task_id, item.attempt, self.worker_id, error, retry=retry)
+            self.client.fail(
+                item.task_id, item.attempt, self.worker_id, error, retry=retry, bad_peers=bad
+            )
 
         if self._deliver(item, send):
             self.report.failed += 1

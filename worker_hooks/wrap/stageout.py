@@ -70,8 +70,8 @@ class _Uploader:
 
     def __call__(self, item: FoundOutput) -> FileRecord:
         source, digest = self._hashed(item)
-        if item.persist is not Persist.S3 and self._kept_on_nodes(item, source, digest):
-            return FileRecord(item.relative, item.url, digest, item.size, item.persist)
+        if item.persist is not Persist.S3 and (kept := self._keep_on_nodes(item, source, digest)):
+            return kept
         try:
             published = publish(
                 self.store,
@@ -86,12 +86,27 @@ class _Uploader:
             raise from_os_error(exc, f"read output {item.relative}") from exc
         return FileRecord(item.relative, item.url, published.digest, published.size)
 
-    def _kept_on_nodes(self, item: FoundOutput, entry: Path, digest: Digest) -> bool:
-        """Keep the output by its node policy; False if S3 must take it now instead."""
+    def _keep_on_nodes(self, item: FoundOutput, entry: Path, digest: Digest) -> FileRecord | None:
+        """Keep the output by its node policy; None if S3 must take it now instead.
+
+        What S3 already holds at the output's key is looked at first: the same
+        bytes, or this task's output from an earlier run (written behind, or
+        sent there before a spot interruption, and since made again after the
+        dispatcher took it for lost): then that is the output, recorded as in
+        S3, and nothing is kept or mirrored (the bytes a result records are
+        always the bytes at its key, as with ``s3``).
+        """
         if self.keeping is None or self.cache is None or entry == item.path:
-            return False  # no file service, or not in the cache (it did not fit)
+            return None  # no file service, or not in the cache (it did not fit)
+        there = self.store.head(item.url)
+        ours = there is not None and (
+            there.digest == digest or (there.task == self.task and not self.replace_own)
+        )
+        if there is not None and there.digest is not None and ours:
+            return FileRecord(item.relative, item.url, there.digest, there.size)
+        record = FileRecord(item.relative, item.url, digest, item.size, item.persist)
         if item.persist is Persist.LOCAL:
-            return True
+            return record
         client, copies = self.keeping.client, 0
         for address in client.usable(self.keeping.mirror_to):
             try:
@@ -105,8 +120,8 @@ class _Uploader:
             if copies == item.mirrors:
                 delay = self.keeping.producer_delay_s
                 self.keeping.outbox.add(digest, item.size, item.url, self.task, delay_s=delay)
-                return True
-        return False
+                return record
+        return None
 
     def _hashed(self, item: FoundOutput) -> tuple[Path, Digest]:
         """A verified file holding the output's bytes, and their digest."""
