@@ -17,9 +17,13 @@ it started. The workflow uses the three persistence policies:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -41,6 +45,7 @@ from worker_hooks.dispatch.client import DispatcherClient
 from worker_hooks.dispatch.follow import wait_for_workflow
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.local.cluster import LocalCluster
+from worker_hooks.task.protocol import TaskState
 from worker_hooks.task.result import Persist
 from worker_hooks.task.workflow import workflow_tasks
 
@@ -56,6 +61,7 @@ class DemoShape:
     reference_bytes: int = 64 * MiB
     task_input_bytes: int = 16 * 1024
     policy: Policy = Policy.GOOD_CACHE_COMPUTE
+    chaos: bool = False  # kill -9 a worker mid-workflow and wipe its scratch
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,9 @@ class DemoSummary:
     outputs_on_nodes: int  # `local` outputs: verified by their readers, never in S3
     tasks_per_worker: dict[str, int]
     reduce_worker: str
+    killed: str | None = None  # with --chaos: the worker killed, and its scratch wiped
+    recomputed: tuple[str, ...] = ()  # tasks recovery ran again
+    extra_attempts: int = 0
 
 
 def generate_dataset(root: Path, shape: DemoShape) -> Path:
@@ -149,6 +158,45 @@ class Verified:
     mirrored_bytes: int
 
 
+CHAOS_LEASE_S = 5.0  # with --chaos: a silent worker is found lost after this
+WORKER_ARGS = ("--serve", "127.0.0.1:0", "--heartbeat-s", "1")
+
+
+class _Chaos:
+    """Kills one worker (kill -9 of its process group) once a third of the tasks are
+    done, wipes its scratch, and starts a fresh worker in its place."""
+
+    def __init__(
+        self, cluster: LocalCluster, workflow: str, total: int, echo: Callable[[str], None]
+    ) -> None:
+        self.cluster = cluster
+        self.workflow = workflow
+        self.total = total
+        self.echo = echo
+        self.victim: str | None = None
+        self._thread = threading.Thread(target=self._strike, daemon=True)
+        self._thread.start()
+
+    def _strike(self) -> None:
+        client = self.cluster.client
+        while client.status(self.workflow).count(TaskState.DONE) < self.total // 3:
+            time.sleep(0.05)
+        # The busiest worker: the one whose loss costs the most.
+        done_by = Counter(a.worker for a in client.assignments())
+        victim = max(self.cluster.workers, key=lambda w: done_by.get(w, 0))
+        process = self.cluster.workers[victim]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        shutil.rmtree(self.cluster.work_dir / victim, ignore_errors=True)
+        self.victim = victim
+        self.echo(f"chaos:   killed {victim} (kill -9) and wiped its scratch")
+        self.cluster.add_worker(f"{victim}-replacement", *WORKER_ARGS)
+
+    def join(self) -> None:
+        self._thread.join(timeout=60)
+
+
 def verify_outputs(
     client: DispatcherClient, store: ObjectStore, task_ids: list[str], *, wait_s: float = 60.0
 ) -> Verified:
@@ -217,21 +265,28 @@ def run_demo(
             (work_dir / "workflow.json").write_text(json.dumps(workflow, indent=1))
             env = {**server.env(), "STAGER_STATE_DIR": str(work_dir / "state")}
             name, tasks = workflow_tasks(workflow, "the demo workflow")
-            with LocalCluster(work_dir / "cluster", env, policy=shape.policy) as cluster:
+            lease_s = CHAOS_LEASE_S if shape.chaos else 30.0
+            cluster_dir = work_dir / "cluster"
+            with LocalCluster(cluster_dir, env, policy=shape.policy, lease_s=lease_s) as cluster:
                 names = [f"node-{n + 1}" for n in range(shape.workers)]
                 for name in names:
-                    cluster.add_worker(name, "--serve", "127.0.0.1:0")
+                    cluster.add_worker(name, *WORKER_ARGS)
                 cluster.wait_for_workers(names)
                 echo(f"dispatcher {cluster.url}; workers: {', '.join(names)}")
                 started = time.monotonic()
                 ids = cluster.client.submit(tasks, workflow=str(name))
                 echo(f"submitted {len(ids)} tasks ({shape.map_tasks} map + 1 reduce)")
+                chaos = _Chaos(cluster, str(name), len(ids), echo) if shape.chaos else None
                 status = wait_for_workflow(cluster.client, str(name))
+                if chaos is not None:
+                    chaos.join()
                 wall_s = time.monotonic() - started
                 verified = verify_outputs(cluster.client, store, ids)
                 behind = written_behind(cluster.client, str(name), verified.mirrored_bytes)
-                per_worker = Counter(a.worker for a in cluster.client.assignments())
+                assignments = cluster.client.assignments()
+                per_worker = Counter(a.worker for a in assignments)
                 reduce_worker = cluster.client.task("reduce").worker or "?"
+                recomputed = tuple(i for i in ids if cluster.client.task(i).reruns)
     summary = DemoSummary(
         tasks=len(ids),
         wall_s=round(wall_s, 2),
@@ -245,6 +300,9 @@ def run_demo(
         outputs_on_nodes=verified.on_nodes,
         tasks_per_worker=dict(sorted(per_worker.items())),
         reduce_worker=reduce_worker,
+        killed=chaos.victim if chaos is not None else None,
+        recomputed=recomputed,
+        extra_attempts=len(assignments) - len(ids),
     )
     hit = summary.cache_hit_rate or 0.0
     echo(f"done:    {len(ids)} tasks in {wall_s:.1f} s with policy {summary.policy}")
@@ -254,6 +312,12 @@ def run_demo(
         f"of which {format_size(summary.bytes_from_peers)} peer to peer"
     )
     echo(f"outputs: {format_size(summary.bytes_written_behind)} mirrored, then written behind")
+    if summary.killed is not None:
+        echo(
+            f"chaos:   {summary.killed} killed (kill -9) and its scratch wiped; "
+            f"{len(summary.recomputed)} tasks recomputed for the outputs it took, "
+            f"{summary.extra_attempts} attempts beyond the first"
+        )
     echo("per worker: " + ", ".join(f"{w} {n}" for w, n in summary.tasks_per_worker.items()))
     echo(
         f"verified {verified.in_s3} outputs in S3 against their recorded digests; "
@@ -270,6 +334,7 @@ Examples:
   stager demo                      # in a temporary directory, removed afterwards
   stager demo --work-dir ./demo    # keep the data, caches, logs and workflow file
   stager demo --tasks 100 --policy max-cache-hit
+  stager demo --chaos              # a worker killed mid-workflow, its disk wiped: all verified
 """,
 )
 @click.option(
@@ -285,7 +350,12 @@ Examples:
     default=Policy.GOOD_CACHE_COMPUTE.value,
     show_default=True,
 )
-def demo_command(work_dir: Path | None, map_tasks: int, workers: int, policy: str) -> None:
+@click.option(
+    "--chaos", is_flag=True, help="Kill -9 a worker a third of the way and wipe its scratch."
+)
+def demo_command(
+    work_dir: Path | None, map_tasks: int, workers: int, policy: str, chaos: bool
+) -> None:
     """Run the whole data path on this machine: S3 server, dispatcher, three workers.
 
     Pushes a dataset (a 64 MiB reference and one small input per task),
@@ -293,7 +363,7 @@ def demo_command(work_dir: Path | None, map_tasks: int, workers: int, policy: st
     caches, checks every output in S3 against its digest, then stops
     everything it started.
     """
-    shape = DemoShape(map_tasks=map_tasks, workers=workers, policy=Policy(policy))
+    shape = DemoShape(map_tasks=map_tasks, workers=workers, policy=Policy(policy), chaos=chaos)
     if work_dir is not None:
         run_demo(work_dir, echo=click.echo, shape=shape)
         return
