@@ -13,6 +13,7 @@ import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,3 +108,50 @@ def test_a_worker_restarted_on_its_intact_disk_serves_what_it_held(
         copied = store.get_bytes(prefix.child("out/c.bin"))
         assert digest_bytes(copied) == produced.outputs[0].digest
         assert [a.worker for a in cluster.client.assignments("p")] == ["a"]  # ran once
+
+
+def _partial_files(root: Path) -> list[Path]:
+    return (
+        [p for p in root.rglob("*") if p.is_file() and p.stat().st_size > 0]
+        if root.exists()
+        else []
+    )
+
+
+def test_kill_9_mid_download_and_mid_upload_loses_nothing_and_leaves_no_orphan(
+    cluster: LocalCluster, store: ObjectStore, prefix: S3Url, raw_client: Any, run_cli: Any
+) -> None:
+    size = 200 * 1024 * 1024
+    source = prefix.child("in/big.bin")
+    raw_client.put_object(Bucket=source.bucket, Key=source.key, Body=b"\x01" * size)
+    cluster.add_worker("down", "--slots", "1", "--prefetch", "0")
+    cluster.wait_for_workers(["down"])
+    copy = spec(
+        "copy", "cp big.bin out.bin", prefix, inputs=[{"source": str(source), "path": "big.bin"}]
+    )
+    submit(cluster.client, [copy], "wf")
+    temp = cluster.work_dir / "down" / "cache" / "tmp"
+    wait_for(lambda: bool(_partial_files(temp)), timeout_s=60)  # bytes arriving
+    os.killpg(cluster.workers["down"].pid, signal.SIGKILL)
+    cluster.workers["down"].wait()
+
+    cluster.add_worker("up", "--slots", "1", "--prefetch", "0")
+    output = prefix.child("out/copy.bin")
+
+    def uploading() -> bool:
+        listed = raw_client.list_multipart_uploads(Bucket=output.bucket, Prefix=output.key)
+        return bool(listed.get("Uploads"))
+
+    wait_for(uploading, timeout_s=120)  # the output is going up in parts
+    os.killpg(cluster.workers["up"].pid, signal.SIGKILL)
+    cluster.workers["up"].wait()
+
+    cluster.add_worker("last", "--slots", "1", "--prefetch", "0")
+    assert wait_until_ended(cluster.client, "wf", timeout_s=180)["done"] == 1
+    result = cluster.client.task("copy").result
+    assert result is not None
+    info = store.head(output)
+    assert info is not None and info.digest == result.outputs[0].digest and info.size == size
+    assert {a.worker for a in cluster.client.assignments("copy")} >= {"down", "up", "last"}
+    swept = run_cli("s3", "gc", str(prefix), "--older-than", "0s")
+    assert swept.returncode == 0 and not uploading(), swept.stdout
