@@ -6,9 +6,12 @@ its own cache. The outbox is that promise, kept in SQLite beside the cache
 (``<cache root>-outbox.sqlite``, synchronous=FULL: a row acknowledged
 survives a crash of the process or the machine).
 
-Rows go ``pending`` -> ``written`` (S3 holds the digest at the URL) or,
-when the entry left the cache before it was written (a node restarted on
-a wiped disk), ``lost``: the output must come from another replica or be
+Rows go ``pending`` -> ``written`` (S3 holds the digest at the URL),
+``superseded`` (a later attempt of the same task wrote the URL first),
+``abandoned`` (the dispatcher had taken the node as lost and planned the
+outputs without it: written now, they could replace newer ones) or, when
+the entry left the cache before it was written (a node restarted on a
+wiped disk), ``lost``: the output must come from another replica or be
 recomputed. :class:`WriteBehind` drains the pending rows in a thread,
 with bounded retries (backoff up to five minutes between tries, which
 never stop: a pending row is a promise, so a long S3 outage delays it but
@@ -40,6 +43,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     size INTEGER NOT NULL,
     url TEXT NOT NULL,
     task TEXT NOT NULL,
+    generation TEXT,
     state TEXT NOT NULL DEFAULT 'pending',
     added_at REAL NOT NULL,
     tries INTEGER NOT NULL DEFAULT 0,
@@ -63,6 +67,7 @@ class OutboxItem:
     size: int
     url: S3Url
     task: str
+    generation: str | None = None  # ``<task id>/<attempt>``: see stager.publish
 
 
 @dataclass(frozen=True)
@@ -100,18 +105,25 @@ class Outbox:
                 raise
 
     def add(
-        self, digest: Digest, size: int, url: S3Url, task: str, *, delay_s: float = 0.0
+        self,
+        digest: Digest,
+        size: int,
+        url: S3Url,
+        task: str,
+        *,
+        generation: str | None = None,
+        delay_s: float = 0.0,
     ) -> None:
         """Promise to write ``digest`` to ``url``, not before ``delay_s``; durable on return."""
         now = self._clock()
         try:
             with self._tx() as db:
                 db.execute(
-                    "INSERT INTO outbox (digest, size, url, task, added_at, next_try_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(digest, url) DO UPDATE"
-                    " SET state = 'pending', next_try_at = excluded.next_try_at"
+                    "INSERT INTO outbox (digest, size, url, task, generation, added_at,"
+                    " next_try_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(digest, url)"
+                    " DO UPDATE SET state = 'pending', next_try_at = excluded.next_try_at"
                     " WHERE state = 'lost'",
-                    (str(digest), size, str(url), task, now, now + delay_s),
+                    (str(digest), size, str(url), task, generation, now, now + delay_s),
                 )
         except sqlite3.Error as exc:
             raise from_os_error(OSError(str(exc)), f"record in the outbox {self.path}") from exc
@@ -119,16 +131,24 @@ class Outbox:
     def due(self, limit: int = 64) -> list[OutboxItem]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, digest, size, url, task FROM outbox WHERE state = 'pending'"
-                " AND next_try_at <= ? ORDER BY id LIMIT ?",
+                "SELECT id, digest, size, url, task, generation FROM outbox"
+                " WHERE state = 'pending' AND next_try_at <= ? ORDER BY id LIMIT ?",
                 (self._clock(), limit),
             ).fetchall()
-        return [OutboxItem(r[0], Digest.parse(r[1]), r[2], S3Url.parse(r[3]), r[4]) for r in rows]
+        return [
+            OutboxItem(r[0], Digest.parse(r[1]), r[2], S3Url.parse(r[3]), r[4], r[5]) for r in rows
+        ]
 
     def pending_digests(self) -> set[Digest]:
         with self._lock:
             rows = self._db.execute("SELECT digest FROM outbox WHERE state = 'pending'")
             return {Digest.parse(row[0]) for row in rows}
+
+    def abandon(self) -> int:
+        """Drop every pending row (their outputs were planned for without this node)."""
+        with self._tx() as db:
+            cursor = db.execute("UPDATE outbox SET state = 'abandoned' WHERE state = 'pending'")
+            return cursor.rowcount
 
     def hurry(self) -> None:
         """Every pending row is due now (the node is about to go)."""
@@ -138,6 +158,10 @@ class Outbox:
     def written(self, item: OutboxItem) -> None:
         with self._tx() as db:
             db.execute("UPDATE outbox SET state = 'written', error = NULL WHERE id = ?", (item.id,))
+
+    def superseded(self, item: OutboxItem) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE outbox SET state = 'superseded' WHERE id = ?", (item.id,))
 
     def lost(self, item: OutboxItem, why: str) -> None:
         with self._tx() as db:
@@ -240,9 +264,18 @@ class WriteBehind:
                     self.outbox.lost(item, "the entry left the node cache before it was written")
                     self.log(f"write-behind: {item.url} lost (not in the cache any more)")
                     return
-                publish(
-                    self.store, entry, item.url, digest=item.digest, size=item.size, task=item.task
+                published = publish(
+                    self.store,
+                    entry,
+                    item.url,
+                    digest=item.digest,
+                    size=item.size,
+                    task=item.task,
+                    generation=item.generation,
                 )
+                if published.superseded:  # a later run of the task wrote it: ours is stale
+                    self.outbox.superseded(item)
+                    return
                 self.written_bytes += item.size
         except (StagerError, OSError) as exc:
             why = exc.one_line() if isinstance(exc, StagerError) else str(exc)

@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from fsd.peerauth import HEADER, Signer
-from fsd.peerserver import TASK_HEADER, WRITE_BEHIND_HEADER, ServiceStatus, put_subject
+from fsd.peerserver import (
+    GENERATION_HEADER,
+    TASK_HEADER,
+    WRITE_BEHIND_HEADER,
+    ServiceStatus,
+    put_subject,
+)
 from stager.digest import Digest
 from stager.errors import (
     AccessDeniedError,
@@ -179,6 +185,7 @@ class PeerClient:
         *,
         write_behind: S3Url | None = None,
         task: str = "",
+        generation: str = "",
     ) -> None:
         """Copy ``entry`` to ``address``'s cache; returns once it is verified there
         (and, with ``write_behind``, queued in that node's outbox)."""
@@ -188,12 +195,13 @@ class PeerClient:
         try:
             connection.putrequest("PUT", path, skip_accept_encoding=True)
             connection.putheader("Content-Length", str(size))
-            connection.putheader(
-                HEADER, self._signer.header("PUT", path, put_subject(str(digest), behind, task))
-            )
+            subject = put_subject(str(digest), behind, task, generation)
+            connection.putheader(HEADER, self._signer.header("PUT", path, subject))
             if behind:
                 connection.putheader(WRITE_BEHIND_HEADER, behind)
                 connection.putheader(TASK_HEADER, task)
+            if generation:
+                connection.putheader(GENERATION_HEADER, generation)
             connection.endheaders()
             assert connection.sock is not None
             with entry.open("rb") as handle:

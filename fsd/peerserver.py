@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -51,6 +52,7 @@ from stager.locations import S3Url
 
 WRITE_BEHIND_HEADER = "Stager-Write-Behind"
 TASK_HEADER = "Stager-Task"
+GENERATION_HEADER = "Stager-Generation"
 READ_STALL_S = 30.0  # a mirror sender silent this long is dropped
 CHUNK_BYTES = 1024 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -71,9 +73,9 @@ class ServiceStatus:
         return json.dumps(asdict(self)).encode()
 
 
-def put_subject(digest: str, write_behind: str, task: str) -> str:
+def put_subject(digest: str, write_behind: str, task: str, generation: str = "") -> str:
     """What a PUT's signature covers besides method and path (so no header can be swapped)."""
-    return f"{digest} {write_behind or '-'} {task or '-'}"
+    return f"{digest} {write_behind or '-'} {task or '-'} {generation or '-'}"
 
 
 def _refused() -> web.Response:
@@ -106,6 +108,7 @@ class FileService:
                     digest,
                     request.headers.get(WRITE_BEHIND_HEADER, ""),
                     request.headers.get(TASK_HEADER, ""),
+                    request.headers.get(GENERATION_HEADER, ""),
                 )
             try:
                 self.guard.check(
@@ -162,7 +165,14 @@ class FileService:
             )
             if destination is not None and self.outbox is not None:
                 url, task = destination
-                await asyncio.to_thread(self.outbox.add, digest, size, url, task)
+                generation = request.headers.get(GENERATION_HEADER) or None
+                await asyncio.to_thread(
+                    functools.partial(self.outbox.add, generation=generation),
+                    digest,
+                    size,
+                    url,
+                    task,
+                )
         except IntegrityError as exc:
             return web.json_response({"error": exc.message}, status=422)
         except (CacheFullError, DiskFullError) as exc:

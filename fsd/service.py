@@ -41,13 +41,18 @@ class NodeService:
         *,
         on_written: Callable[[OutboxItem], None] = lambda item: None,
         log: Callable[[str], None] = lambda line: None,
+        write_at_once: bool = True,
     ) -> None:
+        """``write_at_once=False``: the outbox is not written until :meth:`start_writing`
+        (a worker first hears from its dispatcher whether its rows still stand)."""
         parse_address(listen)  # a malformed address fails before anything starts
         self.listen = listen
         self.outbox = Outbox(outbox_path(cache.root))
         self.files = FileService(cache, RequestGuard(token), self.outbox)
         self.writer = WriteBehind(self.outbox, cache, store, on_written=on_written, log=log)
         self.address = ""
+        self._write_at_once = write_at_once
+        self._writing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -60,8 +65,14 @@ class NodeService:
         self._ready.wait()
         if self._error is not None:
             raise self._error
-        self.writer.start()
+        if self._write_at_once:
+            self.start_writing()
         return self.address
+
+    def start_writing(self) -> None:
+        if not self._writing:
+            self._writing = True
+            self.writer.start()
 
     def _run(self) -> None:
         asyncio.run(self._serve())
@@ -87,7 +98,8 @@ class NodeService:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=10)
-        self.writer.stop()
+        if self._writing:
+            self.writer.stop()
         counts = self.outbox.counts()
         self.outbox.close()
         return counts

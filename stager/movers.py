@@ -23,6 +23,8 @@ from stager.locations import S3Url
 from stager.objectinfo import (
     DIGEST_HEADER,
     DIGEST_METADATA_KEY,
+    GENERATION_HEADER,
+    GENERATION_METADATA_KEY,
     TASK_HEADER,
     TASK_METADATA_KEY,
     ObjectInfo,
@@ -266,7 +268,12 @@ def _info_from_headers(url: S3Url, headers: Headers) -> ObjectInfo:
     """What the native client's response headers say about the object."""
     digest = recorded_digest(url, headers.get(DIGEST_HEADER))
     return ObjectInfo(
-        url, headers.object_size(), digest, headers.get("etag"), headers.get(TASK_HEADER)
+        url,
+        headers.object_size(),
+        digest,
+        headers.get("etag"),
+        headers.get(TASK_HEADER),
+        headers.get(GENERATION_HEADER),
     )
 
 
@@ -275,7 +282,14 @@ def _info_from_response(url: S3Url, response: dict[str, Any]) -> ObjectInfo:
     digest = recorded_digest(url, response.get("Metadata", {}).get(DIGEST_METADATA_KEY))
     metadata = response.get("Metadata", {})
     size = int(response["ContentLength"])
-    return ObjectInfo(url, size, digest, response.get("ETag"), metadata.get(TASK_METADATA_KEY))
+    return ObjectInfo(
+        url,
+        size,
+        digest,
+        response.get("ETag"),
+        metadata.get(TASK_METADATA_KEY),
+        metadata.get(GENERATION_METADATA_KEY),
+    )
 
 
 def _condition_args(condition: WriteCondition | None) -> dict[str, str]:

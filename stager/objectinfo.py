@@ -18,6 +18,9 @@ DIGEST_HEADER = f"x-amz-meta-{DIGEST_METADATA_KEY}"  # the same, as a (lower-cas
 # The key of the task whose run wrote an output (see docs/task-spec.md, "Outputs and attempts").
 TASK_METADATA_KEY = "stager-task"
 TASK_HEADER = f"x-amz-meta-{TASK_METADATA_KEY}"
+# Which attempt of which task wrote it, ``<task id>/<attempt>``: orders two runs of one task.
+GENERATION_METADATA_KEY = "stager-generation"
+GENERATION_HEADER = f"x-amz-meta-{GENERATION_METADATA_KEY}"
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class ObjectInfo:
     digest: Digest | None
     etag: str | None = None
     task: str | None = None  # the key of the task that wrote it, if a task did
+    generation: str | None = None  # ``<task id>/<attempt>`` of the dispatcher's lease
 
 
 @dataclass(frozen=True)
@@ -54,9 +58,16 @@ def recorded_digest(url: S3Url, text: str | None) -> Digest | None:
         raise IntegrityError(f"{url}: its recorded digest is malformed") from exc
 
 
-def digest_metadata(digest: Digest, task: str | None = None) -> dict[str, str]:
-    """The user metadata that records ``digest`` (and the writing task) on an object."""
-    return {DIGEST_METADATA_KEY: str(digest), **({TASK_METADATA_KEY: task} if task else {})}
+def digest_metadata(
+    digest: Digest, task: str | None = None, generation: str | None = None
+) -> dict[str, str]:
+    """The user metadata that records ``digest`` (and the writing task and run) on an object."""
+    metadata = {DIGEST_METADATA_KEY: str(digest)}
+    if task:
+        metadata[TASK_METADATA_KEY] = task
+    if generation:
+        metadata[GENERATION_METADATA_KEY] = generation
+    return metadata
 
 
 def check_received(info: ObjectInfo, got: Hasher) -> None:

@@ -302,6 +302,7 @@ class ObjectStore:
         size: int,
         on_bytes: ProgressCallback | None = None,
         task: str | None = None,
+        generation: str | None = None,
         condition: WriteCondition | None = None,
     ) -> None:
         """Upload ``path`` (``size`` bytes) to ``url`` with ``digest`` in its metadata.
@@ -317,7 +318,7 @@ class ObjectStore:
             path,
             url,
             size=size,
-            metadata=digest_metadata(digest, task),
+            metadata=digest_metadata(digest, task, generation),
             on_bytes=on_bytes,
             condition=condition,
         )

@@ -57,3 +57,32 @@ def test_the_rules_of_publication(
     assert not done.adopted and store.get_bytes(url) == mine
     info = store.head(url)
     assert info is not None and info.task == "k1" and info.digest == digest_bytes(mine)
+
+
+def test_runs_of_one_task_are_ordered_by_attempt_whatever_order_they_arrive_in(
+    either_store: ObjectStore, prefix: S3Url, tmp_path: Path
+) -> None:
+    store = either_store
+    url = prefix.child("merged.bin")
+    runs = {n: os.urandom(2000) for n in (1, 2, 3)}
+
+    def write(attempt: int, key: str) -> Any:
+        data = runs[attempt]
+        source = _file(tmp_path, f"run{attempt}", data)
+        return publish(
+            store,
+            source,
+            url,
+            digest=digest_bytes(data),
+            size=len(data),
+            task=key,
+            generation=f"reduce-7/{attempt}",
+        )
+
+    assert not write(2, "key-b").adopted  # the redo (other inputs, another key) lands first
+    late = write(1, "key-a")  # the first run's write behind arrives late: it must not land
+    assert late.superseded and late.digest == digest_bytes(runs[2])
+    assert not write(3, "key-c").superseded  # a later redo replaces it
+    info = store.head(url)
+    assert info is not None and info.digest == digest_bytes(runs[3])
+    assert info.generation == "reduce-7/3"

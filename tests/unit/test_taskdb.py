@@ -342,7 +342,7 @@ def local_result(task_id: str, digest: Digest, kept: Persist = Persist.LOCAL) ->
 
 
 def run(db: TaskDB, worker: str, result: ResultManifest, uses: tuple[Digest, ...] = ()) -> None:
-    (lease,) = db.lease(worker, 1)
+    (lease,) = db.lease(worker, 1, address=f"{worker}.nodes:8766")
     assert lease.task_id == result.task_id
     db.complete(lease.task_id, lease.attempt, worker, result, [InputUse(d, 5, True) for d in uses])
 
@@ -411,7 +411,7 @@ def test_a_silent_worker_is_found_lost_its_lease_requeued_and_it_may_come_back(
 def test_dependants_that_failed_for_want_of_a_lost_input_run_again(db: TaskDB) -> None:
     submit(db, task("p"), task("c", "task://p/out.txt"), task("d", "task://c/out.txt"))
     run(db, "a", local_result("p", DIGEST))
-    (lease,) = db.lease("b", 1)  # before "a" is found lost, c cannot find its input
+    (lease,) = db.lease("b", 1)  # "a" looks alive: c is leased, and cannot get its input
     db.fail("c", lease.attempt, "b", "input s3://bkt/out/p.txt does not exist", retry=False)
     assert db.task("d").state is TaskState.FAILED  # with its producer
     report = db.recover("a")

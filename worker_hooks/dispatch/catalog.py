@@ -56,19 +56,27 @@ class ReplicaCatalog:
     # -- workers --------------------------------------------------------------------
 
     def touch_worker(
-        self, worker: str, *, cache_bytes: int | None = None, address: str | None = None
+        self,
+        worker: str,
+        *,
+        cache_bytes: int | None = None,
+        address: str | None = None,
+        revive: bool = False,
     ) -> bool:
-        """A sign of life. True if the worker had been found lost: it is back, and the
-        catalog needs a full report of its cache (its replicas were forgotten)."""
+        """A sign of life. With ``revive`` (a heartbeat, which can carry the answer), a
+        worker found lost is taken back; True then: it must report its whole cache (its
+        replicas were forgotten) and drop the writes behind it still owed (recovery
+        planned without them)."""
         row = self._db.execute("SELECT lost_at FROM workers WHERE id = ?", (worker,)).fetchone()
         self._db.execute(
             "INSERT INTO workers (id, last_seen, cache_bytes, address) VALUES (?, ?, ?, ?)"
             " ON CONFLICT(id) DO UPDATE SET last_seen = excluded.last_seen,"
             " cache_bytes = COALESCE(?, workers.cache_bytes),"
-            " address = COALESCE(excluded.address, workers.address), lost_at = NULL",
-            (worker, self._clock(), cache_bytes or 0, address, cache_bytes),
+            " address = COALESCE(excluded.address, workers.address),"
+            " lost_at = CASE WHEN ? THEN NULL ELSE workers.lost_at END",
+            (worker, self._clock(), cache_bytes or 0, address, cache_bytes, revive),
         )
-        return row is not None and row["lost_at"] is not None
+        return revive and row is not None and row["lost_at"] is not None
 
     def suspect(self, addresses: Sequence[str]) -> None:
         """Peers that failed a worker: offered to no one for a while (they may be dead)."""

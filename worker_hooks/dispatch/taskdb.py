@@ -487,7 +487,7 @@ class TaskDB:
         now = self._clock()
         stale = []
         with self._tx() as db:
-            was_lost = self.catalog.touch_worker(worker, cache_bytes=cache_bytes)
+            was_lost = self.catalog.touch_worker(worker, cache_bytes=cache_bytes, revive=True)
             self.catalog.mark_written(written)
             for task_id, attempt in held:
                 cursor = db.execute(

@@ -224,7 +224,9 @@ class HeartbeatRequest(Message):
 @dataclass(frozen=True)
 class HeartbeatReply(Message):
     drop: tuple[str, ...]
-    report_all: bool = False  # the dispatcher forgot this node's cache: send a full report
+    # The dispatcher had taken this node as lost: send a full cache report, and drop the
+    # writes behind still owed (recovery made other plans for those outputs).
+    report_all: bool = False
 
 
 @dataclass(frozen=True)

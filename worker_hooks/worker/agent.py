@@ -121,6 +121,7 @@ class ServiceLink:
     outbox: Outbox
     written: queue.SimpleQueue[Written] = field(default_factory=queue.SimpleQueue)
     wake_writer: Callable[[], None] = lambda: None  # write the outbox's due rows now
+    start_writing: Callable[[], None] = lambda: None  # once the dispatcher has answered
 
 
 @dataclass
@@ -343,6 +344,7 @@ class Worker:
                 pass_env=self.pass_env,
                 peers=self._peers(item.lease),
                 keeping=keeping,
+                generation=f"{item.task_id}/{item.attempt}",
             )
             result = wrap_task(item.lease.spec, self.node, options)
         except TaskCancelledError:
@@ -377,7 +379,14 @@ class Worker:
             # so a later heartbeat reports them removed once they are evicted.
             told = {s.digest for s in result.staged} | {r.digest for r in result.manifest.outputs}
             local = [
-                OutboxItem(0, r.digest, r.size, r.url, result.manifest.task_key)
+                OutboxItem(
+                    0,
+                    r.digest,
+                    r.size,
+                    r.url,
+                    result.manifest.task_key,
+                    f"{item.task_id}/{item.attempt}",
+                )
                 for r in result.manifest.outputs
                 if r.kept is Persist.LOCAL
             ]
@@ -475,6 +484,11 @@ class Worker:
                     self.service.written.put(item)
             return
         self._report_all = reply.report_all
+        if self.service is not None:
+            if reply.report_all:  # taken as lost: recovery planned its outputs without us
+                dropped = self.service.outbox.abandon()
+                self.log(f"worker {self.worker_id}: was taken as lost; {dropped} writes dropped")
+            self.service.start_writing()
         with self._lock:  # apply what was sent: completions may have told more meanwhile
             self._reported_cache = (self._reported_cache - removed) | added
             for task_id in reply.drop:
@@ -493,8 +507,9 @@ class Worker:
             return
         outbox = self.service.outbox
         for item in self._kept_local:
-            outbox.add(item.digest, item.size, item.url, item.task)
+            outbox.add(item.digest, item.size, item.url, item.task, generation=item.generation)
         outbox.hurry()
+        self.service.start_writing()
         self.service.wake_writer()
         while outbox.counts().pending and time.time() < deadline:
             time.sleep(0.1)

@@ -43,10 +43,18 @@ def start_service(
         listen,
         on_written=lambda item: written.put(Written(item.digest, item.url)),
         log=log,
+        write_at_once=False,  # the first heartbeat says whether the outbox still stands
     )
     address = service.start()
     log(f"node file service on {address}")
-    link = ServiceLink(address, PeerClient(token), service.outbox, written, service.writer.wake)
+    link = ServiceLink(
+        address,
+        PeerClient(token),
+        service.outbox,
+        written,
+        wake_writer=service.writer.wake,
+        start_writing=service.start_writing,
+    )
     return service, link
 
 

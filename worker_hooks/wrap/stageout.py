@@ -32,7 +32,7 @@ from stager.digest import Digest, HashingWriter, digest_stream
 from stager.errors import DiskFullError, StageOutError, StagerError, from_os_error
 from stager.objectstore import ObjectStore
 from stager.parallel import run_all
-from stager.publish import publish
+from stager.publish import compare_generations, publish
 from worker_hooks.task.result import FileRecord, Persist
 from worker_hooks.wrap.outputs import FoundOutput
 
@@ -61,12 +61,14 @@ class _Uploader:
         task: str,
         replace_own: bool,
         keeping: NodeKeeping | None = None,
+        generation: str | None = None,
     ) -> None:
         self.cache = cache
         self.store = store
         self.task = task
         self.replace_own = replace_own
         self.keeping = keeping
+        self.generation = generation
 
     def __call__(self, item: FoundOutput) -> FileRecord:
         source, digest = self._hashed(item)
@@ -81,6 +83,7 @@ class _Uploader:
                 size=item.size,
                 task=self.task,
                 replace_own=self.replace_own,
+                generation=self.generation,
             )
         except OSError as exc:
             raise from_os_error(exc, f"read output {item.relative}") from exc
@@ -100,7 +103,12 @@ class _Uploader:
             return None  # no file service, or not in the cache (it did not fit)
         there = self.store.head(item.url)
         ours = there is not None and (
-            there.digest == digest or (there.task == self.task and not self.replace_own)
+            there.digest == digest
+            or (
+                there.task == self.task
+                and not self.replace_own
+                and compare_generations(self.generation, there.generation) <= 0
+            )
         )
         if there is not None and there.digest is not None and ours:
             return FileRecord(item.relative, item.url, there.digest, there.size)
@@ -111,15 +119,27 @@ class _Uploader:
         for address in client.usable(self.keeping.mirror_to):
             try:
                 client.mirror(
-                    address, entry, digest, item.size, write_behind=item.url, task=self.task
+                    address,
+                    entry,
+                    digest,
+                    item.size,
+                    write_behind=item.url,
+                    task=self.task,
+                    generation=self.generation or "",
                 )
             except StagerError:
                 client.mark_bad(address)
                 continue
             copies += 1
             if copies == item.mirrors:
-                delay = self.keeping.producer_delay_s
-                self.keeping.outbox.add(digest, item.size, item.url, self.task, delay_s=delay)
+                self.keeping.outbox.add(
+                    digest,
+                    item.size,
+                    item.url,
+                    self.task,
+                    generation=self.generation,
+                    delay_s=self.keeping.producer_delay_s,
+                )
                 return record
         return None
 
@@ -157,12 +177,13 @@ def upload_outputs(
     task: str,
     replace_own: bool = False,
     keeping: NodeKeeping | None = None,
+    generation: str | None = None,
     workers: int = 8,
 ) -> list[FileRecord]:
     """Keep every output by its policy (S3 ones through :mod:`stager.publish`); return
     their records in order (an adopted twin's where it got there first), or raise
     StageOutError."""
-    uploader = _Uploader(cache, store, task, replace_own, keeping)
+    uploader = _Uploader(cache, store, task, replace_own, keeping, generation)
     try:
         return run_all(uploader, found, workers=workers)
     except StageOutError:

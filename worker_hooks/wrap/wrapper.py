@@ -76,6 +76,7 @@ class WrapOptions:
     pass_env: tuple[str, ...] = ()  # variables passed to every task (worker_hooks.wrap.environment)
     peers: Peers | None = None  # other nodes holding inputs (a worker with a file service)
     keeping: NodeKeeping | None = None  # what `mirror` and `local` outputs need
+    generation: str | None = None  # `<task id>/<attempt>` of a dispatcher's lease
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,7 @@ class _Run:
                 task=key,
                 replace_own=self.options.force,
                 keeping=self.options.keeping,
+                generation=self.options.generation,
                 workers=node.workers,
             )
         manifest = ResultManifest(
