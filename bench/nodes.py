@@ -118,18 +118,10 @@ def _file_service(
         process.wait(timeout=30)
 
 
-def _serve_command(listen: str, cache_dir: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "stager",
-        "fsd",
-        "serve",
-        "--listen",
-        listen,
-        "--cache-dir",
-        str(cache_dir),
-    ]
+def fsd_serve_command(listen: str, cache_dir: Path) -> list[str]:
+    """``stager fsd serve`` as a process (the token comes from the environment)."""
+    serve = ["fsd", "serve", "--listen", listen, "--cache-dir", str(cache_dir)]
+    return [sys.executable, "-m", "stager", *serve]
 
 
 def measure_fetch(work: Path, store: ObjectStore, env: dict[str, str], size: int) -> FetchFigures:
@@ -146,7 +138,7 @@ def measure_fetch(work: Path, store: ObjectStore, env: dict[str, str], size: int
     address = f"127.0.0.1:{free_ports(1)[0]}"
     service_env = {**env, "STAGER_DISPATCHER_TOKEN": token}
     times: dict[Tier, list[float]] = {Tier.S3: [], Tier.PEER: []}
-    with _file_service(_serve_command(address, seed.root), service_env, address, token):
+    with _file_service(fsd_serve_command(address, seed.root), service_env, address, token):
         peers = Peers(PeerClient(token), {digest: (address,)})
         # Alternate, and flush dirty pages first: the disk's write-back of one
         # run must not be charged to the next.

@@ -45,6 +45,13 @@ class CacheContext:
         )
 
 
+cache_dir_option = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Cache root [$STAGER_CACHE_DIR or ~/.cache/stager/node-cache].",
+)
+
+
 @click.group(
     "cache",
     epilog="""\b
@@ -55,11 +62,7 @@ Examples:
   stager cache --cache-quota 100G evict --bytes 20G
 """,
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Cache root [$STAGER_CACHE_DIR or ~/.cache/stager/node-cache].",
-)
+@cache_dir_option
 @click.option("--cache-quota", help="Bytes the cache may hold, e.g. 140G [min(140G, 90% of disk)].")
 @click.pass_context
 def cache_group(ctx: click.Context, /, cache_dir: Path | None, cache_quota: str | None) -> None:
@@ -181,11 +184,7 @@ Examples:
     type=click.Path(dir_okay=False, path_type=Path),
     help="File holding the cluster token [$STAGER_DISPATCHER_TOKEN].",
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Cache root [$STAGER_CACHE_DIR or ~/.cache/stager/node-cache].",
-)
+@cache_dir_option
 @click.option("--cache-quota", help="Bytes the cache may hold, e.g. 140G.")
 @click.pass_obj
 def serve(

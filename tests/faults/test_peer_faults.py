@@ -11,7 +11,6 @@ import contextlib
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from bench.netns import Host, NoNamespaces
+from bench.nodes import fsd_serve_command
 from fsd.cache import NodeCache
 from fsd.peerclient import PeerClient, PeerLimits
 from fsd.stagein import Peers, StageInput, Tier, staged_inputs
@@ -163,19 +163,7 @@ def test_a_peer_on_another_host_serves_then_vanishes(
     NodeCache(peer_cache, quota_bytes=1 << 30).ensure(digest, SIZE, lambda w: w.write(data))
     port = 8766
     service = subprocess.Popen(
-        other_host.command(
-            [
-                sys.executable,
-                "-m",
-                "stager",
-                "fsd",
-                "serve",
-                "--listen",
-                f"{other_host.address}:{port}",
-                "--cache-dir",
-                str(peer_cache),
-            ]
-        ),
+        other_host.command(fsd_serve_command(f"{other_host.address}:{port}", peer_cache)),
         env={**os.environ, **s3_server.env(), "STAGER_DISPATCHER_TOKEN": TOKEN},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

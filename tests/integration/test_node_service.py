@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from bench.nodes import fsd_serve_command
 from fsd.cache import NodeCache
 from fsd.outbox import Outbox, WriteBehind, outbox_path
 from fsd.peerauth import HEADER, Signer
@@ -265,17 +265,7 @@ def test_stager_fsd_serve_runs_until_sigterm_and_bad_flags_are_one_line(
 ) -> None:
     env = {**os.environ, **s3_server.env(), "STAGER_DISPATCHER_TOKEN": TOKEN}
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "stager",
-            "fsd",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--cache-dir",
-            str(tmp_path / "c"),
-        ],
+        fsd_serve_command("127.0.0.1:0", tmp_path / "c"),
         env=env,
         stderr=subprocess.PIPE,
         text=True,
