@@ -207,11 +207,10 @@ class PeerClient:
             with entry.open("rb") as handle:
                 self._send(connection.sock, handle, size, address)
             response = connection.getresponse()
-            body = response.read(4096)
+            response.read(4096)  # the short JSON answer, so the connection ends cleanly
             if response.status == 422:
                 raise UnreachableError(f"peer {address} received {digest} damaged")
             self._check(response, address, str(digest))
-            _ = body
         except (OSError, http.client.HTTPException) as exc:
             raise UnreachableError(f"peer {address} broke off receiving {digest}: {exc}") from exc
         finally:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,28 @@ def test_recover_dry_run_reports_and_changes_nothing(cluster: LocalCluster, pref
     report = cluster.client.recover("a", dry_run=True)
     assert report.dry_run and report.recomputed == ("p",)  # a final output, only on a
     assert cluster.client.task("p").state is TaskState.DONE
+    assert not cluster.client.status().workers[0].lost
+    # The same from the command line, and a node that never was: one line, exit 3.
+    env = {**cluster.env, "STAGER_DISPATCHER_URL": cluster.url}
+    flags = ["--token-file", str(cluster.token_file)]
+    shown = subprocess.run(
+        [sys.executable, "-m", "stager", "recover", "--node", "a", "--dry-run", *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0 and "tasks would be recomputed: p" in shown.stdout, shown.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "stager", "recover", "--node", "nobody", *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert missing.returncode == 3 and len(missing.stderr.strip().splitlines()) == 1
     assert not cluster.client.status().workers[0].lost
 
 
