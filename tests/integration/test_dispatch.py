@@ -298,27 +298,6 @@ def test_data_aware_policy_sends_tasks_to_the_worker_holding_their_inputs(
     assert cluster.client.status("wf").cache_hit_rate == 1.0
 
 
-def test_a_dispatcher_restart_loses_no_task(
-    make_cluster: ClusterFactory, store: ObjectStore, prefix: S3Url
-) -> None:
-    cluster = make_cluster()
-    cluster.add_worker("w1")
-    tasks = [task(f"t{n}", f"sleep 0.3; echo {n} > out.txt", prefix) for n in range(8)]
-    submit(cluster.client, tasks, workflow="wf")
-    deadline = time.monotonic() + 60
-    while cluster.client.status("wf").counts["done"] < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert cluster.dispatcher is not None
-    os.kill(cluster.dispatcher.pid, signal.SIGKILL)
-    cluster.dispatcher.wait()
-    time.sleep(1)
-    cluster.start_dispatcher()
-    assert wait_until_ended(cluster.client, "wf")["done"] == 8
-    for n in range(8):
-        assert store.get_bytes(prefix.child(f"out/t{n}.txt")) == f"{n}\n".encode()
-
-
 def test_tls_when_given_a_certificate(make_cluster: ClusterFactory, tmp_path: Path) -> None:
     files = make_certificate(tmp_path / "tls")
     cert, key = files.cert_file, files.key_file

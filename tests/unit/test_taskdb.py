@@ -408,6 +408,19 @@ def test_a_silent_worker_is_found_lost_its_lease_requeued_and_it_may_come_back(
         db.recover("nobody")
 
 
+def test_the_time_a_dispatcher_was_down_counts_against_no_worker(db: TaskDB, clock: Clock) -> None:
+    submit(db, task("t"))
+    (lease,) = db.lease("a", 1)
+    clock.now += 3 * db.limits.lease_s  # the dispatcher was stopped, then started again
+    db.resume()
+    assert db.expire() == 0 and db.find_lost() == []
+    db.complete("t", lease.attempt, "a", result_for("t"))
+    assert db.task("t").state is TaskState.DONE
+    clock.now += db.limits.lease_s + 1  # a worker that never comes back is still found
+    (found,) = db.find_lost()
+    assert found.worker == "a"
+
+
 def test_dependants_that_failed_for_want_of_a_lost_input_run_again(db: TaskDB) -> None:
     submit(db, task("p"), task("c", "task://p/out.txt"), task("d", "task://c/out.txt"))
     run(db, "a", local_result("p", DIGEST))

@@ -78,6 +78,12 @@ class ReplicaCatalog:
         )
         return revive and row is not None and row["lost_at"] is not None
 
+    def grace(self, now: float) -> None:
+        """Count every worker not found lost as seen at ``now`` (the dispatcher restarted)."""
+        self._db.execute(
+            "UPDATE workers SET last_seen = MAX(last_seen, ?) WHERE lost_at IS NULL", (now,)
+        )
+
     def suspect(self, addresses: Sequence[str]) -> None:
         """Peers that failed a worker: offered to no one for a while (they may be dead)."""
         until = self._clock() + self.worker_timeout_s

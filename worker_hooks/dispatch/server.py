@@ -125,6 +125,8 @@ class Dispatcher:
             self._changed.notify_all()
 
     async def _expiry_loop(self, app: web.Application) -> AsyncIterator[None]:
+        self.db.resume()
+
         async def expire_forever() -> None:
             while True:
                 await asyncio.sleep(self._expire_every_s)

@@ -578,6 +578,18 @@ class TaskDB:
                 (self._clock(), task_id),
             )
 
+    def resume(self) -> None:
+        """Serving again after a stop: the time the dispatcher was down counts against no
+        worker. Leases and signs of life are renewed to now, so workers that kept running
+        have a whole lease to report in before they are taken as lost or re-queued."""
+        now = self._clock()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE tasks SET lease_expires = MAX(lease_expires, ?) WHERE state = 'leased'",
+                (now + self.limits.lease_s,),
+            )
+            self.catalog.grace(now)
+
     def expire(self) -> int:
         """Re-queue (or fail, past the limit) every lease whose time ran out."""
         now = self._clock()
