@@ -28,7 +28,6 @@ from fsd.groupcommit import GroupCommit
 from fsd.ledger import Ledger, Reservation, read_ledger, write_ledger
 from fsd.locks import LinkLock
 from fsd.materialize import Materialize, materialize
-from fsd.owner import Owner
 from fsd.seals import SEALS_DIR, Seals
 from fsd.sources import SOURCES_DIR, Source, SourceIndex, SourceRecord
 from stager.atomic import TEMP_MARKER, atomic_file, fsync_directory
@@ -46,6 +45,7 @@ from stager.errors import (
     IntegrityError,
     from_os_error,
 )
+from stager.owner import Owner
 from stager.units import format_size
 
 FORMAT = "stager-cache/3\n"

@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from fsd.owner import Owner
 from stager.errors import LockTimeoutError, from_os_error
+from stager.owner import Owner
 
 _local_locks: dict[Path, threading.Lock] = {}
 _local_locks_guard = threading.Lock()

@@ -18,6 +18,7 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -39,6 +40,7 @@ from stager.movers import BotocoreMover, ByteMover, NativeMover, ProgressCallbac
 from stager.objectinfo import ObjectInfo, WriteCondition, check_received, digest_metadata
 from stager.s3errors import translate, translating
 from stager.settings import Settings, TransferClient
+from stager.uploadjournal import UploadJournal
 
 if TYPE_CHECKING:
     from stager import crt
@@ -104,8 +106,17 @@ def make_client(
 class ObjectStore:
     """Verified object I/O against one S3 endpoint. Thread-safe; close() when done."""
 
-    def __init__(self, settings: Settings, *, credentials: Credentials | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        credentials: Credentials | None = None,
+        journal: UploadJournal | None = None,
+    ) -> None:
+        """``journal``: where uploads that go in parts are recorded while they run, so
+        that the next process can abort those a killed one left open."""
         self.settings = settings
+        self.journal = journal
         self._session = make_session(settings, credentials)
         self._buckets_seen: set[str] = set()  # buckets known to exist (never forgotten)
         # Requests sent, by S3 operation name, whichever client sent them.
@@ -291,6 +302,21 @@ class ObjectStore:
                 if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
                     raise
 
+    def abort_left_behind(self) -> int:
+        """Abort the uploads this host's killed processes left open (see
+        :mod:`stager.uploadjournal`); how many were aborted. Each record is
+        dropped once its uploads are."""
+        if self.journal is None:
+            return 0
+        aborted = 0
+        for path, record in self.journal.left_behind():
+            for upload in self.incomplete_uploads(record.url):
+                if upload.url == record.url and record.began(upload.initiated_at):
+                    self.abort_upload(upload)
+                    aborted += 1
+            path.unlink(missing_ok=True)
+        return aborted
+
     # -- data ---------------------------------------------------------------------
 
     def upload_file(
@@ -314,14 +340,16 @@ class ObjectStore:
         native client sends it with the request; with s3transfer, an upload at
         or above the multipart threshold is checked by a HEAD just before).
         """
-        self._bytes().put_file(
-            path,
-            url,
-            size=size,
-            metadata=digest_metadata(digest, task, generation),
-            on_bytes=on_bytes,
-            condition=condition,
-        )
+        recording = self.journal.recording(url, size) if self.journal else contextlib.nullcontext()
+        with recording:
+            self._bytes().put_file(
+                path,
+                url,
+                size=size,
+                metadata=digest_metadata(digest, task, generation),
+                on_bytes=on_bytes,
+                condition=condition,
+            )
 
     def read_into(
         self,

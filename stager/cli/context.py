@@ -28,8 +28,12 @@ class CliState:
 
     def object_store(self) -> ObjectStore:
         from stager.objectstore import ObjectStore
+        from stager.uploadjournal import UploadJournal
 
-        store = ObjectStore(self.settings)
+        journal = UploadJournal(
+            self.settings.state_dir / "uploads", threshold=self.settings.multipart_threshold_bytes
+        )
+        store = ObjectStore(self.settings, journal=journal)
         self._closers.append(store)
         return store
 

@@ -13,11 +13,11 @@ import pytest
 from fsd import cache as cache_module
 from fsd.cache import MARKER_MTIME_NS, NodeCache
 from fsd.materialize import Materialize, materialize
-from fsd.owner import Owner
 from fsd.sources import Source as ObjectSource
 from stager.digest import HashingWriter, digest_bytes
 from stager.errors import CacheFormatError, CacheFullError, IntegrityError
 from stager.locations import S3Url
+from stager.owner import Owner
 from tests.helpers import files_under
 
 

@@ -10,12 +10,12 @@ import pytest
 
 from fsd.eviction import EntryState, plan_eviction
 from fsd.locks import LinkLock
-from fsd.owner import Owner
 from fsd.settings import CacheSettings
 from fsd.stagein import ResolvedInput, StageInput, Tier, plan_stage_in, validate_inputs
 from stager.digest import Digest, digest_bytes
 from stager.errors import ConfigError, LockTimeoutError, UnsafePathError
 from stager.locations import S3Url
+from stager.owner import Owner
 from stager.settings import load_component
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from fsd.owner import Owner, process_start
+from stager.owner import Owner, process_start
 from worker_hooks.wrap.sandboxes import OWNER_FILE, RUN_FILE, claim, keep, record_run, sweep
 
 

@@ -59,7 +59,6 @@ from worker_hooks.task.result import Persist
 from worker_hooks.worker.settings import WorkerSettings
 from worker_hooks.worker.spot import SpotWatcher
 from worker_hooks.wrap.node import Node
-from worker_hooks.wrap.sandboxes import sweep
 from worker_hooks.wrap.stageout import NodeKeeping
 from worker_hooks.wrap.wrapper import WrapOptions, WrapResult, stage_inputs, wrap_task
 
@@ -178,12 +177,7 @@ class Worker:
         signal: setting an Event from a handler can deadlock on its lock.
         """
         self._stop = stop
-        swept = sweep(self.node.sandbox_dir)  # what a worker killed here before left running
-        if swept.sandboxes:
-            self.log(
-                f"worker {self.worker_id}: removed {swept.sandboxes} sandboxes of dead processes"
-                f" and killed {swept.process_groups} commands they left running"
-            )
+        self.node.tidy(lambda line: self.log(f"worker {self.worker_id}: {line}"))
         first_report = self._first_cache_report()
         threads = [self._thread(lambda: self._lease_loop(first_report), "leaser")]
         threads += [self._thread(self._run_loop, f"runner-{n}") for n in range(self.settings.slots)]

@@ -17,7 +17,6 @@ from worker_hooks.task.parse import inline_spec, parse_spec, split_pair
 from worker_hooks.task.spec import TaskSpec
 from worker_hooks.wrap.environment import checked_names
 from worker_hooks.wrap.node import CACHE_FLAGS, WRAP_FLAGS, open_node
-from worker_hooks.wrap.sandboxes import sweep
 from worker_hooks.wrap.wrapper import WrapOptions, wrap_task
 
 Command = TypeVar("Command", bound=Callable[..., Any])
@@ -167,13 +166,7 @@ def wrap_command(
     node_flags = take_node_flags(flags)
     spec = _spec_from_flags(spec_path, command, flags)
     node = open_node(core, node_flags)
-    swept = sweep(node.sandbox_dir)  # left by a wrapper killed on this node before
-    if swept.sandboxes:
-        click.echo(
-            f"removed {swept.sandboxes} sandboxes of dead processes and killed"
-            f" {swept.process_groups} commands they left running",
-            err=True,
-        )
+    node.tidy(lambda line: click.echo(line, err=True))  # after a wrapper killed here before
     options = WrapOptions(
         force=force,
         keep_failed=keep_failed,

@@ -6,7 +6,7 @@ stager.toml, for ``stager wrap`` and ``stager worker`` alike.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +16,10 @@ from fsd.cli import CacheContext
 from fsd.materialize import Materialize
 from fsd.settings import default_quota_bytes
 from stager.cli.context import CliState
-from stager.errors import ConfigError
+from stager.errors import ConfigError, StagerError
 from stager.objectstore import ObjectStore
 from stager.settings import load_component
+from worker_hooks.wrap.sandboxes import sweep
 from worker_hooks.wrap.settings import WrapSettings
 
 CACHE_FLAGS = ("cache_dir", "cache_quota")
@@ -40,6 +41,24 @@ class Node:
     @property
     def bundles_dir(self) -> Path:
         return self.cache.root.parent / (self.cache.root.name + "-bundles")
+
+    def tidy(self, log: Callable[[str], None]) -> None:
+        """Clear up after processes killed on this node: their sandboxes, the commands
+        they left running, and the multipart uploads they left open in S3 (an error
+        reaching S3 is logged: tidying never stops a task)."""
+        swept = sweep(self.sandbox_dir)
+        if swept.sandboxes:
+            log(
+                f"removed {swept.sandboxes} sandboxes of dead processes and killed"
+                f" {swept.process_groups} commands they left running"
+            )
+        try:
+            aborted = self.store.abort_left_behind()
+        except StagerError as exc:
+            log(f"cannot abort the uploads killed processes left open: {exc.one_line()}")
+            return
+        if aborted:
+            log(f"aborted {aborted} uploads that killed processes left open")
 
 
 def open_node(core: CliState, node_flags: Mapping[str, Any]) -> Node:

@@ -18,7 +18,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from fsd.owner import Owner, process_start
+from stager.owner import Owner, process_start
 from worker_hooks.wrap.bundle import remove_tree
 
 OWNER_FILE = ".stager-owner"
