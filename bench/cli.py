@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
-from bench.chaos import ChaosShape, chaos_markdown, run_chaos_bench
+from bench.chaos import NO_FAULTS, ChaosShape, chaos_markdown, run_chaos_bench
 from bench.dispatch import run_dispatch_bench
+from bench.faultproxy import Faults
 from bench.nodes import nodes_markdown, run_nodes_bench
 from bench.peers import DEFAULT_TOOLS, TOOLS, Endpoint, peer_bin_dir
 from bench.report import conditions, transfer_markdown, transfer_plot, write_json
@@ -250,22 +251,39 @@ def nodes_command(fetch_size: str, output_size: str, out: Path) -> None:
 Examples:
   stager bench chaos                                 # the soak: 1,000 tasks, 4 workers, 10 kills
   stager bench chaos --tasks 100 --kills 2 --workers 3   # the short one (as in CI)
+  stager bench chaos --no-s3-faults --stops 0        # what the kills alone cost
 """,
 )
 @click.option("--tasks", default=1000, show_default=True)
 @click.option("--workers", default=4, show_default=True)
 @click.option("--kills", default=10, show_default=True, help="Workers killed (and wiped).")
+@click.option("--stops", default=1, show_default=True, help="Workers stopped past their lease.")
+@click.option(
+    "--s3-faults/--no-s3-faults",
+    default=True,
+    show_default=True,
+    help="Make the proxy in front of S3 fail requests (off: only kills and stops).",
+)
 @click.option("--seed", default=11, show_default=True, help="Seed of the fault schedule.")
 @out_option
-def chaos_command(tasks: int, workers: int, kills: int, seed: int, out: Path) -> None:
+def chaos_command(
+    tasks: int, workers: int, kills: int, stops: int, s3_faults: bool, seed: int, out: Path
+) -> None:
     """A workflow with every persistence policy, undisturbed and then under kill -9s,
     a worker stopped past its lease and a proxy that makes S3 fail; what was lost,
-    missing or corrupt (all must be 0) and what the faults cost."""
-    shape = ChaosShape(tasks=tasks, workers=workers, kills=kills, seed=seed)
+    missing or corrupt (all must be 0) and what the faults cost. Both runs reach S3
+    through the same proxy (the undisturbed one with no faults)."""
+    faults = Faults() if s3_faults else NO_FAULTS
+    shape = ChaosShape(
+        tasks=tasks, workers=workers, kills=kills, stops=stops, faults=faults, seed=seed
+    )
     with tempfile.TemporaryDirectory(prefix="stager-bench-") as scratch:
         figures = run_chaos_bench(Path(scratch), shape)
     data = {**asdict(figures), "conditions": conditions({})}
     _save(out, "chaos", data, chaos_markdown(figures))
     bad = figures.chaos.lost + figures.chaos.missing + figures.chaos.corrupt
     if bad:
-        raise IntegrityError(f"the soak lost or damaged {bad} tasks or outputs")
+        raise IntegrityError(
+            f"the soak lost or damaged {bad} tasks or outputs",
+            hint=f"the report names them: {out}",
+        )

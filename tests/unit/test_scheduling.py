@@ -34,6 +34,22 @@ def test_fifo_ignores_data() -> None:
     assert choose("fifo", count=2) == ["needs-b", "needs-nothing-known"]
 
 
+@pytest.mark.parametrize("policy", list(Policy))
+def test_a_deeper_task_goes_first_where_the_policy_leaves_a_choice(policy: Policy) -> None:
+    shallow = Candidate("map", 1, 100.0)
+    deep = Candidate("reduce", 2, 100.0, depth=1)
+    chosen = choose_tasks(
+        [shallow, deep],
+        worker=A,
+        holders={},
+        policy=policy,
+        count=2,
+        now=101.0,
+        starvation_s=60,
+    )
+    assert chosen == ["reduce", "map"]
+
+
 def test_max_cache_hit_keeps_tasks_for_the_worker_holding_their_data() -> None:
     assert choose("max-cache-hit") == ["needs-a", "needs-nothing-known"]
     assert choose("max-cache-hit", worker=B) == ["needs-b", "needs-nothing-known"]

@@ -280,6 +280,20 @@ def test_an_input_without_a_digest_is_scheduled_by_what_a_completion_learned(
     assert [lease.task_id for lease in db.lease("holder", 5)] == ["second"]
 
 
+def test_a_task_whose_producers_finished_goes_before_more_of_their_kind(
+    db: TaskDB, clock: Clock
+) -> None:
+    maps = [task(f"map{n}") for n in range(4)]
+    reduce = task("reduce", "task://map0/out.txt", "task://map1/out.txt")
+    submit(db, reduce, *maps)  # listed first, submitted before its producers exist
+    submit(db, task("gather", "task://reduce/out.txt"))
+    for name in ("map0", "map1"):
+        run(db, "w", result_for(name))
+    # The reduce (depth 1) is ready: it goes before the maps still queued (depth 0).
+    assert [lease.task_id for lease in db.lease("w", 2)] == ["reduce", "map2"]
+    assert db.task("gather").state is TaskState.WAITING
+
+
 def test_a_version_1_database_is_migrated(tmp_path: Path, clock: Clock) -> None:
     path = tmp_path / "d.sqlite"
     TaskDB(path, Limits(), clock=clock).close()
@@ -289,6 +303,8 @@ def test_a_version_1_database_is_migrated(tmp_path: Path, clock: Clock) -> None:
         raw.execute("ALTER TABLE tasks DROP COLUMN bytes_from_peers")
         raw.execute("ALTER TABLE workers DROP COLUMN address")
         raw.execute("ALTER TABLE workers DROP COLUMN suspect_until")
+        raw.execute("DROP INDEX tasks_ready")
+        raw.execute("ALTER TABLE tasks DROP COLUMN depth")
         raw.execute("PRAGMA user_version=1")
     db = TaskDB(path, Limits(), clock=clock)
     submit(db, task("t", "s3://bkt/x"))

@@ -3,7 +3,7 @@
 The policies are Falkon's data-diffusion ones, in a pull model (the worker
 asks; the dispatcher chooses among the queued tasks for it):
 
-- ``fifo``: submission order, data ignored.
+- ``fifo``: deepest first, then submission order; data ignored.
 - ``max-cache-hit``: a worker gets the tasks whose input bytes it holds,
   most bytes first; a task whose inputs another live worker holds is kept
   for that worker; tasks nobody holds go to anyone. A worker may idle while
@@ -11,8 +11,14 @@ asks; the dispatcher chooses among the queued tasks for it):
 - ``good-cache-compute``: cache hits first, then tasks nobody holds, then
   tasks another worker holds: no worker idles while work is queued.
 
+Where a policy leaves a choice, a task further down its workflow (larger
+``depth``: its producers have finished) goes before one further up, and
+then submission order: a reduce runs as soon as its maps are done, so the
+intermediates it reads (``local`` ones live on a node that may die) are
+consumed early, and final outputs appear early, instead of after every map.
+
 Starvation is bounded: a task queued for ``starvation_s`` or longer goes
-first, to whichever worker asks, under every policy.
+first, to whichever worker asks, under the policies that look at data.
 """
 
 from __future__ import annotations
@@ -38,6 +44,12 @@ class Candidate:
     seq: int
     queued_at: float
     inputs: tuple[tuple[Digest, int], ...] = ()  # (digest, size) of inputs with known digests
+    depth: int = 0  # 0: no producers; else one more than its deepest producer
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Deepest first, then submission order."""
+        return (-self.depth, self.seq)
 
 
 @dataclass(frozen=True)
@@ -67,11 +79,11 @@ def _score(
     return _Scored(candidate, starving, hit, elsewhere and not hit)
 
 
-def _order(scored: _Scored) -> tuple[int, int, int, int]:
+def _order(scored: _Scored) -> tuple[int, int, int, tuple[int, int]]:
     """Starving tasks oldest first; then most hit bytes, unheld before held elsewhere."""
     if scored.starving:
-        return (0, scored.candidate.seq, 0, 0)
-    return (1, -scored.hit_bytes, int(scored.held_elsewhere), scored.candidate.seq)
+        return (0, scored.candidate.seq, 0, (0, 0))
+    return (1, -scored.hit_bytes, int(scored.held_elsewhere), scored.candidate.order)
 
 
 def choose_tasks(
@@ -89,7 +101,7 @@ def choose_tasks(
     ``holders`` maps a digest to the live workers whose caches hold it.
     """
     if policy is Policy.FIFO:
-        ordered = sorted(candidates, key=lambda c: c.seq)
+        ordered = sorted(candidates, key=lambda c: c.order)
         return [c.task_id for c in ordered[:count]]
     scored = [_score(c, worker, holders, now, starvation_s) for c in candidates]
     if policy is Policy.MAX_CACHE_HIT:

@@ -66,7 +66,7 @@ from worker_hooks.task.result import ResultManifest
 from worker_hooks.task.spec import TaskSpec
 from worker_hooks.task.workflow import check_batch
 
-SCHEMA_VERSION = 3  # 2 adds learned digests, 3 node addresses and outputs (migrated from 1, 2)
+SCHEMA_VERSION = 4  # 2 learned digests, 3 node addresses and outputs, 4 depth (migrated)
 FINAL_STATES = tuple(state.value for state in TaskState if state.final)
 SETTLED = ("done", "cancelled")  # what recovery leaves alone (a failed task may run again)
 _SCHEMA = """
@@ -90,9 +90,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     bytes_from_cache INTEGER NOT NULL DEFAULT 0,
     bytes_from_peers INTEGER NOT NULL DEFAULT 0,
     submitted TEXT,
-    reruns INTEGER NOT NULL DEFAULT 0
+    reruns INTEGER NOT NULL DEFAULT 0,
+    depth INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, seq);
+CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(state, depth DESC, seq);
 CREATE INDEX IF NOT EXISTS tasks_by_workflow ON tasks(workflow, state);
 CREATE TABLE IF NOT EXISTS deps (
     task TEXT NOT NULL, producer TEXT NOT NULL, PRIMARY KEY (task, producer)
@@ -125,11 +127,12 @@ CREATE TABLE IF NOT EXISTS assignments (
 );
 """
 
-# Columns that version 3 added to tables of earlier versions (migrated in place).
+# Columns that versions 3 and 4 added to tables of earlier versions (migrated in place).
 _ADDED_COLUMNS = (
     ("tasks", "bytes_from_peers", "INTEGER NOT NULL DEFAULT 0"),
     ("tasks", "submitted", "TEXT"),
     ("tasks", "reruns", "INTEGER NOT NULL DEFAULT 0"),
+    ("tasks", "depth", "INTEGER NOT NULL DEFAULT 0"),
     ("workers", "address", "TEXT"),
     ("workers", "suspect_until", "REAL NOT NULL DEFAULT 0"),
     ("workers", "lost_at", "REAL"),
@@ -245,7 +248,7 @@ class TaskDB:
         with self._tx() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             tables = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
-            if (version == 0 and tables == 0) or version in (1, 2):  # new, or migrated
+            if (version == 0 and tables == 0) or version in (1, 2, 3):  # new, or migrated
                 for table, column, kind in _ADDED_COLUMNS if version else ():
                     have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
                     if column not in have:
@@ -292,12 +295,14 @@ class TaskDB:
                     f"task {sorted(taken)[0]} was submitted before",
                     hint="task ids are unique per dispatcher; choose new ids",
                 )
+            depths = self._depths(specs)
             for spec in specs:
                 body, inputs = _spec_columns(spec)
                 db.execute(
-                    "INSERT INTO tasks (id, workflow, body, submitted, state, submitted_at, inputs)"
-                    " VALUES (?, ?, ?, ?, 'waiting', ?, ?)",
-                    (spec.id, workflow, body, body, now, inputs),
+                    "INSERT INTO tasks"
+                    " (id, workflow, body, submitted, state, submitted_at, inputs, depth)"
+                    " VALUES (?, ?, ?, ?, 'waiting', ?, ?, ?)",
+                    (spec.id, workflow, body, body, now, inputs, depths[spec.id]),
                 )
                 for table in ("deps", "edges"):  # deps: not yet satisfied; edges: for good
                     db.executemany(
@@ -313,6 +318,30 @@ class TaskDB:
                         self._fail_chain(spec.id, f"producer {producer} {row['state']}", now)
                 self._queue_if_ready(spec.id, now)
         return [spec.id for spec in specs]
+
+    def _depths(self, specs: Sequence[TaskSpec]) -> dict[str, int]:
+        """How far down its workflow each task is: 0 without producers, else one more
+        than its deepest producer (in this batch, or submitted before)."""
+        producers = {spec.id: spec.producers for spec in specs}
+        earlier = {p for spec in specs for p in spec.producers} - producers.keys()
+        depths = {
+            row["id"]: row["depth"]
+            for row in self._db.execute(
+                f"SELECT id, depth FROM tasks WHERE id IN ({', '.join('?' * len(earlier))})",
+                sorted(earlier),
+            )
+        }
+        for spec in specs:  # an explicit stack: a chain may be longer than Python's recursion
+            stack = [spec.id]
+            while stack:
+                task = stack[-1]
+                waiting = [p for p in producers[task] if p not in depths]
+                if waiting:
+                    stack.extend(waiting)  # the batch has no cycles (check_batch)
+                    continue
+                depths[task] = 1 + max((depths[p] for p in producers[task]), default=-1)
+                stack.pop()
+        return depths
 
     def _queue_if_ready(self, task_id: str, now: float) -> bool:
         pending = self._db.execute("SELECT 1 FROM deps WHERE task = ? LIMIT 1", (task_id,))
@@ -387,10 +416,11 @@ class TaskDB:
         return {row["url"]: Digest.parse(row["digest"]) for row in rows}
 
     def _candidates(self, limit: int) -> list[Candidate]:
-        """The first ``limit`` queued tasks, with the digests of their inputs where known."""
+        """The first ``limit`` queued tasks (deepest first, then oldest), with the digests
+        of their inputs where known."""
         rows = self._db.execute(
-            "SELECT id, seq, queued_at, inputs FROM tasks WHERE state = 'queued'"
-            " ORDER BY seq LIMIT ?",
+            "SELECT id, seq, queued_at, inputs, depth FROM tasks WHERE state = 'queued'"
+            " ORDER BY depth DESC, seq LIMIT ?",
             (limit,),
         ).fetchall()
         inputs = {r["id"]: json.loads(r["inputs"]) for r in rows}
@@ -405,6 +435,7 @@ class TaskDB:
                     for i in inputs[r["id"]]
                     if i[0] or i[2] in learned
                 ),
+                r["depth"],
             )
             for r in rows
         ]
