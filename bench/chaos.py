@@ -266,7 +266,8 @@ def _run(
             cluster.wait_for_workers(names)
             driver = FaultDriver(cluster, shape, expected_s) if chaos else None
             started = time.monotonic()
-            ids = cluster.client.submit(tasks, workflow=str(name))
+            cluster.client.submit(tasks, workflow=str(name))
+            ids = [task.id for task in tasks]
             if driver is not None:
                 driver.start()
             while True:

@@ -38,6 +38,10 @@ Messages never contain secrets (credentials are never formatted into them).
 from __future__ import annotations
 
 import errno
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stager.locations import S3Url
 
 
 class StagerError(Exception):
@@ -152,9 +156,13 @@ class CacheFullError(DiskFullError):
 
 
 class TaskError(StagerError):
-    """A wrapped task did not succeed; its outputs were not published."""
+    """A wrapped task did not succeed; its outputs were not published.
+
+    ``logs`` names where its command's stdout and stderr went, if they were kept.
+    """
 
     exit_code = 10
+    logs: tuple[S3Url, ...] = ()
 
 
 class CommandFailedError(TaskError):

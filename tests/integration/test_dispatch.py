@@ -62,7 +62,7 @@ def task(task_id: str, command: str, prefix: S3Url, **extra: Any) -> dict[str, A
 
 
 def submit(client: DispatcherClient, bodies: list[dict[str, Any]], workflow: str) -> list[str]:
-    return client.submit([parse_spec(body) for body in bodies], workflow=workflow)
+    return list(client.submit([parse_spec(body) for body in bodies], workflow=workflow).submitted)
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 60) -> None:

@@ -24,6 +24,7 @@ from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import (
     Assignment,
     InputUse,
+    Lease,
     NodeOnly,
     Replica,
     TaskState,
@@ -166,9 +167,39 @@ def test_batch_checks(db: TaskDB) -> None:
         submit(db, task("x", "task://y/out.txt"), task("y", "task://x/out.txt"))
     for refused in (unknown, cycle):  # the hint speaks of the workflow, not of settings
         assert "STAGER_" not in refused.value.hint and "workflow" in refused.value.hint
+    with pytest.raises(ConfigError, match="does not declare") as undeclared:
+        submit(db, task("p"), task("q", "task://p/outt.txt"))
+    assert "its outputs: out.txt" in undeclared.value.message
     submit(db, task("t"))
-    with pytest.raises(PreconditionFailedError, match="submitted before"):
-        submit(db, task("t"))
+    with pytest.raises(PreconditionFailedError, match="belongs to workflow wf"):
+        db.submit("other", [parse_spec(task("t"))])
+
+
+def test_submitting_again_keeps_what_is_unchanged_and_reruns_the_rest(
+    db: TaskDB, clock: Clock
+) -> None:
+    flow = [task("a"), task("b", "task://a/out.txt"), task("c"), task("d", "task://c/out.txt")]
+    submit(db, *flow)
+    run(db, "w", result_for("a"))
+    (lease,) = db.lease("w", 1)
+    assert lease.task_id == "b"  # deepest first
+    db.fail(lease.task_id, lease.attempt, "w", "exit 1", retry=False)
+    run(db, "w", result_for("c"))
+    (lease,) = db.lease("w", 1)
+    run_leased(db, lease, "d")
+    assert db.counts("wf")["failed"] == 1 and db.counts("wf")["done"] == 3
+
+    fixed = {**task("c"), "command": ["echo", "fixed"]}
+    reply = db.submit("wf", [parse_spec(body) for body in (*flow[:2], fixed, flow[3])])
+    # b failed: it runs again; c changed: it and d (downstream) run again; a is kept.
+    assert (reply.submitted, reply.again, reply.kept) == ((), ("b", "c", "d"), ("a",))
+    assert db.task("a").state is TaskState.DONE
+    assert db.task("b").state is TaskState.QUEUED  # its producer's result still stands
+    assert db.task("c").state is TaskState.QUEUED
+    assert db.task("d").state is TaskState.WAITING  # for the new c
+    assert [lease.task_id for lease in db.lease("w", 5)] == ["b", "c"]
+    same = db.submit("wf", [parse_spec(body) for body in (*flow[:2], fixed, flow[3])])
+    assert same.again == () and same.kept == ("a", "b", "c", "d")  # nothing changed
 
 
 def test_a_restarted_dispatcher_loses_nothing(tmp_path: Path, clock: Clock) -> None:
@@ -238,7 +269,7 @@ def test_a_workflow_larger_than_sqlites_variable_limit(db: TaskDB) -> None:
     db._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
     db.submit("big", [parse_spec(task(f"t{n}")) for n in range(1200)])
     assert db.counts("big")["queued"] == 1200
-    assert db.known_ids([f"t{n}" for n in range(0, 2400, 2)]) == {
+    assert db.submitted_specs([f"t{n}" for n in range(0, 2400, 2)]).keys() == {
         f"t{n}" for n in range(0, 1200, 2)
     }
 
@@ -355,6 +386,11 @@ def test_outputs_kept_on_nodes_are_listed_until_written_behind(db: TaskDB) -> No
 def local_result(task_id: str, digest: Digest, kept: Persist = Persist.LOCAL) -> ResultManifest:
     record = FileRecord("out.txt", S3Url.parse(f"s3://bkt/out/{task_id}.txt"), digest, 5, kept)
     return replace(result_for(task_id), outputs=(record,))
+
+
+def run_leased(db: TaskDB, lease: Lease, name: str) -> None:
+    assert lease.task_id == name
+    db.complete(name, lease.attempt, "w", result_for(name))
 
 
 def run(db: TaskDB, worker: str, result: ResultManifest, uses: tuple[Digest, ...] = ()) -> None:

@@ -150,8 +150,12 @@ def submit_command(
     """
     name, tasks = load_workflow(workflow_file)
     client = client_from_flags(dispatcher_url, token_file, ca_file)
-    ids = client.submit(tasks, workflow=name)
-    click.echo(f"submitted {len(ids)} tasks as workflow {name}", err=True)
+    reply = client.submit(tasks, workflow=name)
+    click.echo(
+        f"workflow {name}: {len(reply.submitted)} new tasks, {len(reply.again)} to run again, "
+        f"{len(reply.kept)} kept from before",
+        err=True,
+    )
     if wait:
         wait_for_workflow(client, name)
 

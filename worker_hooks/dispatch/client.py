@@ -23,6 +23,7 @@ from stager.errors import (
     StagerError,
     UnreachableError,
 )
+from stager.locations import S3Url
 from stager.tokens import TOKEN_ENV, check_token
 from worker_hooks.task.protocol import (
     PROTOCOL_VERSION,
@@ -42,6 +43,7 @@ from worker_hooks.task.protocol import (
     RecoverRequest,
     RecoveryReport,
     ReleaseRequest,
+    RetryRequest,
     StateReply,
     StatusReply,
     SubmitReply,
@@ -124,9 +126,9 @@ class DispatcherClient:
 
     # -- the API ----------------------------------------------------------------------
 
-    def submit(self, tasks: Sequence[TaskSpec], workflow: str = "default") -> list[str]:
+    def submit(self, tasks: Sequence[TaskSpec], workflow: str = "default") -> SubmitReply:
         request = SubmitRequest(workflow, tuple(tasks))
-        return list(self.call("POST", "/v1/tasks", SubmitReply, request).submitted)
+        return self.call("POST", "/v1/tasks", SubmitReply, request)
 
     def lease(
         self,
@@ -152,8 +154,10 @@ class DispatcherClient:
         worker: str,
         result: ResultManifest,
         uses: Sequence[InputUse],
+        *,
+        memoized: bool = False,
     ) -> None:
-        request = CompleteRequest(worker, attempt, result, tuple(uses))
+        request = CompleteRequest(worker, attempt, result, tuple(uses), memoized)
         self.call("POST", f"/v1/tasks/{_quoted(task_id)}/complete", StateReply, request)
 
     def fail(
@@ -165,14 +169,19 @@ class DispatcherClient:
         *,
         retry: bool,
         bad_peers: Sequence[str] = (),
+        logs: Sequence[S3Url] = (),
     ) -> TaskState:
-        request = FailRequest(worker, attempt, error, retry, tuple(bad_peers))
+        request = FailRequest(worker, attempt, error, retry, tuple(bad_peers), tuple(logs))
         return self.call("POST", f"/v1/tasks/{_quoted(task_id)}/fail", StateReply, request).state
 
     def recover(self, worker: str, *, dry_run: bool = False) -> RecoveryReport:
         """Take ``worker`` as lost and recover what it held (see docs/failures.md)."""
         path = f"/v1/workers/{_quoted(worker)}/recover"
         return self.call("POST", path, RecoveryReport, RecoverRequest(dry_run))
+
+    def retry(self, workflow: str, request: RetryRequest) -> SubmitReply:
+        """Run the workflow's failed tasks again (see :meth:`TaskDB.retry`)."""
+        return self.call("POST", f"/v1/workflows/{_quoted(workflow)}/retry", SubmitReply, request)
 
     def release(self, task_id: str, attempt: int, worker: str) -> None:
         request = ReleaseRequest(worker, attempt)

@@ -43,8 +43,8 @@ from worker_hooks.task.protocol import (
     Message,
     RecoverRequest,
     ReleaseRequest,
+    RetryRequest,
     StateReply,
-    SubmitReply,
     SubmitRequest,
     TaskState,
     check_version,
@@ -89,6 +89,7 @@ class Dispatcher:
                 web.get("/v1/status", self.status),
                 web.get("/v1/assignments", self.assignments),
                 web.post("/v1/workers/{id}/recover", self.recover),
+                web.post("/v1/workflows/{name}/retry", self.retry),
             ]
         )
         app.cleanup_ctx.append(self._expiry_loop)
@@ -148,9 +149,9 @@ class Dispatcher:
 
     async def submit(self, request: web.Request) -> web.Response:
         body = await self._read(request, SubmitRequest)
-        ids = self.db.submit(body.workflow, body.tasks)
+        reply = self.db.submit(body.workflow, body.tasks)
         await self._changed_now()
-        return _reply(SubmitReply(tuple(ids)))
+        return _reply(reply)
 
     async def get_task(self, request: web.Request) -> web.Response:
         return _reply(self.db.task(request.match_info["id"]))
@@ -190,7 +191,12 @@ class Dispatcher:
     async def complete(self, request: web.Request) -> web.Response:
         body = await self._read(request, CompleteRequest)
         self.db.complete(
-            request.match_info["id"], body.attempt, body.worker, body.result, body.uses
+            request.match_info["id"],
+            body.attempt,
+            body.worker,
+            body.result,
+            body.uses,
+            memoized=body.memoized,
         )
         await self._changed_now()
         return _reply(StateReply(TaskState.DONE))
@@ -199,7 +205,12 @@ class Dispatcher:
         body = await self._read(request, FailRequest)
         self.db.suspect(body.bad_peers)
         state = self.db.fail(
-            request.match_info["id"], body.attempt, body.worker, body.error, retry=body.retry
+            request.match_info["id"],
+            body.attempt,
+            body.worker,
+            body.error,
+            retry=body.retry,
+            logs=body.logs,
         )
         await self._changed_now()
         return _reply(StateReply(state))
@@ -224,6 +235,12 @@ class Dispatcher:
         if not body.dry_run:
             await self._changed_now()
         return _reply(report)
+
+    async def retry(self, request: web.Request) -> web.Response:
+        body = await self._read(request, RetryRequest)
+        reply = self.db.retry(request.match_info["name"], body)
+        await self._changed_now()
+        return _reply(reply)
 
     async def assignments(self, request: web.Request) -> web.Response:
         rows = self.db.assignments(request.query.get("task"))

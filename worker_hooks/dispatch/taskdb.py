@@ -46,17 +46,23 @@ from stager.errors import (
     StaleAttemptError,
     from_os_error,
 )
+from stager.locations import S3Url
 from worker_hooks.dispatch.catalog import ReplicaCatalog, rows_in
 from worker_hooks.dispatch.recovery import plan_recovery
 from worker_hooks.dispatch.scheduling import Candidate, Policy, choose_tasks
 from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import (
+    BRIEF_LIMIT,
     Assignment,
+    AttemptInfo,
     HeartbeatReply,
     InputUse,
     Lease,
     RecoveryReport,
+    RetryRequest,
     StatusReply,
+    SubmitReply,
+    TaskBrief,
     TaskInfo,
     TaskState,
     WorkerInfo,
@@ -91,7 +97,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     bytes_from_peers INTEGER NOT NULL DEFAULT 0,
     submitted TEXT,
     reruns INTEGER NOT NULL DEFAULT 0,
-    depth INTEGER NOT NULL DEFAULT 0
+    depth INTEGER NOT NULL DEFAULT 0,
+    memoized INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, seq);
 CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(state, depth DESC, seq);
@@ -123,8 +130,10 @@ CREATE TABLE IF NOT EXISTS outputs (
 CREATE INDEX IF NOT EXISTS outputs_on_nodes ON outputs(in_s3, workflow);
 CREATE INDEX IF NOT EXISTS outputs_by_digest ON outputs(digest);
 CREATE TABLE IF NOT EXISTS assignments (
-    task TEXT NOT NULL, attempt INTEGER NOT NULL, worker TEXT NOT NULL, at REAL NOT NULL
+    task TEXT NOT NULL, attempt INTEGER NOT NULL, worker TEXT NOT NULL, at REAL NOT NULL,
+    ended_at REAL, outcome TEXT, error TEXT, logs TEXT NOT NULL DEFAULT '[]'
 );
+CREATE INDEX IF NOT EXISTS assignments_by_task ON assignments(task, attempt);
 """
 
 # Columns that versions 3 and 4 added to tables of earlier versions (migrated in place).
@@ -133,6 +142,11 @@ _ADDED_COLUMNS = (
     ("tasks", "submitted", "TEXT"),
     ("tasks", "reruns", "INTEGER NOT NULL DEFAULT 0"),
     ("tasks", "depth", "INTEGER NOT NULL DEFAULT 0"),
+    ("tasks", "memoized", "INTEGER NOT NULL DEFAULT 0"),
+    ("assignments", "ended_at", "REAL"),
+    ("assignments", "outcome", "TEXT"),
+    ("assignments", "error", "TEXT"),
+    ("assignments", "logs", "TEXT NOT NULL DEFAULT '[]'"),
     ("workers", "address", "TEXT"),
     ("workers", "suspect_until", "REAL NOT NULL DEFAULT 0"),
     ("workers", "lost_at", "REAL"),
@@ -175,6 +189,15 @@ def _spec_columns(spec: TaskSpec) -> tuple[str, str]:
 
 def _spec_of(row: sqlite3.Row) -> TaskSpec:
     return parse_spec(json.loads(row["body"]))
+
+
+def _submitted_body(row: sqlite3.Row) -> str:
+    """The spec as submitted (rows of version 2 and older kept only the resolved one)."""
+    return str(row["submitted"] or row["body"])
+
+
+def _submitted_spec(row: sqlite3.Row) -> TaskSpec:
+    return parse_spec(json.loads(_submitted_body(row)))
 
 
 def _result_of(text: str) -> ResultManifest:
@@ -280,36 +303,61 @@ class TaskDB:
 
     # -- submitting ---------------------------------------------------------------
 
-    def known_ids(self, ids: Sequence[str]) -> set[str]:
-        rows = rows_in(self._db, "SELECT id FROM tasks WHERE id IN ({marks})", ids)
-        return {row["id"] for row in rows}
+    def submitted_specs(self, ids: Sequence[str]) -> dict[str, TaskSpec]:
+        """The specs as submitted of those of ``ids`` that are known."""
+        rows = rows_in(self._db, "SELECT id, submitted, body FROM tasks WHERE id IN ({marks})", ids)
+        return {row["id"]: _submitted_spec(row) for row in rows}
 
-    def submit(self, workflow: str, specs: Sequence[TaskSpec]) -> list[str]:
-        """Check tasks (see :func:`check_batch`) and add them; return their ids (new ones)."""
-        check_batch(specs, known=self.known_ids)
+    def submit(self, workflow: str, specs: Sequence[TaskSpec]) -> SubmitReply:
+        """Check tasks (see :func:`check_batch`) and add them to ``workflow``.
+
+        Submitting a workflow again: a task submitted before under the same id and
+        spec is kept as it is (a finished one is not run again) unless it failed or
+        was cancelled; a task whose spec changed takes the new one. Both of those run
+        again, and so does everything downstream of a changed task (its inputs may
+        change; a dependant whose inputs turn out the same finds its memo). An id that
+        belongs to another workflow is refused.
+        """
+        check_batch(specs, known=self.submitted_specs)
         now = self._clock()
         with self._tx() as db:
-            taken = self.known_ids([spec.id for spec in specs])
-            if taken:
-                raise PreconditionFailedError(
-                    f"task {sorted(taken)[0]} was submitted before",
-                    hint="task ids are unique per dispatcher; choose new ids",
+            before = {
+                row["id"]: row
+                for row in rows_in(
+                    db,
+                    "SELECT id, workflow, state, submitted, body FROM tasks WHERE id IN ({marks})",
+                    [spec.id for spec in specs],
                 )
-            depths = self._depths(specs)
-            for spec in specs:
-                body, inputs = _spec_columns(spec)
-                db.execute(
-                    "INSERT INTO tasks"
-                    " (id, workflow, body, submitted, state, submitted_at, inputs, depth)"
-                    " VALUES (?, ?, ?, ?, 'waiting', ?, ?, ?)",
-                    (spec.id, workflow, body, body, now, inputs, depths[spec.id]),
-                )
-                for table in ("deps", "edges"):  # deps: not yet satisfied; edges: for good
-                    db.executemany(
-                        f"INSERT INTO {table} (task, producer) VALUES (?, ?)",
-                        [(spec.id, producer) for producer in spec.producers],
+            }
+            for row in before.values():
+                if row["workflow"] != workflow:
+                    raise PreconditionFailedError(
+                        f"task {row['id']} belongs to workflow {row['workflow']}",
+                        hint="task ids are unique per dispatcher: rename the task, or submit "
+                        "under that workflow's name",
                     )
-            for spec in specs:
+            depths = self._depths(specs)
+            new = [spec for spec in specs if spec.id not in before]
+            changed = [
+                spec
+                for spec in specs
+                if spec.id in before and _spec_columns(spec)[0] != _submitted_body(before[spec.id])
+            ]
+            retried = [
+                spec.id
+                for spec in specs
+                if spec.id in before
+                and spec not in changed
+                and before[spec.id]["state"] in ("failed", "cancelled")
+            ]
+            for spec in new:
+                self._insert(workflow, spec, depths[spec.id], now)
+            for spec in changed:
+                self._replace(spec, depths[spec.id])
+            again = self._downstream([spec.id for spec in changed]) | set(retried)
+            for task_id in sorted(again, key=lambda t: depths.get(t, 0)):
+                self._restart(task_id, again, rerun=False, now=now)
+            for spec in new:
                 for producer in spec.producers:
                     row = self._row(producer)
                     if row["state"] == "done":
@@ -317,7 +365,74 @@ class TaskDB:
                     elif row["state"] in ("failed", "cancelled"):
                         self._fail_chain(spec.id, f"producer {producer} {row['state']}", now)
                 self._queue_if_ready(spec.id, now)
-        return [spec.id for spec in specs]
+        return SubmitReply(
+            submitted=tuple(spec.id for spec in new),
+            again=tuple(sorted(again)),
+            kept=tuple(sorted(set(before) - again)),
+        )
+
+    def retry(self, workflow: str, request: RetryRequest) -> SubmitReply:
+        """Send the workflow's failed (and cancelled, unless ``only_failed``) tasks back to
+        run, with the dependants that failed with them; the ids are in ``again``."""
+        states = ("failed",) if request.only_failed else ("failed", "cancelled")
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, state FROM tasks"
+                " WHERE workflow = ? AND state IN ('failed', 'cancelled')",
+                (workflow,),
+            ).fetchall()
+            if not rows and not any(self.counts(workflow).values()):
+                raise NotFoundError(f"no workflow {workflow!r}", hint="see `stager status`")
+            ended = {row["id"] for row in rows if row["state"] in states}
+            unknown = sorted(set(request.tasks) - ended)
+            if unknown:
+                raise PreconditionFailedError(
+                    f"task {unknown[0]} is not a {' or '.join(states)} task of workflow {workflow}",
+                    hint="name tasks that did not succeed, or none to retry them all",
+                )
+            chosen = set(request.tasks) or ended
+            again = {t for t in self._downstream(sorted(chosen)) if t in ended}
+            now = self._clock()
+            for task_id in sorted(again):
+                self._restart(task_id, again, rerun=False, now=now)
+        return SubmitReply(submitted=(), again=tuple(sorted(again)))
+
+    def _insert(self, workflow: str, spec: TaskSpec, depth: int, now: float) -> None:
+        body, inputs = _spec_columns(spec)
+        self._db.execute(
+            "INSERT INTO tasks (id, workflow, body, submitted, state, submitted_at, inputs, depth)"
+            " VALUES (?, ?, ?, ?, 'waiting', ?, ?, ?)",
+            (spec.id, workflow, body, body, now, inputs, depth),
+        )
+        for table in ("deps", "edges"):  # deps: not yet satisfied; edges: for good
+            self._db.executemany(
+                f"INSERT INTO {table} (task, producer) VALUES (?, ?)",
+                [(spec.id, producer) for producer in spec.producers],
+            )
+
+    def _replace(self, spec: TaskSpec, depth: int) -> None:
+        """Give a known task a new spec (it is then restarted with the others)."""
+        body, _ = _spec_columns(spec)
+        self._db.execute(
+            "UPDATE tasks SET submitted = ?, depth = ? WHERE id = ?", (body, depth, spec.id)
+        )
+        self._db.execute("DELETE FROM edges WHERE task = ?", (spec.id,))
+        self._db.executemany(
+            "INSERT INTO edges (task, producer) VALUES (?, ?)",
+            [(spec.id, producer) for producer in spec.producers],
+        )
+
+    def _downstream(self, tasks: Sequence[str]) -> set[str]:
+        """``tasks`` and every task that depends on one of them, transitively."""
+        found = set(tasks)
+        frontier = list(tasks)
+        while frontier:
+            rows = self._db.execute("SELECT task FROM edges WHERE producer = ?", (frontier.pop(),))
+            for row in rows.fetchall():
+                if row["task"] not in found:
+                    found.add(row["task"])
+                    frontier.append(row["task"])
+        return found
 
     def _depths(self, specs: Sequence[TaskSpec]) -> dict[str, int]:
         """How far down its workflow each task is: 0 without producers, else one more
@@ -326,9 +441,8 @@ class TaskDB:
         earlier = {p for spec in specs for p in spec.producers} - producers.keys()
         depths = {
             row["id"]: row["depth"]
-            for row in self._db.execute(
-                f"SELECT id, depth FROM tasks WHERE id IN ({', '.join('?' * len(earlier))})",
-                sorted(earlier),
+            for row in rows_in(
+                self._db, "SELECT id, depth FROM tasks WHERE id IN ({marks})", sorted(earlier)
             )
         }
         for spec in specs:  # an explicit stack: a chain may be longer than Python's recursion
@@ -539,6 +653,8 @@ class TaskDB:
         worker: str,
         result: ResultManifest,
         uses: Sequence[InputUse] = (),
+        *,
+        memoized: bool = False,
     ) -> None:
         """Accept the result of the current attempt; release the dependants."""
         now = self._clock()
@@ -548,16 +664,18 @@ class TaskDB:
             db.execute(
                 "UPDATE tasks SET state = 'done', result = ?, finished_at = ?, error = NULL,"
                 " lease_expires = NULL, bytes_from_s3 = ?, bytes_from_cache = ?,"
-                " bytes_from_peers = ? WHERE id = ?",
+                " bytes_from_peers = ?, memoized = ? WHERE id = ?",
                 (
                     result_json,
                     now,
                     sum(u.size for u in uses if not u.from_cache),
                     sum(u.size for u in uses if u.from_cache),
                     sum(u.size for u in uses if u.from_peer),
+                    memoized,
                     task_id,
                 ),
             )
+            self._end_attempt(task_id, attempt, "done", None, [r.url for r in result.logs], now)
             # What each input turned out to hold: tasks that name the same object
             # without a digest are scheduled by it from now on.
             db.executemany(
@@ -576,15 +694,48 @@ class TaskDB:
                 self._satisfy(row["task"], task_id, result, now)
 
     def fail(
-        self, task_id: str, attempt: int, worker: str, error: str, *, retry: bool
+        self,
+        task_id: str,
+        attempt: int,
+        worker: str,
+        error: str,
+        *,
+        retry: bool,
+        logs: Sequence[S3Url] = (),
     ) -> TaskState:
-        """End the current attempt as failed; retry it within the limit. Returns the new state."""
+        """End the current attempt as failed; retry it within the limit. Returns the new state.
+        ``logs``: where the attempt's command left its stdout and stderr."""
         now = self._clock()
         with self._tx():
             row = self._current(task_id, attempt, worker)
-            return self._after_failure(row, error, retry, now)
+            return self._after_failure(row, error, retry, now, logs=logs)
 
-    def _after_failure(self, row: sqlite3.Row, error: str, retry: bool, now: float) -> TaskState:
+    def _end_attempt(
+        self,
+        task_id: str,
+        attempt: int,
+        outcome: str,
+        error: str | None,
+        logs: Sequence[S3Url],
+        now: float,
+    ) -> None:
+        self._db.execute(
+            "UPDATE assignments SET ended_at = ?, outcome = ?, error = ?, logs = ?"
+            " WHERE task = ? AND attempt = ? AND ended_at IS NULL",
+            (now, outcome, error, json.dumps([str(url) for url in logs]), task_id, attempt),
+        )
+
+    def _after_failure(
+        self,
+        row: sqlite3.Row,
+        error: str,
+        retry: bool,
+        now: float,
+        *,
+        outcome: str = "failed",
+        logs: Sequence[S3Url] = (),
+    ) -> TaskState:
+        self._end_attempt(row["id"], row["attempt"], outcome, error, logs, now)
         failures = row["failures"] + 1
         if retry and failures < self.limits.max_failures:
             self._db.execute(
@@ -601,13 +752,15 @@ class TaskDB:
 
     def release(self, task_id: str, attempt: int, worker: str) -> None:
         """Hand back a task the worker has not finished (a drain); it is not a failure."""
+        now = self._clock()
         with self._tx() as db:
             self._current(task_id, attempt, worker)
             db.execute(
                 "UPDATE tasks SET state = 'queued', worker = NULL, lease_expires = NULL,"
                 " queued_at = ? WHERE id = ?",
-                (self._clock(), task_id),
+                (now, task_id),
             )
+            self._end_attempt(task_id, attempt, "handed back", None, (), now)
 
     def resume(self) -> None:
         """Serving again after a stop: the time the dispatcher was down counts against no
@@ -629,9 +782,8 @@ class TaskDB:
                 "SELECT * FROM tasks WHERE state = 'leased' AND lease_expires < ?", (now,)
             ).fetchall()
             for row in rows:
-                self._after_failure(
-                    row, f"lease of attempt {row['attempt']} expired on {row['worker']}", True, now
-                )
+                error = f"lease of attempt {row['attempt']} expired on {row['worker']}"
+                self._after_failure(row, error, True, now, outcome="expired")
         return len(rows)
 
     # -- lost nodes -------------------------------------------------------------------
@@ -659,7 +811,7 @@ class TaskDB:
                 "SELECT * FROM tasks WHERE state = 'leased' AND worker = ?", (worker,)
             ).fetchall()
             for row in leased:
-                self._after_failure(row, f"worker {worker} was lost", True, now)
+                self._after_failure(row, f"worker {worker} was lost", True, now, outcome="lost")
             plan = plan_recovery(at_risk, _View(self._db, self.catalog))
             for task_id in plan.rerun:
                 self._restart(task_id, set(plan.rerun), rerun=True, now=now)
@@ -685,7 +837,9 @@ class TaskDB:
         if it ran). Its spec is resolved afresh from the one submitted, with the results
         of its other producers."""
         row = self._row(task_id)
-        spec = parse_spec(json.loads(row["submitted"] or row["body"]))
+        if row["state"] == "leased":  # its running attempt will be refused when it reports
+            self._end_attempt(task_id, row["attempt"], "withdrawn", None, (), now)
+        spec = _submitted_spec(row)
         edges = self._db.execute("SELECT producer FROM edges WHERE task = ?", (task_id,))
         self._db.execute("DELETE FROM deps WHERE task = ?", (task_id,))
         for producer in [edge["producer"] for edge in edges.fetchall()]:
@@ -702,7 +856,7 @@ class TaskDB:
             " failures = 0, reruns = reruns + ? WHERE id = ?",
             (*_spec_columns(spec), int(rerun), task_id),
         )
-        if rerun:
+        if row["state"] == "done":
             self.catalog.forget_outputs(task_id)
         self._queue_if_ready(task_id, now)
 
@@ -737,6 +891,21 @@ class TaskDB:
             error=row["error"],
             result=_result_of(row["result"]) if row["result"] else None,
             reruns=row["reruns"],
+            memoized=bool(row["memoized"]),
+            attempts=tuple(
+                AttemptInfo(
+                    attempt=a["attempt"],
+                    worker=a["worker"],
+                    started_at=a["at"],
+                    ended_at=a["ended_at"],
+                    outcome=a["outcome"],
+                    error=a["error"],
+                    logs=tuple(S3Url.parse(url) for url in json.loads(a["logs"])),
+                )
+                for a in self._db.execute(
+                    "SELECT * FROM assignments WHERE task = ? ORDER BY attempt", (task_id,)
+                )
+            ),
         )
 
     def assignments(self, task_id: str | None = None) -> list[Assignment]:
@@ -799,4 +968,30 @@ class TaskDB:
             node_only=self.catalog.node_only(workflow),
             bytes_from_peers=totals["peers"] or 0,
             bytes_written_behind=self.catalog.written_behind(workflow),
+            running=self._running(workflow, now) if workflow else (),
+            failed=self._failed(workflow, now) if workflow else (),
+        )
+
+    def _running(self, workflow: str, now: float) -> tuple[TaskBrief, ...]:
+        rows = self._db.execute(
+            "SELECT t.id, t.attempt, t.worker, a.at FROM tasks t JOIN assignments a"
+            " ON a.task = t.id AND a.attempt = t.attempt"
+            " WHERE t.workflow = ? AND t.state = 'leased' ORDER BY a.at LIMIT ?",
+            (workflow, BRIEF_LIMIT),
+        )
+        return tuple(
+            TaskBrief(r["id"], r["attempt"], r["worker"], round(now - r["at"], 1)) for r in rows
+        )
+
+    def _failed(self, workflow: str, now: float) -> tuple[TaskBrief, ...]:
+        rows = self._db.execute(
+            "SELECT id, attempt, finished_at, error FROM tasks"
+            " WHERE workflow = ? AND state = 'failed' ORDER BY finished_at, seq LIMIT ?",
+            (workflow, BRIEF_LIMIT),
+        )
+        return tuple(
+            TaskBrief(
+                r["id"], r["attempt"], None, round(now - (r["finished_at"] or now), 1), r["error"]
+            )
+            for r in rows
         )

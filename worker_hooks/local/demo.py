@@ -274,7 +274,8 @@ def run_demo(
                 cluster.wait_for_workers(names)
                 echo(f"dispatcher {cluster.url}; workers: {', '.join(names)}")
                 started = time.monotonic()
-                ids = cluster.client.submit(tasks, workflow=str(name))
+                cluster.client.submit(tasks, workflow=str(name))
+                ids = [task.id for task in tasks]
                 echo(f"submitted {len(ids)} tasks ({shape.map_tasks} map + 1 reduce)")
                 chaos = _Chaos(cluster, str(name), len(ids), echo) if shape.chaos else None
                 status = wait_for_workflow(cluster.client, str(name))

@@ -9,6 +9,8 @@ input (a property the unit tests fuzz). Pure: no I/O.
 
 from __future__ import annotations
 
+import difflib
+import json
 import re
 from collections.abc import Sequence
 from pathlib import PurePosixPath
@@ -125,7 +127,16 @@ class _Fields:
     def reject_unknown(self, allowed: frozenset[str]) -> None:
         unknown = sorted(str(key) for key in self.body if key not in allowed)
         if unknown:
-            raise ConfigError(f"task spec: unknown field {self.name(unknown[0])}", hint=SPEC_HINT)
+            guess = did_you_mean(unknown[0], allowed)
+            raise ConfigError(
+                f"task spec: unknown field {self.name(unknown[0])}{guess}", hint=SPEC_HINT
+            )
+
+
+def did_you_mean(word: str, known: frozenset[str]) -> str:
+    """`` (did you mean 'timeout_s'?)`` for a close known word; else nothing."""
+    close = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _command(fields: _Fields, shell: bool) -> tuple[str, ...]:
@@ -135,8 +146,14 @@ def _command(fields: _Fields, shell: bool) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise fields.fail("command", "must be a non-empty list of strings (or set shell: true)")
     for number, word in enumerate(value):
-        if not isinstance(word, str) or "\x00" in word:
-            raise fields.fail(f"command[{number}]", "must be a string without NUL bytes")
+        if not isinstance(word, str):
+            shown = json.dumps(word, default=str)[:80]
+            raise fields.fail(
+                f"command[{number}]",
+                f"must be a string, not {shown} (in YAML, quote it: '{shown}')",
+            )
+        if "\x00" in word:
+            raise fields.fail(f"command[{number}]", "contains a NUL byte")
     if not value[0]:
         raise fields.fail("command[0]", "is empty")
     return tuple(value)
@@ -252,7 +269,7 @@ def parse_spec(body: Any) -> TaskSpec:
         raise fields.fail("format", f"must be {FORMAT!r}")
     task_id = fields.string("id")
     if not valid_task_id(task_id):
-        raise fields.fail("id", "must be 1-128 letters, digits, '.', '_' or '-'")
+        raise fields.fail("id", f"{task_id[:80]!r} is not 1-128 letters, digits, '.', '_' or '-'")
     shell = body.get("shell", False)
     if not isinstance(shell, bool):
         raise fields.fail("shell", "must be true or false")

@@ -80,7 +80,9 @@ class SubmitRequest(Message):
 
 @dataclass(frozen=True)
 class SubmitReply(Message):
-    submitted: tuple[str, ...]
+    submitted: tuple[str, ...]  # new tasks
+    again: tuple[str, ...] = ()  # known ones that run again (changed, failed, or downstream)
+    kept: tuple[str, ...] = ()  # known ones kept as they are (unchanged)
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,21 @@ class TaskInfo(Message):
     error: str | None
     result: ResultManifest | None
     reruns: int = 0  # times recovery ran it again after a node took its outputs
+    memoized: bool = False  # its result was found, not made (same command, same inputs)
+    attempts: tuple[AttemptInfo, ...] = ()
+
+
+@dataclass(frozen=True)
+class AttemptInfo:
+    """One lease of a task: where it ran, how it ended, where its command's logs went."""
+
+    attempt: int
+    worker: str
+    started_at: float
+    ended_at: float | None = None
+    outcome: str | None = None  # done, failed, expired, lost, handed back, withdrawn
+    error: str | None = None
+    logs: tuple[S3Url, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,6 +139,20 @@ class NodeOnly:
     bytes: int
 
 
+BRIEF_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class TaskBrief:
+    """One task in a workflow's status: where it runs (and for how long), or why it failed."""
+
+    id: str
+    attempt: int
+    worker: str | None
+    age_s: float  # since its lease began (running) or since it failed
+    error: str | None = None
+
+
 @dataclass(frozen=True)
 class StatusReply(Message):
     policy: str
@@ -135,6 +166,10 @@ class StatusReply(Message):
     node_only: tuple[NodeOnly, ...] = ()
     bytes_from_peers: int = 0
     bytes_written_behind: int = 0
+    # With a workflow named: its running tasks (oldest lease first) and failed ones
+    # (first failure first), up to BRIEF_LIMIT of each.
+    running: tuple[TaskBrief, ...] = ()
+    failed: tuple[TaskBrief, ...] = ()
 
     def count(self, state: TaskState) -> int:
         return self.counts.get(state.value, 0)
@@ -245,6 +280,7 @@ class CompleteRequest(Message):
     attempt: int
     result: ResultManifest
     uses: tuple[InputUse, ...] = ()
+    memoized: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,6 +290,7 @@ class FailRequest(Message):
     error: str
     retry: bool = False
     bad_peers: tuple[str, ...] = ()  # peers that failed this attempt (suspect at once)
+    logs: tuple[S3Url, ...] = ()  # where the command's stdout and stderr went
 
 
 @dataclass(frozen=True)
@@ -265,6 +302,14 @@ class ReleaseRequest(Message):
 @dataclass(frozen=True)
 class RecoverRequest(Message):
     dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class RetryRequest(Message):
+    """Run a workflow's failed (and, unless ``only_failed``, cancelled) tasks again."""
+
+    only_failed: bool = False
+    tasks: tuple[str, ...] = ()  # only these (of the failed ones); none: all of them
 
 
 @dataclass(frozen=True)

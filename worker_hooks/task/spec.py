@@ -13,6 +13,7 @@ committed. Pure: no I/O, no cache, no S3 client.
 from __future__ import annotations
 
 import enum
+import fnmatch
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -87,6 +88,14 @@ class OutputSpec:
         if GLOB_CHARACTERS & set(self.path):
             return OutputKind.GLOB
         return OutputKind.DIR if self.path.endswith("/") else OutputKind.FILE
+
+    def provides(self, path: str) -> bool:
+        """Whether a file at sandbox ``path`` is one this output declares."""
+        if self.kind is OutputKind.FILE:
+            return path == self.path
+        if self.kind is OutputKind.DIR:
+            return path.startswith(self.path)
+        return fnmatch.fnmatchcase(path, self.path)
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {

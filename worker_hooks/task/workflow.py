@@ -24,35 +24,53 @@ from typing import Any
 
 from stager.errors import ConfigError
 from worker_hooks.task.documents import load_document
-from worker_hooks.task.parse import parse_spec
-from worker_hooks.task.spec import TaskSpec
+from worker_hooks.task.parse import did_you_mean, parse_spec
+from worker_hooks.task.spec import TaskRef, TaskSpec
 
 HINT = "fix the workflow; its format is in docs/workflows.md"
+WORKFLOW_KEYS = frozenset({"name", "defaults", "tasks"})
 
 
 def check_batch(
-    specs: Sequence[TaskSpec], known: Callable[[Sequence[str]], set[str]] = lambda ids: set()
+    specs: Sequence[TaskSpec],
+    known: Callable[[Sequence[str]], Mapping[str, TaskSpec]] = lambda ids: {},
 ) -> None:
     """Check every task, unique ids, and dependencies on known or listed tasks.
 
     A dependency must name a task in this batch or one already submitted
-    (``known`` returns which of the ids it is given are); a cycle within the
+    (``known`` returns the specs of those of the ids it is given that are),
+    and a file that task declares among its outputs; a cycle within the
     batch is refused.
     """
     ids = [spec.id for spec in specs]
     duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
     if duplicates:
         raise ConfigError(f"task id {duplicates[0]} is used twice in the workflow", hint=HINT)
-    in_batch = set(ids)
-    known_ids = known(sorted({p for spec in specs for p in spec.producers} - in_batch))
+    producers = {spec.id: spec for spec in specs}
+    producers = {**known(sorted({p for s in specs for p in s.producers} - set(ids))), **producers}
     for spec in specs:
-        unknown = sorted(spec.producers - in_batch - known_ids)
-        if unknown:
-            raise ConfigError(
-                f"task {spec.id} depends on unknown task {unknown[0]}",
-                hint="submit its producer in the same workflow or before it",
-            )
-    _refuse_cycles({spec.id: spec.producers & in_batch for spec in specs})
+        for number, item in enumerate(spec.inputs):
+            if isinstance(item.source, TaskRef):
+                _check_reference(spec.id, number, item.source, producers)
+    _refuse_cycles({spec.id: spec.producers & set(ids) for spec in specs})
+
+
+def _check_reference(
+    task: str, number: int, ref: TaskRef, producers: Mapping[str, TaskSpec]
+) -> None:
+    producer = producers.get(ref.producer)
+    if producer is None:
+        raise ConfigError(
+            f"task {task}: inputs[{number}] names unknown task {ref.producer} ({ref})",
+            hint="submit its producer in the same workflow or before it",
+        )
+    if not any(output.provides(ref.path) for output in producer.outputs):
+        declared = ", ".join(output.path for output in producer.outputs) or "none"
+        raise ConfigError(
+            f"task {task}: inputs[{number}] names {ref}, which task {ref.producer} does not "
+            f"declare (its outputs: {declared})",
+            hint="name a file the producer declares among its outputs",
+        )
 
 
 def _refuse_cycles(edges: Mapping[str, frozenset[str]]) -> None:
@@ -95,6 +113,12 @@ def workflow_tasks(document: Any, where: str) -> tuple[str | None, list[TaskSpec
             f"{where}: expected a workflow (an object with a 'tasks' list), a list of task "
             "specs or one task spec",
             hint="see docs/workflows.md",
+        )
+    unknown = sorted(str(key) for key in document if key not in WORKFLOW_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], WORKFLOW_KEYS)}",
+            hint=f"a workflow has {', '.join(sorted(WORKFLOW_KEYS))}; see docs/workflows.md",
         )
     defaults = document.get("defaults") or {}
     if not isinstance(defaults, dict) or not isinstance(defaults.get("env") or {}, dict):

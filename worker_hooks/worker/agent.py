@@ -25,7 +25,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -43,9 +43,11 @@ from stager.errors import (
     PreconditionFailedError,
     StagerError,
     TaskCancelledError,
+    TaskError,
     TaskTimeoutError,
     UnreachableError,
 )
+from stager.locations import S3Url
 from worker_hooks.dispatch.client import DispatcherClient
 from worker_hooks.task.protocol import (
     CacheReport,
@@ -345,7 +347,9 @@ class Worker:
             self._hand_back(item)
             return
         except StagerError as exc:
-            self._report_failure(item, exc.one_line(), retry=not isinstance(exc, PERMANENT_ERRORS))
+            logs = exc.logs if isinstance(exc, TaskError) else ()
+            retry = not isinstance(exc, PERMANENT_ERRORS)
+            self._report_failure(item, exc.one_line(), retry=retry, logs=logs)
             return
         except Exception as exc:  # a bug of ours: let another attempt try, and say so
             self._report_failure(item, f"internal error: {exc!r}", retry=True)
@@ -366,7 +370,14 @@ class Worker:
         ]
 
         def send() -> None:
-            self.client.complete(item.task_id, item.attempt, self.worker_id, result.manifest, uses)
+            self.client.complete(
+                item.task_id,
+                item.attempt,
+                self.worker_id,
+                result.manifest,
+                uses,
+                memoized=result.memoized,
+            )
 
         if self._deliver(item, send):
             # The dispatcher now lists these on this worker: count them as told,
@@ -391,13 +402,21 @@ class Worker:
             how = "memoized" if result.memoized else f"in {seconds:.2f} s"
             self.log(f"worker {self.worker_id}: {item.task_id} done {how}")
 
-    def _report_failure(self, item: _Held, error: str, *, retry: bool) -> None:
+    def _report_failure(
+        self, item: _Held, error: str, *, retry: bool, logs: Sequence[S3Url] = ()
+    ) -> None:
         # The peers that failed this attempt, told now: the next lease must not offer them.
         bad = self.service.client.take_bad() if self.service is not None else []
 
         def send() -> None:
             self.client.fail(
-                item.task_id, item.attempt, self.worker_id, error, retry=retry, bad_peers=bad
+                item.task_id,
+                item.attempt,
+                self.worker_id,
+                error,
+                retry=retry,
+                bad_peers=bad,
+                logs=logs,
             )
 
         if self._deliver(item, send):

@@ -14,6 +14,7 @@ process's own stdout and stderr as they arrive (for a user at a terminal).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -25,7 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from stager.errors import LocalIOError, from_os_error
+from stager.errors import CommandFailedError, LocalIOError, from_os_error
+
+# Why a command could not start that no other node would change.
+_NOT_STARTABLE = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR})
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,10 @@ def run_command(
                 start_new_session=True,
             )
         except OSError as exc:
-            raise LocalIOError(
+            # A program that is not there or may not run is the task's own fault (as
+            # exit 127 from a shell is): running it elsewhere would not help.
+            kind = CommandFailedError if exc.errno in _NOT_STARTABLE else LocalIOError
+            raise kind(
                 f"cannot start {argv[0]!r}: {exc.strerror or exc}",
                 hint="check the command's name, its path in the sandbox and its execute bit",
             ) from exc

@@ -50,6 +50,7 @@ from stager.errors import (
     DiskFullError,
     StagerError,
     TaskCancelledError,
+    TaskError,
     TaskTimeoutError,
     from_os_error,
 )
@@ -161,7 +162,7 @@ def _argv(spec: TaskSpec) -> list[str]:
     return ["/bin/sh", "-c", spec.command[0]] if spec.shell else list(spec.command)
 
 
-def _failure(spec: TaskSpec, outcome: RunOutcome) -> StagerError | None:
+def _failure(spec: TaskSpec, outcome: RunOutcome) -> TaskError | None:
     """The command's own failure (timeout, signal, non-zero exit), if any."""
     if outcome.timed_out:
         return TaskTimeoutError(
@@ -326,6 +327,7 @@ class _Run:
         if failed is not None:
             stderr = [r.url for r in records if r.path == "stderr"]
             failed.hint = f"see its stderr log {stderr[0]}" if stderr else "its stderr was empty"
+            failed.logs = tuple(r.url for r in records)
             raise failed
         return records
 
