@@ -7,6 +7,8 @@
   never imports ``fsd`` or an S3 client.
 - ``worker/``: the node agent that pulls tasks and runs them through ``wrap/``.
 - ``local/``: a dispatcher and workers as local processes; the demo.
+- ``inspect/``: what a user asks after the fact (``stager logs``): reads the
+  dispatcher through its client and the logs in S3.
 
 ``wrap/`` and ``dispatch/`` do not import each other
 (tests/unit/test_import_graph.py checks every rule). Nothing imports

@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 S3_CLIENTS = ("boto3", "botocore", "awscrt", "s3transfer", "s3fs", "aiobotocore")
-ROOMS = ("task", "wrap", "dispatch", "worker", "local")
+ROOMS = ("task", "wrap", "dispatch", "worker", "local", "inspect")
 
 
 def room(name: str) -> tuple[str, ...]:
@@ -46,7 +46,11 @@ RULES: dict[str, tuple[str, ...]] = {
         "stager.crt",
         *(r for r in room("dispatch") if r != "worker_hooks.task"),
     ),
-    "worker_hooks/worker": ("worker_hooks.local",),
+    "worker_hooks/worker": ("worker_hooks.local", "worker_hooks.inspect"),
+    "worker_hooks/inspect": (
+        "fsd",
+        *(r for r in room("inspect") if r not in ("worker_hooks.task", "worker_hooks.dispatch")),
+    ),
 }
 
 

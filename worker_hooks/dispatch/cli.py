@@ -18,6 +18,7 @@ from worker_hooks.dispatch.follow import wait_for_workflow
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.dispatch.settings import DispatcherSettings
 from worker_hooks.dispatch.taskdb import Limits, TaskDB
+from worker_hooks.task.protocol import RetryRequest, TaskState
 from worker_hooks.task.workflow import load_workflow
 
 URL_ENV = "STAGER_DISPATCHER_URL"
@@ -184,23 +185,28 @@ def cancel_command(
     "status",
     epilog="""\b
 Examples:
-  stager status
-  stager status --workflow run1 --json
+  stager status                 # every workflow, and the workers
+  stager status run1            # run1's counts, its running tasks and why tasks failed
+  stager status run1 --json
 """,
 )
+@click.argument("workflow", required=False)
 @dispatcher_url_option
 @token_file_option
 @ca_file_option
-@click.option("--workflow", help="Only this workflow's tasks.")
+@click.option("--workflow", "workflow_flag", help="The same as the WORKFLOW argument.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
 def status_command(
+    workflow: str | None,
     dispatcher_url: str,
     token_file: Path | None,
     ca_file: str | None,
-    workflow: str | None,
+    workflow_flag: str | None,
     as_json: bool,
 ) -> None:
-    """Queue counts, workers, throughput and cache hit rate."""
+    """Queue counts, workers, throughput and cache hit rate; for a WORKFLOW also its
+    running tasks (node, age) and its failed ones with their one-line reason."""
+    workflow = workflow or workflow_flag
     status = client_from_flags(dispatcher_url, token_file, ca_file).status(workflow)
     if as_json:
         click.echo(json.dumps(json.loads(status.to_json()), indent=1))
@@ -238,6 +244,51 @@ def status_command(
         )
     if not status.workers:
         click.echo("workers    none has contacted this dispatcher yet")
+    for brief in status.running:
+        click.echo(
+            f"running    {brief.id:<24} on {brief.worker}, attempt {brief.attempt}, "
+            f"for {brief.age_s:g} s"
+        )
+    for brief in status.failed:
+        click.echo(f"failed     {brief.id:<24} {brief.error}")
+    if workflow and status.count(TaskState.FAILED) > len(status.failed):
+        click.echo(f"failed     ... {status.count(TaskState.FAILED) - len(status.failed)} more")
+    if workflow and status.failed:
+        click.echo(f"           `stager logs TASK` shows a task's logs; `stager retry {workflow}`")
+
+
+@click.command(
+    "retry",
+    epilog="""\b
+Examples:
+  stager retry run1                 # every failed or cancelled task of run1, and --wait
+  stager retry run1 --failed map-0007 --wait
+""",
+)
+@click.argument("workflow")
+@click.argument("task_ids", nargs=-1)
+@click.option("--failed", "only_failed", is_flag=True, help="Failed tasks only, not cancelled.")
+@click.option("--wait", is_flag=True, help="Show progress until every task has ended.")
+@dispatcher_url_option
+@token_file_option
+@ca_file_option
+def retry_command(
+    workflow: str,
+    task_ids: tuple[str, ...],
+    only_failed: bool,
+    wait: bool,
+    dispatcher_url: str,
+    token_file: Path | None,
+    ca_file: str | None,
+) -> None:
+    """Run a workflow's failed (and cancelled) tasks again, or only TASK_IDS among them,
+    with the dependants that failed with them. Submitting the fixed workflow file again
+    does the same for tasks whose spec changed."""
+    client = client_from_flags(dispatcher_url, token_file, ca_file)
+    reply = client.retry(workflow, RetryRequest(only_failed, task_ids))
+    click.echo(f"workflow {workflow}: {len(reply.again)} tasks to run again", err=True)
+    if wait:
+        wait_for_workflow(client, workflow)
 
 
 @click.command(

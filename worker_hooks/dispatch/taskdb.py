@@ -932,7 +932,7 @@ class TaskDB:
             "SELECT SUM(bytes_from_s3) AS s3, SUM(bytes_from_cache) AS cache,"
             " SUM(bytes_from_peers) AS peers,"
             " MIN(submitted_at) AS first, MAX(finished_at) AS last,"
-            " SUM(state = 'done' AND finished_at >= ?) AS recent"
+            " SUM(state = 'done' AND finished_at >= ?) AS recent, SUM(memoized) AS memo"
             f" FROM tasks {where}",
             (now - 60, *args),
         ).fetchone()
@@ -968,6 +968,8 @@ class TaskDB:
             node_only=self.catalog.node_only(workflow),
             bytes_from_peers=totals["peers"] or 0,
             bytes_written_behind=self.catalog.written_behind(workflow),
+            memo_hits=totals["memo"] or 0,
+            span_s=round(span, 3) if totals["last"] else None,
             running=self._running(workflow, now) if workflow else (),
             failed=self._failed(workflow, now) if workflow else (),
         )

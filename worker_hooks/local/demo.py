@@ -278,7 +278,7 @@ def run_demo(
                 ids = [task.id for task in tasks]
                 echo(f"submitted {len(ids)} tasks ({shape.map_tasks} map + 1 reduce)")
                 chaos = _Chaos(cluster, str(name), len(ids), echo) if shape.chaos else None
-                status = wait_for_workflow(cluster.client, str(name))
+                status = wait_for_workflow(cluster.client, str(name), echo=echo)
                 if chaos is not None:
                     chaos.join()
                 wall_s = time.monotonic() - started

@@ -170,6 +170,8 @@ class StatusReply(Message):
     # (first failure first), up to BRIEF_LIMIT of each.
     running: tuple[TaskBrief, ...] = ()
     failed: tuple[TaskBrief, ...] = ()
+    memo_hits: int = 0  # tasks done by finding their result, not running them
+    span_s: float | None = None  # from the first submission to the last task's end
 
     def count(self, state: TaskState) -> int:
         return self.counts.get(state.value, 0)

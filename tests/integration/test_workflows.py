@@ -1,0 +1,182 @@
+"""Workflows as a user writes, reruns and debugs them, through the command line.
+
+A real dispatcher and worker, the real S3 server, `python -m stager` as a
+real process (not on a terminal, as in a batch job or CI).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stager.locations import S3Url
+from stager.objectstore import ObjectStore
+from tests.integration.test_dispatch import ClusterFactory, make_cluster  # noqa: F401
+from worker_hooks.local.cluster import LocalCluster
+from worker_hooks.task.protocol import TaskState
+
+Stager = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def cluster(make_cluster: ClusterFactory) -> LocalCluster:  # noqa: F811
+    started = make_cluster()
+    started.add_worker("w1")
+    return started
+
+
+@pytest.fixture
+def stager(cluster: LocalCluster, run_cli: Any) -> Stager:
+    env = {
+        "STAGER_DISPATCHER_URL": cluster.url,
+        "STAGER_DISPATCHER_TOKEN_FILE": str(cluster.token_file),
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        done: subprocess.CompletedProcess[str] = run_cli(*args, env=env)
+        return done
+
+    return run
+
+
+def pipeline(prefix: S3Url, *, broken: bool) -> dict[str, Any]:
+    """Two producers, a step that fails while ``broken``, and a gather downstream of it."""
+    out = str(prefix.child("out/"))
+    return {
+        "name": "run1",
+        "defaults": {"shell": True, "results": str(prefix.child("results/"))},
+        "tasks": [
+            {
+                "id": f"make-{n}",
+                "command": f"echo part {n} > part.txt",
+                "outputs": [{"path": "part.txt", "to": f"{out}make-{n}.txt"}],
+            }
+            for n in range(2)
+        ]
+        + [
+            {
+                "id": "check",
+                "command": "echo 'bad input: part 1' >&2; exit 3"
+                if broken
+                else "cat a.txt b.txt > both.txt",
+                "inputs": [
+                    {"source": "task://make-0/part.txt", "path": "a.txt"},
+                    {"source": "task://make-1/part.txt", "path": "b.txt"},
+                ],
+                "outputs": [{"path": "both.txt", "to": f"{out}both.txt"}],
+            },
+            {
+                "id": "gather",
+                "command": "wc -l < both.txt > count.txt",
+                "inputs": [{"source": "task://check/both.txt", "path": "both.txt"}],
+                "outputs": [{"path": "count.txt", "to": f"{out}count.txt"}],
+            },
+        ],
+    }
+
+
+def write(path: Path, document: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_a_failure_is_explained_fixed_and_rerun_running_only_what_changed(
+    cluster: LocalCluster, stager: Stager, prefix: S3Url, store: ObjectStore, tmp_path: Path
+) -> None:
+    flow = write(tmp_path / "run1.yaml", pipeline(prefix, broken=True))
+    failed = stager("submit", str(flow), "--wait")
+    assert failed.returncode == 10, failed.stderr
+    # Not on a terminal: progress lines and a summary, then the one-line error.
+    assert re.search(r"^workflow run1: \d/4 ended \(\d done, \d failed\)", failed.stderr, re.M)
+    assert "workflow run1: 2 done, 2 failed, 0 cancelled" in failed.stderr
+    assert "stager status run1" in failed.stderr.strip().splitlines()[-1]
+
+    status = stager("status", "run1")
+    assert status.returncode == 0, status.stderr
+    assert "failed     check" in status.stdout and "exited with code 3" in status.stdout
+    assert "failed     gather" in status.stdout and "producer check failed" in status.stdout
+
+    logs = stager("logs", "check")
+    assert logs.returncode == 0, logs.stderr
+    assert "* attempt 1 on w1" in logs.stdout and "failed: " in logs.stdout
+    assert "--- stderr of attempt 1 ---\nbad input: part 1" in logs.stdout
+    as_json = json.loads(stager("logs", "check", "--json").stdout)
+    assert as_json["logs"] == {"stderr": "bad input: part 1\n"}
+    assert as_json["attempts"][0]["outcome"] == "failed"
+
+    write(flow, pipeline(prefix, broken=False))
+    rerun = stager("submit", str(flow), "--wait")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "workflow run1: 0 new tasks, 2 to run again, 2 kept from before" in rerun.stderr
+    assert "workflow run1: 4 done, 0 failed" in rerun.stderr
+    runs = {name: len(cluster.client.assignments(name)) for name in ("make-0", "make-1")}
+    assert runs == {"make-0": 1, "make-1": 1}  # the producers did not run again
+    assert store.get_bytes(prefix.child("out/count.txt")) == b"2\n"
+
+    again = stager("submit", str(flow))
+    assert "0 new tasks, 0 to run again, 4 kept from before" in again.stderr
+
+
+def test_retry_runs_failed_tasks_again(
+    cluster: LocalCluster, stager: Stager, prefix: S3Url, tmp_path: Path
+) -> None:
+    marker = tmp_path / "fixed"
+    document = pipeline(prefix, broken=False)
+    document["tasks"][2]["command"] = f"test -e '{marker}' && cat a.txt b.txt > both.txt"
+    flow = write(tmp_path / "run1.yaml", document)
+    assert stager("submit", str(flow), "--wait").returncode == 10
+    marker.touch()  # what was missing (a licence, a mount) is there now
+    retried = stager("retry", "run1", "--wait")
+    assert retried.returncode == 0, retried.stderr
+    assert "2 tasks to run again" in retried.stderr
+    assert cluster.client.task("gather").state is TaskState.DONE
+    unknown = stager("retry", "run1", "make-0")
+    assert unknown.returncode == 15 and "is not a failed or cancelled task" in unknown.stderr
+
+
+def test_mistakes_are_refused_at_submit_with_one_clear_line(
+    stager: Stager, prefix: S3Url, tmp_path: Path
+) -> None:
+    typo = pipeline(prefix, broken=False)
+    typo["defualts"] = typo.pop("defaults")
+    done = stager("submit", str(write(tmp_path / "typo.yaml", typo)))
+    assert done.returncode == 2
+    assert "unknown key 'defualts' (did you mean 'defaults'?)" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+    wrong = pipeline(prefix, broken=False)
+    wrong["tasks"][3]["inputs"][0]["source"] = "task://check/bothh.txt"
+    done = stager("submit", str(write(tmp_path / "wrong.yaml", wrong)))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "task gather: inputs[0] names task://check/bothh.txt, which task check does not" in (
+        done.stderr
+    )
+    assert "its outputs: both.txt" in done.stderr and "STAGER_" not in done.stderr
+
+    bare = {"tasks": [{"id": "t", "command": [True], "results": str(prefix)}]}
+    done = stager("submit", str(write(tmp_path / "bare.yaml", bare)))
+    assert done.returncode == 2 and "must be a string, not true (in YAML, quote it" in (done.stderr)
+    bad_id = {"tasks": [{"id": "a b", "command": ["true"], "results": str(prefix)}]}
+    done = stager("submit", str(write(tmp_path / "id.yaml", bad_id)))
+    assert done.returncode == 2 and "'a b' is not" in done.stderr
+
+
+def test_a_command_that_cannot_start_fails_at_once(
+    cluster: LocalCluster, stager: Stager, prefix: S3Url, tmp_path: Path
+) -> None:
+    body = {
+        "name": "typo",
+        "tasks": [{"id": "t", "command": ["pythn3", "-V"], "results": str(prefix)}],
+    }
+    done = stager("submit", str(write(tmp_path / "typo.yaml", body)), "--wait")
+    assert done.returncode == 10
+    info = cluster.client.task("t")
+    assert info.state is TaskState.FAILED and info.attempt == 1  # not retried
+    assert "cannot start 'pythn3'" in (info.error or "")

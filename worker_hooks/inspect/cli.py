@@ -1,0 +1,111 @@
+"""``stager logs TASK``: how each attempt of a task ended, and its command's logs from S3."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from stager.cli.context import CliState
+from stager.errors import NotFoundError
+from worker_hooks.dispatch.cli import (
+    ca_file_option,
+    client_from_flags,
+    dispatcher_url_option,
+    token_file_option,
+)
+from worker_hooks.task.protocol import AttemptInfo, TaskInfo
+
+
+def chosen_attempt(info: TaskInfo, attempt: int | None) -> AttemptInfo:
+    """The attempt asked for; by default the last one whose command left logs (else the last)."""
+    if not info.attempts:
+        raise NotFoundError(
+            f"task {info.id} has not been leased yet ({info.state.value})",
+            hint=f"`stager status {info.workflow}` shows what it waits for",
+        )
+    if attempt is None:
+        with_logs = [a for a in info.attempts if a.logs]
+        return (with_logs or list(info.attempts))[-1]
+    for item in info.attempts:
+        if item.attempt == attempt:
+            return item
+    numbers = ", ".join(str(a.attempt) for a in info.attempts)
+    raise NotFoundError(f"task {info.id} has no attempt {attempt}", hint=f"it has: {numbers}")
+
+
+def _when(unix: float | None) -> str:
+    if unix is None:
+        return "-"
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds")
+
+
+@click.command(
+    "logs",
+    epilog="""\b
+Examples:
+  stager logs map-0007                # the last attempt that ran: how it ended, stdout, stderr
+  stager logs map-0007 --attempt 1
+  stager logs map-0007 --json
+""",
+)
+@click.argument("task_id")
+@click.option("--attempt", type=int, help="This attempt [the last one whose command ran].")
+@click.option("--json", "as_json", is_flag=True, help="Attempts and log texts as JSON.")
+@dispatcher_url_option
+@token_file_option
+@ca_file_option
+@click.pass_obj
+def logs_command(
+    core: CliState,
+    task_id: str,
+    attempt: int | None,
+    as_json: bool,
+    dispatcher_url: str,
+    token_file: Path | None,
+    ca_file: str | None,
+) -> None:
+    """How a task's attempts ended (node, outcome, the one-line reason) and the stdout and
+    stderr its command left in S3."""
+    info = client_from_flags(dispatcher_url, token_file, ca_file).task(task_id)
+    shown = chosen_attempt(info, attempt)
+    store = core.object_store()
+    texts = {url.key.rsplit("/", 1)[-1]: store.get_bytes(url) for url in shown.logs}
+    if as_json:
+        body = {
+            "task": info.id,
+            "state": info.state.value,
+            "attempts": [
+                {
+                    "attempt": a.attempt,
+                    "worker": a.worker,
+                    "started_at": a.started_at,
+                    "ended_at": a.ended_at,
+                    "outcome": a.outcome,
+                    "error": a.error,
+                    "logs": [str(url) for url in a.logs],
+                }
+                for a in info.attempts
+            ],
+            "shown": shown.attempt,
+            "logs": {name: data.decode(errors="replace") for name, data in texts.items()},
+        }
+        click.echo(json.dumps(body, indent=1))
+        return
+    click.echo(f"task {info.id} ({info.workflow}): {info.state.value}")
+    for a in info.attempts:
+        mark = "*" if a is shown else " "
+        click.echo(
+            f"{mark} attempt {a.attempt} on {a.worker}, {_when(a.started_at)} to "
+            f"{_when(a.ended_at)}: {a.outcome or 'running'}" + (f": {a.error}" if a.error else "")
+        )
+    if not texts:
+        click.echo("no logs: the command wrote nothing, or did not run")
+    for name, data in texts.items():
+        click.echo(f"--- {name} of attempt {shown.attempt} ---")
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data if data.endswith(b"\n") or not data else data + b"\n")
+        sys.stdout.buffer.flush()
