@@ -180,3 +180,77 @@ def test_a_command_that_cannot_start_fails_at_once(
     info = cluster.client.task("t")
     assert info.state is TaskState.FAILED and info.attempt == 1  # not retried
     assert "cannot start 'pythn3'" in (info.error or "")
+
+
+def test_a_fan_in_over_forty_producers_and_s3_collections_in_one_line_each(
+    cluster: LocalCluster, stager: Stager, prefix: S3Url, raw_client: Any, tmp_path: Path
+) -> None:
+    # Reference data written by another tool: no stager metadata, odd names.
+    for key, body in (("a b \u00fc.txt", b"alpha\n"), ("sub/c.txt", b"gamma\n"), ("d.bin", b"x")):
+        raw_client.put_object(Bucket=prefix.bucket, Key=f"{prefix.key}ref/{key}", Body=body)
+    out = prefix.child("out/")
+    flow = {
+        "name": "fanin",
+        "defaults": {"shell": True, "results": str(prefix.child("results/"))},
+        "tasks": [
+            {
+                "id": f"producer-{n:02d}",
+                "command": f"mkdir out; echo {n} > out/n.txt; echo x > out/x.txt",
+                "outputs": [{"path": "out/", "to": f"{out}p{n:02d}/"}],
+            }
+            for n in range(40)
+        ]
+        + [
+            {
+                "id": "gather",
+                "command": "find all -type f | sort > files.txt; cat all/*/n.txt | sort -n "
+                "| tr '\\n' ' ' > numbers.txt; ls -R ref texts > refs.txt",
+                "inputs": [
+                    {"source": "task://producer-*/out/", "path": "all/"},
+                    {"source": str(prefix.child("ref/")), "path": "ref"},
+                    {"source": str(prefix.child("ref/*.txt")), "path": "texts"},
+                ],
+                "outputs": [
+                    {"path": "files.txt", "to": f"{out}files.txt"},
+                    {"path": "numbers.txt", "to": f"{out}numbers.txt"},
+                    {"path": "refs.txt", "to": f"{out}refs.txt"},
+                ],
+            }
+        ],
+    }
+    done = stager("submit", str(write(tmp_path / "fanin.yaml", flow)), "--wait")
+    assert done.returncode == 0, cluster.client.task("gather").error
+    files = raw_client.get_object(Bucket=out.bucket, Key=out.key + "files.txt")["Body"].read()
+    assert len(files.decode().splitlines()) == 80  # 40 producers x 2 files
+    assert "all/producer-07/n.txt" in files.decode()
+    numbers = raw_client.get_object(Bucket=out.bucket, Key=out.key + "numbers.txt")["Body"]
+    assert numbers.read().decode().split() == [str(n) for n in range(40)]
+    refs = raw_client.get_object(Bucket=out.bucket, Key=out.key + "refs.txt")["Body"].read()
+    listing = refs.decode()
+    assert "a b \u00fc.txt" in listing and "d.bin" in listing and "c.txt" in listing
+    texts = listing.split("texts:")[1]
+    assert "d.bin" not in texts  # the glob took the .txt objects only
+    gather = cluster.client.task("gather")
+    assert gather.result is not None and len(gather.result.inputs) == 80 + 3 + 2
+
+
+def test_a_collection_beyond_its_bound_fails_the_task_with_a_clear_reason(
+    cluster: LocalCluster, stager: Stager, prefix: S3Url, raw_client: Any, tmp_path: Path
+) -> None:
+    for n in range(3):
+        raw_client.put_object(Bucket=prefix.bucket, Key=f"{prefix.key}many/{n}", Body=b"x")
+    flow = {
+        "name": "bounded",
+        "tasks": [
+            {
+                "id": "reader",
+                "command": ["ls", "in"],
+                "results": str(prefix.child("results/")),
+                "inputs": [{"source": str(prefix.child("many/")), "path": "in", "max_count": 2}],
+            }
+        ],
+    }
+    assert stager("submit", str(write(tmp_path / "b.yaml", flow)), "--wait").returncode == 10
+    info = cluster.client.task("reader")
+    assert info.state is TaskState.FAILED and info.attempt == 1
+    assert "holds 3 files, more than its max_count 2" in (info.error or "")

@@ -8,12 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stager.digest import Digest
+from stager.digest import Digest, digest_bytes
 from stager.errors import ConfigError, StagerError, UnsafePathError
 from stager.locations import S3Url
 from worker_hooks.task.parse import inline_spec, parse_spec
 from worker_hooks.task.result import FileRecord, Persist, ResultManifest
 from worker_hooks.task.spec import InputSpec, OutputKind, TaskRef
+from worker_hooks.task.workflow import workflow_tasks
 from worker_hooks.wrap.wrapper import stage_inputs
 
 DIGEST = "xxh3-128:" + "5a" * 16
@@ -52,7 +53,8 @@ def test_a_valid_spec_parses_with_kinds_and_defaults() -> None:
         ({"env": {"1BAD": "x"}}, "env"),
         ({"inputs": [{"source": "s3://bkt/k", "path": "a\x00b"}]}, "inputs[0].path"),
         ({"inputs": [{"source": "http://x/y", "path": "a"}]}, "inputs[0].source"),
-        ({"inputs": [{"source": "s3://bkt/dir/", "path": "a"}]}, "inputs[0].source"),
+        ({"inputs": [{"source": "s3://bkt/dir/", "path": "a", "size": 3}]}, "inputs[0].digest"),
+        ({"inputs": [{"source": "s3://bkt/dir/", "path": "a", "max_count": 0}]}, "max_count"),
         ({"inputs": [{"source": "task://x", "path": "a"}]}, "inputs[0].source"),
         ({"inputs": [{"source": "task://../x/y", "path": "a"}]}, "inputs[0].source"),
         ({"inputs": [{"source": "s3://bkt/k", "path": "a", "digest": "md5:0"}]}, "digest"),
@@ -208,6 +210,85 @@ def test_task_references_are_their_own_type_and_resolve_to_the_recorded_output()
         spec.resolved("map-1", empty)
 
 
+def test_collections_of_a_producers_outputs_resolve_to_every_file_they_hold() -> None:
+    spec = parse_spec(
+        {
+            **VALID,
+            "inputs": [
+                {"source": "task://map-1/stats/", "path": "all"},
+                {"source": "task://map-1/*.txt", "path": "texts", "max_count": 2},
+            ],
+        }
+    )
+    records = tuple(
+        FileRecord(path, S3Url("bkt", f"o/{path}"), digest_bytes(path.encode()), 1)
+        for path in ("stats/a.csv", "stats/deep/b.csv", "x.txt", "y.txt", "z.bin")
+    )
+    done = ResultManifest("map-1", "k", ("true",), 0, "h", "t", outputs=records)
+    resolved = spec.resolved("map-1", done)
+    assert [(i.path, i.source.key) for i in resolved.inputs] == [  # type: ignore[union-attr]
+        ("all/a.csv", "o/stats/a.csv"),
+        ("all/deep/b.csv", "o/stats/deep/b.csv"),
+        ("texts/x.txt", "o/x.txt"),
+        ("texts/y.txt", "o/y.txt"),
+    ]
+    assert all(i.digest is not None for i in resolved.inputs)
+    three = ResultManifest(
+        "map-1",
+        "k",
+        ("true",),
+        0,
+        "h",
+        "t",
+        outputs=(*records, FileRecord("w.txt", S3Url("bkt", "o/w.txt"), digest_bytes(b"w"), 1)),
+    )
+    with pytest.raises(ConfigError, match="more than its max_count 2"):
+        spec.resolved("map-1", three)
+
+
+def test_a_glob_over_task_ids_is_one_input_per_matching_task() -> None:
+    _, specs = workflow_tasks(
+        {
+            "tasks": [
+                *(
+                    {
+                        "id": f"map-{n}",
+                        "command": ["true"],
+                        "results": "s3://bkt/r/",
+                        "outputs": [{"path": "part.txt", "to": f"s3://bkt/o/{n}.txt"}],
+                    }
+                    for n in range(3)
+                ),
+                {
+                    "id": "reduce",
+                    "command": ["true"],
+                    "results": "s3://bkt/r/",
+                    "inputs": [{"source": "task://map-*/part.txt", "path": "parts/"}],
+                },
+            ]
+        },
+        "flow.yaml",
+    )
+    reduce = specs[-1]
+    assert [(str(i.source), i.path) for i in reduce.inputs] == [
+        (f"task://map-{n}/part.txt", f"parts/map-{n}/part.txt") for n in range(3)
+    ]
+    with pytest.raises(ConfigError, match="matches no task"):
+        workflow_tasks(
+            {
+                "tasks": [
+                    {
+                        "id": "r",
+                        "command": ["true"],
+                        "results": "s3://bkt/r/",
+                        "inputs": [{"source": "task://nope-*/x", "path": "p"}],
+                    }
+                ]
+            },
+            "flow.yaml",
+        )
+
+
 def test_a_task_naming_its_own_output_is_refused() -> None:
     with pytest.raises(ConfigError, match="its own output"):
         parse_spec({**VALID, "inputs": [{"source": "task://align-7/out.txt", "path": "x"}]})
@@ -216,4 +297,4 @@ def test_a_task_naming_its_own_output_is_refused() -> None:
 def test_the_wrapper_refuses_an_unresolved_reference_before_any_io() -> None:
     spec = parse_spec({**VALID, "inputs": [{"source": "task://map-1/out.txt", "path": "p"}]})
     with pytest.raises(ConfigError, match="only the dispatcher can resolve"):
-        stage_inputs(spec)
+        stage_inputs(spec, store=None)  # type: ignore[arg-type]  # no I/O comes first

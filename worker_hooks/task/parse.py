@@ -23,6 +23,8 @@ from stager.units import parse_size
 from worker_hooks.task.result import Persist
 from worker_hooks.task.spec import (
     FORMAT,
+    MAX_COLLECTION_BYTES,
+    MAX_COLLECTION_COUNT,
     MAX_MIRRORS,
     TASK_SCHEME,
     BundleSpec,
@@ -190,7 +192,7 @@ def _timeout(fields: _Fields) -> float | None:
 
 def _input(body: Any, where: str) -> InputSpec:
     fields = _Fields(body, where)
-    fields.reject_unknown(frozenset({"source", "path", "digest", "size"}))
+    fields.reject_unknown(frozenset({"source", "path", "digest", "size", "max_count", "max_bytes"}))
     source: S3Url | TaskRef
     if fields.string("source").startswith(TASK_SCHEME):
         try:
@@ -199,14 +201,24 @@ def _input(body: Any, where: str) -> InputSpec:
             raise fields.fail("source", exc.message) from exc
     else:
         source = fields.url("source")
-        if source.is_prefix:
-            raise fields.fail("source", "names a prefix; inputs are single objects")
-    return InputSpec(
+    item = InputSpec(
         source=source,
         path=str(fields.path("path")),
         digest=fields.digest("digest"),
         size=fields.size("size"),
+        max_count=_count(fields, "max_count", MAX_COLLECTION_COUNT),
+        max_bytes=fields.size("max_bytes") or MAX_COLLECTION_BYTES,
     )
+    if item.is_collection and (item.digest is not None or item.size is not None):
+        raise fields.fail("digest", "and size are for single files, not a collection")
+    return item
+
+
+def _count(fields: _Fields, key: str, default: int) -> int:
+    value = fields.body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**9:
+        raise fields.fail(key, "must be a whole number from 1 to 1000000000")
+    return value
 
 
 def _output(body: Any, where: str) -> OutputSpec:

@@ -31,6 +31,29 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 MAX_MIRRORS = 8
+MAX_COLLECTION_COUNT = 10_000  # objects in one collection input, unless it says otherwise
+MAX_COLLECTION_BYTES = 1 << 40
+
+
+def is_collection_path(path: str) -> bool:
+    """A directory (ends in '/') or a glob: names any number of files."""
+    return path.endswith("/") or bool(GLOB_CHARACTERS & set(path))
+
+
+def glob_base(path: str) -> str:
+    """The part of a glob before its first wildcard, up to a '/' ('' or 'dir/')."""
+    cut = min((path.index(c) for c in GLOB_CHARACTERS if c in path), default=len(path))
+    return path[: path.rfind("/", 0, cut) + 1]
+
+
+def collection_member(pattern: str, path: str) -> str | None:
+    """Where ``path`` goes below a collection's destination: its part after the
+    directory (or the glob's base), if ``pattern`` takes it; else None."""
+    if pattern.endswith("/"):
+        return path[len(pattern) :] if path.startswith(pattern) and path != pattern else None
+    if fnmatch.fnmatchcase(path, pattern):
+        return path[len(glob_base(pattern)) :]
+    return None
 
 
 class OutputKind(enum.Enum):
@@ -52,10 +75,16 @@ class TaskRef:
 
     @classmethod
     def parse(cls, text: str) -> TaskRef:
+        """A path ending in '/' (a directory) or holding a glob names many files."""
         producer, _, path = text[len(TASK_SCHEME) :].partition("/")
         if not text.startswith(TASK_SCHEME) or not valid_task_id(producer) or not path:
             raise ConfigError(f"task reference {text!r} must look like task://<task id>/<path>")
-        return cls(producer, str(safe_relative_path(path, what=f"path in {text!r}")))
+        checked = str(safe_relative_path(path.rstrip("/") or path, what=f"path in {text!r}"))
+        return cls(producer, checked + "/" if path.endswith("/") else checked)
+
+    @property
+    def is_collection(self) -> bool:
+        return is_collection_path(self.path)
 
     def __str__(self) -> str:
         return f"{TASK_SCHEME}{self.producer}/{self.path}"
@@ -69,9 +98,24 @@ class InputSpec:
     path: str
     digest: Digest | None = None
     size: int | None = None
+    # A collection (an S3 prefix or glob, a producer's directory or glob): staged as a
+    # directory at ``path``, refused beyond these bounds.
+    max_count: int = MAX_COLLECTION_COUNT
+    max_bytes: int = MAX_COLLECTION_BYTES
+
+    @property
+    def is_collection(self) -> bool:
+        if isinstance(self.source, TaskRef):
+            return self.source.is_collection
+        return self.source.is_prefix or bool(GLOB_CHARACTERS & set(self.source.key))
 
     def to_json(self) -> dict[str, Any]:
-        return _object_json(self.source, self.path, self.digest, self.size)
+        body = _object_json(self.source, self.path, self.digest, self.size)
+        if self.max_count != MAX_COLLECTION_COUNT:
+            body["max_count"] = self.max_count
+        if self.max_bytes != MAX_COLLECTION_BYTES:
+            body["max_bytes"] = self.max_bytes
+        return body
 
 
 @dataclass(frozen=True)
@@ -165,21 +209,38 @@ class TaskSpec:
         )
 
     def resolved(self, producer: str, result: ResultManifest) -> TaskSpec:
-        """This spec with its references to ``producer`` replaced by what it recorded."""
+        """This spec with its references to ``producer`` replaced by what it recorded
+        (a collection by every file it recorded there, each below the input's path)."""
         outputs = {record.path: record for record in result.outputs}
-        inputs = []
+        inputs: list[InputSpec] = []
         for item in self.inputs:
             ref = item.source
-            if isinstance(ref, TaskRef) and ref.producer == producer:
-                record = outputs.get(ref.path)
-                if record is None:
-                    raise StagerError(
-                        f"task {producer} recorded no output {ref.path} (it has: "
-                        f"{', '.join(sorted(outputs)) or 'none'})",
-                        hint="make the input name a file the producer declares",
+            if not isinstance(ref, TaskRef) or ref.producer != producer:
+                inputs.append(item)
+                continue
+            if ref.is_collection:
+                members = [
+                    replace(
+                        item,
+                        source=record.url,
+                        path=f"{item.path}/{member}",
+                        digest=record.digest,
+                        size=record.size,
                     )
-                item = replace(item, source=record.url, digest=record.digest, size=record.size)
-            inputs.append(item)
+                    for path, record in sorted(outputs.items())
+                    if (member := collection_member(ref.path, path))
+                ]
+                check_collection(self.id, item, [m.size or 0 for m in members])
+                inputs.extend(members)
+                continue
+            record = outputs.get(ref.path)
+            if record is None:
+                raise StagerError(
+                    f"task {producer} recorded no output {ref.path} (it has: "
+                    f"{', '.join(sorted(outputs)) or 'none'})",
+                    hint="make the input name a file the producer declares",
+                )
+            inputs.append(replace(item, source=record.url, digest=record.digest, size=record.size))
         return replace(self, inputs=tuple(inputs))
 
     def to_json(self) -> dict[str, Any]:
@@ -203,6 +264,22 @@ class TaskSpec:
         if self.pass_env:
             body["pass_env"] = list(self.pass_env)
         return body
+
+
+def check_collection(task: str, item: InputSpec, sizes: list[int]) -> None:
+    """Refuse a collection beyond its bounds (the task's own failure)."""
+    if len(sizes) > item.max_count:
+        raise ConfigError(
+            f"task {task}: {item.source} holds {len(sizes)} files, more than its max_count "
+            f"{item.max_count}",
+            hint="raise the input's max_count, or narrow the collection",
+        )
+    if sum(sizes) > item.max_bytes:
+        raise ConfigError(
+            f"task {task}: {item.source} holds {sum(sizes)} bytes, more than its max_bytes "
+            f"{item.max_bytes}",
+            hint="raise the input's max_bytes, or narrow the collection",
+        )
 
 
 def _object_json(

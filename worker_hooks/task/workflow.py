@@ -17,6 +17,7 @@ is merged key by key).
 
 from __future__ import annotations
 
+import fnmatch
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +26,18 @@ from typing import Any
 from stager.errors import ConfigError
 from worker_hooks.task.documents import load_document
 from worker_hooks.task.parse import did_you_mean, parse_spec
-from worker_hooks.task.spec import TaskRef, TaskSpec
+from worker_hooks.task.spec import (
+    GLOB_CHARACTERS,
+    MAX_COLLECTION_COUNT,
+    TASK_SCHEME,
+    OutputKind,
+    OutputSpec,
+    TaskRef,
+    TaskSpec,
+    collection_member,
+    glob_base,
+    is_collection_path,
+)
 
 HINT = "fix the workflow; its format is in docs/workflows.md"
 WORKFLOW_KEYS = frozenset({"name", "defaults", "tasks"})
@@ -64,13 +76,25 @@ def _check_reference(
             f"task {task}: inputs[{number}] names unknown task {ref.producer} ({ref})",
             hint="submit its producer in the same workflow or before it",
         )
-    if not any(output.provides(ref.path) for output in producer.outputs):
+    if not any(_declares(output, ref) for output in producer.outputs):
         declared = ", ".join(output.path for output in producer.outputs) or "none"
         raise ConfigError(
             f"task {task}: inputs[{number}] names {ref}, which task {ref.producer} does not "
             f"declare (its outputs: {declared})",
             hint="name a file the producer declares among its outputs",
         )
+
+
+def _declares(output: OutputSpec, ref: TaskRef) -> bool:
+    """Whether ``output`` declares the file ``ref`` names, or (for a collection) may
+    record files in it."""
+    if not ref.is_collection:
+        return output.provides(ref.path)
+    if output.kind is OutputKind.FILE:
+        return collection_member(ref.path, output.path) is not None
+    ours = output.path if output.kind is OutputKind.DIR else glob_base(output.path)
+    theirs = ref.path if ref.path.endswith("/") else glob_base(ref.path)
+    return ours.startswith(theirs) or theirs.startswith(ours)
 
 
 def _refuse_cycles(edges: Mapping[str, frozenset[str]]) -> None:
@@ -124,18 +148,55 @@ def workflow_tasks(document: Any, where: str) -> tuple[str | None, list[TaskSpec
     if not isinstance(defaults, dict) or not isinstance(defaults.get("env") or {}, dict):
         raise ConfigError(f"{where}: 'defaults' must be an object (and its env too)", hint=HINT)
     specs = []
+    ids = [
+        t["id"] for t in document["tasks"] if isinstance(t, dict) and isinstance(t.get("id"), str)
+    ]
     for number, task in enumerate(document["tasks"]):
         if not isinstance(task, dict) or not isinstance(task.get("env") or {}, dict):
             raise ConfigError(
                 f"{where}: task {number} must be an object (and its env too)", hint=HINT
             )
         merged = {**defaults, **task}
+        if isinstance(merged.get("inputs"), list):
+            merged["inputs"] = _expand_producers(merged["inputs"], ids, merged.get("id"), where)
         env = {**(defaults.get("env") or {}), **(task.get("env") or {})}
         if env:
             merged["env"] = env
         specs.append(parse_spec(merged))
     name = document.get("name")
     return (str(name) if name else None), specs
+
+
+def _expand_producers(inputs: list[Any], ids: Sequence[str], task: Any, where: str) -> list[Any]:
+    """``task://map-*/part.txt`` (a glob over task ids): one input per task of the
+    workflow whose id matches, each below the input's path in a folder named after it."""
+    expanded: list[Any] = []
+    for item in inputs:
+        source = item.get("source") if isinstance(item, dict) else None
+        pattern, _, rest = (source or "")[len(TASK_SCHEME) :].partition("/")
+        if not (
+            isinstance(source, str)
+            and source.startswith(TASK_SCHEME)
+            and GLOB_CHARACTERS & set(pattern)
+        ):
+            expanded.append(item)
+            continue
+        matched = [i for i in ids if fnmatch.fnmatchcase(i, pattern) and i != task]
+        limit = item.get("max_count", MAX_COLLECTION_COUNT)
+        if not matched or (isinstance(limit, int) and len(matched) > limit):
+            found = f"{len(matched)} tasks" if matched else "no task"
+            raise ConfigError(
+                f"{where}: task {task}: {source} matches {found} of the workflow"
+                + (f", more than its max_count {limit}" if matched else ""),
+                hint=HINT,
+            )
+        base = str(item.get("path", "")).rstrip("/")
+        for producer in matched:
+            below = producer if is_collection_path(rest) else f"{producer}/{rest}"
+            expanded.append(
+                {**item, "source": f"{TASK_SCHEME}{producer}/{rest}", "path": f"{base}/{below}"}
+            )
+    return expanded
 
 
 def load_workflow(path: Path) -> tuple[str, list[TaskSpec]]:

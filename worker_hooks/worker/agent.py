@@ -297,7 +297,7 @@ class Worker:
 
     def _prefetch(self, item: _Held) -> set[Digest]:
         try:
-            inputs = stage_inputs(item.lease.spec)
+            inputs = stage_inputs(item.lease.spec, self.node.store)
             warmed = warm(
                 inputs,
                 cache=self.node.cache,

@@ -26,15 +26,14 @@ from worker_hooks.task.result import FileRecord, ResultManifest
 from worker_hooks.task.spec import TaskSpec
 
 
-def task_key(spec: TaskSpec, input_identities: list[str], bundle_identity: str | None) -> str:
-    """The hex key of what ``spec`` computes from inputs with these identities."""
+def task_key(spec: TaskSpec, inputs: list[tuple[str, str]], bundle_identity: str | None) -> str:
+    """The hex key of what ``spec`` computes from ``inputs``: (sandbox path, identity) of
+    every file staged (a collection's members each by itself)."""
     body = {
         "command": list(spec.command),
         "shell": spec.shell,
         "env": dict(sorted(spec.env.items())),
-        "inputs": [
-            [item.path, ident] for item, ident in zip(spec.inputs, input_identities, strict=True)
-        ],
+        "inputs": [[path, ident] for path, ident in inputs],
         "outputs": [[o.path, str(o.to), o.persist.value] for o in spec.outputs],
         "bundle": [spec.bundle.path, bundle_identity] if spec.bundle else None,
     }

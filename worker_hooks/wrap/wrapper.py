@@ -55,9 +55,16 @@ from stager.errors import (
     from_os_error,
 )
 from stager.locations import S3Url
+from stager.objectstore import ObjectStore
 from stager.units import format_size
 from worker_hooks.task.result import FileRecord, ResultManifest
-from worker_hooks.task.spec import TaskRef, TaskSpec
+from worker_hooks.task.spec import (
+    TaskRef,
+    TaskSpec,
+    check_collection,
+    collection_member,
+    glob_base,
+)
 from worker_hooks.wrap.bundle import ensure_bundle, remove_tree
 from worker_hooks.wrap.environment import task_environment
 from worker_hooks.wrap.memo import commit, committed_result, log_url, result_url, task_key
@@ -110,18 +117,41 @@ def _identity(item: ResolvedInput) -> str:
     return f"etag:{etag}:{item.size}" if etag else f"url:{item.url}:{item.size}"
 
 
-def stage_inputs(spec: TaskSpec) -> list[StageInput]:
-    """The spec's inputs as the node cache stages them; a ``task://`` one is refused."""
+def stage_inputs(spec: TaskSpec, store: ObjectStore) -> list[StageInput]:
+    """The spec's inputs as the node cache stages them; a ``task://`` one is refused.
+
+    An S3 collection (a prefix, or a glob over keys) is listed now: each object it
+    holds is staged below the input's path, at its key's part after the prefix (or
+    the glob's base).
+    """
     staged = []
     for item in spec.inputs:
-        if isinstance(item.source, TaskRef):
+        source = item.source
+        if isinstance(source, TaskRef):
             raise ConfigError(
-                f"task {spec.id}: input {item.path} names {item.source}, which only the "
+                f"task {spec.id}: input {item.path} names {source}, which only the "
                 "dispatcher can resolve",
                 hint="submit the task with `stager submit`, or name the S3 object",
             )
-        staged.append(StageInput(item.source, item.path, item.digest, item.size))
+        if not item.is_collection:
+            staged.append(StageInput(source, item.path, item.digest, item.size))
+            continue
+        base = source.key if source.is_prefix else glob_base(source.key)
+        members = [
+            StageInput(url, f"{item.path}/{member}", None, size)
+            for url, size in store.list(S3Url(source.bucket, base))
+            if (member := _member(source, url))
+        ]
+        check_collection(spec.id, item, [m.size or 0 for m in members])
+        staged.extend(members)
     return staged
+
+
+def _member(collection: S3Url, url: S3Url) -> str | None:
+    """Where an object listed under an S3 collection goes below the input's path."""
+    if collection.is_prefix:  # a folder's "directory marker" (the prefix itself) is skipped
+        return url.key[len(collection.key) :] or None
+    return collection_member(collection.key, url.key)
 
 
 def _bundle_input(spec: TaskSpec) -> list[StageInput]:
@@ -195,14 +225,15 @@ class _Run:
     def __call__(self) -> WrapResult:
         node = self.node
         with self.timer.phase("resolve"):
+            wanted = stage_inputs(self.spec, node.store)
             resolved = resolve_inputs(
-                [*stage_inputs(self.spec), *_bundle_input(self.spec)],
-                store=node.store,
-                workers=node.workers,
+                [*wanted, *_bundle_input(self.spec)], store=node.store, workers=node.workers
             )
-            inputs, bundle = resolved[: len(self.spec.inputs)], resolved[len(self.spec.inputs) :]
+            inputs, bundle = resolved[: len(wanted)], resolved[len(wanted) :]
             key = task_key(
-                self.spec, [_identity(i) for i in inputs], _identity(bundle[0]) if bundle else None
+                self.spec,
+                [(str(i.dest), _identity(i)) for i in inputs],
+                _identity(bundle[0]) if bundle else None,
             )
             url = result_url(self.spec, key)
             if self.options.force:
