@@ -131,13 +131,11 @@ def build_workflow(pushed: PushReport, shape: DemoShape) -> dict[str, Any]:
     ]
     reduce = {
         "id": "reduce",
-        "command": "cat parts/* > summary.txt; cat samples/* > merged.bin",
+        "command": "cat parts/*/result.txt > summary.txt; cat samples/*/sample.bin > merged.bin",
+        # Collections: every map's file, each in a folder named after its map.
         "inputs": [
-            *({"source": f"task://{m['id']}/result.txt", "path": f"parts/{m['id']}"} for m in maps),
-            *(
-                {"source": f"task://{m['id']}/sample.bin", "path": f"samples/{m['id']}"}
-                for m in maps
-            ),
+            {"source": "task://map-*/result.txt", "path": "parts/"},
+            {"source": "task://map-*/sample.bin", "path": "samples/"},
         ],
         "outputs": [
             {"path": "summary.txt", "to": str(out.child("summary.txt"))},
