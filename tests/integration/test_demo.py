@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
+
 from worker_hooks.local.demo import SAMPLE_BYTES, DemoShape, run_demo
+
+# As a root process in a closed network starts it (docs/workflows.md names the command).
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 
 def test_the_demo_moves_samples_peer_to_peer_and_writes_the_mirror_behind(tmp_path: Path) -> None:
@@ -24,6 +41,39 @@ def test_the_demo_moves_samples_peer_to_peer_and_writes_the_mirror_behind(tmp_pa
     assert elsewhere * sample <= summary.bytes_from_peers <= elsewhere * (sample + 100)
     assert summary.bytes_written_behind == 6 * sample  # merged.bin, mirrored then written
     assert any("peer to peer" in line for line in lines)
+    assert summary.report == tmp_path / "report.html"
+    assert "<h1>Workflow demo-run1</h1>" in summary.report.read_text()
+    check_report_in_a_browser(summary.report, tmp_path / "browser")
+
+
+def check_report_in_a_browser(report: Path, profile: Path) -> None:
+    """Open the run report in headless Chromium: its DOM holds the timeline's chart, and a
+    screenshot of it is a real picture."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have Chromium (.ci/run installs Debian's chromium)")
+        pytest.skip("no chromium here (apt-get install chromium)")
+    flags = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1200,1400"]
+    dom = subprocess.run(
+        [*flags, "--dump-dom", report.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    timeline = dom[dom.index('<section id="timeline">') :]
+    assert "<svg" in timeline.split("</section>")[0]  # the Gantt chart, drawn
+    assert "node-1" in timeline and "attempts per node" in timeline
+    assert '<section id="sources">' in dom
+    shot = report.with_suffix(".png")
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", report.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 
 def test_the_chaos_demo_loses_a_worker_and_its_disk_and_still_verifies_everything(

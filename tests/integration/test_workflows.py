@@ -111,6 +111,13 @@ def test_a_failure_is_explained_fixed_and_rerun_running_only_what_changed(
     assert as_json["logs"] == {"stderr": "bad input: part 1\n"}
     assert as_json["attempts"][0]["outcome"] == "failed"
 
+    page = tmp_path / "run1.html"
+    reported = stager("report", "run1", "-o", str(page))
+    assert reported.returncode == 0, reported.stderr
+    text = page.read_text()
+    assert "<h2>Failed tasks (2)</h2>" in text and "exited with code 3" in text
+    assert '<section id="timeline">' in text and "<svg" in text
+
     write(flow, pipeline(prefix, broken=False))
     rerun = stager("submit", str(flow), "--wait")
     assert rerun.returncode == 0, rerun.stderr

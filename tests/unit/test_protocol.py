@@ -41,7 +41,9 @@ from worker_hooks.task.protocol import (
     TaskBrief,
     TaskInfo,
     TaskState,
+    TaskTimeline,
     WorkerInfo,
+    WorkflowReport,
     Written,
     check_version,
 )
@@ -123,6 +125,15 @@ SAMPLES: list[Message] = [
         failed=(TaskBrief("map-3", 3, None, 60.0, "exit 1"),),
     ),
     AssignmentsReply((Assignment("reduce", 1, "node-1"),)),
+    WorkflowReport(
+        "wf",
+        (
+            TaskTimeline(
+                "map-1", TaskState.DONE, 10, 30, 20, False, (AttemptInfo(1, "node-1", 1.0, 2.0),)
+            ),
+            TaskTimeline("reduce", TaskState.FAILED, 0, 0, 0, True, (), "producer map-2 failed"),
+        ),
+    ),
     LeaseRequest("node-1", 4, 5.0, REPORT),
     LeaseRequest("node-1"),
     LeaseRequest("node-1", 1, 0.0, None, "10.0.0.1:8766"),

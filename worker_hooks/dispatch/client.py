@@ -50,6 +50,7 @@ from worker_hooks.task.protocol import (
     SubmitRequest,
     TaskInfo,
     TaskState,
+    WorkflowReport,
     check_version,
 )
 from worker_hooks.task.result import ResultManifest
@@ -182,6 +183,10 @@ class DispatcherClient:
     def retry(self, workflow: str, request: RetryRequest) -> SubmitReply:
         """Run the workflow's failed tasks again (see :meth:`TaskDB.retry`)."""
         return self.call("POST", f"/v1/workflows/{_quoted(workflow)}/retry", SubmitReply, request)
+
+    def report(self, workflow: str) -> WorkflowReport:
+        """Every task of the workflow with its attempts (for ``stager report``)."""
+        return self.call("GET", f"/v1/workflows/{_quoted(workflow)}/report", WorkflowReport)
 
     def release(self, task_id: str, attempt: int, worker: str) -> None:
         request = ReleaseRequest(worker, attempt)

@@ -90,6 +90,7 @@ class Dispatcher:
                 web.get("/v1/assignments", self.assignments),
                 web.post("/v1/workers/{id}/recover", self.recover),
                 web.post("/v1/workflows/{name}/retry", self.retry),
+                web.get("/v1/workflows/{name}/report", self.report),
             ]
         )
         app.cleanup_ctx.append(self._expiry_loop)
@@ -241,6 +242,9 @@ class Dispatcher:
         reply = self.db.retry(request.match_info["name"], body)
         await self._changed_now()
         return _reply(reply)
+
+    async def report(self, request: web.Request) -> web.Response:
+        return _reply(self.db.report(request.match_info["name"]))
 
     async def assignments(self, request: web.Request) -> web.Response:
         rows = self.db.assignments(request.query.get("task"))

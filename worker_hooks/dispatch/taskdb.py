@@ -65,7 +65,9 @@ from worker_hooks.task.protocol import (
     TaskBrief,
     TaskInfo,
     TaskState,
+    TaskTimeline,
     WorkerInfo,
+    WorkflowReport,
     Written,
 )
 from worker_hooks.task.result import ResultManifest
@@ -198,6 +200,18 @@ def _submitted_body(row: sqlite3.Row) -> str:
 
 def _submitted_spec(row: sqlite3.Row) -> TaskSpec:
     return parse_spec(json.loads(_submitted_body(row)))
+
+
+def _attempt(row: sqlite3.Row) -> AttemptInfo:
+    return AttemptInfo(
+        attempt=row["attempt"],
+        worker=row["worker"],
+        started_at=row["at"],
+        ended_at=row["ended_at"],
+        outcome=row["outcome"],
+        error=row["error"],
+        logs=tuple(S3Url.parse(url) for url in json.loads(row["logs"])),
+    )
 
 
 def _result_of(text: str) -> ResultManifest:
@@ -893,18 +907,43 @@ class TaskDB:
             reruns=row["reruns"],
             memoized=bool(row["memoized"]),
             attempts=tuple(
-                AttemptInfo(
-                    attempt=a["attempt"],
-                    worker=a["worker"],
-                    started_at=a["at"],
-                    ended_at=a["ended_at"],
-                    outcome=a["outcome"],
-                    error=a["error"],
-                    logs=tuple(S3Url.parse(url) for url in json.loads(a["logs"])),
-                )
+                _attempt(a)
                 for a in self._db.execute(
                     "SELECT * FROM assignments WHERE task = ? ORDER BY attempt", (task_id,)
                 )
+            ),
+        )
+
+    def report(self, workflow: str) -> WorkflowReport:
+        """Every task of ``workflow`` with its attempts, for a run report."""
+        tasks = self._db.execute(
+            "SELECT id, state, bytes_from_s3, bytes_from_cache, bytes_from_peers, memoized,"
+            " error FROM tasks WHERE workflow = ? ORDER BY seq",
+            (workflow,),
+        ).fetchall()
+        if not tasks:
+            raise NotFoundError(f"no workflow {workflow!r}", hint="see `stager status`")
+        attempts: dict[str, list[AttemptInfo]] = {}
+        for a in self._db.execute(
+            "SELECT a.* FROM assignments a JOIN tasks t ON t.id = a.task"
+            " WHERE t.workflow = ? ORDER BY a.at",
+            (workflow,),
+        ):
+            attempts.setdefault(a["task"], []).append(_attempt(a))
+        return WorkflowReport(
+            workflow,
+            tuple(
+                TaskTimeline(
+                    t["id"],
+                    TaskState(t["state"]),
+                    t["bytes_from_s3"],
+                    t["bytes_from_cache"],
+                    t["bytes_from_peers"],
+                    bool(t["memoized"]),
+                    tuple(attempts.get(t["id"], ())),
+                    t["error"],
+                )
+                for t in tasks
             ),
         )
 

@@ -1,14 +1,17 @@
-"""``stager logs TASK``: how each attempt of a task ended, and its command's logs from S3."""
+"""``stager logs TASK`` (how each attempt of a task ended, its command's logs from S3) and
+``stager report WORKFLOW`` (an HTML page on how the workflow ran)."""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
+from stager.atomic import atomic_file
 from stager.cli.context import CliState
 from stager.errors import NotFoundError
 from worker_hooks.dispatch.cli import (
@@ -17,6 +20,8 @@ from worker_hooks.dispatch.cli import (
     dispatcher_url_option,
     token_file_option,
 )
+from worker_hooks.dispatch.client import DispatcherClient
+from worker_hooks.inspect.report import render_report
 from worker_hooks.task.protocol import AttemptInfo, TaskInfo
 
 
@@ -109,3 +114,40 @@ def logs_command(
         sys.stdout.flush()
         sys.stdout.buffer.write(data if data.endswith(b"\n") or not data else data + b"\n")
         sys.stdout.buffer.flush()
+
+
+def write_report(client: DispatcherClient, workflow: str, path: Path) -> Path:
+    """Write the run report of ``workflow`` to ``path`` (whole, or not at all)."""
+    page = render_report(client.report(workflow), time.time())
+    with atomic_file(path, durable=False) as handle:
+        handle.write(page.encode())
+    return path
+
+
+@click.command(
+    "report",
+    epilog="""\b
+Examples:
+  stager report run1                     # writes run1-report.html here
+  stager report run1 -o /tmp/run1.html
+""",
+)
+@click.argument("workflow")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="[WORKFLOW-report.html]"
+)
+@dispatcher_url_option
+@token_file_option
+@ca_file_option
+def report_command(
+    workflow: str,
+    output: Path | None,
+    dispatcher_url: str,
+    token_file: Path | None,
+    ca_file: str | None,
+) -> None:
+    """Write an HTML page on how WORKFLOW ran: a timeline of attempts per node, where
+    each node's input bytes came from, the counts and the failed tasks' reasons."""
+    client = client_from_flags(dispatcher_url, token_file, ca_file)
+    written = write_report(client, workflow, output or Path(f"{workflow}-report.html"))
+    click.echo(f"wrote {written}", err=True)

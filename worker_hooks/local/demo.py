@@ -44,6 +44,7 @@ from stager.units import format_size
 from worker_hooks.dispatch.client import DispatcherClient
 from worker_hooks.dispatch.follow import wait_for_workflow
 from worker_hooks.dispatch.scheduling import Policy
+from worker_hooks.inspect.cli import write_report
 from worker_hooks.local.cluster import LocalCluster
 from worker_hooks.task.protocol import TaskState
 from worker_hooks.task.result import Persist
@@ -81,6 +82,7 @@ class DemoSummary:
     killed: str | None = None  # with --chaos: the worker killed, and its scratch wiped
     recomputed: tuple[str, ...] = ()  # tasks recovery ran again
     extra_attempts: int = 0
+    report: Path | None = None  # the run report (HTML)
 
 
 def generate_dataset(root: Path, shape: DemoShape) -> Path:
@@ -156,6 +158,7 @@ class Verified:
     mirrored_bytes: int
 
 
+REPORT_NAME = "stager-demo-report.html"  # without --work-dir, written in the current folder
 CHAOS_LEASE_S = 5.0  # with --chaos: a silent worker is found lost after this
 WORKER_ARGS = ("--serve", "127.0.0.1:0", "--heartbeat-s", "1")
 
@@ -237,10 +240,16 @@ def written_behind(client: DispatcherClient, workflow: str, expected: int) -> in
 
 
 def run_demo(
-    work_dir: Path, *, echo: Callable[[str], None], shape: DemoShape | None = None
+    work_dir: Path,
+    *,
+    echo: Callable[[str], None],
+    shape: DemoShape | None = None,
+    report_path: Path | None = None,
 ) -> DemoSummary:
-    """Run the demo in ``work_dir``; raise a StagerError if anything is off."""
+    """Run the demo in ``work_dir``; raise a StagerError if anything is off. The run
+    report goes to ``report_path`` (default: ``work_dir/report.html``)."""
     shape = shape or DemoShape()
+    report_path = report_path or work_dir / "report.html"
     echo(f"starting the embedded S3 server (data in {work_dir / 's3'})")
     with LocalS3Server(work_dir / "s3") as server:
         echo(f"S3 endpoint {server.endpoint_url}")
@@ -267,8 +276,8 @@ def run_demo(
             cluster_dir = work_dir / "cluster"
             with LocalCluster(cluster_dir, env, policy=shape.policy, lease_s=lease_s) as cluster:
                 names = [f"node-{n + 1}" for n in range(shape.workers)]
-                for name in names:
-                    cluster.add_worker(name, *WORKER_ARGS)
+                for worker in names:
+                    cluster.add_worker(worker, *WORKER_ARGS)
                 cluster.wait_for_workers(names)
                 echo(f"dispatcher {cluster.url}; workers: {', '.join(names)}")
                 started = time.monotonic()
@@ -286,6 +295,7 @@ def run_demo(
                 per_worker = Counter(a.worker for a in assignments)
                 reduce_worker = cluster.client.task("reduce").worker or "?"
                 recomputed = tuple(i for i in ids if cluster.client.task(i).reruns)
+                report = write_report(cluster.client, str(name), report_path)
     summary = DemoSummary(
         tasks=len(ids),
         wall_s=round(wall_s, 2),
@@ -302,6 +312,7 @@ def run_demo(
         killed=chaos.victim if chaos is not None else None,
         recomputed=recomputed,
         extra_attempts=len(assignments) - len(ids),
+        report=report,
     )
     hit = summary.cache_hit_rate or 0.0
     echo(f"done:    {len(ids)} tasks in {wall_s:.1f} s with policy {summary.policy}")
@@ -322,6 +333,7 @@ def run_demo(
         f"verified {verified.in_s3} outputs in S3 against their recorded digests; "
         f"{verified.on_nodes} local outputs stayed on their nodes"
     )
+    echo(f"report:  {report} (a timeline per node, where input bytes came from)")
     echo("stopped the workers, the dispatcher and the S3 server; demo complete")
     return summary
 
@@ -367,4 +379,5 @@ def demo_command(
         run_demo(work_dir, echo=click.echo, shape=shape)
         return
     with tempfile.TemporaryDirectory(prefix="stager-demo-") as scratch:
-        run_demo(Path(scratch), echo=click.echo, shape=shape)
+        # The scratch goes; the report stays, here.
+        run_demo(Path(scratch), echo=click.echo, shape=shape, report_path=Path(REPORT_NAME))

@@ -178,6 +178,28 @@ class StatusReply(Message):
 
 
 @dataclass(frozen=True)
+class TaskTimeline:
+    """One task in a run report: its attempts and where its input bytes came from."""
+
+    id: str
+    state: TaskState
+    bytes_from_s3: int
+    bytes_from_cache: int  # node caches, NFS head and peers
+    bytes_from_peers: int
+    memoized: bool
+    attempts: tuple[AttemptInfo, ...]
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowReport(Message):
+    """Everything a run report of one workflow draws."""
+
+    workflow: str
+    tasks: tuple[TaskTimeline, ...]
+
+
+@dataclass(frozen=True)
 class Assignment:
     task: str
     attempt: int
