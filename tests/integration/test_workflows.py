@@ -193,7 +193,12 @@ def test_a_fan_in_over_forty_producers_and_s3_collections_in_one_line_each(
     cluster: LocalCluster, stager: Stager, prefix: S3Url, raw_client: Any, tmp_path: Path
 ) -> None:
     # Reference data written by another tool: no stager metadata, odd names.
-    for key, body in (("a b \u00fc.txt", b"alpha\n"), ("sub/c.txt", b"gamma\n"), ("d.bin", b"x")):
+    for key, body in (
+        ("a b \u00fc.txt", b"alpha\n"),
+        ("sub/", b""),  # a "folder" a console made
+        ("sub/c.txt", b"gamma\n"),
+        ("d.bin", b"x"),
+    ):
         raw_client.put_object(Bucket=prefix.bucket, Key=f"{prefix.key}ref/{key}", Body=body)
     out = prefix.child("out/")
     flow = {

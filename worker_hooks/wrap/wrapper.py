@@ -148,9 +148,15 @@ def stage_inputs(spec: TaskSpec, store: ObjectStore) -> list[StageInput]:
 
 
 def _member(collection: S3Url, url: S3Url) -> str | None:
-    """Where an object listed under an S3 collection goes below the input's path."""
-    if collection.is_prefix:  # a folder's "directory marker" (the prefix itself) is skipped
-        return url.key[len(collection.key) :] or None
+    """Where an object listed under an S3 collection goes below the input's path.
+
+    "Folder" markers (empty objects whose key ends in '/', as consoles make) are
+    not files: skipped.
+    """
+    if url.key.endswith("/"):
+        return None
+    if collection.is_prefix:
+        return url.key[len(collection.key) :]
     return collection_member(collection.key, url.key)
 
 
