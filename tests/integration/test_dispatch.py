@@ -65,6 +65,23 @@ def submit(client: DispatcherClient, bodies: list[dict[str, Any]], workflow: str
     return list(client.submit([parse_spec(body) for body in bodies], workflow=workflow).submitted)
 
 
+Stager = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def cli_of(cluster: LocalCluster, run_cli: Any) -> Stager:
+    """``stager ARGS...`` as a real process, pointed at ``cluster``'s dispatcher."""
+    env = {
+        "STAGER_DISPATCHER_URL": cluster.url,
+        "STAGER_DISPATCHER_TOKEN_FILE": str(cluster.token_file),
+    }
+
+    def stager(*args: str) -> subprocess.CompletedProcess[str]:
+        result: subprocess.CompletedProcess[str] = run_cli(*args, env=env)
+        return result
+
+    return stager
+
+
 def wait_for(condition: Callable[[], bool], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -315,14 +332,7 @@ def test_submit_wait_status_and_cancel_from_the_command_line(
 ) -> None:
     cluster = make_cluster()
     cluster.add_worker("w1")
-    env = {
-        "STAGER_DISPATCHER_URL": cluster.url,
-        "STAGER_DISPATCHER_TOKEN_FILE": str(cluster.token_file),
-    }
-
-    def stager(*args: str) -> subprocess.CompletedProcess[str]:
-        result: subprocess.CompletedProcess[str] = run_cli(*args, env=env)
-        return result
+    stager = cli_of(cluster, run_cli)
 
     one = tmp_path / "one.json"
     one.write_text(json.dumps(task("single", "echo hi > out.txt", prefix)))

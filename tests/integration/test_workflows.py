@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +16,14 @@ import yaml
 
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
-from tests.integration.test_dispatch import ClusterFactory, make_cluster  # noqa: F401
+from tests.integration.test_dispatch import (  # noqa: F401
+    ClusterFactory,
+    Stager,
+    cli_of,
+    make_cluster,
+)
 from worker_hooks.local.cluster import LocalCluster
 from worker_hooks.task.protocol import TaskState
-
-Stager = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
@@ -34,16 +35,7 @@ def cluster(make_cluster: ClusterFactory) -> LocalCluster:  # noqa: F811
 
 @pytest.fixture
 def stager(cluster: LocalCluster, run_cli: Any) -> Stager:
-    env = {
-        "STAGER_DISPATCHER_URL": cluster.url,
-        "STAGER_DISPATCHER_TOKEN_FILE": str(cluster.token_file),
-    }
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        done: subprocess.CompletedProcess[str] = run_cli(*args, env=env)
-        return done
-
-    return run
+    return cli_of(cluster, run_cli)
 
 
 def pipeline(prefix: S3Url, *, broken: bool) -> dict[str, Any]:

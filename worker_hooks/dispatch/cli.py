@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,19 @@ ca_file_option = click.option(
 
 def client_from_flags(url: str, token_file: Path | None, ca_file: str | None) -> DispatcherClient:
     return DispatcherClient(url, load_token(token_file), ca_file=ca_file)
+
+
+def with_client(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command --dispatcher, --token-file and --ca-file; it is called with the
+    ``client`` they make instead."""
+
+    @functools.wraps(command)
+    def run(
+        *args: Any, dispatcher_url: str, token_file: Path | None, ca_file: str | None, **kw: Any
+    ) -> None:
+        command(*args, client=client_from_flags(dispatcher_url, token_file, ca_file), **kw)
+
+    return dispatcher_url_option(token_file_option(ca_file_option(run)))
 
 
 @click.group("dispatcher")
@@ -134,23 +149,14 @@ Examples:
 """,
 )
 @click.argument("workflow_file", type=click.Path(dir_okay=False, path_type=Path))
-@dispatcher_url_option
-@token_file_option
-@ca_file_option
+@with_client
 @click.option("--wait", is_flag=True, help="Show progress until every task has ended.")
-def submit_command(
-    workflow_file: Path,
-    dispatcher_url: str,
-    token_file: Path | None,
-    ca_file: str | None,
-    wait: bool,
-) -> None:
+def submit_command(workflow_file: Path, wait: bool, client: DispatcherClient) -> None:
     """Submit a workflow file (JSON or YAML; see docs/workflows.md).
 
     With --wait, exits 0 only if every task succeeded (10 otherwise).
     """
     name, tasks = load_workflow(workflow_file)
-    client = client_from_flags(dispatcher_url, token_file, ca_file)
     reply = client.submit(tasks, workflow=name)
     click.echo(
         f"workflow {name}: {len(reply.submitted)} new tasks, {len(reply.again)} to run again, "
@@ -169,14 +175,9 @@ Examples:
 """,
 )
 @click.argument("task_ids", nargs=-1, required=True)
-@dispatcher_url_option
-@token_file_option
-@ca_file_option
-def cancel_command(
-    task_ids: tuple[str, ...], dispatcher_url: str, token_file: Path | None, ca_file: str | None
-) -> None:
+@with_client
+def cancel_command(task_ids: tuple[str, ...], client: DispatcherClient) -> None:
     """Cancel tasks that have not finished (their dependants fail)."""
-    client = client_from_flags(dispatcher_url, token_file, ca_file)
     for task_id in task_ids:
         click.echo(f"{task_id}: {client.cancel(task_id).value}")
 
@@ -191,23 +192,16 @@ Examples:
 """,
 )
 @click.argument("workflow", required=False)
-@dispatcher_url_option
-@token_file_option
-@ca_file_option
+@with_client
 @click.option("--workflow", "workflow_flag", help="The same as the WORKFLOW argument.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
 def status_command(
-    workflow: str | None,
-    dispatcher_url: str,
-    token_file: Path | None,
-    ca_file: str | None,
-    workflow_flag: str | None,
-    as_json: bool,
+    workflow: str | None, workflow_flag: str | None, as_json: bool, client: DispatcherClient
 ) -> None:
     """Queue counts, workers, throughput and cache hit rate; for a WORKFLOW also its
     running tasks (node, age) and its failed ones with their one-line reason."""
     workflow = workflow or workflow_flag
-    status = client_from_flags(dispatcher_url, token_file, ca_file).status(workflow)
+    status = client.status(workflow)
     if as_json:
         click.echo(json.dumps(json.loads(status.to_json()), indent=1))
         return
@@ -269,22 +263,17 @@ Examples:
 @click.argument("task_ids", nargs=-1)
 @click.option("--failed", "only_failed", is_flag=True, help="Failed tasks only, not cancelled.")
 @click.option("--wait", is_flag=True, help="Show progress until every task has ended.")
-@dispatcher_url_option
-@token_file_option
-@ca_file_option
+@with_client
 def retry_command(
     workflow: str,
     task_ids: tuple[str, ...],
     only_failed: bool,
     wait: bool,
-    dispatcher_url: str,
-    token_file: Path | None,
-    ca_file: str | None,
+    client: DispatcherClient,
 ) -> None:
     """Run a workflow's failed (and cancelled) tasks again, or only TASK_IDS among them,
     with the dependants that failed with them. Submitting the fixed workflow file again
     does the same for tasks whose spec changed."""
-    client = client_from_flags(dispatcher_url, token_file, ca_file)
     reply = client.retry(workflow, RetryRequest(only_failed, task_ids))
     click.echo(f"workflow {workflow}: {len(reply.again)} tasks to run again", err=True)
     if wait:
@@ -301,16 +290,12 @@ Examples:
 )
 @click.option("--node", "worker", required=True, help="The worker id, as `stager status` shows.")
 @click.option("--dry-run", is_flag=True, help="Report what would be done; change nothing.")
-@dispatcher_url_option
-@token_file_option
-@ca_file_option
-def recover_command(
-    worker: str, dry_run: bool, dispatcher_url: str, token_file: Path | None, ca_file: str | None
-) -> None:
+@with_client
+def recover_command(worker: str, dry_run: bool, client: DispatcherClient) -> None:
     """Take a node as lost with its cache: re-queue its tasks, recompute the outputs only it
     held that are still needed (docs/failures.md). The dispatcher does this by itself for a
     node silent for longer than a lease."""
-    report = client_from_flags(dispatcher_url, token_file, ca_file).recover(worker, dry_run=dry_run)
+    report = client.recover(worker, dry_run=dry_run)
     would = "would be " if report.dry_run else ""
     click.echo(
         f"node {report.worker}: {'dry run, nothing changed' if dry_run else 'taken as lost'}"

@@ -14,12 +14,7 @@ import click
 from stager.atomic import atomic_file
 from stager.cli.context import CliState
 from stager.errors import NotFoundError
-from worker_hooks.dispatch.cli import (
-    ca_file_option,
-    client_from_flags,
-    dispatcher_url_option,
-    token_file_option,
-)
+from worker_hooks.dispatch.cli import with_client
 from worker_hooks.dispatch.client import DispatcherClient
 from worker_hooks.inspect.report import render_report
 from worker_hooks.task.protocol import AttemptInfo, TaskInfo
@@ -60,22 +55,18 @@ Examples:
 @click.argument("task_id")
 @click.option("--attempt", type=int, help="This attempt [the last one whose command ran].")
 @click.option("--json", "as_json", is_flag=True, help="Attempts and log texts as JSON.")
-@dispatcher_url_option
-@token_file_option
-@ca_file_option
+@with_client
 @click.pass_obj
 def logs_command(
     core: CliState,
     task_id: str,
     attempt: int | None,
     as_json: bool,
-    dispatcher_url: str,
-    token_file: Path | None,
-    ca_file: str | None,
+    client: DispatcherClient,
 ) -> None:
     """How a task's attempts ended (node, outcome, the one-line reason) and the stdout and
     stderr its command left in S3."""
-    info = client_from_flags(dispatcher_url, token_file, ca_file).task(task_id)
+    info = client.task(task_id)
     shown = chosen_attempt(info, attempt)
     store = core.object_store()
     texts = {url.key.rsplit("/", 1)[-1]: store.get_bytes(url) for url in shown.logs}
@@ -136,18 +127,9 @@ Examples:
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="[WORKFLOW-report.html]"
 )
-@dispatcher_url_option
-@token_file_option
-@ca_file_option
-def report_command(
-    workflow: str,
-    output: Path | None,
-    dispatcher_url: str,
-    token_file: Path | None,
-    ca_file: str | None,
-) -> None:
+@with_client
+def report_command(workflow: str, output: Path | None, client: DispatcherClient) -> None:
     """Write an HTML page on how WORKFLOW ran: a timeline of attempts per node, where
     each node's input bytes came from, the counts and the failed tasks' reasons."""
-    client = client_from_flags(dispatcher_url, token_file, ca_file)
     written = write_report(client, workflow, output or Path(f"{workflow}-report.html"))
     click.echo(f"wrote {written}", err=True)
