@@ -236,6 +236,13 @@ def test_a_fan_in_over_forty_producers_and_s3_collections_in_one_line_each(
     assert "d.bin" not in texts  # the glob took the .txt objects only
     gather = cluster.client.task("gather")
     assert gather.result is not None and len(gather.result.inputs) == 80 + 3 + 2
+    figures = json.loads(stager("status", "fanin", "--json").stdout)
+    by_id = {task["id"]: task for task in figures["tasks"]}
+    assert len(by_id) == 41 and by_id["gather"]["node"] == "w1"
+    moved = by_id["gather"]["bytes_from_s3"] + by_id["gather"]["bytes_from_cache"]
+    assert moved == sum(record.size for record in gather.result.inputs)
+    assert {"stage_in", "run", "stage_out"} <= by_id["gather"]["seconds"].keys()
+    assert figures["nodes"]["w1"]["tasks"] == 41 and figures["nodes"]["w1"]["run_s"] > 0
 
 
 def test_a_collection_beyond_its_bound_fails_the_task_with_a_clear_reason(

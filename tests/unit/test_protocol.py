@@ -129,7 +129,14 @@ SAMPLES: list[Message] = [
         "wf",
         (
             TaskTimeline(
-                "map-1", TaskState.DONE, 10, 30, 20, False, (AttemptInfo(1, "node-1", 1.0, 2.0),)
+                "map-1",
+                TaskState.DONE,
+                10,
+                30,
+                20,
+                False,
+                (AttemptInfo(1, "node-1", 1.0, 2.0),),
+                seconds={"stage_in": 0.25, "run": 1.5},
             ),
             TaskTimeline("reduce", TaskState.FAILED, 0, 0, 0, True, (), "producer map-2 failed"),
         ),

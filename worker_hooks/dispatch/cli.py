@@ -20,7 +20,7 @@ from worker_hooks.dispatch.follow import wait_for_workflow
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.dispatch.settings import DispatcherSettings
 from worker_hooks.dispatch.taskdb import Limits, TaskDB
-from worker_hooks.task.protocol import RetryRequest, TaskState
+from worker_hooks.task.protocol import RetryRequest, TaskState, WorkflowReport
 from worker_hooks.task.workflow import load_workflow
 
 URL_ENV = "STAGER_DISPATCHER_URL"
@@ -140,6 +140,38 @@ def serve_command(
         db.close()
 
 
+def per_task_figures(report: WorkflowReport) -> dict[str, Any]:
+    """Each task's node, input bytes by source and phase seconds; each node's totals."""
+    tasks = []
+    nodes: dict[str, dict[str, float]] = {}
+    for task in report.tasks:
+        node = task.attempts[-1].worker if task.attempts else None
+        figures = {
+            "bytes_from_s3": task.bytes_from_s3,
+            "bytes_from_cache": task.bytes_from_cache - task.bytes_from_peers,
+            "bytes_from_peers": task.bytes_from_peers,
+        }
+        tasks.append(
+            {
+                "id": task.id,
+                "state": task.state.value,
+                "node": node,
+                "attempts": len(task.attempts),
+                "memoized": task.memoized,
+                **figures,
+                "seconds": task.seconds,
+            }
+        )
+        if node is not None:
+            totals = nodes.setdefault(node, {"tasks": 0, **dict.fromkeys(figures, 0)})
+            totals["tasks"] += 1
+            for key, value in figures.items():
+                totals[key] += value
+            for phase, seconds in task.seconds.items():
+                totals[f"{phase}_s"] = round(totals.get(f"{phase}_s", 0.0) + seconds, 3)
+    return {"tasks": tasks, "nodes": nodes}
+
+
 @click.command(
     "submit",
     epilog="""\b
@@ -203,7 +235,10 @@ def status_command(
     workflow = workflow or workflow_flag
     status = client.status(workflow)
     if as_json:
-        click.echo(json.dumps(json.loads(status.to_json()), indent=1))
+        body = json.loads(status.to_json())
+        if workflow:
+            body |= per_task_figures(client.report(workflow))
+        click.echo(json.dumps(body, indent=1))
         return
     counts = "  ".join(f"{state} {n}" for state, n in status.counts.items())
     click.echo(f"tasks      {counts}")

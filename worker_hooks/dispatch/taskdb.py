@@ -918,7 +918,7 @@ class TaskDB:
         """Every task of ``workflow`` with its attempts, for a run report."""
         tasks = self._db.execute(
             "SELECT id, state, bytes_from_s3, bytes_from_cache, bytes_from_peers, memoized,"
-            " error FROM tasks WHERE workflow = ? ORDER BY seq",
+            " error, result FROM tasks WHERE workflow = ? ORDER BY seq",
             (workflow,),
         ).fetchall()
         if not tasks:
@@ -942,6 +942,7 @@ class TaskDB:
                     bool(t["memoized"]),
                     tuple(attempts.get(t["id"], ())),
                     t["error"],
+                    dict(_result_of(t["result"]).timings_s) if t["result"] else {},
                 )
                 for t in tasks
             ),

@@ -19,7 +19,7 @@ import functools
 import json
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Self
 
 from stager.digest import Digest
@@ -189,6 +189,7 @@ class TaskTimeline:
     memoized: bool
     attempts: tuple[AttemptInfo, ...]
     error: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # resolve, stage_in, run, stage_out
 
 
 @dataclass(frozen=True)
