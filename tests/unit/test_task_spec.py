@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fsd.stagein import validate_inputs
 from stager.digest import Digest, digest_bytes
 from stager.errors import ConfigError, StagerError, UnsafePathError
 from stager.locations import S3Url
@@ -298,3 +299,22 @@ def test_the_wrapper_refuses_an_unresolved_reference_before_any_io() -> None:
     spec = parse_spec({**VALID, "inputs": [{"source": "task://map-1/out.txt", "path": "p"}]})
     with pytest.raises(ConfigError, match="only the dispatcher can resolve"):
         stage_inputs(spec, store=None)  # type: ignore[arg-type]  # no I/O comes first
+
+
+class _Listing:
+    """What ObjectStore.list answers for one prefix (keys another tool chose)."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+
+    def list(self, prefix: S3Url) -> list[tuple[S3Url, int]]:
+        return [(S3Url(prefix.bucket, key), 1) for key in self.keys if key.startswith(prefix.key)]
+
+
+def test_an_s3_collection_cannot_stage_outside_its_folder() -> None:
+    spec = parse_spec({**VALID, "inputs": [{"source": "s3://bkt/ref/", "path": "in"}]})
+    listing = _Listing(["ref/ok.txt", "ref/", "ref/../../etc/passwd"])
+    staged = stage_inputs(spec, listing)  # type: ignore[arg-type]
+    assert [item.path for item in staged] == ["in/ok.txt", "in/../../etc/passwd"]
+    with pytest.raises(UnsafePathError):  # refused before any I/O, naming the input
+        validate_inputs(staged)
