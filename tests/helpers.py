@@ -26,6 +26,14 @@ def write_random(path: Path, size: int) -> bytes:
     return data
 
 
+def damage(path: Path) -> None:
+    """Change the first byte of ``path`` in place (to another value, whatever it was)."""
+    with path.open("r+b") as handle:
+        first = handle.read(1)
+        handle.seek(0)
+        handle.write(bytes([first[0] ^ 0xFF]))
+
+
 def files_under(root: Path) -> list[Path]:
     """Every file below ``root``, temp files included, sorted."""
     if not root.exists():

@@ -9,7 +9,7 @@ from typing import Any
 from fsd.cache import MARKER_MTIME_NS
 from stager.digest import digest_bytes
 from stager.locations import S3Url
-from tests.helpers import put_tampered, write_random
+from tests.helpers import damage, put_tampered, write_random
 
 
 def test_fetch_stats_ls_verify_evict(run_cli: Any, tmp_path: Path, prefix: S3Url) -> None:
@@ -31,8 +31,7 @@ def test_fetch_stats_ls_verify_evict(run_cli: Any, tmp_path: Path, prefix: S3Url
 
     entry = tmp_path / "cache" / "data" / digest_bytes(data).hex[:2] / digest_bytes(data).hex
     os.chmod(entry, 0o644)
-    with entry.open("r+b") as handle:
-        handle.write(b"\0")
+    damage(entry)
     os.chmod(entry, 0o444)
     os.utime(entry, ns=(0, MARKER_MTIME_NS))
     verified = run_cli(*cache, "verify")
@@ -93,8 +92,7 @@ def test_verify_reports_damage_that_a_lookup_already_dropped(
     assert run_cli(*cache, "fetch", str(prefix.child("app/tool.bin"))).returncode == 0
     entry = tmp_path / "cache" / "data" / digest_bytes(data).hex[:2] / digest_bytes(data).hex
     os.chmod(entry, 0o644)  # written through a link
-    with entry.open("r+b") as handle:
-        handle.write(b"\0")
+    damage(entry)
     # The next use finds it damaged, drops it and fetches it again, silently.
     refetched = run_cli(*cache, "fetch", str(prefix.child("app/tool.bin")))
     assert refetched.returncode == 0 and " s3 " in refetched.stdout, refetched.stdout
