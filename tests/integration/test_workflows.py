@@ -80,7 +80,12 @@ def write(path: Path, document: dict[str, Any]) -> Path:
 
 
 def test_a_failure_is_explained_fixed_and_rerun_running_only_what_changed(
-    cluster: LocalCluster, stager: Stager, prefix: S3Url, store: ObjectStore, tmp_path: Path
+    cluster: LocalCluster,
+    stager: Stager,
+    prefix: S3Url,
+    store: ObjectStore,
+    tmp_path: Path,
+    raw_client: Any,
 ) -> None:
     flow = write(tmp_path / "run1.yaml", pipeline(prefix, broken=True))
     failed = stager("submit", str(flow), "--wait")
@@ -102,6 +107,11 @@ def test_a_failure_is_explained_fixed_and_rerun_running_only_what_changed(
     as_json = json.loads(stager("logs", "check", "--json").stdout)
     assert as_json["logs"] == {"stderr": "bad input: part 1\n"}
     assert as_json["attempts"][0]["outcome"] == "failed"
+    (log_url,) = as_json["attempts"][0]["logs"]
+    gone = S3Url.parse(log_url)
+    raw_client.delete_object(Bucket=gone.bucket, Key=gone.key)  # a lifecycle rule took it
+    after = stager("logs", "check")
+    assert after.returncode == 0 and f"(no longer in S3: {log_url})" in after.stdout
 
     page = tmp_path / "run1.html"
     reported = stager("report", "run1", "-o", str(page))

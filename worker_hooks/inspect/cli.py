@@ -14,6 +14,8 @@ import click
 from stager.atomic import atomic_file
 from stager.cli.context import CliState
 from stager.errors import NotFoundError
+from stager.locations import S3Url
+from stager.objectstore import ObjectStore
 from worker_hooks.dispatch.cli import with_client
 from worker_hooks.dispatch.client import DispatcherClient
 from worker_hooks.inspect.report import render_report
@@ -35,6 +37,14 @@ def chosen_attempt(info: TaskInfo, attempt: int | None) -> AttemptInfo:
             return item
     numbers = ", ".join(str(a.attempt) for a in info.attempts)
     raise NotFoundError(f"task {info.id} has no attempt {attempt}", hint=f"it has: {numbers}")
+
+
+def _read_log(store: ObjectStore, url: S3Url) -> bytes:
+    """A log's bytes; one line saying so if it is gone (a lifecycle rule, a cleanup)."""
+    try:
+        return store.get_bytes(url)
+    except NotFoundError:
+        return f"(no longer in S3: {url})\n".encode()
 
 
 def _when(unix: float | None) -> str:
@@ -69,7 +79,7 @@ def logs_command(
     info = client.task(task_id)
     shown = chosen_attempt(info, attempt)
     store = core.object_store()
-    texts = {url.key.rsplit("/", 1)[-1]: store.get_bytes(url) for url in shown.logs}
+    texts = {url.key.rsplit("/", 1)[-1]: _read_log(store, url) for url in shown.logs}
     if as_json:
         body = {
             "task": info.id,
