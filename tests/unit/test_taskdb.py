@@ -27,6 +27,7 @@ from worker_hooks.task.protocol import (
     Lease,
     NodeOnly,
     Replica,
+    RetryRequest,
     TaskState,
     Written,
 )
@@ -323,6 +324,20 @@ def test_a_task_whose_producers_finished_goes_before_more_of_their_kind(
     # The reduce (depth 1) is ready: it goes before the maps still queued (depth 0).
     assert [lease.task_id for lease in db.lease("w", 2)] == ["reduce", "map2"]
     assert db.task("gather").state is TaskState.WAITING
+
+
+def test_retrying_a_dependant_alone_fails_it_again_rather_than_waiting_for_ever(
+    db: TaskDB,
+) -> None:
+    submit(db, task("p"), task("c", "task://p/out.txt"))
+    (lease,) = db.lease("w", 1)
+    db.fail("p", lease.attempt, "w", "exit 1", retry=False)  # c fails with it
+    reply = db.retry("wf", RetryRequest(tasks=("c",)))
+    assert reply.again == ("c",)
+    assert db.task("c").state is TaskState.FAILED
+    assert db.task("c").error == "producer p failed"
+    both = db.retry("wf", RetryRequest())  # the producer too: both run again
+    assert both.again == ("c", "p") and db.task("c").state is TaskState.WAITING
 
 
 def test_a_version_1_database_is_migrated(tmp_path: Path, clock: Clock) -> None:

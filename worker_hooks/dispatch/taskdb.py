@@ -856,8 +856,11 @@ class TaskDB:
         spec = _submitted_spec(row)
         edges = self._db.execute("SELECT producer FROM edges WHERE task = ?", (task_id,))
         self._db.execute("DELETE FROM deps WHERE task = ?", (task_id,))
+        ended = None  # a producer that failed (or was cancelled) and does not run again
         for producer in [edge["producer"] for edge in edges.fetchall()]:
             produced = self._row(producer)
+            if producer not in waiting_for and produced["state"] in ("failed", "cancelled"):
+                ended = f"producer {producer} {produced['state']}"
             if producer in waiting_for or produced["state"] != "done":
                 self._db.execute(
                     "INSERT INTO deps (task, producer) VALUES (?, ?)", (task_id, producer)
@@ -872,6 +875,9 @@ class TaskDB:
         )
         if row["state"] == "done":
             self.catalog.forget_outputs(task_id)
+        if ended is not None:  # it would wait for ever: it fails again, with the reason
+            self._fail_chain(task_id, ended, now)
+            return
         self._queue_if_ready(task_id, now)
 
     def cancel(self, task_id: str) -> TaskState:
