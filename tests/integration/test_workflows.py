@@ -275,3 +275,51 @@ def test_a_collection_beyond_its_bound_fails_the_task_with_a_clear_reason(
     info = cluster.client.task("reader")
     assert info.state is TaskState.FAILED and info.attempt == 1
     assert "holds 3 files, more than its max_count 2" in (info.error or "")
+
+
+def test_a_fan_out_over_files_known_only_once_their_producer_ran(
+    cluster: LocalCluster, stager: Stager, prefix: S3Url, raw_client: Any, tmp_path: Path
+) -> None:
+    out = prefix.child("out/")
+    flow = {
+        "name": "fanout",
+        "defaults": {"shell": True, "results": str(prefix.child("results/"))},
+        "tasks": [
+            {
+                "id": "split",  # 23 lines in chunks of 5: 5 files, plus one odd name
+                "command": "mkdir chunks; seq 1 23 | split -l 5 - chunks/part-;"
+                " cp chunks/part-aa 'chunks/\u00fc a.txt'",
+                "outputs": [{"path": "chunks/", "to": f"{out}chunks/"}],
+            },
+            {
+                "id": "count",
+                "command": 'wc -l < chunk.txt > n.txt; printf %s "$STAGER_ITEM" > item.txt',
+                "inputs": [{"source": "task://split/chunks/", "path": "chunk.txt", "each": True}],
+                "outputs": [
+                    {"path": "n.txt", "to": f"{out}n/"},
+                    {"path": "item.txt", "to": f"{out}n/"},
+                ],
+            },
+            {
+                "id": "total",
+                "command": "awk '{s += $1} END {print s}' counts/*/n.txt > total.txt",
+                "inputs": [{"source": "task://count/*/n.txt", "path": "counts"}],
+                "outputs": [{"path": "total.txt", "to": f"{out}total.txt"}],
+            },
+        ],
+    }
+    path = write(tmp_path / "fanout.yaml", flow)
+    done = stager("submit", str(path), "--wait")
+    assert done.returncode == 0, done.stderr
+    total = raw_client.get_object(Bucket=out.bucket, Key=out.key + "total.txt")["Body"].read()
+    assert total == b"28\n"  # 23 lines, and the copy of the first chunk's 5
+    items = ["part-aa", "part-ab", "part-ac", "part-ad", "part-ae", "\u00fc a.txt"]
+    for item in items:  # each run wrote below its own folder, and knew its file
+        body = raw_client.get_object(Bucket=out.bucket, Key=f"{out.key}n/{item}/item.txt")["Body"]
+        assert body.read().decode() == item
+    figures = json.loads(stager("status", "fanout", "--json").stdout)
+    ids = sorted(task["id"] for task in figures["tasks"])
+    assert ids == sorted(["split", "count", "total", *(f"count.{n}" for n in range(6))])
+    assert figures["counts"]["done"] == 9
+    again = stager("submit", str(path), "--wait")  # nothing changed: nothing runs
+    assert again.returncode == 0 and "3 kept" in again.stdout + again.stderr

@@ -17,7 +17,9 @@ Every task that has not succeeded (nor been cancelled) and depends on a
 task that runs again, directly or through others, goes back to waiting for
 it (``reset``). That includes tasks that *failed*: a dependant that ran
 while the node was silent but not yet found lost failed to find its input,
-and its own dependants failed with it; they get their chance again.
+and its own dependants failed with it; they get their chance again. So does
+the template of a member that runs again (worker_hooks.task.mapping), done or
+not: it gathers its members' outputs anew.
 :func:`plan_recovery` decides from a :class:`CatalogView`;
 :class:`~worker_hooks.dispatch.taskdb.TaskDB` gathers the view and applies
 the plan in one transaction.

@@ -50,6 +50,7 @@ from stager.locations import S3Url
 from worker_hooks.dispatch.catalog import ReplicaCatalog, rows_in
 from worker_hooks.dispatch.recovery import plan_recovery
 from worker_hooks.dispatch.scheduling import Candidate, Policy, choose_tasks
+from worker_hooks.task.mapping import ITEM_VARIABLE, group_result, members
 from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import (
     BRIEF_LIMIT,
@@ -74,7 +75,7 @@ from worker_hooks.task.result import ResultManifest
 from worker_hooks.task.spec import TaskSpec
 from worker_hooks.task.workflow import check_batch
 
-SCHEMA_VERSION = 4  # 2 learned digests, 3 node addresses and outputs, 4 depth (migrated)
+SCHEMA_VERSION = 5  # 2 learned digests, 3 node addresses and outputs, 4 depth, 5 each (migrated)
 FINAL_STATES = tuple(state.value for state in TaskState if state.final)
 SETTLED = ("done", "cancelled")  # what recovery leaves alone (a failed task may run again)
 _SCHEMA = """
@@ -100,11 +101,15 @@ CREATE TABLE IF NOT EXISTS tasks (
     submitted TEXT,
     reruns INTEGER NOT NULL DEFAULT 0,
     depth INTEGER NOT NULL DEFAULT 0,
-    memoized INTEGER NOT NULL DEFAULT 0
+    memoized INTEGER NOT NULL DEFAULT 0,
+    mapped INTEGER NOT NULL DEFAULT 0,
+    members INTEGER,
+    member_of TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, seq);
 CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(state, depth DESC, seq);
 CREATE INDEX IF NOT EXISTS tasks_by_workflow ON tasks(workflow, state);
+CREATE INDEX IF NOT EXISTS tasks_by_template ON tasks(member_of);
 CREATE TABLE IF NOT EXISTS deps (
     task TEXT NOT NULL, producer TEXT NOT NULL, PRIMARY KEY (task, producer)
 );
@@ -138,13 +143,16 @@ CREATE TABLE IF NOT EXISTS assignments (
 CREATE INDEX IF NOT EXISTS assignments_by_task ON assignments(task, attempt);
 """
 
-# Columns that versions 3 and 4 added to tables of earlier versions (migrated in place).
+# Columns that versions 3 to 5 added to tables of earlier versions (migrated in place).
 _ADDED_COLUMNS = (
     ("tasks", "bytes_from_peers", "INTEGER NOT NULL DEFAULT 0"),
     ("tasks", "submitted", "TEXT"),
     ("tasks", "reruns", "INTEGER NOT NULL DEFAULT 0"),
     ("tasks", "depth", "INTEGER NOT NULL DEFAULT 0"),
     ("tasks", "memoized", "INTEGER NOT NULL DEFAULT 0"),
+    ("tasks", "mapped", "INTEGER NOT NULL DEFAULT 0"),
+    ("tasks", "members", "INTEGER"),
+    ("tasks", "member_of", "TEXT"),
     ("assignments", "ended_at", "REAL"),
     ("assignments", "outcome", "TEXT"),
     ("assignments", "error", "TEXT"),
@@ -258,7 +266,8 @@ class _View:
     def dependants(self, task: str) -> list[str]:
         rows = self._db.execute(
             "SELECT e.task FROM edges e JOIN tasks t ON t.id = e.task"
-            f" WHERE e.producer = ? AND t.state NOT IN {SETTLED}",
+            f" WHERE e.producer = ?1 AND (t.state NOT IN {SETTLED}"
+            "  OR t.id = (SELECT member_of FROM tasks WHERE id = ?1))",  # a member's template
             (task,),
         )
         return [row["task"] for row in rows]
@@ -285,7 +294,7 @@ class TaskDB:
         with self._tx() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             tables = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
-            if (version == 0 and tables == 0) or version in (1, 2, 3):  # new, or migrated
+            if (version == 0 and tables == 0) or version in (1, 2, 3, 4):  # new, or migrated
                 for table, column, kind in _ADDED_COLUMNS if version else ():
                     have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
                     if column not in have:
@@ -411,12 +420,14 @@ class TaskDB:
                 self._restart(task_id, again, rerun=False, now=now)
         return SubmitReply(submitted=(), again=tuple(sorted(again)))
 
-    def _insert(self, workflow: str, spec: TaskSpec, depth: int, now: float) -> None:
+    def _insert(
+        self, workflow: str, spec: TaskSpec, depth: int, now: float, member_of: str | None = None
+    ) -> None:
         body, inputs = _spec_columns(spec)
         self._db.execute(
-            "INSERT INTO tasks (id, workflow, body, submitted, state, submitted_at, inputs, depth)"
-            " VALUES (?, ?, ?, ?, 'waiting', ?, ?, ?)",
-            (spec.id, workflow, body, body, now, inputs, depth),
+            "INSERT INTO tasks (id, workflow, body, submitted, state, submitted_at, inputs, depth,"
+            " mapped, member_of) VALUES (?, ?, ?, ?, 'waiting', ?, ?, ?, ?, ?)",
+            (spec.id, workflow, body, body, now, inputs, depth, spec.mapped, member_of),
         )
         for table in ("deps", "edges"):  # deps: not yet satisfied; edges: for good
             self._db.executemany(
@@ -471,15 +482,92 @@ class TaskDB:
                 stack.pop()
         return depths
 
-    def _queue_if_ready(self, task_id: str, now: float) -> bool:
+    def _queue_if_ready(self, task_id: str, now: float) -> None:
+        """Queue a waiting task whose producers have all committed; a template (a task
+        with an ``each`` input) is not queued but made into its members, and is done
+        when they all are."""
         pending = self._db.execute("SELECT 1 FROM deps WHERE task = ? LIMIT 1", (task_id,))
         if pending.fetchone() is not None:
-            return False
-        cursor = self._db.execute(
-            "UPDATE tasks SET state = 'queued', queued_at = ? WHERE id = ? AND state = 'waiting'",
-            (now, task_id),
+            return
+        row = self._db.execute(
+            "SELECT state, mapped, members FROM tasks WHERE id = ?", (task_id,)
+        ).fetchone()
+        if row["state"] != "waiting":
+            return
+        if not row["mapped"]:
+            self._db.execute(
+                "UPDATE tasks SET state = 'queued', queued_at = ? WHERE id = ?", (now, task_id)
+            )
+        elif row["members"] is None:
+            self._expand(task_id, now)
+        else:
+            self._finish_template(task_id, now)
+
+    def _expand(self, task_id: str, now: float) -> None:
+        """Make a template's members (see :mod:`worker_hooks.task.mapping`), each a task
+        the template depends on."""
+        row = self._row(task_id)
+        found = members(_spec_of(row), _submitted_spec(row))
+        ids = [member.spec.id for member in found]
+        taken = list(rows_in(self._db, "SELECT id FROM tasks WHERE id IN ({marks})", ids))
+        if taken:
+            self._fail_chain(task_id, f"task id {taken[0]['id']} is taken: rename it", now)
+            return
+        for member in found:
+            self._insert(row["workflow"], member.spec, row["depth"], now, member_of=task_id)
+            # A member made anew after an earlier one of its id carries on its attempt
+            # numbers, so a late report from the earlier one stays stale (fencing).
+            self._db.execute(
+                "UPDATE tasks SET attempt = (SELECT COALESCE(MAX(attempt), 0) FROM assignments"
+                " WHERE task = ?1) WHERE id = ?1",
+                (member.spec.id,),
+            )
+            self._queue_if_ready(member.spec.id, now)
+        for table in ("deps", "edges"):
+            self._db.executemany(
+                f"INSERT INTO {table} (task, producer) VALUES (?, ?)", [(task_id, i) for i in ids]
+            )
+        self._db.execute("UPDATE tasks SET members = ? WHERE id = ?", (len(ids), task_id))
+        self._queue_if_ready(task_id, now)
+
+    def _finish_template(self, task_id: str, now: float) -> None:
+        """Every member is done: so is the template, its result recording theirs."""
+        rows = self._db.execute(
+            "SELECT body, result FROM tasks WHERE member_of = ? ORDER BY seq", (task_id,)
+        ).fetchall()
+        done = [(_spec_of(r).env[ITEM_VARIABLE], _result_of(r["result"])) for r in rows]
+        result = group_result(task_id, done)
+        self._db.execute(
+            "UPDATE tasks SET state = 'done', result = ?, finished_at = ?, error = NULL"
+            " WHERE id = ?",
+            (result.to_bytes().decode(), now, task_id),
         )
-        return cursor.rowcount > 0
+        self._release(task_id, result, now)
+
+    def _drop_members(self, task_id: str, now: float) -> None:
+        """Forget a template's members: it is made into members anew."""
+        rows = self._db.execute(
+            "SELECT id, state, attempt FROM tasks WHERE member_of = ?", (task_id,)
+        ).fetchall()
+        for row in rows:
+            if row["state"] == "leased":  # its running attempt will be refused when it reports
+                self._end_attempt(row["id"], row["attempt"], "withdrawn", None, (), now)
+            if row["state"] == "done":
+                self.catalog.forget_outputs(row["id"])
+        for table in ("deps", "edges"):
+            self._db.execute(
+                f"DELETE FROM {table} WHERE task = ? AND producer IN"
+                " (SELECT id FROM tasks WHERE member_of = ?)",
+                (task_id, task_id),
+            )
+        self._db.execute("DELETE FROM tasks WHERE member_of = ?", (task_id,))
+        self._db.execute("UPDATE tasks SET members = NULL WHERE id = ?", (task_id,))
+
+    def _release(self, task_id: str, result: ResultManifest, now: float) -> None:
+        """``task_id`` committed ``result``: its dependants stop waiting for it."""
+        dependants = self._db.execute("SELECT task FROM deps WHERE producer = ?", (task_id,))
+        for row in dependants.fetchall():
+            self._satisfy(row["task"], task_id, result, now)
 
     def _satisfy(self, task_id: str, producer: str, result: ResultManifest, now: float) -> None:
         try:
@@ -703,9 +791,7 @@ class TaskDB:
                 "INSERT OR IGNORE INTO replicas (worker, digest) VALUES (?, ?)",
                 [(worker, str(digest)) for digest in held],
             )
-            dependants = db.execute("SELECT task FROM deps WHERE producer = ?", (task_id,))
-            for row in dependants.fetchall():
-                self._satisfy(row["task"], task_id, result, now)
+            self._release(task_id, result, now)
 
     def fail(
         self,
@@ -853,6 +939,8 @@ class TaskDB:
         row = self._row(task_id)
         if row["state"] == "leased":  # its running attempt will be refused when it reports
             self._end_attempt(task_id, row["attempt"], "withdrawn", None, (), now)
+        if row["members"] is not None and not self._members_of(task_id) & waiting_for:
+            self._drop_members(task_id, now)  # not one of its members runs again: all do
         spec = _submitted_spec(row)
         edges = self._db.execute("SELECT producer FROM edges WHERE task = ?", (task_id,))
         self._db.execute("DELETE FROM deps WHERE task = ?", (task_id,))
@@ -880,6 +968,10 @@ class TaskDB:
             return
         self._queue_if_ready(task_id, now)
 
+    def _members_of(self, task_id: str) -> set[str]:
+        rows = self._db.execute("SELECT id FROM tasks WHERE member_of = ?", (task_id,))
+        return {row["id"] for row in rows}
+
     def cancel(self, task_id: str) -> TaskState:
         """Cancel a task that has not finished (its dependants fail)."""
         now = self._clock()
@@ -888,8 +980,9 @@ class TaskDB:
             if row["state"] in FINAL_STATES:
                 return TaskState(row["state"])
             db.execute(
-                "UPDATE tasks SET state = 'cancelled', finished_at = ?, worker = NULL,"
-                " error = 'cancelled' WHERE id = ?",
+                "UPDATE tasks SET state = 'cancelled', finished_at = ?1, worker = NULL,"
+                " error = 'cancelled' WHERE (id = ?2 OR member_of = ?2) AND state NOT IN"
+                " ('done', 'failed', 'cancelled')",
                 (now, task_id),
             )
             dependants = db.execute("SELECT task FROM deps WHERE producer = ?", (task_id,))

@@ -20,6 +20,7 @@ from stager.digest import Digest
 from stager.errors import ConfigError, StagerError, UnsafePathError
 from stager.locations import S3Url, safe_relative_path
 from stager.units import parse_size
+from worker_hooks.task.mapping import MAX_TEMPLATE_ID
 from worker_hooks.task.result import Persist
 from worker_hooks.task.spec import (
     FORMAT,
@@ -38,6 +39,7 @@ from worker_hooks.task.spec import (
 
 MAX_SIZE_BYTES = 2**60
 SPEC_HINT = "fix the field named above; the format is in docs/task-spec.md"
+MAPPED_HINT = "a task mapped over a collection is described in docs/workflows.md (each)"
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KEYS = frozenset(
     {
@@ -192,7 +194,9 @@ def _timeout(fields: _Fields) -> float | None:
 
 def _input(body: Any, where: str) -> InputSpec:
     fields = _Fields(body, where)
-    fields.reject_unknown(frozenset({"source", "path", "digest", "size", "max_count", "max_bytes"}))
+    fields.reject_unknown(
+        frozenset({"source", "path", "digest", "size", "max_count", "max_bytes", "each"})
+    )
     source: S3Url | TaskRef
     if fields.string("source").startswith(TASK_SCHEME):
         try:
@@ -208,10 +212,23 @@ def _input(body: Any, where: str) -> InputSpec:
         size=fields.size("size"),
         max_count=_count(fields, "max_count", MAX_COLLECTION_COUNT),
         max_bytes=fields.size("max_bytes") or MAX_COLLECTION_BYTES,
+        each=_flag(fields, "each"),
     )
     if item.is_collection and (item.digest is not None or item.size is not None):
         raise fields.fail("digest", "and size are for single files, not a collection")
+    resolved = isinstance(source, S3Url) and item.digest is not None  # by the dispatcher
+    if item.each and not ((isinstance(source, TaskRef) and item.is_collection) or resolved):
+        raise fields.fail(
+            "each", "needs a producer's directory or glob as source (task://<id>/dir/ or a glob)"
+        )
     return item
+
+
+def _flag(fields: _Fields, key: str) -> bool:
+    value = fields.body.get(key, False)
+    if not isinstance(value, bool):
+        raise fields.fail(key, "must be true or false")
+    return value
 
 
 def _count(fields: _Fields, key: str, default: int) -> int:
@@ -273,6 +290,23 @@ def _unique_paths(spec_inputs: Sequence[InputSpec], bundle: BundleSpec | None) -
         claimed.append((field_name, path))
 
 
+def _check_template(inputs: Sequence[InputSpec], outputs: Sequence[OutputSpec]) -> None:
+    """A task mapped over a collection: one ``each`` input, and outputs that each run
+    writes below its own folder (so every ``to`` is a prefix)."""
+    mapped = [n for n, item in enumerate(inputs) if item.each and isinstance(item.source, TaskRef)]
+    if len(mapped) > 1:
+        raise ConfigError(
+            f"task spec: inputs[{mapped[1]}] is a second 'each' input", hint=MAPPED_HINT
+        )
+    for number, output in enumerate(outputs):
+        if any(item.each for item in inputs) and not output.to.is_prefix:
+            raise ConfigError(
+                f"task spec: outputs[{number}].to must end in '/' in a task with an 'each' "
+                "input: every run writes below it, in a folder named after its file",
+                hint=MAPPED_HINT,
+            )
+
+
 def parse_spec(body: Any) -> TaskSpec:
     """Validate decoded JSON into a :class:`TaskSpec`; raise ConfigError naming the field."""
     fields = _Fields(body, "")
@@ -282,15 +316,16 @@ def parse_spec(body: Any) -> TaskSpec:
     task_id = fields.string("id")
     if not valid_task_id(task_id):
         raise fields.fail("id", f"{task_id[:80]!r} is not 1-128 letters, digits, '.', '_' or '-'")
-    shell = body.get("shell", False)
-    if not isinstance(shell, bool):
-        raise fields.fail("shell", "must be true or false")
+    shell = _flag(fields, "shell")
     inputs = tuple(_input(item, f"inputs[{n}]") for n, item in enumerate(fields.items("inputs")))
     outputs = tuple(
         _output(item, f"outputs[{n}]") for n, item in enumerate(fields.items("outputs"))
     )
     bundle = None if body.get("bundle") is None else _bundle(body["bundle"])
     _unique_paths(inputs, bundle)
+    _check_template(inputs, outputs)
+    if any(item.each for item in inputs) and len(task_id) > MAX_TEMPLATE_ID:
+        raise fields.fail("id", f"of a task with an 'each' input is at most {MAX_TEMPLATE_ID} long")
     if any(isinstance(i.source, TaskRef) and i.source.producer == task_id for i in inputs):
         raise ConfigError(
             f"task spec: task {task_id} names its own output as an input", hint=SPEC_HINT

@@ -102,6 +102,9 @@ class InputSpec:
     # directory at ``path``, refused beyond these bounds.
     max_count: int = MAX_COLLECTION_COUNT
     max_bytes: int = MAX_COLLECTION_BYTES
+    # The task is a template run once per file of this collection (a producer's
+    # directory or glob), that file staged at ``path``; see worker_hooks.task.mapping.
+    each: bool = False
 
     @property
     def is_collection(self) -> bool:
@@ -115,6 +118,8 @@ class InputSpec:
             body["max_count"] = self.max_count
         if self.max_bytes != MAX_COLLECTION_BYTES:
             body["max_bytes"] = self.max_bytes
+        if self.each:
+            body["each"] = True
         return body
 
 
@@ -190,6 +195,11 @@ class TaskSpec:
                 hint="give a results prefix (--results s3://bucket/prefix/)",
             )
         return S3Url(self.outputs[0].to.bucket, ".stager/results/")
+
+    @property
+    def mapped(self) -> bool:
+        """A template run once per file of its ``each`` input (not itself leased)."""
+        return any(item.each for item in self.inputs)
 
     @property
     def producers(self) -> frozenset[str]:

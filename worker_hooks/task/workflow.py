@@ -25,6 +25,7 @@ from typing import Any
 
 from stager.errors import ConfigError
 from worker_hooks.task.documents import load_document
+from worker_hooks.task.mapping import as_producer, is_member_id
 from worker_hooks.task.parse import did_you_mean, parse_spec
 from worker_hooks.task.spec import (
     GLOB_CHARACTERS,
@@ -58,8 +59,16 @@ def check_batch(
     duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
     if duplicates:
         raise ConfigError(f"task id {duplicates[0]} is used twice in the workflow", hint=HINT)
+    templates = [spec.id for spec in specs if spec.mapped]
+    taken = sorted(i for i in ids for t in templates if is_member_id(i, t))
+    if taken:
+        raise ConfigError(
+            f"task id {taken[0]} is of the form the runs of a task with an 'each' input take",
+            hint="rename the task: ids <id>.<n> belong to the runs of task <id>",
+        )
     producers = {spec.id: spec for spec in specs}
     producers = {**known(sorted({p for s in specs for p in s.producers} - set(ids))), **producers}
+    producers = {task_id: as_producer(spec) for task_id, spec in producers.items()}
     for spec in specs:
         for number, item in enumerate(spec.inputs):
             if isinstance(item.source, TaskRef):
