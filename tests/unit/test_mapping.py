@@ -12,7 +12,7 @@ import pytest
 from stager.digest import Digest
 from stager.errors import ConfigError, StaleAttemptError
 from stager.locations import S3Url
-from tests.unit.test_taskdb import Clock, run, submit
+from tests.unit.test_taskdb import Clock, result_for, run, submit
 from worker_hooks.dispatch.taskdb import Limits, TaskDB
 from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import RetryRequest, TaskState
@@ -44,18 +44,10 @@ def digest(number: int) -> Digest:
 
 def made(task_id: str, *files: tuple[str, str]) -> ResultManifest:
     """A result recording ``(sandbox path, S3 url)`` files."""
-    return ResultManifest(
-        task_id=task_id,
-        task_key="k",
-        command=("x",),
-        exit_code=0,
-        host="h",
-        started_at="t",
-        outputs=tuple(
-            FileRecord(path, S3Url.parse(url), digest(n + 1), 3)
-            for n, (path, url) in enumerate(files)
-        ),
+    outputs = tuple(
+        FileRecord(path, S3Url.parse(url), digest(n + 1), 3) for n, (path, url) in enumerate(files)
     )
+    return replace(result_for(task_id), outputs=outputs)
 
 
 @pytest.fixture
