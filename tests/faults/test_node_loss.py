@@ -78,7 +78,7 @@ def test_recover_dry_run_reports_and_changes_nothing(cluster: LocalCluster, pref
     wait_for(state_of(cluster, "p"))
     wait_for(lambda: cluster.client.status().workers[0].cached_digests > 0)
     report = cluster.client.recover("a", dry_run=True)
-    assert report.dry_run and report.recomputed == ("p",)  # a final output, only on a
+    assert report.dry_run and report.recomputed == ("wf/p",)  # a final output, only on a
     assert cluster.client.task("p").state is TaskState.DONE
     assert not cluster.client.status().workers[0].lost
     # The same from the command line, and a node that never was: one line, exit 3.
@@ -92,7 +92,7 @@ def test_recover_dry_run_reports_and_changes_nothing(cluster: LocalCluster, pref
         timeout=60,
         check=False,
     )
-    assert shown.returncode == 0 and "tasks would be recomputed: p" in shown.stdout, shown.stderr
+    assert shown.returncode == 0 and "tasks would be recomputed: wf/p" in shown.stdout, shown.stderr
     missing = subprocess.run(
         [sys.executable, "-m", "stager", "recover", "--node", "nobody", *flags],
         env=env,

@@ -30,6 +30,7 @@ from worker_hooks.local.cluster import LocalCluster
 from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import PROTOCOL_VERSION, VERSION_HEADER, TaskState
 from worker_hooks.task.result import ResultManifest
+from worker_hooks.task.spec import task_of
 
 ClusterFactory = Callable[..., LocalCluster]
 
@@ -159,10 +160,10 @@ def test_a_stale_completion_is_refused(make_cluster: ClusterFactory, prefix: S3U
         b' "outputs": [], "logs": []}'
     )
     with pytest.raises(PreconditionFailedError, match="not the current lease"):
-        client.complete("t", first.attempt, "late", manifest, [])
-    client.complete("t", second.attempt, "prompt", manifest, [])
+        client.complete(first.task_id, first.attempt, "late", manifest, [])
+    client.complete(first.task_id, second.attempt, "prompt", manifest, [])
     with pytest.raises(PreconditionFailedError):
-        client.complete("t", first.attempt, "late", manifest, [])
+        client.complete(first.task_id, first.attempt, "late", manifest, [])
     assert client.task("t").state is TaskState.DONE
 
 
@@ -311,7 +312,7 @@ def test_data_aware_policy_sends_tasks_to_the_worker_holding_their_inputs(
     submit(cluster.client, tasks, workflow="wf")
     assert wait_until_ended(cluster.client, "wf")["done"] == 12
     for a in cluster.client.assignments():
-        assert a.worker == f"node-{a.task[0]}", a
+        assert a.worker == f"node-{task_of(a.task)[0]}", a
     assert cluster.client.status("wf").cache_hit_rate == 1.0
 
 
@@ -366,7 +367,8 @@ def test_submit_wait_status_and_cancel_from_the_command_line(
     blocker = tmp_path / "blocker.json"
     blocker.write_text(json.dumps([task("blocker", "sleep 30", prefix)]))
     assert stager("submit", str(blocker)).returncode == 0
-    assert stager("submit", str(parked)).returncode == 0
+    assert stager("submit", str(parked)).returncode == 2  # blocker is not in its workflow
+    assert stager("submit", str(parked), "--workflow", "blocker").returncode == 0
     cancelled = stager("cancel", "blocker")
     assert cancelled.returncode == 0 and "blocker: cancelled" in cancelled.stdout
     assert cluster.client.task("parked").state is TaskState.FAILED
@@ -590,6 +592,6 @@ def test_a_stale_attempt_resumed_after_its_lease_never_changes_an_accepted_outpu
         prefix,
         inputs=[{"source": "task://t/out.txt", "path": "in.txt"}],
     )
-    submit(cluster.client, [consumer], workflow="after")
-    assert wait_until_ended(cluster.client, "after")["done"] == 1, cluster.log_of("prompt")
+    submit(cluster.client, [consumer], workflow="wf")  # added to the producer's workflow
+    assert wait_until_ended(cluster.client, "wf")["done"] == 2, cluster.log_of("prompt")
     assert store.get_bytes(prefix.child("out/consumer.txt")) == store.get_bytes(record.url)

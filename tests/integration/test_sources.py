@@ -18,7 +18,7 @@ from tests.helpers import count_requests
 from worker_hooks.dispatch.follow import wait_for_workflow
 from worker_hooks.local.cluster import LocalCluster
 from worker_hooks.task.parse import parse_spec
-from worker_hooks.task.spec import TaskSpec
+from worker_hooks.task.spec import TaskSpec, task_of
 from worker_hooks.wrap.node import Node
 from worker_hooks.wrap.wrapper import wrap_task
 
@@ -116,7 +116,7 @@ def test_workers_schedule_and_cache_an_input_that_no_one_gave_a_digest(
         cluster.wait_for_workers(["holder", "other"])
         cluster.client.submit([task(f"next-{n}") for n in range(4)], workflow="more")
         status = wait_for_workflow(cluster.client, "more", poll_s=0.2)
-        placed = {a.task: a.worker for a in cluster.client.assignments()}
+        placed = {task_of(a.task): a.worker for a in cluster.client.assignments()}
     assert {placed[f"next-{n}"] for n in range(4)} == {"holder"}  # where the bytes are
     assert status.bytes_from_s3 == 0 and status.bytes_from_cache == 4 * len(data)
     expected = subprocess.run(["cksum"], input=data, capture_output=True, check=True).stdout

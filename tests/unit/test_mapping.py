@@ -67,7 +67,7 @@ def test_members_are_made_when_the_producer_commits_and_the_template_gathers_the
     split_into(db, "b/c.txt", "a.txt")
     assert db.task("count").state is TaskState.WAITING  # for its members, never leased
     leases = db.lease("w", 5)
-    assert [lease.task_id for lease in leases] == ["count.0", "count.1"]
+    assert [lease.spec.id for lease in leases] == ["count.0", "count.1"]
     first, second = (lease.spec for lease in leases)
     assert first.inputs == (
         InputSpec(S3Url.parse("s3://bkt/chunks/a.txt"), "chunk.txt", digest(2), 3),
@@ -76,14 +76,14 @@ def test_members_are_made_when_the_producer_commits_and_the_template_gathers_the
     assert [str(o.to) for o in second.outputs] == ["s3://bkt/n/b/c.txt/"]
     assert not first.mapped and first.command == ("wc",)
 
-    db.complete("count.1", 1, "w", made("count.1", ("n.txt", "s3://bkt/n/b/c.txt/n.txt")))
+    db.complete("wf/count.1", 1, "w", made("count.1", ("n.txt", "s3://bkt/n/b/c.txt/n.txt")))
     assert db.task("total").state is TaskState.WAITING
-    db.complete("count.0", 1, "w", made("count.0", ("n.txt", "s3://bkt/n/a.txt/n.txt")))
+    db.complete("wf/count.0", 1, "w", made("count.0", ("n.txt", "s3://bkt/n/a.txt/n.txt")))
     template = db.task("count")
     assert template.state is TaskState.DONE and template.result is not None
     assert [r.path for r in template.result.outputs] == ["a.txt/n.txt", "b/c.txt/n.txt"]
     (lease,) = db.lease("w", 5)
-    assert lease.task_id == "total"
+    assert lease.spec.id == "total"
     assert sorted((i.path, str(i.source)) for i in lease.spec.inputs) == [
         ("counts/a.txt/n.txt", "s3://bkt/n/a.txt/n.txt"),
         ("counts/b/c.txt/n.txt", "s3://bkt/n/b/c.txt/n.txt"),
@@ -95,7 +95,7 @@ def test_a_template_over_an_empty_collection_is_done_with_no_members(db: TaskDB)
     split_into(db)
     assert db.task("count").state is TaskState.DONE
     (lease,) = db.lease("w", 5)
-    assert lease.task_id == "total" and lease.spec.inputs == ()
+    assert lease.spec.id == "total" and lease.spec.inputs == ()
 
 
 def test_a_failed_member_fails_the_template_and_a_retry_runs_only_that_member(
@@ -114,11 +114,11 @@ def test_a_failed_member_fails_the_template_and_a_retry_runs_only_that_member(
     reply = db.retry("wf", RetryRequest(only_failed=True))
     assert reply.again == ("count", "count.0", "total")
     (again,) = db.lease("w", 5)
-    assert (again.task_id, again.attempt) == ("count.0", 2)
-    db.complete("count.0", 2, "w", made("count.0", ("n.txt", "s3://bkt/n/a/n.txt")))
+    assert (again.spec.id, again.attempt) == ("count.0", 2)
+    db.complete("wf/count.0", 2, "w", made("count.0", ("n.txt", "s3://bkt/n/a/n.txt")))
     assert db.task("count.1").attempt == 1  # kept, not run again
     assert db.task("count").state is TaskState.DONE
-    assert [lease.task_id for lease in db.lease("w", 5)] == ["total"]
+    assert [lease.spec.id for lease in db.lease("w", 5)] == ["total"]
 
 
 def test_a_changed_template_is_made_anew_and_a_late_report_of_an_old_member_is_refused(
@@ -130,11 +130,13 @@ def test_a_changed_template_is_made_anew_and_a_late_report_of_an_old_member_is_r
     reply = db.submit("wf", [parse_spec(SPLIT), parse_spec({**COUNT, "command": ["wc", "-l"]})])
     assert reply.again == ("count",)
     (new,) = db.lease("w2", 5)
-    assert new.task_id == old.task_id == "count.0" and new.spec.command == ("wc", "-l")
+    assert new.spec.id == old.spec.id == "count.0" and new.spec.command == ("wc", "-l")
     assert new.attempt > old.attempt
     with pytest.raises(StaleAttemptError):
-        db.complete("count.0", old.attempt, "w1", made("count.0", ("n.txt", "s3://bkt/n/a/n.txt")))
-    db.complete("count.0", new.attempt, "w2", made("count.0", ("n.txt", "s3://bkt/n/a/n.txt")))
+        db.complete(
+            "wf/count.0", old.attempt, "w1", made("count.0", ("n.txt", "s3://bkt/n/a/n.txt"))
+        )
+    db.complete("wf/count.0", new.attempt, "w2", made("count.0", ("n.txt", "s3://bkt/n/a/n.txt")))
     assert db.task("count").state is TaskState.DONE
 
 
@@ -198,6 +200,6 @@ def test_losing_a_members_only_copy_runs_that_member_again_not_the_whole_map(
     assert db.task("count").state is TaskState.DONE
 
     report = db.recover("w1")
-    assert report.recomputed == ("count.0", "count.1")
+    assert report.recomputed == ("wf/count.0", "wf/count.1")
     assert db.task("count").state is TaskState.WAITING
-    assert sorted(lease.task_id for lease in db.lease("w2", 5)) == ["count.0", "count.1"]
+    assert sorted(lease.spec.id for lease in db.lease("w2", 5)) == ["count.0", "count.1"]

@@ -89,12 +89,12 @@ def test_a_stale_completion_is_refused_after_the_lease_expired(db: TaskDB, clock
     (second,) = db.lease("w2", 5)
     assert second.attempt == first.attempt + 1
     with pytest.raises(StaleAttemptError):
-        db.complete("t", first.attempt, "w1", result_for("t"))
-    db.complete("t", second.attempt, "w2", result_for("t"))
+        db.complete("wf/t", first.attempt, "w1", result_for("t"))
+    db.complete("wf/t", second.attempt, "w2", result_for("t"))
     with pytest.raises(StaleAttemptError):  # nor can it overwrite an accepted result
-        db.complete("t", first.attempt, "w1", result_for("t"))
+        db.complete("wf/t", first.attempt, "w1", result_for("t"))
     assert db.task("t").state is TaskState.DONE
-    assert db.assignments("t") == [Assignment("t", 1, "w1"), Assignment("t", 2, "w2")]
+    assert db.assignments("t") == [Assignment("wf/t", 1, "w1"), Assignment("wf/t", 2, "w2")]
 
 
 def test_heartbeats_keep_a_lease_and_report_stale_ones(db: TaskDB, clock: Clock) -> None:
@@ -102,9 +102,9 @@ def test_heartbeats_keep_a_lease_and_report_stale_ones(db: TaskDB, clock: Clock)
     (lease,) = db.lease("w1", 1)
     for _ in range(3):
         clock.now += 8
-        assert db.heartbeat("w1", [("t", lease.attempt)]).drop == ()
+        assert db.heartbeat("w1", [("wf/t", lease.attempt)]).drop == ()
         assert db.expire() == 0
-    assert db.heartbeat("w1", [("t", lease.attempt + 1)]).drop == ("t",)
+    assert db.heartbeat("w1", [("wf/t", lease.attempt + 1)]).drop == ("wf/t",)
 
 
 def test_expiry_past_the_limit_fails_the_task(db: TaskDB, clock: Clock) -> None:
@@ -121,8 +121,8 @@ def test_dependant_runs_after_its_producer_with_the_recorded_output(db: TaskDB) 
     submit(db, task("map"), task("reduce", "task://map/out.txt"))
     assert db.counts()["waiting"] == 1
     (lease,) = db.lease("w1", 5)
-    assert lease.task_id == "map"
-    db.complete("map", lease.attempt, "w1", result_for("map"), [InputUse(DIGEST, 5, False)])
+    assert lease.spec.id == "map"
+    db.complete("wf/map", lease.attempt, "w1", result_for("map"), [InputUse(DIGEST, 5, False)])
     (reduce_lease,) = db.lease("w1", 5)
     (item,) = reduce_lease.spec.inputs
     assert item == InputSpec(S3Url.parse("s3://bkt/out/map.txt"), "in0", DIGEST, 5)
@@ -131,7 +131,7 @@ def test_dependant_runs_after_its_producer_with_the_recorded_output(db: TaskDB) 
 def test_a_failed_producer_fails_its_dependants_transitively(db: TaskDB) -> None:
     submit(db, task("a"), task("b", "task://a/out.txt"), task("c", "task://b/out.txt"))
     (lease,) = db.lease("w1", 5)
-    failed = db.fail("a", lease.attempt, "w1", "command exited with code 1", retry=False)
+    failed = db.fail("wf/a", lease.attempt, "w1", "command exited with code 1", retry=False)
     assert failed is TaskState.FAILED
     for dependant in ("b", "c"):
         info = db.task(dependant)
@@ -144,9 +144,9 @@ def test_a_failed_producer_fails_its_dependants_transitively(db: TaskDB) -> None
 def test_a_done_task_keeps_no_error_of_an_earlier_attempt(db: TaskDB) -> None:
     submit(db, task("t"))
     (first,) = db.lease("w1", 1)
-    db.fail("t", first.attempt, "w1", "the S3 endpoint did not answer", retry=True)
+    db.fail("wf/t", first.attempt, "w1", "the S3 endpoint did not answer", retry=True)
     (second,) = db.lease("w2", 1)
-    db.complete("t", second.attempt, "w2", result_for("t"))
+    db.complete("wf/t", second.attempt, "w2", result_for("t"))
     info = db.task("t")
     assert info.state is TaskState.DONE and info.error is None
 
@@ -154,11 +154,11 @@ def test_a_done_task_keeps_no_error_of_an_earlier_attempt(db: TaskDB) -> None:
 def test_release_requeues_without_counting_a_failure(db: TaskDB) -> None:
     submit(db, task("t"))
     (lease,) = db.lease("w1", 1)
-    db.release("t", lease.attempt, "w1")
+    db.release("wf/t", lease.attempt, "w1")
     info = db.task("t")
     assert info.state is TaskState.QUEUED and info.failures == 0
     with pytest.raises(StaleAttemptError):
-        db.release("t", lease.attempt, "w1")
+        db.release("wf/t", lease.attempt, "w1")
 
 
 def test_batch_checks(db: TaskDB) -> None:
@@ -171,9 +171,21 @@ def test_batch_checks(db: TaskDB) -> None:
     with pytest.raises(ConfigError, match="does not declare") as undeclared:
         submit(db, task("p"), task("q", "task://p/outt.txt"))
     assert "its outputs: out.txt" in undeclared.value.message
-    submit(db, task("t"))
-    with pytest.raises(PreconditionFailedError, match="belongs to workflow wf"):
-        db.submit("other", [parse_spec(task("t"))])
+    with pytest.raises(ConfigError, match="workflow name 'a b'"):
+        db.submit("a b", [parse_spec(task("t"))])
+
+
+def test_task_ids_are_unique_within_their_workflow_only(db: TaskDB) -> None:
+    submit(db, task("t"), task("u", "task://t/out.txt"))
+    db.submit("other", [parse_spec(task("t"))])
+    assert sorted(lease.task_id for lease in db.lease("w", 5)) == ["other/t", "wf/t"]
+    with pytest.raises(PreconditionFailedError, match=r"in more than one workflow \(other, wf\)"):
+        db.task("t")
+    assert db.task("wf/t").workflow == "wf" and db.task("u").id == "u"  # u: only wf has one
+    db.complete("other/t", 1, "w", result_for("t"))
+    assert db.task("wf/u").state is TaskState.WAITING  # for its own workflow's t
+    with pytest.raises(ConfigError, match="unknown task"):  # another workflow's is not seen
+        db.submit("third", [parse_spec(task("v", "task://u/out.txt"))])
 
 
 def test_submitting_again_keeps_what_is_unchanged_and_reruns_the_rest(
@@ -183,7 +195,7 @@ def test_submitting_again_keeps_what_is_unchanged_and_reruns_the_rest(
     submit(db, *flow)
     run(db, "w", result_for("a"))
     (lease,) = db.lease("w", 1)
-    assert lease.task_id == "b"  # deepest first
+    assert lease.spec.id == "b"  # deepest first
     db.fail(lease.task_id, lease.attempt, "w", "exit 1", retry=False)
     run(db, "w", result_for("c"))
     (lease,) = db.lease("w", 1)
@@ -198,7 +210,7 @@ def test_submitting_again_keeps_what_is_unchanged_and_reruns_the_rest(
     assert db.task("b").state is TaskState.QUEUED  # its producer's result still stands
     assert db.task("c").state is TaskState.QUEUED
     assert db.task("d").state is TaskState.WAITING  # for the new c
-    assert [lease.task_id for lease in db.lease("w", 5)] == ["b", "c"]
+    assert [lease.spec.id for lease in db.lease("w", 5)] == ["b", "c"]
     same = db.submit("wf", [parse_spec(body) for body in (*flow[:2], fixed, flow[3])])
     assert same.again == () and same.kept == ("a", "b", "c", "d")  # nothing changed
 
@@ -217,8 +229,8 @@ def test_a_restarted_dispatcher_loses_nothing(tmp_path: Path, clock: Clock) -> N
         "failed": 0,
         "cancelled": 0,
     }
-    again.complete("a", lease.attempt, "w1", result_for("a"))
-    assert {lease.task_id for lease in again.lease("w2", 5)} == {"b", "c"}
+    again.complete("wf/a", lease.attempt, "w1", result_for("a"))
+    assert {lease.spec.id for lease in again.lease("w2", 5)} == {"b", "c"}
 
 
 def test_cache_reports_steer_max_cache_hit(tmp_path: Path, clock: Clock) -> None:
@@ -230,7 +242,7 @@ def test_cache_reports_steer_max_cache_hit(tmp_path: Path, clock: Clock) -> None
     db.report_cache("holder", added=[held], removed=[], full=True)
     submit(db, body)
     assert db.lease("other", 5) == []
-    assert [lease.task_id for lease in db.lease("holder", 5)] == ["hit"]
+    assert [lease.spec.id for lease in db.lease("holder", 5)] == ["hit"]
 
 
 def test_a_digest_typed_in_upper_case_still_scores_a_cache_hit(
@@ -246,7 +258,7 @@ def test_a_digest_typed_in_upper_case_still_scores_a_cache_hit(
     db.report_cache("holder", added=[held], removed=[], full=True)
     submit(db, body)
     assert db.lease("other", 5) == []
-    assert [lease.task_id for lease in db.lease("holder", 5)] == ["hit"]
+    assert [lease.spec.id for lease in db.lease("holder", 5)] == ["hit"]
 
 
 def test_a_database_of_another_schema_version_is_refused(tmp_path: Path, clock: Clock) -> None:
@@ -270,7 +282,7 @@ def test_a_workflow_larger_than_sqlites_variable_limit(db: TaskDB) -> None:
     db._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
     db.submit("big", [parse_spec(task(f"t{n}")) for n in range(1200)])
     assert db.counts("big")["queued"] == 1200
-    assert db.submitted_specs([f"t{n}" for n in range(0, 2400, 2)]).keys() == {
+    assert db.submitted_specs("big", [f"t{n}" for n in range(0, 2400, 2)]).keys() == {
         f"t{n}" for n in range(0, 1200, 2)
     }
 
@@ -306,10 +318,10 @@ def test_an_input_without_a_digest_is_scheduled_by_what_a_completion_learned(
     learned = Digest.parse("xxh3-128:" + "f" * 32)
     record = FileRecord("in0", S3Url.parse("s3://bkt/ref/genome.fa"), learned, 9)
     done = replace(result_for("first"), inputs=(record,))
-    db.complete("first", lease.attempt, "holder", done, [InputUse(learned, 9, False)])
+    db.complete("wf/first", lease.attempt, "holder", done, [InputUse(learned, 9, False)])
     submit(db, task("second", "s3://bkt/ref/genome.fa"))
     assert db.lease("other", 5) == []  # kept for the worker whose cache holds it
-    assert [lease.task_id for lease in db.lease("holder", 5)] == ["second"]
+    assert [lease.spec.id for lease in db.lease("holder", 5)] == ["second"]
 
 
 def test_a_task_whose_producers_finished_goes_before_more_of_their_kind(
@@ -322,7 +334,7 @@ def test_a_task_whose_producers_finished_goes_before_more_of_their_kind(
     for name in ("map0", "map1"):
         run(db, "w", result_for(name))
     # The reduce (depth 1) is ready: it goes before the maps still queued (depth 0).
-    assert [lease.task_id for lease in db.lease("w", 2)] == ["reduce", "map2"]
+    assert [lease.spec.id for lease in db.lease("w", 2)] == ["reduce", "map2"]
     assert db.task("gather").state is TaskState.WAITING
 
 
@@ -331,7 +343,7 @@ def test_retrying_a_dependant_alone_fails_it_again_rather_than_waiting_for_ever(
 ) -> None:
     submit(db, task("p"), task("c", "task://p/out.txt"))
     (lease,) = db.lease("w", 1)
-    db.fail("p", lease.attempt, "w", "exit 1", retry=False)  # c fails with it
+    db.fail("wf/p", lease.attempt, "w", "exit 1", retry=False)  # c fails with it
     reply = db.retry("wf", RetryRequest(tasks=("c",)))
     assert reply.again == ("c",)
     assert db.task("c").state is TaskState.FAILED
@@ -355,6 +367,24 @@ def test_a_version_1_database_is_migrated(tmp_path: Path, clock: Clock) -> None:
     db = TaskDB(path, Limits(), clock=clock)
     submit(db, task("t", "s3://bkt/x"))
     assert db.counts()["queued"] == 1
+
+
+def test_ids_of_a_version_4_database_are_qualified_by_their_workflow(
+    tmp_path: Path, clock: Clock
+) -> None:
+    path = tmp_path / "d.sqlite"
+    db = TaskDB(path, Limits(), clock=clock)
+    submit(db, task("p"), task("c", "task://p/out.txt"))
+    db.close()
+    with sqlite3.connect(path) as raw:  # as version 4 kept them: ids unique per dispatcher
+        raw.execute("UPDATE tasks SET id = substr(id, 4)")
+        raw.execute("UPDATE deps SET task = substr(task, 4), producer = substr(producer, 4)")
+        raw.execute("UPDATE edges SET task = substr(task, 4), producer = substr(producer, 4)")
+        raw.execute("PRAGMA user_version=4")
+    db = TaskDB(path, Limits(), clock=clock)
+    run(db, "w", result_for("p"))
+    (lease,) = db.lease("w", 1)
+    assert lease.task_id == "wf/c" and db.task("c").state is TaskState.LEASED
 
 
 def test_a_lease_names_the_peers_holding_its_inputs_and_where_to_mirror(
@@ -389,7 +419,7 @@ def test_outputs_kept_on_nodes_are_listed_until_written_behind(db: TaskDB) -> No
     mirrored = FileRecord("m", S3Url.parse("s3://bkt/m"), DIGEST, 7, Persist.MIRROR)
     local = FileRecord("l", S3Url.parse("s3://bkt/l"), OTHER, 11, Persist.LOCAL)
     result = replace(result_for("t"), outputs=(*result_for("t").outputs, mirrored, local))
-    db.complete("t", lease.attempt, "w1", result)
+    db.complete("wf/t", lease.attempt, "w1", result)
     status = db.status("wf")
     assert status.node_only == (NodeOnly("wf", 2, 18),) and status.bytes_written_behind == 0
 
@@ -404,13 +434,13 @@ def local_result(task_id: str, digest: Digest, kept: Persist = Persist.LOCAL) ->
 
 
 def run_leased(db: TaskDB, lease: Lease, name: str) -> None:
-    assert lease.task_id == name
-    db.complete(name, lease.attempt, "w", result_for(name))
+    assert lease.spec.id == name
+    db.complete(lease.task_id, lease.attempt, "w", result_for(name))
 
 
 def run(db: TaskDB, worker: str, result: ResultManifest, uses: tuple[Digest, ...] = ()) -> None:
     (lease,) = db.lease(worker, 1, address=f"{worker}.nodes:8766")
-    assert lease.task_id == result.task_id
+    assert lease.spec.id == result.task_id
     db.complete(lease.task_id, lease.attempt, worker, result, [InputUse(d, 5, True) for d in uses])
 
 
@@ -423,7 +453,7 @@ def test_losing_the_only_copy_of_a_needed_intermediate_recomputes_its_producer(
     assert db.task("c").state is TaskState.QUEUED
 
     dry = db.recover("a", dry_run=True)
-    assert (dry.recomputed, dry.reset) == (("p", "q"), ("c",))
+    assert (dry.recomputed, dry.reset) == (("wf/p", "wf/q"), ("wf/c",))
     assert db.task("c").state is TaskState.QUEUED and db.task("p").state is TaskState.DONE
     assert not db.status().workers[0].lost  # a dry run changes nothing
 
@@ -440,7 +470,7 @@ def test_losing_the_only_copy_of_a_needed_intermediate_recomputes_its_producer(
     run(db, "b", local_result("q", fresh))
     run(db, "b", local_result("p", OTHER), uses=(fresh,))
     (lease,) = db.lease("b", 1)
-    assert lease.task_id == "c" and lease.spec.inputs[0].digest == OTHER
+    assert lease.spec.id == "c" and lease.spec.inputs[0].digest == OTHER
 
 
 def test_outputs_another_node_holds_are_safe_and_unneeded_ones_are_dropped(db: TaskDB) -> None:
@@ -464,10 +494,10 @@ def test_a_silent_worker_is_found_lost_its_lease_requeued_and_it_may_come_back(
     clock.now += db.limits.lease_s + 1
     db.touch_worker("b")
     (found,) = db.find_lost()
-    assert found.worker == "a" and found.requeued == ("t",)
+    assert found.worker == "a" and found.requeued == ("wf/t",)
     assert db.task("t").state is TaskState.QUEUED
     with pytest.raises(StaleAttemptError):  # its attempt cannot complete any more
-        db.complete("t", lease.attempt, "a", result_for("t"))
+        db.complete("wf/t", lease.attempt, "a", result_for("t"))
     assert db.find_lost() == []  # found once
     assert db.heartbeat("a", []).report_all  # back: it must report its whole cache
     assert not db.heartbeat("a", []).report_all
@@ -481,7 +511,7 @@ def test_the_time_a_dispatcher_was_down_counts_against_no_worker(db: TaskDB, clo
     clock.now += 3 * db.limits.lease_s  # the dispatcher was stopped, then started again
     db.resume()
     assert db.expire() == 0 and db.find_lost() == []
-    db.complete("t", lease.attempt, "a", result_for("t"))
+    db.complete("wf/t", lease.attempt, "a", result_for("t"))
     assert db.task("t").state is TaskState.DONE
     clock.now += db.limits.lease_s + 1  # a worker that never comes back is still found
     (found,) = db.find_lost()
@@ -492,10 +522,10 @@ def test_dependants_that_failed_for_want_of_a_lost_input_run_again(db: TaskDB) -
     submit(db, task("p"), task("c", "task://p/out.txt"), task("d", "task://c/out.txt"))
     run(db, "a", local_result("p", DIGEST))
     (lease,) = db.lease("b", 1)  # "a" looks alive: c is leased, and cannot get its input
-    db.fail("c", lease.attempt, "b", "input s3://bkt/out/p.txt does not exist", retry=False)
+    db.fail("wf/c", lease.attempt, "b", "input s3://bkt/out/p.txt does not exist", retry=False)
     assert db.task("d").state is TaskState.FAILED  # with its producer
     report = db.recover("a")
-    assert report.recomputed == ("p",) and report.reset == ("c", "d")
+    assert report.recomputed == ("wf/p",) and report.reset == ("wf/c", "wf/d")
     assert [db.task(t).state for t in ("p", "c", "d")] == [
         TaskState.QUEUED,
         *[TaskState.WAITING] * 2,

@@ -177,18 +177,28 @@ def per_task_figures(report: WorkflowReport) -> dict[str, Any]:
     epilog="""\b
 Examples:
   stager submit workflow.yaml --wait
+  stager submit more-tasks.json --workflow align   # add tasks to workflow align
   stager submit tasks.json --dispatcher http://127.0.0.1:8765 --token-file tok
 """,
 )
 @click.argument("workflow_file", type=click.Path(dir_okay=False, path_type=Path))
 @with_client
 @click.option("--wait", is_flag=True, help="Show progress until every task has ended.")
-def submit_command(workflow_file: Path, wait: bool, client: DispatcherClient) -> None:
+@click.option(
+    "--workflow",
+    "workflow_name",
+    help="Submit under this workflow name (to add tasks to a workflow submitted before) "
+    "instead of the file's name: or its name without extension.",
+)
+def submit_command(
+    workflow_file: Path, wait: bool, workflow_name: str | None, client: DispatcherClient
+) -> None:
     """Submit a workflow file (JSON or YAML; see docs/workflows.md).
 
     With --wait, exits 0 only if every task succeeded (10 otherwise).
     """
     name, tasks = load_workflow(workflow_file)
+    name = workflow_name or name
     reply = client.submit(tasks, workflow=name)
     click.echo(
         f"workflow {name}: {len(reply.submitted)} new tasks, {len(reply.again)} to run again, "
@@ -204,6 +214,7 @@ def submit_command(workflow_file: Path, wait: bool, client: DispatcherClient) ->
     epilog="""\b
 Examples:
   stager cancel map-0007 map-0008
+  stager cancel align/map-0007      # WORKFLOW/TASK, when two workflows have a map-0007
 """,
 )
 @click.argument("task_ids", nargs=-1, required=True)

@@ -27,6 +27,7 @@ Not thread-safe: one owner (the server's event loop) calls it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -72,10 +73,11 @@ from worker_hooks.task.protocol import (
     Written,
 )
 from worker_hooks.task.result import ResultManifest
-from worker_hooks.task.spec import TaskSpec
+from worker_hooks.task.spec import TaskSpec, qualified_id, task_of, valid_task_id
 from worker_hooks.task.workflow import check_batch
 
-SCHEMA_VERSION = 5  # 2 learned digests, 3 node addresses and outputs, 4 depth, 5 each (migrated)
+# 2 learned digests, 3 node addresses and outputs, 4 depth, 5 each and ids per workflow
+SCHEMA_VERSION = 5  # (all migrated in place)
 FINAL_STATES = tuple(state.value for state in TaskState if state.final)
 SETTLED = ("done", "cancelled")  # what recovery leaves alone (a failed task may run again)
 _SCHEMA = """
@@ -184,6 +186,23 @@ def _private_file(path: Path) -> None:
         os.chmod(path, 0o600)  # a file made before this rule, or by hand
     except OSError as exc:
         raise from_os_error(exc, f"open the task database {path}") from exc
+
+
+def _qualify_ids(db: sqlite3.Connection) -> None:
+    """Version 5: a task is known as ``<workflow>/<id>`` everywhere in the file."""
+    db.execute("CREATE TEMP TABLE renamed (old TEXT PRIMARY KEY, new TEXT NOT NULL)")
+    db.execute("INSERT INTO renamed SELECT id, workflow || '/' || id FROM tasks")
+    new = "COALESCE((SELECT new FROM renamed WHERE old = {0}), {0})"
+    for table, columns in (
+        ("deps", ("task", "producer")),
+        ("edges", ("task", "producer")),
+        ("outputs", ("task",)),
+        ("assignments", ("task",)),
+        ("tasks", ("id",)),
+    ):
+        changes = ", ".join(f"{column} = {new.format(column)}" for column in columns)
+        db.execute(f"UPDATE {table} SET {changes}")
+    db.execute("DROP TABLE renamed")
 
 
 def _spec_columns(spec: TaskSpec) -> tuple[str, str]:
@@ -301,6 +320,8 @@ class TaskDB:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
                 for statement in _SCHEMA.split(";"):
                     db.execute(statement)
+                if version:
+                    _qualify_ids(db)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 return
         if version != SCHEMA_VERSION:
@@ -326,40 +347,42 @@ class TaskDB:
 
     # -- submitting ---------------------------------------------------------------
 
-    def submitted_specs(self, ids: Sequence[str]) -> dict[str, TaskSpec]:
-        """The specs as submitted of those of ``ids`` that are known."""
-        rows = rows_in(self._db, "SELECT id, submitted, body FROM tasks WHERE id IN ({marks})", ids)
-        return {row["id"]: _submitted_spec(row) for row in rows}
+    def submitted_specs(self, workflow: str, ids: Sequence[str]) -> dict[str, TaskSpec]:
+        """The specs as submitted of those of ``ids`` that ``workflow`` has."""
+        keys = [qualified_id(workflow, task_id) for task_id in ids]
+        rows = rows_in(self._db, "SELECT submitted, body FROM tasks WHERE id IN ({marks})", keys)
+        specs = (_submitted_spec(row) for row in rows)
+        return {spec.id: spec for spec in specs}
 
     def submit(self, workflow: str, specs: Sequence[TaskSpec]) -> SubmitReply:
         """Check tasks (see :func:`check_batch`) and add them to ``workflow``.
 
-        Submitting a workflow again: a task submitted before under the same id and
-        spec is kept as it is (a finished one is not run again) unless it failed or
-        was cancelled; a task whose spec changed takes the new one. Both of those run
-        again, and so does everything downstream of a changed task (its inputs may
-        change; a dependant whose inputs turn out the same finds its memo). An id that
-        belongs to another workflow is refused.
+        Task ids are unique within a workflow (the dispatcher knows a task as
+        ``<workflow>/<id>``). Submitting a workflow again: a task submitted
+        before under the same id and spec is kept as it is (a finished one is
+        not run again) unless it failed or was cancelled; a task whose spec
+        changed takes the new one. Both of those run again, and so does
+        everything downstream of a changed task (its inputs may change; a
+        dependant whose inputs turn out the same finds its memo).
         """
-        check_batch(specs, known=self.submitted_specs)
+        if not valid_task_id(workflow):
+            raise ConfigError(
+                f"workflow name {workflow[:80]!r} is not 1-128 letters, digits, '.', '_' or '-'",
+                hint="name the workflow in its file (name: ...) or rename the file",
+            )
+        check_batch(specs, known=functools.partial(self.submitted_specs, workflow))
         now = self._clock()
+        key = functools.partial(qualified_id, workflow)
         with self._tx() as db:
             before = {
-                row["id"]: row
+                task_of(row["id"]): row
                 for row in rows_in(
                     db,
-                    "SELECT id, workflow, state, submitted, body FROM tasks WHERE id IN ({marks})",
-                    [spec.id for spec in specs],
+                    "SELECT id, state, submitted, body FROM tasks WHERE id IN ({marks})",
+                    [key(spec.id) for spec in specs],
                 )
             }
-            for row in before.values():
-                if row["workflow"] != workflow:
-                    raise PreconditionFailedError(
-                        f"task {row['id']} belongs to workflow {row['workflow']}",
-                        hint="task ids are unique per dispatcher: rename the task, or submit "
-                        "under that workflow's name",
-                    )
-            depths = self._depths(specs)
+            depths = self._depths(workflow, specs)
             new = [spec for spec in specs if spec.id not in before]
             changed = [
                 spec
@@ -367,7 +390,7 @@ class TaskDB:
                 if spec.id in before and _spec_columns(spec)[0] != _submitted_body(before[spec.id])
             ]
             retried = [
-                spec.id
+                key(spec.id)
                 for spec in specs
                 if spec.id in before
                 and spec not in changed
@@ -376,22 +399,24 @@ class TaskDB:
             for spec in new:
                 self._insert(workflow, spec, depths[spec.id], now)
             for spec in changed:
-                self._replace(spec, depths[spec.id])
-            again = self._downstream([spec.id for spec in changed]) | set(retried)
-            for task_id in sorted(again, key=lambda t: depths.get(t, 0)):
-                self._restart(task_id, again, rerun=False, now=now)
+                self._replace(workflow, spec, depths[spec.id])
+            again = self._downstream([key(spec.id) for spec in changed]) | set(retried)
+            for task in sorted(again, key=lambda t: depths.get(task_of(t), 0)):
+                self._restart(task, again, rerun=False, now=now)
             for spec in new:
-                for producer in spec.producers:
-                    row = self._row(producer)
+                for producer in sorted(spec.producers):
+                    row = self._row(key(producer))
                     if row["state"] == "done":
-                        self._satisfy(spec.id, producer, _result_of(row["result"]), now)
+                        self._satisfy(key(spec.id), row["id"], _result_of(row["result"]), now)
                     elif row["state"] in ("failed", "cancelled"):
-                        self._fail_chain(spec.id, f"producer {producer} {row['state']}", now)
-                self._queue_if_ready(spec.id, now)
+                        reason = f"producer {producer} {row['state']}"
+                        self._fail_chain(key(spec.id), reason, now)
+                self._queue_if_ready(key(spec.id), now)
+        again_ids = {task_of(task) for task in again}
         return SubmitReply(
             submitted=tuple(spec.id for spec in new),
-            again=tuple(sorted(again)),
-            kept=tuple(sorted(set(before) - again)),
+            again=tuple(sorted(again_ids)),
+            kept=tuple(sorted(set(before) - again_ids)),
         )
 
     def retry(self, workflow: str, request: RetryRequest) -> SubmitReply:
@@ -407,44 +432,47 @@ class TaskDB:
             if not rows and not any(self.counts(workflow).values()):
                 raise NotFoundError(f"no workflow {workflow!r}", hint="see `stager status`")
             ended = {row["id"] for row in rows if row["state"] in states}
-            unknown = sorted(set(request.tasks) - ended)
+            named = {qualified_id(workflow, task_id) for task_id in request.tasks}
+            unknown = sorted(task_of(task) for task in named - ended)
             if unknown:
                 raise PreconditionFailedError(
                     f"task {unknown[0]} is not a {' or '.join(states)} task of workflow {workflow}",
                     hint="name tasks that did not succeed, or none to retry them all",
                 )
-            chosen = set(request.tasks) or ended
+            chosen = named or ended
             again = {t for t in self._downstream(sorted(chosen)) if t in ended}
             now = self._clock()
             for task_id in sorted(again):
                 self._restart(task_id, again, rerun=False, now=now)
-        return SubmitReply(submitted=(), again=tuple(sorted(again)))
+        return SubmitReply(submitted=(), again=tuple(sorted(task_of(task) for task in again)))
 
     def _insert(
         self, workflow: str, spec: TaskSpec, depth: int, now: float, member_of: str | None = None
     ) -> None:
         body, inputs = _spec_columns(spec)
+        task = qualified_id(workflow, spec.id)
         self._db.execute(
             "INSERT INTO tasks (id, workflow, body, submitted, state, submitted_at, inputs, depth,"
             " mapped, member_of) VALUES (?, ?, ?, ?, 'waiting', ?, ?, ?, ?, ?)",
-            (spec.id, workflow, body, body, now, inputs, depth, spec.mapped, member_of),
+            (task, workflow, body, body, now, inputs, depth, spec.mapped, member_of),
         )
         for table in ("deps", "edges"):  # deps: not yet satisfied; edges: for good
             self._db.executemany(
                 f"INSERT INTO {table} (task, producer) VALUES (?, ?)",
-                [(spec.id, producer) for producer in spec.producers],
+                [(task, qualified_id(workflow, producer)) for producer in spec.producers],
             )
 
-    def _replace(self, spec: TaskSpec, depth: int) -> None:
+    def _replace(self, workflow: str, spec: TaskSpec, depth: int) -> None:
         """Give a known task a new spec (it is then restarted with the others)."""
         body, _ = _spec_columns(spec)
+        task = qualified_id(workflow, spec.id)
         self._db.execute(
-            "UPDATE tasks SET submitted = ?, depth = ? WHERE id = ?", (body, depth, spec.id)
+            "UPDATE tasks SET submitted = ?, depth = ? WHERE id = ?", (body, depth, task)
         )
-        self._db.execute("DELETE FROM edges WHERE task = ?", (spec.id,))
+        self._db.execute("DELETE FROM edges WHERE task = ?", (task,))
         self._db.executemany(
             "INSERT INTO edges (task, producer) VALUES (?, ?)",
-            [(spec.id, producer) for producer in spec.producers],
+            [(task, qualified_id(workflow, producer)) for producer in spec.producers],
         )
 
     def _downstream(self, tasks: Sequence[str]) -> set[str]:
@@ -459,15 +487,17 @@ class TaskDB:
                     frontier.append(row["task"])
         return found
 
-    def _depths(self, specs: Sequence[TaskSpec]) -> dict[str, int]:
+    def _depths(self, workflow: str, specs: Sequence[TaskSpec]) -> dict[str, int]:
         """How far down its workflow each task is: 0 without producers, else one more
         than its deepest producer (in this batch, or submitted before)."""
         producers = {spec.id: spec.producers for spec in specs}
         earlier = {p for spec in specs for p in spec.producers} - producers.keys()
         depths = {
-            row["id"]: row["depth"]
+            task_of(row["id"]): row["depth"]
             for row in rows_in(
-                self._db, "SELECT id, depth FROM tasks WHERE id IN ({marks})", sorted(earlier)
+                self._db,
+                "SELECT id, depth FROM tasks WHERE id IN ({marks})",
+                [qualified_id(workflow, task) for task in sorted(earlier)],
             )
         }
         for spec in specs:  # an explicit stack: a chain may be longer than Python's recursion
@@ -508,21 +538,22 @@ class TaskDB:
         the template depends on."""
         row = self._row(task_id)
         found = members(_spec_of(row), _submitted_spec(row))
-        ids = [member.spec.id for member in found]
+        ids = [qualified_id(row["workflow"], member.spec.id) for member in found]
         taken = list(rows_in(self._db, "SELECT id FROM tasks WHERE id IN ({marks})", ids))
         if taken:
-            self._fail_chain(task_id, f"task id {taken[0]['id']} is taken: rename it", now)
+            reason = f"task id {task_of(taken[0]['id'])} is taken: rename it"
+            self._fail_chain(task_id, reason, now)
             return
-        for member in found:
+        for member, member_key in zip(found, ids, strict=True):
             self._insert(row["workflow"], member.spec, row["depth"], now, member_of=task_id)
             # A member made anew after an earlier one of its id carries on its attempt
             # numbers, so a late report from the earlier one stays stale (fencing).
             self._db.execute(
                 "UPDATE tasks SET attempt = (SELECT COALESCE(MAX(attempt), 0) FROM assignments"
                 " WHERE task = ?1) WHERE id = ?1",
-                (member.spec.id,),
+                (member_key,),
             )
-            self._queue_if_ready(member.spec.id, now)
+            self._queue_if_ready(member_key, now)
         for table in ("deps", "edges"):
             self._db.executemany(
                 f"INSERT INTO {table} (task, producer) VALUES (?, ?)", [(task_id, i) for i in ids]
@@ -571,7 +602,7 @@ class TaskDB:
 
     def _satisfy(self, task_id: str, producer: str, result: ResultManifest, now: float) -> None:
         try:
-            spec = _spec_of(self._row(task_id)).resolved(producer, result)
+            spec = _spec_of(self._row(task_id)).resolved(task_of(producer), result)
         except StagerError as exc:
             self._fail_chain(task_id, exc.message, now)
             return
@@ -595,7 +626,8 @@ class TaskDB:
                 continue
             dependants = self._db.execute("SELECT task FROM deps WHERE producer = ?", (current,))
             todo.extend(
-                (row["task"], f"producer {current} failed: {why}") for row in dependants.fetchall()
+                (row["task"], f"producer {task_of(current)} failed: {why}")
+                for row in dependants.fetchall()
             )
 
     # -- leasing ------------------------------------------------------------------
@@ -948,13 +980,13 @@ class TaskDB:
         for producer in [edge["producer"] for edge in edges.fetchall()]:
             produced = self._row(producer)
             if producer not in waiting_for and produced["state"] in ("failed", "cancelled"):
-                ended = f"producer {producer} {produced['state']}"
+                ended = f"producer {task_of(producer)} {produced['state']}"
             if producer in waiting_for or produced["state"] != "done":
                 self._db.execute(
                     "INSERT INTO deps (task, producer) VALUES (?, ?)", (task_id, producer)
                 )
             else:
-                spec = spec.resolved(producer, _result_of(produced["result"]))
+                spec = spec.resolved(task_of(producer), _result_of(produced["result"]))
         self._db.execute(
             "UPDATE tasks SET state = 'waiting', body = ?, inputs = ?, result = NULL,"
             " worker = NULL, lease_expires = NULL, finished_at = NULL, error = NULL,"
@@ -976,6 +1008,7 @@ class TaskDB:
         """Cancel a task that has not finished (its dependants fail)."""
         now = self._clock()
         with self._tx() as db:
+            task_id = self._find(task_id)
             row = self._row(task_id)
             if row["state"] in FINAL_STATES:
                 return TaskState(row["state"])
@@ -987,15 +1020,32 @@ class TaskDB:
             )
             dependants = db.execute("SELECT task FROM deps WHERE producer = ?", (task_id,))
             for dependant in dependants.fetchall():
-                self._fail_chain(dependant["task"], f"producer {task_id} was cancelled", now)
+                reason = f"producer {task_of(task_id)} was cancelled"
+                self._fail_chain(dependant["task"], reason, now)
         return TaskState.CANCELLED
 
     # -- reading ------------------------------------------------------------------
 
+    def _find(self, name: str) -> str:
+        """The task ``name`` names: ``<workflow>/<id>``, or an id only one workflow has."""
+        if "/" in name or not valid_task_id(name):
+            return name
+        rows = self._db.execute(
+            "SELECT id, workflow FROM tasks WHERE id = workflow || '/' || ? LIMIT 3", (name,)
+        ).fetchall()
+        if len(rows) > 1:
+            workflows = ", ".join(sorted(row["workflow"] for row in rows))
+            raise PreconditionFailedError(
+                f"task {name} is in more than one workflow ({workflows})",
+                hint=f"name it as WORKFLOW/{name}",
+            )
+        return str(rows[0]["id"]) if rows else name
+
     def task(self, task_id: str) -> TaskInfo:
-        row = self._row(task_id)
+        """The task named ``task_id`` (see :meth:`_find`)."""
+        row = self._row(self._find(task_id))
         return TaskInfo(
-            id=row["id"],
+            id=task_of(row["id"]),
             workflow=row["workflow"],
             state=TaskState(row["state"]),
             attempt=row["attempt"],
@@ -1008,7 +1058,7 @@ class TaskDB:
             attempts=tuple(
                 _attempt(a)
                 for a in self._db.execute(
-                    "SELECT * FROM assignments WHERE task = ? ORDER BY attempt", (task_id,)
+                    "SELECT * FROM assignments WHERE task = ? ORDER BY attempt", (row["id"],)
                 )
             ),
         )
@@ -1033,7 +1083,7 @@ class TaskDB:
             workflow,
             tuple(
                 TaskTimeline(
-                    t["id"],
+                    task_of(t["id"]),
                     TaskState(t["state"]),
                     t["bytes_from_s3"],
                     t["bytes_from_cache"],
@@ -1051,7 +1101,7 @@ class TaskDB:
         query = "SELECT task, attempt, worker FROM assignments"
         rows = self._db.execute(
             query + (" WHERE task = ? ORDER BY at" if task_id else " ORDER BY at"),
-            (task_id,) if task_id else (),
+            (self._find(task_id),) if task_id else (),
         )
         return [Assignment(r["task"], r["attempt"], r["worker"]) for r in rows]
 
@@ -1121,7 +1171,8 @@ class TaskDB:
             (workflow, BRIEF_LIMIT),
         )
         return tuple(
-            TaskBrief(r["id"], r["attempt"], r["worker"], round(now - r["at"], 1)) for r in rows
+            TaskBrief(task_of(r["id"]), r["attempt"], r["worker"], round(now - r["at"], 1))
+            for r in rows
         )
 
     def _failed(self, workflow: str, now: float) -> tuple[TaskBrief, ...]:
@@ -1132,7 +1183,11 @@ class TaskDB:
         )
         return tuple(
             TaskBrief(
-                r["id"], r["attempt"], None, round(now - (r["finished_at"] or now), 1), r["error"]
+                task_of(r["id"]),
+                r["attempt"],
+                None,
+                round(now - (r["finished_at"] or now), 1),
+                r["error"],
             )
             for r in rows
         )

@@ -60,6 +60,7 @@ Examples:
   stager logs map-0007                # the last attempt that ran: how it ended, stdout, stderr
   stager logs map-0007 --attempt 1
   stager logs map-0007 --json
+  stager logs align/map-0007          # WORKFLOW/TASK, when two workflows have a map-0007
 """,
 )
 @click.argument("task_id")
@@ -75,7 +76,8 @@ def logs_command(
     client: DispatcherClient,
 ) -> None:
     """How a task's attempts ended (node, outcome, the one-line reason) and the stdout and
-    stderr its command left in S3."""
+    stderr its command left in S3. TASK is an id, or WORKFLOW/ID where two workflows
+    have that id."""
     info = client.task(task_id)
     shown = chosen_attempt(info, attempt)
     store = core.object_store()

@@ -63,7 +63,19 @@ class OutputKind(enum.Enum):
 
 
 def valid_task_id(text: str) -> bool:
+    """1-128 letters, digits, '.', '_' or '-' (a task's id, and a workflow's name)."""
     return bool(_ID_RE.match(text))
+
+
+def qualified_id(workflow: str, task: str) -> str:
+    """A task's id at a dispatcher: ``<workflow>/<task id>``, since task ids are unique
+    within their workflow only."""
+    return f"{workflow}/{task}"
+
+
+def task_of(qualified: str) -> str:
+    """The task id within its workflow (what a spec, a result and a user call it)."""
+    return qualified.rpartition("/")[2]
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,8 @@ def check_batch(
 ) -> None:
     """Check every task, unique ids, and dependencies on known or listed tasks.
 
-    A dependency must name a task in this batch or one already submitted
-    (``known`` returns the specs of those of the ids it is given that are),
+    A dependency must name a task in this batch or one of its workflow already
+    submitted (``known`` returns the specs of those of the ids it is given that are),
     and a file that task declares among its outputs; a cycle within the
     batch is refused.
     """
@@ -83,7 +83,7 @@ def _check_reference(
     if producer is None:
         raise ConfigError(
             f"task {task}: inputs[{number}] names unknown task {ref.producer} ({ref})",
-            hint="submit its producer in the same workflow or before it",
+            hint="submit its producer in the same workflow (task ids are per workflow)",
         )
     if not any(_declares(output, ref) for output in producer.outputs):
         declared = ", ".join(output.path for output in producer.outputs) or "none"
