@@ -28,9 +28,10 @@ from fsd.groupcommit import GroupCommit
 from fsd.ledger import Ledger, Reservation, read_ledger, write_ledger
 from fsd.locks import LinkLock
 from fsd.materialize import Materialize, materialize
-from fsd.seals import SEALS_DIR, Seals
+from fsd.rootformat import Tier, open_root
+from fsd.seals import SEALS_DIR, Seals, current_boot_id
 from fsd.sources import SOURCES_DIR, Source, SourceIndex, SourceRecord
-from stager.atomic import TEMP_MARKER, atomic_file, fsync_directory
+from stager.atomic import TEMP_MARKER, Fsync, atomic_file, fsync_directory
 from stager.digest import (
     Digest,
     HashingWriter,
@@ -39,7 +40,6 @@ from stager.digest import (
     once_more_on_mismatch,
 )
 from stager.errors import (
-    CacheFormatError,
     CacheFullError,
     DigestFormatError,
     IntegrityError,
@@ -48,8 +48,6 @@ from stager.errors import (
 from stager.owner import Owner
 from stager.units import format_size
 
-FORMAT = "stager-cache/3\n"
-MIGRATES_FROM = "stager-cache/2\n"  # format 3 adds the source index: see docs/cache-format.md
 SMALL_ENTRY_BYTES = 1024 * 1024  # below this, space is accounted at publication (rule 5)
 MARKER_MTIME_NS = 1_000_000_000
 READ_ONLY = 0o444
@@ -95,12 +93,19 @@ class NodeCache:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         recover: bool = True,
+        tier: Tier | None = None,
+        fsync: Fsync | None = None,
+        boot_id: str | None = current_boot_id(),
     ) -> None:
         """Open (or initialize) the cache at ``root``.
 
         ``recover=False`` skips the sweep at open (rule 9): for a cache that
         others maintain and this process only reads, such as an NFS head
-        opened by every task on every node.
+        opened by every task on every node. ``tier``: the root's tier
+        (:mod:`fsd.rootformat`), made so if the root is new, refused if it is
+        another; None takes the root's (a new one: scratch). ``fsync`` and
+        ``boot_id`` are seams for tests (a reboot is another boot id); without
+        a boot id to tell a reboot by, every entry is synced.
         """
         self.root = root
         self.quota_bytes = quota_bytes
@@ -109,37 +114,27 @@ class NodeCache:
         self.stale_after_s = stale_after_s
         self.pin_stale_after_s = pin_stale_after_s
         self._clock = clock
-        self._seals = Seals(root, clock)
-        self._sources = SourceIndex(root)
-        self._open_layout()
+        self.tier = self._open_layout(tier)
+        self._fsync = fsync
+        # Whether entries are fsynced (rule 2): a shared root's always; a scratch
+        # root's never, their seals naming the boot instead.
+        self.synced = self.tier is Tier.SHARED or boot_id is None
+        self._seals = Seals(root, clock, boot_id=None if self.synced else boot_id)
+        self._sources = SourceIndex(root, synced=self.synced)
         self._small_publications: GroupCommit[_SmallInsert, bool] = GroupCommit(self._publish_small)
         if recover:
             self.recover()
 
     # -- layout -------------------------------------------------------------------
 
-    def _open_layout(self) -> None:
-        version = self.root / "VERSION"
+    def _open_layout(self, tier: Tier | None) -> Tier:
+        opened = open_root(self.root, tier, own_names=_CACHE_NAMES)
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            if not version.exists():
-                if any(not _is_cache_name(p.name) for p in self.root.iterdir()):
-                    raise CacheFormatError(f"{self.root} is not empty and is not a stager cache")
-                with atomic_file(version, replace=False) as handle:
-                    handle.write(FORMAT.encode())
-            if version.read_text() == MIGRATES_FROM:
-                (self.root / SOURCES_DIR).mkdir(exist_ok=True)
-                with atomic_file(version) as handle:  # idempotent: racing openers agree
-                    handle.write(FORMAT.encode())
-            if version.read_text() != FORMAT:
-                raise CacheFormatError(
-                    f"{self.root} holds a cache of another format: {version.read_text().strip()!r}"
-                    " (a cache holds only copies: empty it, or use another --cache-dir)"
-                )
             for name in ("data", "tmp", "locks", "pins", SEALS_DIR, SOURCES_DIR):
                 (self.root / name).mkdir(exist_ok=True)
         except OSError as exc:
             raise from_os_error(exc, f"open cache {self.root}") from exc
+        return opened
 
     def entry_path(self, digest: Digest) -> Path:
         hexdigest = digest.hex
@@ -352,9 +347,15 @@ class NodeCache:
         temp = self.root / "tmp" / f"{name_for(digest)}.{key}{TEMP_MARKER}"
         staging = self.root / "tmp" / f"{name_for(digest)}.{key}.ready"
         # The staging name is renamed again into data/, whose directory is then
-        # fsynced: syncing tmp/ too would buy nothing.
+        # fsynced (if entries are): syncing tmp/ too would buy nothing.
         with atomic_file(
-            staging, mode=READ_ONLY, temp=temp, before_publish=self._mark, sync_directory=False
+            staging,
+            mode=READ_ONLY,
+            temp=temp,
+            before_publish=self._mark,
+            durable=self.synced,
+            sync_directory=False,
+            fsync=self._fsync,
         ) as handle:
             writer = HashingWriter(handle)
             fill(writer)
@@ -381,7 +382,7 @@ class NodeCache:
                 self._settle(key, published_bytes=0)
                 return final
             os.replace(staging, final)
-            fsync_directory(final.parent)
+            self._sync_directory(final.parent)
             self._seals.seal(final.name, final)
         except OSError as exc:
             with contextlib.suppress(FileNotFoundError):
@@ -389,6 +390,10 @@ class NodeCache:
             raise from_os_error(exc, f"publish {final}") from exc
         self._settle(key, published_bytes=size)
         return final
+
+    def _sync_directory(self, directory: Path) -> None:
+        if self.synced:
+            fsync_directory(directory, self._fsync)
 
     def _fits_now(self, size: int) -> bool:
         """A lock-free hint: the ledger (replaced by rename) shows room without evicting."""
@@ -409,7 +414,7 @@ class NodeCache:
             published = self._small_publications.submit(_SmallInsert(staging, final, size))
             if published:
                 staging.unlink(missing_ok=True)  # a twin published first
-                fsync_directory(final.parent)
+                self._sync_directory(final.parent)
                 return final
             reservation = self._reserve(size)
         except BaseException:
@@ -646,7 +651,6 @@ class NodeCache:
 
 
 _CACHE_NAMES = (
-    "VERSION",
     "ledger.json",
     "damaged.log",
     "data",
@@ -656,12 +660,6 @@ _CACHE_NAMES = (
     SEALS_DIR,
     SOURCES_DIR,
 )
-
-
-def _is_cache_name(name: str) -> bool:
-    """A name the cache itself puts in its root (another process may be creating it)."""
-    base = name.lstrip(".").split(TEMP_MARKER, 1)[0]
-    return base in _CACHE_NAMES
 
 
 def name_for(digest: Digest | None) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from fsd.cache import NodeCache, digest_of_entry
+from fsd.rootformat import Tier
 from fsd.settings import CacheSettings, default_quota_bytes
 from fsd.stagein import StageInput, warm
 from stager.cli.context import CliState
@@ -42,6 +43,7 @@ class CacheContext:
             stale_after_s=settings.cache_stale_after_s,
             pin_stale_after_s=settings.cache_pin_stale_after_s,
             reserve_wait_s=settings.cache_reserve_wait_s,
+            tier=settings.cache_tier,
         )
 
 
@@ -59,15 +61,27 @@ Examples:
   stager cache --cache-dir /scratch/stager fetch s3://my-bucket/apps/blast.tar.gz
   stager cache fetch s3://my-bucket/run1/reference/      # every object below a prefix
   stager cache stats
+  stager cache --cache-dir /mnt/head --tier shared fetch s3://my-bucket/ref/   # an NFS head
   stager cache --cache-quota 100G evict --bytes 20G
 """,
 )
 @cache_dir_option
 @click.option("--cache-quota", help="Bytes the cache may hold, e.g. 140G [min(140G, 90% of disk)].")
+@click.option(
+    "--tier",
+    "cache_tier",
+    type=click.Choice([tier.value for tier in Tier]),
+    help="scratch: a node's own disk, entries not fsynced; shared: an NFS head, every entry "
+    "synced. Made so if new, checked if not [the cache's own; new: scratch].",
+)
 @click.pass_context
-def cache_group(ctx: click.Context, /, cache_dir: Path | None, cache_quota: str | None) -> None:
+def cache_group(
+    ctx: click.Context, /, cache_dir: Path | None, cache_quota: str | None, cache_tier: str | None
+) -> None:
     """The node's content-addressed scratch cache, shared by every task on the node."""
-    ctx.obj = CacheContext(ctx.obj, {"cache_dir": cache_dir, "cache_quota": cache_quota})
+    ctx.obj = CacheContext(
+        ctx.obj, {"cache_dir": cache_dir, "cache_quota": cache_quota, "cache_tier": cache_tier}
+    )
 
 
 @cache_group.command("fetch")

@@ -40,7 +40,8 @@ def materialize(entry: Path, dest: Path, mode: Materialize) -> Materialize:
             return Materialize.SYMLINK
         if dest.exists():
             raise FileExistsError(errno.EEXIST, "File exists", str(dest))
-        with entry.open("rb") as source, atomic_file(dest) as target:
+        # A sandbox lives and dies with its task: whole or absent, never synced.
+        with entry.open("rb") as source, atomic_file(dest, durable=False) as target:
             shutil.copyfileobj(source, target, 1024 * 1024)
         return Materialize.COPY
     except OSError as exc:

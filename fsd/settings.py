@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fsd.rootformat import Tier
 from stager.errors import ConfigError
 from stager.settings import (
+    member_of,
     optional_str,
     positive_float,
     setting_field,
@@ -27,6 +29,10 @@ def _optional_size(value: Any) -> int | None:
     return None if optional_str(value) is None else size_value(value)
 
 
+def _optional_tier(value: Any) -> Tier | None:
+    return None if optional_str(value) is None else member_of(Tier)(value)
+
+
 @dataclass(frozen=True, kw_only=True)
 class CacheSettings:
     cache_dir: Path = setting_field(_default_cache_dir, Path, "the cache's root directory")
@@ -41,6 +47,12 @@ class CacheSettings:
     )
     cache_pin_stale_after_s: float = setting_field(
         86400.0, positive_float, "pins of other hosts expire after this"
+    )
+    cache_tier: Tier | None = setting_field(
+        None,
+        _optional_tier,
+        "scratch (a node's own disk: no fsync per entry) or shared (an NFS head: synced); "
+        "a new cache is made so, an existing one must be so [the cache's own; new: scratch]",
     )
 
     def __post_init__(self) -> None:

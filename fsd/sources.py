@@ -52,8 +52,10 @@ class SourceRecord:
 
 
 class SourceIndex:
-    def __init__(self, cache_root: Path) -> None:
+    def __init__(self, cache_root: Path, *, synced: bool = True) -> None:
+        """``synced``: fsync records (in a cache whose entries are synced)."""
         self.root = cache_root / SOURCES_DIR
+        self._synced = synced
 
     def _path(self, source_id: str) -> Path:
         return self.root / source_id[:2] / source_id
@@ -82,7 +84,7 @@ class SourceIndex:
         """Record (or replace) ``source -> digest``; its entry must already be published."""
         path = self._path(source.id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(path, sync_directory=False) as handle:
+        with atomic_file(path, durable=self._synced, sync_directory=False) as handle:
             handle.write(f"{digest}\n{source.url}\n{source.etag}\n{source.size}\n".encode())
 
     def forget(self, source: Source) -> None:

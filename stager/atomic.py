@@ -24,6 +24,8 @@ from stager.errors import from_os_error
 TEMP_MARKER = ".stager-tmp-"
 WRITE_BEHIND_BYTES = 8 * 1024 * 1024
 
+Fsync = Callable[[int], None]  # the seam through which files are made durable (os.fsync)
+
 
 def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
     """``sync_file_range(fd, offset, n, SYNC_FILE_RANGE_WRITE)`` from libc, on Linux."""
@@ -68,10 +70,10 @@ def temp_path_for(final: Path) -> Path:
     return final.with_name(f".{final.name}{TEMP_MARKER}{secrets.token_hex(4)}")
 
 
-def fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path, fsync: Fsync | None = None) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        (fsync or os.fsync)(fd)
     finally:
         os.close(fd)
 
@@ -86,6 +88,7 @@ def atomic_file(
     durable: bool = True,
     sync_directory: bool | None = None,
     replace: bool = True,
+    fsync: Fsync | None = None,
 ) -> Iterator[BinaryIO]:
     """Yield a binary file that becomes ``final`` when the block exits cleanly.
 
@@ -99,7 +102,8 @@ def atomic_file(
     ``replace=False`` publishes with ``link()`` instead of a rename: a
     ``final`` that exists by then is left as it is (for a file that processes
     starting together all create, where a rename over an existing name is not
-    atomic on every network file system). ``OSError`` becomes a
+    atomic on every network file system). ``fsync`` does the syncing (default
+    ``os.fsync``; a test counts through it). ``OSError`` becomes a
     :class:`~stager.errors.LocalIOError` (or ``DiskFullError``).
     """
     try:
@@ -113,7 +117,7 @@ def atomic_file(
             yield handle
             handle.flush()
             if durable:
-                os.fsync(handle.fileno())
+                (fsync or os.fsync)(handle.fileno())
         os.chmod(temp, mode)
         if before_publish is not None:
             before_publish(temp)
@@ -124,7 +128,7 @@ def atomic_file(
                 os.link(temp, final)
             temp.unlink()
         if durable if sync_directory is None else sync_directory:
-            fsync_directory(final.parent)
+            fsync_directory(final.parent, fsync)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()

@@ -377,13 +377,16 @@ class ObjectStore:
         *,
         info: ObjectInfo | None = None,
         on_bytes: ProgressCallback | None = None,
+        fsync: bool = False,
     ) -> Received:
         """Download ``url`` to ``dest``, verified against its recorded size and digest.
 
         Raises :class:`~stager.errors.IntegrityError` when the bytes do not match; then
-        nothing exists at ``dest`` (nor under a temp name).
+        nothing exists at ``dest`` (nor under a temp name). ``dest`` appears whole or
+        not at all either way; ``fsync`` also makes it survive an operating-system
+        crash (the file, then its directory, synced before the call returns).
         """
-        with atomic_file(dest) as handle:
+        with atomic_file(dest, durable=fsync) as handle:
             writer = HashingWriter(handle)
             info = self.read_into(url, writer, info=info, on_bytes=on_bytes)
             check_received(info, writer.hasher)

@@ -78,10 +78,13 @@ def resolve_pull(
 
 
 class _Puller:
-    def __init__(self, store: ObjectStore, digests: DigestCache, progress: Progress) -> None:
+    def __init__(
+        self, store: ObjectStore, digests: DigestCache, progress: Progress, *, fsync: bool
+    ) -> None:
         self.store = store
         self.digests = digests
         self.progress = progress
+        self.fsync = fsync
 
     def pull_one(self, item: PullItem) -> PulledFile:
         return once_more_on_mismatch(lambda: self._pull(item))
@@ -96,7 +99,7 @@ class _Puller:
                 self.progress.advance(info.size)
                 return PulledFile(item.url, item.dest, info.size, info.digest, True, False)
         received = self.store.download_file(
-            item.url, item.dest, info=info, on_bytes=self.progress.advance
+            item.url, item.dest, info=info, on_bytes=self.progress.advance, fsync=self.fsync
         )
         if received.verified:
             self.digests.put(stamp_of(item.dest.stat()), received.digest)
@@ -126,13 +129,15 @@ def pull(
     digests: DigestCache,
     dest_is_dir: bool,
     show_progress: bool = True,
+    fsync: bool = False,
     clock: Callable[[], float] = time.monotonic,
 ) -> PullReport:
-    """Pull ``source`` to ``dest``; see the module docstring for the rules."""
+    """Pull ``source`` to ``dest``; see the module docstring for the rules. ``fsync``:
+    sync every file (and its directory) before counting it pulled."""
     started = clock()
     items = resolve_pull(store, source, dest, dest_is_dir=dest_is_dir)
     total = sum(item.size for item in items)
     with Progress(total, "pull", enabled=show_progress) as progress:
-        puller = _Puller(store, digests, progress)
+        puller = _Puller(store, digests, progress, fsync=fsync)
         files = run_all(puller.pull_one, items, workers=store.settings.files_in_flight)
     return PullReport(tuple(files), clock() - started)

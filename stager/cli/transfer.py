@@ -75,18 +75,26 @@ Examples:
   stager pull s3://my-bucket/run1/ ./staged/          # a whole prefix
   stager pull s3://my-bucket/run1/ref.fa ./ref.fa     # one object to a file
   stager pull s3://my-bucket/run1/ref.fa ./inputs/    # one object into a directory
+  stager pull --fsync s3://my-bucket/run1/ /data/run1/  # on disk before it says done
 """
 )
 @click.argument("source")
 @click.argument("dest", type=click.Path(path_type=Path))
+@click.option(
+    "--fsync",
+    is_flag=True,
+    help="Sync each file to disk before counting it pulled, so an operating-system crash "
+    "cannot lose it (a file is whole or absent either way).",
+)
 @click.pass_obj
-def pull_command(state: CliState, source: str, dest: Path) -> None:
+def pull_command(state: CliState, source: str, dest: Path, fsync: bool) -> None:
     """Pull an object or a prefix from S3, verifying every byte.
 
     A file takes its final name only after its digest matches the one
     recorded at push time; objects written by other tools (no digest) are
     hashed as they arrive and reported as unverified. Files already present
-    with the right digest are not downloaded again.
+    with the right digest are not downloaded again. Like cp, aws s3 cp and
+    s5cmd, it leaves syncing to the operating system unless --fsync.
     """
     report = pull(
         S3Url.parse(source),
@@ -95,6 +103,7 @@ def pull_command(state: CliState, source: str, dest: Path) -> None:
         digests=state.digest_cache(),
         dest_is_dir=dest.is_dir() or str(dest).endswith("/"),
         show_progress=state.settings.progress,
+        fsync=fsync,
     )
     for unverified in report.unverified:
         click.echo(f"unverified (no digest recorded): {unverified.path} {unverified.digest}")

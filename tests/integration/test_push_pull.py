@@ -308,3 +308,28 @@ def test_no_credentials_at_all_is_named_by_either_client(
     anonymous = ObjectStore(either_store.settings)
     with anonymous, pytest.raises(AccessDeniedError, match="no AWS credentials"):
         anonymous.get_bytes(prefix.child("present"))
+
+
+def test_pull_syncs_files_only_when_asked(
+    tmp_path: Path,
+    either_store: ObjectStore,
+    digests: DigestCache,
+    prefix: S3Url,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for n in range(3):
+        either_store.put_bytes(prefix.child(f"f{n}"), os.urandom(1000 * n))
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    plain = pull(prefix, tmp_path / "plain", store=either_store, digests=digests, dest_is_dir=True)
+    assert len(plain.files) == 3 and synced == []  # whole or absent, left to the OS to sync
+    pull(
+        prefix,
+        tmp_path / "synced",
+        store=either_store,
+        digests=digests,
+        dest_is_dir=True,
+        fsync=True,
+    )
+    assert len(synced) == 6  # each file, then its directory

@@ -444,7 +444,7 @@ def test_an_input_on_the_nfs_head_is_read_from_there(
     url = prefix.child("in/ref.txt")
     digest = store.put_bytes(url, data)
     head = tmp_path / "nfs-head"
-    filled = run_cli("cache", "--cache-dir", str(head), "fetch", str(url))
+    filled = run_cli("cache", "--cache-dir", str(head), "--tier", "shared", "fetch", str(url))
     assert filled.returncode == 0, filled.stderr
     store.delete(url)  # from now on only the head holds the bytes
     spec = {

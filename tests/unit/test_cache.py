@@ -13,6 +13,7 @@ import pytest
 from fsd import cache as cache_module
 from fsd.cache import MARKER_MTIME_NS, NodeCache
 from fsd.materialize import Materialize, materialize
+from fsd.rootformat import Tier
 from fsd.sources import Source as ObjectSource
 from stager.digest import HashingWriter, digest_bytes
 from stager.errors import CacheFormatError, CacheFullError, IntegrityError
@@ -362,8 +363,10 @@ def test_a_format_2_cache_is_migrated_in_place(tmp_path: Path) -> None:
     cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
     entry = insert(cache, b"kept")
     (tmp_path / "c" / "VERSION").write_text("stager-cache/2\n")
+    (tmp_path / "c" / "TIER").unlink()
     shutil.rmtree(tmp_path / "c" / "sources")
     again = NodeCache(tmp_path / "c", quota_bytes=10_000)
-    assert (tmp_path / "c" / "VERSION").read_text() == "stager-cache/3\n"
+    assert (tmp_path / "c" / "VERSION").read_text() == "stager-cache/4\n"
+    assert again.tier is Tier.SHARED and again.synced  # older formats synced every entry
     assert again.lookup(digest_bytes(b"kept")) == entry
     assert again.ensure(None, 6, Source(b"first!"), source=_source()).exists()

@@ -14,6 +14,7 @@ from typing import Any
 from fsd.cache import NodeCache
 from fsd.cli import CacheContext
 from fsd.materialize import Materialize
+from fsd.rootformat import Tier
 from fsd.settings import default_quota_bytes
 from stager.cli.context import CliState
 from stager.errors import ConfigError, StagerError
@@ -84,6 +85,6 @@ def open_nfs_head(root: Path) -> NodeCache:
     if not (root / "data").is_dir():
         raise ConfigError(
             f"the NFS head {root} is not a stager cache",
-            hint="mount it, or fill it first with `stager cache --cache-dir HEAD fetch URL...`",
+            hint="mount it, or fill it: `stager cache --cache-dir HEAD --tier shared fetch URL`",
         )
-    return NodeCache(root, quota_bytes=default_quota_bytes(root), recover=False)
+    return NodeCache(root, quota_bytes=default_quota_bytes(root), recover=False, tier=Tier.SHARED)
