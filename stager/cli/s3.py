@@ -113,6 +113,3 @@ def parse_duration(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise ConfigError(f"{text!r} is not a duration", hint="give it like 90s, 15m, 6h or 2d")
     return value * units[unit]
-
-
-commands = [s3_group]

@@ -117,4 +117,3 @@ def pull_command(state: CliState, source: str, dest: Path, fsync: bool) -> None:
 
 push_command.name = "push"
 pull_command.name = "pull"
-commands = [push_command, pull_command]
