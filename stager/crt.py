@@ -7,9 +7,10 @@ of small objects therefore does not pay botocore's Python cost per request
 (about 1-2 ms of CPU per object), and a large download no longer funnels
 through one Python IO thread.
 
-Only data moves here: GET and PUT of whole objects. Listings, HEADs,
-bucket checks and conditional writes stay on botocore, in
-:mod:`stager.objectstore`, which decides when this client is used.
+Here: GET and PUT of whole objects (conditional writes included), HEAD of
+objects and buckets, and listings, so a command that moves bytes needs no
+botocore. Multipart uploads left behind and bucket creation stay on
+botocore, in :mod:`stager.objectstore`, which decides when this client is used.
 
 Body chunks of a GET arrive in order (the client guarantees it, and
 :meth:`CrtTransfers.get` checks every offset), so the caller's sink can
@@ -20,10 +21,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote_plus, urlencode, urlsplit
+from xml.etree import ElementTree
 
 from awscrt.auth import AwsCredentials, AwsCredentialsProvider
 from awscrt.http import HttpHeaders, HttpRequest
@@ -65,13 +67,14 @@ class CrtTransfers:
     def __init__(
         self,
         settings: Settings,
-        keys: Callable[[], FrozenKeys | None],
+        credentials: AwsCredentialsProvider,
         *,
         endpoint_url: str,
         region: str,
         ca_file: str | None = None,
     ) -> None:
-        """The endpoint and region as the store resolved them (flags, variables, profile)."""
+        """The endpoint and region as the store resolved them (flags, variables, profile);
+        ``credentials`` signs every request (see :func:`chain_provider`)."""
         self._region = region
         self._part_size = settings.part_size_bytes
         endpoint = urlsplit(endpoint_url)
@@ -89,7 +92,7 @@ class CrtTransfers:
         self._client = S3Client(
             bootstrap=ClientBootstrap(loops, DefaultHostResolver(loops)),
             region=self._region,
-            credential_provider=_provider(keys),
+            credential_provider=credentials,
             tls_mode=S3RequestTlsMode.ENABLED if secure else S3RequestTlsMode.DISABLED,
             tls_connection_options=_trusting(ca_file) if secure and ca_file else None,
             part_size=settings.part_size_bytes,
@@ -100,14 +103,19 @@ class CrtTransfers:
             connect_timeout_ms=int(settings.connect_timeout_s * 1000),
         )
 
-    def _request(self, method: str, url: S3Url, headers: Mapping[str, str]) -> HttpRequest:
+    def _request(
+        self, method: str, url: S3Url, headers: Mapping[str, str], query: str = ""
+    ) -> HttpRequest:
+        """A request for the object ``url`` (for its bucket, if the key is empty)."""
         key = quote(url.key, safe="/~")
         if self._endpoint_host is not None:  # a custom endpoint: path-style addressing
-            host, path = self._endpoint_host, f"/{url.bucket}/{key}"
+            host, path = self._endpoint_host, f"/{url.bucket}/{key}" if key else f"/{url.bucket}"
         elif "." in url.bucket:  # dotted names break virtual-host TLS names
-            host, path = f"s3.{self._region}.amazonaws.com", f"/{url.bucket}/{key}"
+            host = f"s3.{self._region}.amazonaws.com"
+            path = f"/{url.bucket}/{key}" if key else f"/{url.bucket}"
         else:
             host, path = f"{url.bucket}.s3.{self._region}.amazonaws.com", f"/{key}"
+        path += f"?{query}" if query else ""
         return HttpRequest(method, path, HttpHeaders([("Host", host), *headers.items()]))
 
     def get(
@@ -139,7 +147,8 @@ class CrtTransfers:
         return bytes(buffer), headers
 
     def head(self, url: S3Url) -> Headers | None:
-        """The object's headers, ``None`` if the server answers 404."""
+        """The object's headers (with an empty key: the bucket's), ``None`` if the server
+        answers 404."""
         received: dict[str, str] = {}
 
         def on_headers(status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
@@ -147,7 +156,7 @@ class CrtTransfers:
 
         request = self._client.make_request(
             type=S3RequestType.DEFAULT,
-            operation_name="HeadObject",
+            operation_name="HeadObject" if url.key else "HeadBucket",
             request=self._request("HEAD", url, {"Content-Length": "0"}),
             on_headers=on_headers,
         )
@@ -158,6 +167,20 @@ class CrtTransfers:
                 return None
             raise translate_crt(exc, str(url), "read") from exc
         return Headers(received)
+
+    def list(self, prefix: S3Url) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object whose key starts with ``prefix.key`` (ListObjectsV2,
+        page after page)."""
+        token: str | None = None
+        while True:
+            query = {"list-type": "2", "prefix": prefix.key, "encoding-type": "url"}
+            if token is not None:
+                query["continuation-token"] = token
+            body = self._bucket_get(prefix, "ListObjectsV2", query, "list")
+            items, token = parse_listing(body, str(prefix))
+            yield from items
+            if token is None:
+                return
 
     def _get(
         self, url: S3Url, sink: Sink, on_bytes: ProgressCallback | None, *, ranged: bool
@@ -189,6 +212,25 @@ class CrtTransfers:
         )
         _wait(request, url, "download", keep=(S3ResponseError,) if ranged else ())
         return Headers(received)
+
+    def _bucket_get(
+        self, where: S3Url, operation: str, query: Mapping[str, str], action: str
+    ) -> bytes:
+        """The body of a GET on ``where``'s bucket with ``query`` (a listing, say)."""
+        body = bytearray()
+        request = self._client.make_request(
+            type=S3RequestType.DEFAULT,
+            operation_name=operation,
+            request=self._request(
+                "GET",
+                S3Url(where.bucket, ""),
+                {"Content-Length": "0"},
+                urlencode(sorted(query.items()), quote_via=quote),
+            ),
+            on_body=lambda chunk, **_: body.extend(chunk),
+        )
+        _wait(request, where, action)
+        return bytes(body)
 
     def put_file(
         self,
@@ -244,7 +286,55 @@ def _put_headers(
     }
 
 
-def _provider(keys: Callable[[], FrozenKeys | None]) -> AwsCredentialsProvider:
+_S3_XML = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+
+def parse_listing(body: bytes, where: str) -> tuple[list[tuple[str, int]], str | None]:
+    """A ListObjectsV2 page: its (key, size) items and the token of the next page, if the
+    listing goes on. Keys come form-encoded (``encoding-type=url``: a blank is "+")."""
+    try:
+        root = ElementTree.fromstring(body)
+        items = [
+            (
+                unquote_plus(item.findtext(f"{_S3_XML}Key", "")),
+                int(item.findtext(f"{_S3_XML}Size", "")),
+            )
+            for item in root.iter(f"{_S3_XML}Contents")
+        ]
+    except (ElementTree.ParseError, ValueError) as exc:
+        raise StagerError(f"cannot list {where}: the listing is not S3's ({exc})") from exc
+    going_on = root.findtext(f"{_S3_XML}IsTruncated", "false") == "true"
+    token = root.findtext(f"{_S3_XML}NextContinuationToken") if going_on else None
+    if going_on and not token:
+        raise StagerError(f"cannot list {where}: a truncated page names no next one")
+    return items, token
+
+
+def chain_provider(profile: str | None) -> AwsCredentialsProvider:
+    """Credentials from the standard chain, resolved by the native client: environment,
+    profile files (credential_process, role_arn), web identity, ECS, instance metadata;
+    refreshed before they expire. A named ``profile`` is read instead of the environment
+    (as botocore does)."""
+    if profile:
+        return AwsCredentialsProvider.new_profile(profile_name=profile)
+    return AwsCredentialsProvider.new_default_chain()
+
+
+def static_provider(access_key: str, secret_key: str) -> AwsCredentialsProvider:
+    return AwsCredentialsProvider.new_static(access_key, secret_key)
+
+
+def found_credentials(provider: AwsCredentialsProvider, *, timeout_s: float = 10.0) -> bool:
+    """Whether ``provider`` yields credentials now (asked once, here, so that a missing
+    key is said plainly rather than as a signing failure)."""
+    try:
+        provider.get_credentials().result(timeout=timeout_s)
+    except Exception:
+        return False
+    return True
+
+
+def delegate_provider(keys: Callable[[], FrozenKeys | None]) -> AwsCredentialsProvider:
     """Credentials asked of ``keys`` at each signing (so refreshed keys are used).
 
     The closure must not reach back to the client: the native side holds it,

@@ -9,29 +9,20 @@ themselves (multipart uploads, parallel ranged GETs); nothing here does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-
-from botocore.exceptions import BotoCoreError, ClientError
-from s3transfer.manager import TransferManager
-from s3transfer.subscribers import BaseSubscriber
+from typing import TYPE_CHECKING, Protocol
 
 from stager.digest import Digest, HashingWriter
-from stager.errors import PreconditionFailedError
 from stager.locations import S3Url
 from stager.objectinfo import (
     DIGEST_HEADER,
-    DIGEST_METADATA_KEY,
     GENERATION_HEADER,
-    GENERATION_METADATA_KEY,
     TASK_HEADER,
-    TASK_METADATA_KEY,
     ObjectInfo,
     WriteCondition,
     recorded_digest,
 )
-from stager.s3errors import translate, translating
 
 if TYPE_CHECKING:
     from stager.crt import CrtTransfers, Headers
@@ -44,6 +35,14 @@ class ByteMover(Protocol):
 
     def head(self, url: S3Url) -> ObjectInfo | None:
         """The object's size and digest, ``None`` if the key does not exist."""
+        ...
+
+    def bucket_exists(self, bucket: str) -> bool:
+        """Whether ``bucket`` exists (False on a 404; other failures raise)."""
+        ...
+
+    def list(self, prefix: S3Url) -> Iterator[tuple[S3Url, int]]:
+        """(location, size) of every object whose key starts with ``prefix.key``."""
         ...
 
     def read_into(
@@ -96,6 +95,15 @@ class NativeMover:
         headers = self._native.head(url)
         return None if headers is None else _info_from_headers(url, headers)
 
+    def bucket_exists(self, bucket: str) -> bool:
+        self._count("HeadBucket")
+        return self._native.head(S3Url(bucket, "")) is not None
+
+    def list(self, prefix: S3Url) -> Iterator[tuple[S3Url, int]]:
+        self._count("ListObjectsV2")  # once per listing, however many pages
+        for key, size in self._native.list(prefix):
+            yield S3Url(prefix.bucket, key), size
+
     def read_into(
         self,
         url: S3Url,
@@ -139,131 +147,6 @@ class NativeMover:
         return data, recorded_digest(url, headers.get(DIGEST_HEADER))
 
 
-class BotocoreMover:
-    """Object bytes through botocore (small) and s3transfer (at or above the threshold).
-
-    The client and the transfer manager are given as functions: both are
-    made on first use, by the store that owns them.
-    """
-
-    def __init__(
-        self,
-        client: Callable[[], Any],
-        transfers: Callable[[], TransferManager],
-        multipart_threshold_bytes: int,
-    ) -> None:
-        self._client = client
-        self._transfers = transfers
-        self._threshold = multipart_threshold_bytes
-
-    def head(self, url: S3Url) -> ObjectInfo | None:
-        try:
-            response = self._client().head_object(Bucket=url.bucket, Key=url.key)
-        except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
-                raise translate(exc, str(url), "read") from exc
-            return None
-        except BotoCoreError as exc:
-            raise translate(exc, str(url), "read") from exc
-        return _info_from_response(url, response)
-
-    def read_into(
-        self,
-        url: S3Url,
-        writer: HashingWriter,
-        *,
-        info: ObjectInfo | None,
-        on_bytes: ProgressCallback | None,
-    ) -> ObjectInfo:
-        # With a HEAD's info at or above the threshold: parallel ranged GETs pinned
-        # to its ETag. Otherwise one GET, whose own headers describe the object.
-        if info is not None and info.size >= self._threshold:
-            with translating(url, "download"):
-                future = self._transfers().download(
-                    url.bucket, url.key, writer, subscribers=[_Subscriber(info, on_bytes)]
-                )
-                _wait(future)
-            return info
-        with translating(url, "download"):
-            response = self._client().get_object(Bucket=url.bucket, Key=url.key)
-            for chunk in response["Body"].iter_chunks(256 * 1024):
-                writer.write(chunk)
-                if on_bytes is not None:
-                    on_bytes(len(chunk))
-        return _info_from_response(url, response)
-
-    def put_file(
-        self,
-        path: Path,
-        url: S3Url,
-        *,
-        size: int,
-        metadata: Mapping[str, str],
-        on_bytes: ProgressCallback | None,
-        condition: WriteCondition | None,
-    ) -> None:
-        if size < self._threshold:
-            extra = _condition_args(condition)
-            with path.open("rb") as body, translating(url, "upload to"):
-                self._client().put_object(
-                    Bucket=url.bucket, Key=url.key, Body=body, Metadata=dict(metadata), **extra
-                )
-            if on_bytes is not None:
-                on_bytes(size)
-            return
-        if condition is not None:  # s3transfer cannot send conditions: checked before, racily
-            self._check(url, condition)
-        with translating(url, "upload to"):
-            future = self._transfers().upload(
-                str(path),
-                url.bucket,
-                url.key,
-                extra_args={"Metadata": dict(metadata)},
-                subscribers=[_Subscriber(None, on_bytes)],
-            )
-            _wait(future)
-
-    def _check(self, url: S3Url, condition: WriteCondition) -> None:
-        info = self.head(url)
-        if (condition.absent and info is not None) or (
-            condition.etag is not None and (info is None or info.etag != condition.etag)
-        ):
-            raise PreconditionFailedError(f"cannot upload to {url}: it changed or exists")
-
-    def put_small(
-        self, url: S3Url, data: bytes, *, metadata: Mapping[str, str], create_only: bool
-    ) -> None:
-        extra = _condition_args(WriteCondition(absent=create_only))
-        with translating(url, "write"):
-            self._client().put_object(
-                Bucket=url.bucket, Key=url.key, Body=data, Metadata=dict(metadata), **extra
-            )
-
-    def get_small(self, url: S3Url) -> tuple[bytes, Digest | None]:
-        with translating(url, "read"):
-            response = self._client().get_object(Bucket=url.bucket, Key=url.key)
-            data = response["Body"].read()
-        return data, recorded_digest(url, response.get("Metadata", {}).get(DIGEST_METADATA_KEY))
-
-
-class _Subscriber(BaseSubscriber):  # type: ignore[misc]
-    """Feeds what our own HEAD learnt to s3transfer (saving its HEAD; the ETag
-    pins every ranged GET to one version) and progress to a callback."""
-
-    def __init__(self, known: ObjectInfo | None, on_bytes: ProgressCallback | None) -> None:
-        self._known = known
-        self._on_bytes = on_bytes
-
-    def on_queued(self, future: Any, **kwargs: Any) -> None:
-        if self._known is not None and self._known.etag is not None:
-            future.meta.provide_transfer_size(self._known.size)
-            future.meta.provide_object_etag(self._known.etag)
-
-    def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
-        if self._on_bytes is not None:
-            self._on_bytes(bytes_transferred)
-
-
 def _info_from_headers(url: S3Url, headers: Headers) -> ObjectInfo:
     """What the native client's response headers say about the object."""
     digest = recorded_digest(url, headers.get(DIGEST_HEADER))
@@ -275,36 +158,3 @@ def _info_from_headers(url: S3Url, headers: Headers) -> ObjectInfo:
         headers.get(TASK_HEADER),
         headers.get(GENERATION_HEADER),
     )
-
-
-def _info_from_response(url: S3Url, response: dict[str, Any]) -> ObjectInfo:
-    """What a botocore HEAD or GET response says about the object."""
-    digest = recorded_digest(url, response.get("Metadata", {}).get(DIGEST_METADATA_KEY))
-    metadata = response.get("Metadata", {})
-    size = int(response["ContentLength"])
-    return ObjectInfo(
-        url,
-        size,
-        digest,
-        response.get("ETag"),
-        metadata.get(TASK_METADATA_KEY),
-        metadata.get(GENERATION_METADATA_KEY),
-    )
-
-
-def _condition_args(condition: WriteCondition | None) -> dict[str, str]:
-    """botocore's PutObject arguments for ``condition``."""
-    if condition is None:
-        return {}
-    if condition.absent:
-        return {"IfNoneMatch": "*"}
-    return {"IfMatch": condition.etag} if condition.etag else {}
-
-
-def _wait(future: Any) -> None:
-    """Wait for an s3transfer future; cancel it if we are interrupted."""
-    try:
-        future.result()
-    except KeyboardInterrupt:
-        future.cancel()
-        raise

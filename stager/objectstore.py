@@ -1,4 +1,4 @@
-"""The S3 object store: verified uploads and downloads on boto3 + s3transfer.
+"""The S3 object store: verified uploads and downloads.
 
 Contract:
 
@@ -13,7 +13,12 @@ Contract:
   once: the native client (:mod:`stager.crt`, the default) or s3transfer
   (``transfer_client = "s3transfer"``); either one splits multipart uploads
   and parallel ranged GETs, nothing here does.
-- Every botocore error leaves this module as a :class:`~stager.errors.StagerError`.
+- With the native client, a command that moves bytes, heads and lists
+  objects never loads boto3 (~0.3 s): endpoint, region and CA bundle come
+  from :mod:`stager.awsconfig`, credentials from the native client's own
+  chain. What only botocore knows (FIPS endpoints, SSO logins, bucket
+  creation, incomplete multipart uploads) loads it when asked for.
+- Every client error leaves this module as a :class:`~stager.errors.StagerError`.
 """
 
 from __future__ import annotations
@@ -21,28 +26,26 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import boto3
-from botocore.config import Config
-from botocore.configprovider import ConfiguredEndpointProvider
-from botocore.exceptions import BotoCoreError, ClientError
-from s3transfer.manager import TransferConfig, TransferManager
-
 from stager.atomic import atomic_file
+from stager.awsconfig import DEFAULT_REGION, Credentials, load_aws_config
 from stager.digest import Digest, HashingWriter, digest_bytes
 from stager.errors import AccessDeniedError, IntegrityError, NotFoundError
 from stager.locations import S3Url
-from stager.movers import BotocoreMover, ByteMover, NativeMover, ProgressCallback
+from stager.movers import ByteMover, NativeMover, ProgressCallback
 from stager.objectinfo import ObjectInfo, WriteCondition, check_received, digest_metadata
-from stager.s3errors import translate, translating
+from stager.s3errors import translating
 from stager.settings import Settings, TransferClient
 from stager.uploadjournal import UploadJournal
 
 if TYPE_CHECKING:
+    from awscrt.auth import AwsCredentialsProvider
+    from s3transfer.manager import TransferManager
+
     from stager import crt
 
 
@@ -53,54 +56,6 @@ class Received:
     digest: Digest
     size: int
     verified: bool
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """Explicit S3 keys, for servers we start ourselves; the secret never prints."""
-
-    access_key: str
-    secret_key: str = field(repr=False)
-
-
-def make_session(settings: Settings, credentials: Credentials | None = None) -> Any:
-    """A boto3 session for ``settings``; without ``credentials``, keys come from the AWS chain."""
-    keys = (
-        {
-            "aws_access_key_id": credentials.access_key,
-            "aws_secret_access_key": credentials.secret_key,
-        }
-        if credentials
-        else {}
-    )
-    try:
-        return boto3.session.Session(
-            profile_name=settings.profile, region_name=settings.region, **keys
-        )
-    except BotoCoreError as exc:
-        raise translate(exc, "the AWS configuration", "load") from exc
-
-
-def make_client(
-    settings: Settings, credentials: Credentials | None = None, *, session: Any = None
-) -> Any:
-    """A boto3 S3 client configured from ``settings`` (standard retries, bounded)."""
-    session = session or make_session(settings, credentials)
-    config = Config(
-        retries={"mode": "standard", "max_attempts": settings.max_attempts},
-        connect_timeout=settings.connect_timeout_s,
-        read_timeout=settings.read_timeout_s,
-        max_pool_connections=settings.max_concurrency + settings.files_in_flight,
-        # Integrity is ours (XXH3 on every hop); a CRC on every upload would
-        # only cost CPU. Response validation stays at botocore's default:
-        # "when_required" moves s3transfer 0.19 onto a download path that
-        # deadlocks non-seekable targets with more parts than its memory
-        # window (see tests/integration/test_push_pull.py).
-        request_checksum_calculation="when_required",
-        s3={"addressing_style": "path"} if settings.endpoint_url else None,
-    )
-    verify = str(settings.ca_bundle) if settings.ca_bundle else None  # None: the AWS chain's
-    return session.client("s3", endpoint_url=settings.endpoint_url, config=config, verify=verify)
 
 
 class ObjectStore:
@@ -117,54 +72,59 @@ class ObjectStore:
         that the next process can abort those a killed one left open."""
         self.settings = settings
         self.journal = journal
-        self._session = make_session(settings, credentials)
+        self._credentials = credentials
+        self.aws = load_aws_config(settings)
         self._buckets_seen: set[str] = set()  # buckets known to exist (never forgotten)
         # Requests sent, by S3 operation name, whichever client sent them.
         self.requests: Counter[str] = Counter()
         self._requests_lock = threading.Lock()
-        # The clients are made on first use: botocore's takes ~0.3 s (its S3
-        # model is a large JSON file), which a command whose requests all go
-        # through the native client (a memoized `stager wrap`) never pays.
+        # botocore's session and client are made on first use: they take ~0.3 s
+        # (botocore's S3 model is a large JSON file), which a command whose
+        # requests all go through the native client never pays.
         self._clients_lock = threading.Lock()
+        self._session: Any = None
         self._client: Any = None
         self._manager: TransferManager | None = None
         self._mover: ByteMover | None = None
+        self._native: crt.CrtTransfers | None = None
         self._mover_lock = threading.Lock()
 
     @property
+    def session(self) -> Any:
+        """botocore's session (a boto3 one), made on first use."""
+        from stager.botoclient import make_session
+
+        with self._clients_lock:
+            if self._session is None:
+                self._session = make_session(self.settings, self._credentials)
+            return self._session
+
+    @property
     def client(self) -> Any:
-        """The botocore S3 client (metadata requests, and the s3transfer path)."""
+        """The botocore S3 client (what only it does, and the s3transfer path)."""
+        from stager.botoclient import make_client
+
+        session = self.session
         with self._clients_lock:
             if self._client is None:
-                self._client = make_client(self.settings, session=self._session)
+                self._client = make_client(self.settings, session=session)
                 self._client.meta.events.register("before-call.s3", self._count_botocore)
             return self._client
 
     @property
     def _transfers(self) -> TransferManager:
+        from stager.botoclient import make_transfer_manager
+
         client = self.client
         with self._clients_lock:
             if self._manager is None:
-                settings = self.settings
-                self._manager = TransferManager(
-                    client,
-                    TransferConfig(
-                        multipart_threshold=settings.multipart_threshold_bytes,
-                        multipart_chunksize=settings.part_size_bytes,
-                        max_request_concurrency=settings.max_concurrency,
-                        # Bound what a download may hold in memory: parts waiting
-                        # for their turn (one window of parts) and 256 KiB writes
-                        # queued for the IO thread (100 of them).
-                        max_in_memory_download_chunks=settings.max_concurrency,
-                        max_io_queue_size=100,
-                    ),
-                )
+                self._manager = make_transfer_manager(client, self.settings)
             return self._manager
 
     def close(self, *, cancel: bool = False) -> None:
         with self._clients_lock:
             manager, self._manager = self._manager, None
-            self._mover = None  # a native client's threads stop once no request holds it
+            self._mover = self._native = None  # native threads stop once no request holds them
         if manager is not None:
             manager.shutdown(cancel=cancel)
 
@@ -179,55 +139,69 @@ class ObjectStore:
         """The byte mover, chosen once from the settings and made on first use."""
         if (mover := self._mover) is not None:
             return mover
-        with self._mover_lock:  # not the clients' lock: a native client needs botocore's
+        if self.settings.transfer_client is TransferClient.S3TRANSFER:
+            from stager.botoclient import BotocoreMover
+
+            made: ByteMover = BotocoreMover(
+                lambda: self.client,
+                lambda: self._transfers,
+                self.settings.multipart_threshold_bytes,
+            )
+        else:
+            made = NativeMover(self._native_client(), self._count)
+        with self._mover_lock:
             if self._mover is None:
-                if self.settings.transfer_client is TransferClient.S3TRANSFER:
-                    self._mover = BotocoreMover(
-                        lambda: self.client,
-                        lambda: self._transfers,
-                        self.settings.multipart_threshold_bytes,
-                    )
-                else:
-                    self._mover = NativeMover(self._native_client(), self._count)
+                self._mover = made
             return self._mover
 
     def _native_client(self) -> crt.CrtTransfers:
-        from stager.crt import CrtTransfers  # awscrt loads in ~80 ms: only when bytes move
+        """The native client, made on first use (awscrt loads in ~0.1 s)."""
+        if (native := self._native) is not None:
+            return native
+        from stager.crt import CrtTransfers
 
-        endpoint_url, region = self._endpoint()  # unlocked: it may make botocore's client
-        keys = _keys_of(self._session)
-        if keys() is None:  # say it here: the native signer could only fail vaguely
-            raise AccessDeniedError("cannot reach S3: no AWS credentials were found")
-        return CrtTransfers(
-            self.settings, keys, endpoint_url=endpoint_url, region=region, ca_file=self._ca_bundle()
+        aws = self.aws
+        if aws.needs_botocore:  # endpoint rules or a profile only botocore knows
+            from stager.botoclient import configured_endpoint
+
+            meta = self.client.meta
+            endpoint = configured_endpoint(self.session) or meta.endpoint_url
+            aws = replace(aws, endpoint_url=endpoint, region=meta.region_name)
+        made = CrtTransfers(
+            self.settings,
+            self._signing(),
+            endpoint_url=aws.endpoint,
+            region=aws.region or DEFAULT_REGION,
+            ca_file=aws.ca_bundle,
         )
+        with self._mover_lock:
+            if self._native is None:
+                self._native = made
+            return self._native
+
+    def _signing(self) -> AwsCredentialsProvider:
+        """Credentials for the native client: given ones, else its own chain, else (for
+        sources only botocore knows, such as SSO logins) botocore's."""
+        from stager import crt
+
+        if self._credentials is not None:
+            keys = self._credentials
+            return crt.static_provider(keys.access_key, keys.secret_key)
+        if not self.aws.needs_botocore:
+            chain = crt.chain_provider(self.aws.profile)
+            if crt.found_credentials(chain):
+                return chain
+        from stager.botoclient import keys_of
+
+        keys_now = keys_of(self.session)
+        if keys_now() is None:  # say it here: the native signer could only fail vaguely
+            raise AccessDeniedError("cannot reach S3: no AWS credentials were found")
+        return crt.delegate_provider(keys_now)
 
     @property
     def endpoint_id(self) -> str:
         """Names the endpoint, to tell the same key at two stores apart (no request made)."""
-        configured = self.settings.endpoint_url or _configured_endpoint(self._session)
-        return configured or f"aws:{self.settings.region or self._session.region_name or ''}"
-
-    def _endpoint(self) -> tuple[str, str]:
-        """(endpoint URL, region) for the native client.
-
-        A configured endpoint (flag, setting, ``AWS_ENDPOINT_URL[_S3]``, the
-        profile) is used as it is; AWS's own is resolved by botocore's client
-        (its rules know partitions, FIPS and dual-stack names).
-        """
-        configured = self.settings.endpoint_url or _configured_endpoint(self._session)
-        if configured:
-            return configured, self.settings.region or self._session.region_name or "us-east-1"
-        meta = self.client.meta
-        return meta.endpoint_url, meta.region_name or "us-east-1"
-
-    def _ca_bundle(self) -> str | None:
-        """The CA file botocore trusts for this endpoint: ours, or the AWS chain's."""
-        if self.settings.ca_bundle is not None:
-            return str(self.settings.ca_bundle)
-        # boto3 has no public accessor for config variables; its botocore session does.
-        chained = self._session._session.get_config_variable("ca_bundle")
-        return str(chained) if chained else None
+        return self.aws.endpoint_id
 
     def __enter__(self) -> ObjectStore:
         return self
@@ -250,16 +224,10 @@ class ObjectStore:
 
     def check_bucket(self, bucket: str) -> None:
         """Raise :class:`NotFoundError` unless ``bucket`` exists and is reachable."""
-        with translating(f"s3://{bucket}/", "open bucket"):
-            try:
-                self.client.head_bucket(Bucket=bucket)
-            except ClientError as exc:
-                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                    raise NotFoundError(
-                        f"bucket {bucket!r} does not exist",
-                        hint="create it first or check its name",
-                    ) from exc
-                raise
+        if not self._bytes().bucket_exists(bucket):
+            raise NotFoundError(
+                f"bucket {bucket!r} does not exist", hint="create it first or check its name"
+            )
         self._buckets_seen.add(bucket)
 
     def ensure_bucket(self, bucket: str) -> None:
@@ -272,11 +240,7 @@ class ObjectStore:
 
     def list(self, prefix: S3Url) -> Iterator[tuple[S3Url, int]]:
         """(location, size) of every object whose key starts with ``prefix.key``."""
-        paginator = self.client.get_paginator("list_objects_v2")
-        with translating(prefix, "list"):
-            for page in paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key):
-                for item in page.get("Contents", []):
-                    yield S3Url(prefix.bucket, item["Key"]), int(item["Size"])
+        return self._bytes().list(prefix)
 
     def incomplete_uploads(self, prefix: S3Url) -> Iterator[IncompleteUpload]:
         """Multipart uploads begun under ``prefix`` and never completed nor aborted."""
@@ -298,8 +262,8 @@ class ObjectStore:
                 self.client.abort_multipart_upload(
                     Bucket=url.bucket, Key=url.key, UploadId=upload.upload_id
                 )
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+            except Exception as exc:  # botocore's ClientError, loaded with the client
+                if getattr(exc, "response", {}).get("Error", {}).get("Code") != "NoSuchUpload":
                     raise
 
     def abort_left_behind(self) -> int:
@@ -424,27 +388,3 @@ class IncompleteUpload:
     url: S3Url
     upload_id: str
     initiated_at: float  # Unix time, by the server's clock
-
-
-def _configured_endpoint(session: Any) -> str | None:
-    """The S3 endpoint the AWS configuration names, as botocore's client would find it."""
-    core = session._session  # boto3 keeps botocore's session, which resolves it, here
-    if core.get_config_variable("ignore_configured_endpoint_urls"):
-        return None
-    found = ConfiguredEndpointProvider(
-        full_config=core.full_config, scoped_config=core.get_scoped_config(), client_name="s3"
-    ).provide()
-    return str(found) if found else None
-
-
-def _keys_of(session: Any) -> Callable[[], tuple[str, str, str | None] | None]:
-    """The session's current keys, frozen, for the native client (refreshed when due)."""
-
-    def keys() -> tuple[str, str, str | None] | None:
-        credentials = session.get_credentials()
-        if credentials is None:
-            return None
-        frozen = credentials.get_frozen_credentials()
-        return frozen.access_key, frozen.secret_key, frozen.token
-
-    return keys

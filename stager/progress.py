@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
-
-from tqdm import tqdm
+from typing import Any
 
 
 class Progress:
@@ -17,24 +16,29 @@ class Progress:
 
     def __init__(self, total_bytes: int, description: str, *, enabled: bool) -> None:
         self._lock = threading.Lock()
-        self._bar = tqdm(
-            total=total_bytes,
-            desc=description,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            disable=not (enabled and sys.stderr.isatty()),
-            leave=False,
-            file=sys.stderr,
-        )
+        self._bar: Any = None
+        if enabled and sys.stderr.isatty():  # tqdm loads in ~35 ms: only to draw
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=total_bytes,
+                desc=description,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                leave=False,
+                file=sys.stderr,
+            )
 
     def advance(self, count: int) -> None:
-        with self._lock:
-            self._bar.update(count)
+        if self._bar is not None:
+            with self._lock:
+                self._bar.update(count)
 
     def close(self) -> None:
-        with self._lock:
-            self._bar.close()
+        if self._bar is not None:
+            with self._lock:
+                self._bar.close()
 
     def __enter__(self) -> Progress:
         return self

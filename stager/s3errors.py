@@ -1,17 +1,19 @@
-"""Translate botocore / s3transfer exceptions into stager's hierarchy.
+"""Translate S3 client exceptions (botocore, s3transfer, the native client) into
+stager's hierarchy.
 
-This is the only module that knows botocore's error shapes. Callers wrap S3
+This is the only module that knows their error shapes. Callers wrap S3
 calls in :func:`translating` and get a :class:`~stager.errors.StagerError`
 naming the location and the action, with the original as ``__cause__``.
+Neither client is imported here: an error of one that is not loaded cannot
+be raised, and a command that never loads botocore never pays its 0.3 s.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
-
-from botocore import exceptions as bce
-from s3transfer.exceptions import RetriesExceededError
+from typing import Any
 
 from stager.errors import (
     AccessDeniedError,
@@ -41,20 +43,32 @@ _THROTTLED = frozenset(
 )
 _PRECONDITION = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
 
-_UNREACHABLE_TYPES: tuple[type[Exception], ...] = (
-    bce.EndpointConnectionError,
-    bce.ConnectTimeoutError,
-    bce.ReadTimeoutError,
-    bce.ConnectionClosedError,
-    bce.ProxyConnectionError,
-    RetriesExceededError,
-)
+
+def _botocore_errors() -> tuple[type[Exception], ...]:
+    """The base types of botocore's and s3transfer's errors, of those loaded."""
+    found: list[type[Exception]] = []
+    if (bce := sys.modules.get("botocore.exceptions")) is not None:
+        found += [bce.BotoCoreError, bce.ClientError]
+    if (transfer := sys.modules.get("s3transfer.exceptions")) is not None:
+        found.append(transfer.RetriesExceededError)
+    return tuple(found)
 
 
 def translate(exc: Exception, where: str, action: str) -> StagerError:
     """Return the stager error for ``exc`` raised while doing ``action`` on ``where``."""
-    if isinstance(exc, StagerError):
-        return exc
+    if isinstance(exc, StagerError) or not isinstance(exc, _botocore_errors()):
+        return _other(exc, where, action)
+    from botocore import exceptions as bce  # loaded: exc is one of its errors
+    from s3transfer.exceptions import RetriesExceededError
+
+    unreachable = (
+        bce.EndpointConnectionError,
+        bce.ConnectTimeoutError,
+        bce.ReadTimeoutError,
+        bce.ConnectionClosedError,
+        bce.ProxyConnectionError,
+        RetriesExceededError,
+    )
     if isinstance(exc, bce.ClientError):
         return _from_client_error(exc, where, action)
     if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
@@ -63,14 +77,20 @@ def translate(exc: Exception, where: str, action: str) -> StagerError:
         return ConfigError(f"AWS profile not found: {exc.kwargs.get('profile')}")
     if isinstance(exc, bce.SSLError):
         return _tls_failure(where, action, "certificate verify failed")
-    if isinstance(exc, _UNREACHABLE_TYPES):
+    if isinstance(exc, unreachable):
         return UnreachableError(f"cannot {action} {where}: the S3 endpoint did not answer ({exc})")
     if isinstance(exc, bce.BotoCoreError):
         return StagerError(f"cannot {action} {where}: {exc}")
+    return _other(exc, where, action)
+
+
+def _other(exc: Exception, where: str, action: str) -> StagerError:
+    if isinstance(exc, StagerError):
+        return exc
     return StagerError(f"cannot {action} {where}: {exc.__class__.__name__}: {exc}")
 
 
-def _from_client_error(exc: bce.ClientError, where: str, action: str) -> StagerError:
+def _from_client_error(exc: Any, where: str, action: str) -> StagerError:
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
     status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
@@ -110,7 +130,9 @@ def translating(where: object, action: str) -> Iterator[None]:
         yield
     except StagerError:
         raise
-    except (bce.BotoCoreError, bce.ClientError, RetriesExceededError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _botocore_errors()):
+            raise
         raise translate(exc, str(where), action) from exc
 
 

@@ -37,8 +37,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from stager.awsconfig import Credentials
 from stager.errors import ConfigError, StagerError, UnreachableError
-from stager.objectstore import Credentials, make_client
 from stager.settings import Settings
 
 WEED_ENV = "STAGER_WEED_BINARY"
@@ -185,6 +185,8 @@ class LocalS3Server:
 
     def client(self, **overrides: Any) -> Any:
         """A plain boto3 S3 client for this server."""
+        from stager.botoclient import make_client  # botocore: only for those who ask
+
         return make_client(self.settings(**overrides), self.credentials)
 
     # -- lifecycle ------------------------------------------------------------------

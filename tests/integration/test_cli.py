@@ -263,3 +263,63 @@ def test_the_hint_after_a_damaged_object_repairs_it(
     assert "skipped 1 unchanged" in again.stdout  # intact objects are read, not rewritten
     assert run_cli("pull", str(key), str(tmp_path / "out" / "ref.bin")).returncode == 0
     assert (tmp_path / "out" / "ref.bin").read_bytes() == original
+
+
+BOTOCORE_MODULES = ("boto3", "botocore", "s3transfer")
+
+
+def loaded_modules(importtime: str) -> set[str]:
+    """The modules ``python -X importtime`` reported on stderr."""
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in importtime.splitlines()
+        if line.startswith("import time:") and line.count("|") == 2
+    }
+
+
+def test_a_pull_never_loads_botocore(
+    run_cli: Any, tmp_path: Path, prefix: S3Url, raw_client: Any
+) -> None:
+    for key in ("one.txt", "dir/a b \u00fc.txt", "dir/sub/c.bin"):
+        raw_client.put_object(Bucket=prefix.bucket, Key=prefix.key + key, Body=key.encode())
+    for source, dest in ((prefix.child("one.txt"), "one.txt"), (prefix.child("dir/"), "dir/")):
+        done = run_cli(
+            "pull", str(source), str(tmp_path / dest), env={"PYTHONPROFILEIMPORTTIME": "1"}
+        )
+        assert done.returncode == 0, done.stderr
+        loaded = loaded_modules(done.stderr)
+        assert "stager.pull" in loaded and "awscrt.s3" in loaded  # the probe sees imports
+        assert not {m for m in loaded if m.split(".")[0] in BOTOCORE_MODULES}
+    assert (tmp_path / "dir" / "a b \u00fc.txt").read_bytes() == "dir/a b \u00fc.txt".encode()
+    assert (tmp_path / "dir" / "sub" / "c.bin").read_bytes() == b"dir/sub/c.bin"
+
+
+def test_region_endpoint_and_keys_come_from_a_profile(
+    run_cli: Any, tmp_path: Path, prefix: S3Url, raw_client: Any, s3_server: Any
+) -> None:
+    raw_client.put_object(Bucket=prefix.bucket, Key=prefix.key + "p.txt", Body=b"profile")
+    config, keys = tmp_path / "aws-config", tmp_path / "aws-credentials"
+    config.write_text(
+        f"[profile lab]\nregion = {s3_server.env()['AWS_REGION']}\n"
+        f"endpoint_url = {s3_server.endpoint_url}\n"
+    )
+    keys.write_text(
+        f"[lab]\naws_access_key_id = {s3_server.credentials.access_key}\n"
+        f"aws_secret_access_key = {s3_server.credentials.secret_key}\n"
+    )
+    env = {
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_SHARED_CREDENTIALS_FILE": str(keys),
+        "AWS_ENDPOINT_URL": "",
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_REGION": "",
+        "PYTHONPROFILEIMPORTTIME": "1",
+    }
+    dest = tmp_path / "p.txt"
+    done = run_cli("--profile", "lab", "pull", str(prefix.child("p.txt")), str(dest), env=env)
+    assert done.returncode == 0, done.stderr
+    assert dest.read_bytes() == b"profile"
+    assert not {m for m in loaded_modules(done.stderr) if m.split(".")[0] in BOTOCORE_MODULES}
+    missing = run_cli("--profile", "nope", "pull", str(prefix.child("p.txt")), str(dest), env=env)
+    assert missing.returncode == 2 and "AWS profile not found: nope" in missing.stderr

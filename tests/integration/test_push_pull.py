@@ -12,6 +12,7 @@ from typing import Any
 import fsspec
 import pytest
 
+from stager.awsconfig import Credentials
 from stager.digest import HashingWriter, digest_bytes
 from stager.digestcache import DigestCache
 from stager.errors import (
@@ -23,7 +24,7 @@ from stager.errors import (
 from stager.locations import S3Url
 from stager.manifest import Manifest
 from stager.objectinfo import DIGEST_METADATA_KEY, ObjectInfo, check_received
-from stager.objectstore import Credentials, ObjectStore
+from stager.objectstore import ObjectStore
 from stager.pull import pull
 from stager.push import push
 from stager.settings import TransferClient

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from stager.awsconfig import Credentials
+from stager.botoclient import make_client
 from stager.locations import S3Url
-from stager.objectstore import Credentials, make_client
 from stager.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
