@@ -151,7 +151,7 @@ def digests_under(root: Path) -> Counter[Digest]:
         if path.is_file() and not path.is_symlink() and "stager-tmp" not in path.name:
             if "/locks/" in str(path) or "/seals/" in str(path):  # the cache's bookkeeping
                 continue
-            if path.name in ("VERSION", "ledger.json", "damaged.log"):
+            if path.name in ("VERSION", "TIER", "ledger.json", "damaged.log"):
                 continue
             with path.open("rb") as handle:
                 found[digest_stream(handle)[0]] += 1

@@ -357,7 +357,7 @@ class NodeCache:
             sync_directory=False,
             fsync=self._fsync,
         ) as handle:
-            writer = HashingWriter(handle)
+            writer = HashingWriter(handle, path=temp)
             fill(writer)
             got = writer.hasher
             if got.size != size:

@@ -151,11 +151,20 @@ def test_manifest_is_stored_create_only_and_readable(
     assert Manifest.from_json(store.get_bytes(report.manifest_url)) == report.manifest
 
 
+@pytest.mark.parametrize("size", [10, 12 * MiB + 7], ids=["small", "multipart"])
 def test_object_whose_bytes_do_not_match_its_digest_is_refused(
-    tmp_path: Path, either_store: ObjectStore, digests: DigestCache, prefix: S3Url, raw_client: Any
+    tmp_path: Path,
+    either_store: ObjectStore,
+    digests: DigestCache,
+    prefix: S3Url,
+    raw_client: Any,
+    size: int,
 ) -> None:
+    # A large one is written to its temp file by the client itself, then hashed.
     store = either_store
-    put_tampered(raw_client, prefix.child("tampered.bin"), b"evil bytes", claimed=b"good bytes")
+    evil = os.urandom(size)
+    claimed = evil[:-1] + bytes([evil[-1] ^ 0xFF])  # differs, whatever the last byte is
+    put_tampered(raw_client, prefix.child("tampered.bin"), evil, claimed=claimed)
     dest = tmp_path / "node"
     with pytest.raises(IntegrityError, match="does not match"):
         pull(prefix, dest, store=store, digests=digests, dest_is_dir=True)
