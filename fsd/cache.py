@@ -357,7 +357,7 @@ class NodeCache:
             sync_directory=False,
             fsync=self._fsync,
         ) as handle:
-            writer = HashingWriter(handle, path=temp)
+            writer = HashingWriter(handle)
             fill(writer)
             got = writer.hasher
             if got.size != size:

@@ -140,31 +140,6 @@ class CrtTransfers:
                 raise translate_crt(exc, str(url), "download") from exc
         return self._get(url, sink, on_bytes, ranged=False)
 
-    def get_to_file(
-        self, url: S3Url, path: Path, on_bytes: ProgressCallback | None = None
-    ) -> Headers:
-        """Write the object to ``path`` (created or emptied): the client writes the parts
-        it fetches in parallel itself, no byte passes through Python. The caller hashes
-        the file afterwards (it is still in the page cache) and returns the headers."""
-        received: dict[str, str] = {}
-
-        def on_headers(status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
-            received.update((name.lower(), value) for name, value in headers)
-
-        def on_progress(progress: int) -> None:
-            if on_bytes is not None:
-                on_bytes(progress)
-
-        request = self._client.make_request(
-            type=S3RequestType.GET_OBJECT,
-            request=self._request("GET", url, {"Content-Length": "0"}),
-            recv_filepath=str(path),
-            on_headers=on_headers,
-            on_progress=on_progress,
-        )
-        _wait(request, url, "download")
-        return Headers(received)
-
     def get_small(self, url: S3Url) -> tuple[bytes, Headers]:
         """A small object's bytes and headers, in one plain GET."""
         buffer = bytearray()

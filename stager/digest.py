@@ -13,11 +13,9 @@ written. :class:`Hasher` is the accumulator; :class:`HashingWriter` and
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 import xxhash
@@ -96,8 +94,8 @@ def digest_bytes(data: bytes) -> Digest:
     return hasher.digest
 
 
-def hash_stream(stream: BinaryIO, chunk_bytes: int = READ_CHUNK_BYTES) -> Hasher:
-    """Read ``stream`` to its end once; return what it hashed to (digest and size)."""
+def digest_stream(stream: BinaryIO, chunk_bytes: int = READ_CHUNK_BYTES) -> tuple[Digest, int]:
+    """Read ``stream`` to its end once; return (digest, size)."""
     hasher = Hasher()
     buffer = bytearray(chunk_bytes)
     view = memoryview(buffer)
@@ -106,18 +104,6 @@ def hash_stream(stream: BinaryIO, chunk_bytes: int = READ_CHUNK_BYTES) -> Hasher
         if not count:
             break
         hasher.update(view[:count])
-    return hasher
-
-
-def hash_file(path: Path) -> Hasher:
-    """:func:`hash_stream` of the file at ``path``."""
-    with path.open("rb") as stream:
-        return hash_stream(stream)
-
-
-def digest_stream(stream: BinaryIO, chunk_bytes: int = READ_CHUNK_BYTES) -> tuple[Digest, int]:
-    """Read ``stream`` to its end once; return (digest, size)."""
-    hasher = hash_stream(stream, chunk_bytes)
     return hasher.digest, hasher.size
 
 
@@ -127,30 +113,11 @@ class HashingWriter:
     Being non-seekable matters: s3transfer then delivers the parts of a
     parallel ranged download strictly in order, so the digest is computed as
     the bytes arrive and the file is never read back.
-
-    ``path`` names the fresh, empty file ``target`` writes to, if it is one: a
-    native client may then write a large object there itself, parts in
-    parallel at their offsets, and :meth:`take_file` hashes what it wrote in
-    one pass over the page cache right behind it (no byte through Python on
-    the way in, none read from disk or network twice).
     """
 
-    def __init__(self, target: BinaryIO | None, *, path: Path | None = None) -> None:
+    def __init__(self, target: BinaryIO | None) -> None:
         self._target = target  # None: the bytes are only hashed
-        self.path = path
         self.hasher = Hasher()
-
-    @property
-    def fresh_file(self) -> Path | None:
-        """The file a client may write whole, if nothing was written yet."""
-        return self.path if self.hasher.size == 0 else None
-
-    def take_file(self) -> None:
-        """The file at ``path`` was written by another writer: hash it, carry on after it."""
-        assert self.path is not None and self.hasher.size == 0
-        self.hasher = hash_file(self.path)
-        if self._target is not None:
-            self._target.seek(0, os.SEEK_END)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self.hasher.update(data)

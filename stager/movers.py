@@ -119,12 +119,6 @@ class NativeMover:
             url, self._native.get(url, writer.write, on_bytes, size_hint=size_hint)
         )
 
-    def read_to_file(self, url: S3Url, path: Path, on_bytes: ProgressCallback | None) -> ObjectInfo:
-        """Write the object's bytes to ``path`` (created or emptied), the client writing
-        the parts itself; return what it is. The caller hashes the file."""
-        self._count("GetObject")
-        return _info_from_headers(url, self._native.get_to_file(url, path, on_bytes))
-
     def put_file(
         self,
         path: Path,

@@ -332,15 +332,7 @@ class ObjectStore:
         With the native client (``transfer_client = "crt"``), it splits large
         objects itself and the GET's own headers describe the object.
         """
-        mover, fresh = self._bytes(), writer.fresh_file
-        large = info is not None and info.size >= self.settings.multipart_threshold_bytes
-        if isinstance(mover, NativeMover) and fresh is not None and large:
-            # The native client writes the parts to the file itself: no byte of a
-            # large object passes through Python; one pass over the page cache hashes it.
-            got = mover.read_to_file(url, fresh, on_bytes)
-            writer.take_file()
-            return got
-        return mover.read_into(url, writer, info=info, on_bytes=on_bytes)
+        return self._bytes().read_into(url, writer, info=info, on_bytes=on_bytes)
 
     def download_file(
         self,
@@ -359,7 +351,7 @@ class ObjectStore:
         crash (the file, then its directory, synced before the call returns).
         """
         with atomic_file(dest, durable=fsync) as handle:
-            writer = HashingWriter(handle, path=Path(handle.name))
+            writer = HashingWriter(handle)
             info = self.read_into(url, writer, info=info, on_bytes=on_bytes)
             check_received(info, writer.hasher)
         return Received(writer.hasher.digest, writer.hasher.size, info.digest is not None)
