@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from fsd.peerauth import HEADER, Signer
-from fsd.peerserver import (
+from fsd.peerwire import (
     GENERATION_HEADER,
     TASK_HEADER,
     WRITE_BEHIND_HEADER,

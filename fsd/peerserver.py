@@ -27,17 +27,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass
 
 from aiohttp import web
 
 from fsd.cache import NodeCache
 from fsd.outbox import Outbox
 from fsd.peerauth import HEADER, Refused, RequestGuard
+from fsd.peerwire import (
+    GENERATION_HEADER,
+    TASK_HEADER,
+    WRITE_BEHIND_HEADER,
+    ServiceStatus,
+    put_subject,
+)
 from stager.digest import Digest, HashingWriter
 from stager.errors import (
     CacheFullError,
@@ -50,32 +55,9 @@ from stager.errors import (
 )
 from stager.locations import S3Url
 
-WRITE_BEHIND_HEADER = "Stager-Write-Behind"
-TASK_HEADER = "Stager-Task"
-GENERATION_HEADER = "Stager-Generation"
 READ_STALL_S = 30.0  # a mirror sender silent this long is dropped
 CHUNK_BYTES = 1024 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass(frozen=True)
-class ServiceStatus:
-    """What ``GET /v1/status`` answers."""
-
-    entries: int
-    used_bytes: int
-    quota_bytes: int
-    outbox_pending: int
-    outbox_written: int
-    outbox_lost: int
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self)).encode()
-
-
-def put_subject(digest: str, write_behind: str, task: str, generation: str = "") -> str:
-    """What a PUT's signature covers besides method and path (so no header can be swapped)."""
-    return f"{digest} {write_behind or '-'} {task or '-'} {generation or '-'}"
 
 
 def _refused() -> web.Response:
