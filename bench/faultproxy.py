@@ -12,7 +12,8 @@ by the odds given:
 Requests are forwarded with their ``Host`` header as the client sent it,
 so signatures (SigV4 signs the host) still verify. The odds come from one
 seeded random generator, so a soak can be run again the same way. Counts
-of what was injected are kept for the report.
+of what was injected are kept for the report, and every request's method,
+path and headers (with no faults, the proxy is a recorder for tests).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class FaultProxy:
         self.upstream = upstream.rstrip("/")
         self.faults = faults
         self.injected: Counter[str] = Counter()
+        # Every request: (method, path and query, headers with lower-cased names).
+        self.seen: list[tuple[str, str, dict[str, str]]] = []
         self._random = random.Random(faults.seed)
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -99,6 +102,9 @@ class FaultProxy:
         await runner.cleanup()
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(
+            (request.method, request.raw_path, {k.lower(): v for k, v in request.headers.items()})
+        )
         fault = self._draw()
         self.injected[fault] += 1
         if fault == "error":

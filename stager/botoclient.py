@@ -73,7 +73,51 @@ def make_client(
         s3={"addressing_style": "path"} if settings.endpoint_url else None,
     )
     verify = str(settings.ca_bundle) if settings.ca_bundle else None  # None: the AWS chain's
-    return session.client("s3", endpoint_url=settings.endpoint_url, config=config, verify=verify)
+    client = session.client("s3", endpoint_url=settings.endpoint_url, config=config, verify=verify)
+    _add_write_options(client, settings)
+    return client
+
+
+# Operations that take RequestPayer, of those stager sends (s3transfer's included).
+_PAYING_OPERATIONS = (
+    "GetObject",
+    "HeadObject",
+    "PutObject",
+    "DeleteObject",
+    "ListObjectsV2",
+    "CreateMultipartUpload",
+    "UploadPart",
+    "CompleteMultipartUpload",
+    "AbortMultipartUpload",
+)
+
+
+def _add_write_options(client: Any, settings: Settings) -> None:
+    """Storage class and encryption on every object written, and the requester-pays
+    acknowledgement on every request that takes it, whoever makes the call."""
+    options = {
+        "StorageClass": settings.storage_class,
+        "ServerSideEncryption": settings.sse.value if settings.sse else None,
+        "SSEKMSKeyId": settings.sse_kms_key_id,
+    }
+    written = {name: value for name, value in options.items() if value is not None}
+
+    def add(params: dict[str, Any], extra: dict[str, str]) -> None:
+        for name, value in extra.items():
+            params.setdefault(name, value)
+
+    for operation in ("PutObject", "CreateMultipartUpload"):
+        if written:
+            client.meta.events.register(
+                f"before-parameter-build.s3.{operation}",
+                lambda params, **_: add(params, written),
+            )
+    if settings.requester_pays:
+        for operation in _PAYING_OPERATIONS:
+            client.meta.events.register(
+                f"before-parameter-build.s3.{operation}",
+                lambda params, **_: add(params, {"RequestPayer": "requester"}),
+            )
 
 
 def make_transfer_manager(client: Any, settings: Settings) -> TransferManager:

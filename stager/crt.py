@@ -77,6 +77,8 @@ class CrtTransfers:
         ``credentials`` signs every request (see :func:`chain_provider`)."""
         self._region = region
         self._part_size = settings.part_size_bytes
+        self._written = _write_headers(settings)  # on every object written
+        self._paying = {"x-amz-request-payer": "requester"} if settings.requester_pays else {}
         endpoint = urlsplit(endpoint_url)
         # AWS's own endpoints take virtual-host addressing; any other, path-style.
         self._endpoint_host = (
@@ -116,7 +118,10 @@ class CrtTransfers:
         else:
             host, path = f"{url.bucket}.s3.{self._region}.amazonaws.com", f"/{key}"
         path += f"?{query}" if query else ""
-        return HttpRequest(method, path, HttpHeaders([("Host", host), *headers.items()]))
+        if method == "PUT":
+            headers = {**headers, **self._written}
+        every = [("Host", host), *headers.items(), *self._paying.items()]
+        return HttpRequest(method, path, HttpHeaders(every))
 
     def get(
         self,
@@ -273,6 +278,16 @@ class CrtTransfers:
             url,
             "write",
         )
+
+
+def _write_headers(settings: Settings) -> dict[str, str]:
+    """Storage class and server-side encryption, as S3's headers."""
+    headers = {
+        "x-amz-storage-class": settings.storage_class,
+        "x-amz-server-side-encryption": settings.sse.value if settings.sse else None,
+        "x-amz-server-side-encryption-aws-kms-key-id": settings.sse_kms_key_id,
+    }
+    return {name: value for name, value in headers.items() if value is not None}
 
 
 def _put_headers(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import enum
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -84,13 +85,19 @@ def member_of(kind: type[E]) -> Callable[[Any], E]:
     def parse(value: Any) -> E:
         if isinstance(value, kind):
             return value
+        text = str(value).strip()
         try:
-            return kind(str(value).strip().lower())
-        except ValueError:
+            return next(m for m in kind if str(m.value).lower() == text.lower())
+        except StopIteration:
             names = ", ".join(str(member.value) for member in kind)
             raise ValueError(f"{value!r} is not one of {names}") from None
 
     return parse
+
+
+class ServerSideEncryption(enum.Enum):
+    S3 = "AES256"  # SSE-S3: keys the store manages
+    KMS = "aws:kms"  # SSE-KMS: a KMS key (sse_kms_key_id, or the bucket's default)
 
 
 class TransferClient(enum.Enum):
@@ -136,6 +143,22 @@ class Settings:
         member_of(TransferClient),
         "what moves object bytes: crt (native) or s3transfer",
     )
+    storage_class: str | None = setting_field(
+        None, optional_str, "storage class of objects written (STANDARD_IA, INTELLIGENT_TIERING...)"
+    )
+    sse: ServerSideEncryption | None = setting_field(
+        None,
+        lambda value: (
+            None if optional_str(value) is None else member_of(ServerSideEncryption)(value)
+        ),
+        "server-side encryption of objects written: AES256 (SSE-S3) or aws:kms (SSE-KMS)",
+    )
+    sse_kms_key_id: str | None = setting_field(
+        None, optional_str, "the KMS key (id, ARN or alias) for sse = aws:kms [the bucket's]"
+    )
+    requester_pays: bool = setting_field(
+        False, bool_value, "accept the charges of a requester-pays bucket (every request)"
+    )
     state_dir: Path = setting_field(_default_state_dir, Path, "local state (digest cache)")
     progress: bool = setting_field(True, bool_value, "show progress bars on a terminal")
 
@@ -149,6 +172,16 @@ class Settings:
             raise ConfigError(
                 f"ca_bundle {self.ca_bundle} is not a readable file",
                 hint="give the PEM file of the CA that signed the endpoint's certificate",
+            )
+        if self.sse_kms_key_id and self.sse is not ServerSideEncryption.KMS:
+            raise ConfigError(
+                "sse_kms_key_id is set, but sse is not aws:kms",
+                hint="set sse to aws:kms (--sse aws:kms), or drop the key id",
+            )
+        if self.storage_class is not None and not re.fullmatch(r"[A-Z_]{1,40}", self.storage_class):
+            raise ConfigError(
+                f"storage_class {self.storage_class[:40]!r} is not a storage class name",
+                hint="write it as S3 does, e.g. STANDARD_IA or INTELLIGENT_TIERING",
             )
         if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
             raise ConfigError(

@@ -80,6 +80,7 @@ Examples:
   stager push inputs/ ref.fa --to s3://my-bucket/run1/
   stager pull s3://my-bucket/run1/ ./staged/
   stager demo                           # everything on this machine, end to end
+  stager --sse aws:kms --sse-kms-key-id alias/lab push results/ --to s3://my-bucket/run1/
 """,
 )
 @click.version_option(__version__, prog_name="stager")
@@ -92,6 +93,21 @@ Examples:
 @click.option("--part-size", "part_size_bytes", help="Multipart part size, e.g. 16M [8M].")
 @click.option("--max-concurrency", type=int, help="Parallel requests per transfer [10].")
 @click.option("--files-in-flight", type=int, help="Files transferred at once [16].")
+@click.option(
+    "--storage-class", help="Storage class of objects written, e.g. STANDARD_IA [the bucket's]."
+)
+@click.option(
+    "--sse",
+    type=click.Choice(["AES256", "aws:kms"], case_sensitive=False),
+    help="Server-side encryption of objects written: AES256 (SSE-S3) or aws:kms (SSE-KMS).",
+)
+@click.option("--sse-kms-key-id", help="KMS key id, ARN or alias, with --sse aws:kms.")
+@click.option(
+    "--requester-pays",
+    is_flag=True,
+    default=None,
+    help="Accept the charges of a requester-pays bucket.",
+)
 @click.option("--no-progress", is_flag=True, help="Never draw progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.pass_context
