@@ -93,8 +93,30 @@ def _other(exc: Exception, where: str, action: str) -> StagerError:
 def _from_client_error(exc: Any, where: str, action: str) -> StagerError:
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
-    status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    meta = exc.response.get("ResponseMetadata", {})
+    status = str(meta.get("HTTPStatusCode", ""))
+    region = meta.get("HTTPHeaders", {}).get(REGION_HEADER) or error.get("Region") or ""
+    if wrong := _wrong_region(code, status, region, where):
+        return wrong
     return _from_response(code, status, error.get("Message") or "", where, action)
+
+
+REGION_HEADER = "x-amz-bucket-region"
+_REDIRECTS = frozenset(
+    {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
+)
+
+
+def _wrong_region(code: str, status: str, region: str, where: str) -> StagerError | None:
+    """The bucket lives in another region than the one asked: say which (AWS answers a
+    301, or a 400 whose body names the region the signature should have used)."""
+    if not region or not (code in _REDIRECTS or status in ("301", "400")):
+        return None
+    bucket = where.removeprefix("s3://").split("/", 1)[0]
+    return ConfigError(
+        f"bucket {bucket!r} is in region {region}: requests to it must go there",
+        hint=f"use --region {region} (or AWS_REGION={region})",
+    )
 
 
 def _from_response(code: str, status: str, message: str, where: str, action: str) -> StagerError:
@@ -145,8 +167,12 @@ def translate_crt(exc: Exception, where: str, action: str) -> StagerError:
         return exc
     if isinstance(exc, crt_s3.S3ResponseError):
         body = (exc.body or b"").decode("utf-8", "replace")
-        code = _xml_text(body, "Code")
-        return _from_response(code, str(exc.status_code), _xml_text(body, "Message"), where, action)
+        code, status = _xml_text(body, "Code"), str(exc.status_code)
+        headers = {name.lower(): value for name, value in exc.headers or ()}
+        region = headers.get(REGION_HEADER) or _xml_text(body, "Region")
+        if wrong := _wrong_region(code, status, region, where):
+            return wrong
+        return _from_response(code, status, _xml_text(body, "Message"), where, action)
     if isinstance(exc, crt_errors.AwsCrtError):
         if exc.name.startswith("AWS_AUTH"):  # the keys could not be had, or not used
             return AccessDeniedError(

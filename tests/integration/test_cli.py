@@ -209,30 +209,59 @@ def test_sigterm_stops_the_demo_and_everything_it_started(tmp_path: Path) -> Non
         assert "stopped;" in log.read_text(), log.read_text()
 
 
-def test_an_endpoint_that_is_not_s3_is_named_as_such(run_cli: Any, tmp_path: Path) -> None:
-    class RefuseEverything(http.server.BaseHTTPRequestHandler):
-        def _refuse(self) -> None:
-            self.send_response(401)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+@contextlib.contextmanager
+def answering(status: int, headers: dict[str, str], body: bytes = b"") -> Iterator[str]:
+    """An HTTP endpoint on loopback that answers every request alike; yields its URL."""
 
-        do_GET = do_HEAD = do_PUT = _refuse
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            sent = body if self.command != "HEAD" else b""
+            self.send_header("Content-Length", str(len(sent)))
+            self.end_headers()
+            self.wfile.write(sent)
+
+        do_GET = do_HEAD = do_PUT = do_POST = _answer
 
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RefuseEverything)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def test_an_endpoint_that_is_not_s3_is_named_as_such(run_cli: Any, tmp_path: Path) -> None:
+    with answering(401, {}) as endpoint:
         done = run_cli(
             "pull", "s3://bkt/x", str(tmp_path / "x"), env={"AWS_ENDPOINT_URL": endpoint}
         )
-    finally:
-        server.shutdown()
     assert done.returncode == 4, done.stderr
     assert "answered HTTP 401 without an S3 error" in done.stderr
     assert "401: 401" not in done.stderr and "names an S3 server" in done.stderr
+
+
+@pytest.mark.parametrize("client", ["crt", "s3transfer"])
+@pytest.mark.parametrize("answer", ["301", "400"])
+def test_a_bucket_in_another_region_is_named_with_its_region(
+    run_cli: Any, tmp_path: Path, client: str, answer: str
+) -> None:
+    # What S3 answers a request sent to another region's endpoint (301), or signed for
+    # another region (400); a HEAD's answer has no body, only the region header.
+    status, code = (301, "PermanentRedirect") if answer == "301" else (400, "BadRequest")
+    body = f"<Error><Code>{code}</Code><Message>elsewhere</Message></Error>".encode()
+    headers = {"x-amz-bucket-region": "eu-west-3"}
+    with answering(status, {"Content-Type": "application/xml", **headers}, body) as endpoint:
+        env = {"AWS_ENDPOINT_URL": endpoint, "STAGER_TRANSFER_CLIENT": client}
+        done = run_cli("pull", "s3://lab-data/ref.fa", str(tmp_path / "ref.fa"), env=env)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "bucket 'lab-data' is in region eu-west-3" in line and "--region eu-west-3" in line
 
 
 def test_a_key_with_dot_dot_parts_is_a_usage_error(run_cli: Any, tmp_path: Path) -> None:

@@ -111,3 +111,29 @@ def test_every_error_is_in_the_one_tree_with_its_own_exit_code() -> None:
 
 def test_throttling_and_a_taken_key_exit_differently() -> None:
     assert errors.ThrottledError.exit_code != errors.PreconditionFailedError.exit_code
+
+
+def test_a_body_that_names_the_right_region_is_said_in_one_line() -> None:
+    from awscrt.s3 import S3ResponseError
+
+    from stager.s3errors import translate_crt
+
+    body = (
+        b"<Error><Code>AuthorizationHeaderMalformed</Code><Message>the region 'us-east-1'"
+        b" is wrong; expecting 'ap-south-1'</Message><Region>ap-south-1</Region></Error>"
+    )
+    native = S3ResponseError(code=1, name="x", message="x", status_code=400, headers=[], body=body)
+    response = {
+        "Error": {"Code": "AuthorizationHeaderMalformed", "Region": "ap-south-1"},
+        "ResponseMetadata": {"HTTPStatusCode": 400, "HTTPHeaders": {}},
+    }
+    botocore_error = ClientError(response, "GetObject")  # type: ignore[arg-type]
+    for error in (
+        translate_crt(native, "s3://lab/ref.fa", "read"),
+        translate(botocore_error, "s3://lab/ref.fa", "read"),
+    ):
+        assert isinstance(error, errors.ConfigError)
+        assert error.one_line() == (
+            "bucket 'lab' is in region ap-south-1: requests to it must go there "
+            "(use --region ap-south-1 (or AWS_REGION=ap-south-1))"
+        )
