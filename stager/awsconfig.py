@@ -8,7 +8,8 @@ The sources, and their order, are botocore's:
   (``~/.aws/config``: ``[profile NAME]``, ``[default]``) and
   ``AWS_SHARED_CREDENTIALS_FILE`` (``~/.aws/credentials``: ``[NAME]``);
 - **region**: the setting, ``AWS_REGION``, ``AWS_DEFAULT_REGION``, the
-  profile's ``region``;
+  profile's ``region``; for AWS's own endpoint, then the instance metadata
+  service (IMDSv2, 1 s at most; ``AWS_EC2_METADATA_DISABLED`` turns it off);
 - **endpoint**: the setting; then, unless ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS``
   (or the profile's ``ignore_configured_endpoint_urls``) is true,
   ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, the ``endpoint_url`` of the
@@ -26,13 +27,16 @@ from __future__ import annotations
 import configparser
 import contextlib
 import os
-from collections.abc import Mapping
+import re
+import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stager.settings import Settings
 
 DEFAULT_REGION = "us-east-1"  # botocore's for S3 when nothing names one
+IMDS_TIMEOUT_S = 1.0
 _TRUE = ("true", "1", "yes")
 
 
@@ -67,8 +71,15 @@ class AwsConfig:
         return self.endpoint_url or f"aws:{self.region or ''}"
 
 
-def load_aws_config(settings: Settings, environ: Mapping[str, str] = os.environ) -> AwsConfig:
-    """Resolve ``settings`` against the environment and the AWS files (no request made)."""
+def load_aws_config(
+    settings: Settings,
+    environ: Mapping[str, str] = os.environ,
+    *,
+    metadata_region: Callable[[Mapping[str, str]], str | None] | None = None,
+) -> AwsConfig:
+    """Resolve ``settings`` against the environment and the AWS files; the metadata
+    service (``metadata_region``, default :func:`instance_region`) is asked only for
+    AWS's own endpoint when nothing else names a region."""
     named = settings.profile or environ.get("AWS_PROFILE") or environ.get("AWS_DEFAULT_PROFILE")
     config = _read(Path(environ.get("AWS_CONFIG_FILE") or "~/.aws/config").expanduser())
     section = "default" if named in (None, "default") else f"profile {named}"
@@ -91,18 +102,48 @@ def load_aws_config(settings: Settings, environ: Mapping[str, str] = os.environ)
         (environ.get(name) or profile.get(name.lower().removeprefix("aws_"), "")).lower() in _TRUE
         for name in ("AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT")
     )
-    return AwsConfig(
-        profile=named,
-        region=settings.region
+    region = (
+        settings.region
         or environ.get("AWS_REGION")
         or environ.get("AWS_DEFAULT_REGION")
-        or profile.get("region"),
+        or profile.get("region")
+    )
+    if region is None and endpoint is None:
+        region = (metadata_region or instance_region)(environ)
+    return AwsConfig(
+        profile=named,
+        region=region,
         endpoint_url=endpoint,
         ca_bundle=str(settings.ca_bundle or "")
         or environ.get("AWS_CA_BUNDLE")
         or profile.get("ca_bundle"),
         needs_botocore=not profile_exists or (special and endpoint is None),
     )
+
+
+def instance_region(environ: Mapping[str, str]) -> str | None:
+    """The region of the EC2 instance this runs on, from its metadata service (IMDSv2: a
+    token, then the region), or None off EC2 (it answers within 1 s or not at all)."""
+    if environ.get("AWS_EC2_METADATA_DISABLED", "").lower() in _TRUE:
+        return None
+    base = environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or "http://169.254.169.254"
+    try:
+        token_request = urllib.request.Request(
+            f"{base.rstrip('/')}/latest/api/token",
+            method="PUT",
+            headers={"x-aws-ec2-metadata-token-ttl-seconds": "60"},
+        )
+        with urllib.request.urlopen(token_request, timeout=IMDS_TIMEOUT_S) as answer:
+            token = answer.read().decode()
+        region_request = urllib.request.Request(
+            f"{base.rstrip('/')}/latest/meta-data/placement/region",
+            headers={"x-aws-ec2-metadata-token": token},
+        )
+        with urllib.request.urlopen(region_request, timeout=IMDS_TIMEOUT_S) as answer:
+            region = answer.read().decode().strip()
+    except (OSError, ValueError):  # off EC2: no route, refused, or timed out
+        return None
+    return region if re.fullmatch(r"[a-z0-9-]{1,32}", region) else None
 
 
 def _configured_endpoint(

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stager.atomic import atomic_file
-from stager.awsconfig import DEFAULT_REGION, Credentials, load_aws_config
+from stager.awsconfig import DEFAULT_REGION, AwsConfig, Credentials, load_aws_config
 from stager.digest import Digest, HashingWriter, digest_bytes
 from stager.errors import AccessDeniedError, IntegrityError, NotFoundError
 from stager.locations import S3Url
@@ -73,7 +73,7 @@ class ObjectStore:
         self.settings = settings
         self.journal = journal
         self._credentials = credentials
-        self.aws = load_aws_config(settings)
+        self._aws: AwsConfig | None = None
         self._buckets_seen: set[str] = set()  # buckets known to exist (never forgotten)
         # Requests sent, by S3 operation name, whichever client sent them.
         self.requests: Counter[str] = Counter()
@@ -88,6 +88,15 @@ class ObjectStore:
         self._mover: ByteMover | None = None
         self._native: crt.CrtTransfers | None = None
         self._mover_lock = threading.Lock()
+
+    @property
+    def aws(self) -> AwsConfig:
+        """Where S3 is and in which region (:mod:`stager.awsconfig`), resolved on first use:
+        off EC2, with no region configured, it may wait up to a second for the metadata
+        service."""
+        if self._aws is None:
+            self._aws = load_aws_config(self.settings)
+        return self._aws
 
     @property
     def session(self) -> Any:

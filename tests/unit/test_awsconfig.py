@@ -35,6 +35,7 @@ def files(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "config").write_text(CONFIG)
     (tmp_path / "credentials").write_text("[keys-only]\naws_access_key_id = x\n")
     return {
+        "AWS_EC2_METADATA_DISABLED": "true",  # not on EC2, whatever machine runs this
         "AWS_CONFIG_FILE": str(tmp_path / "config"),
         "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials"),
     }
