@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 from stager.digest import digest_bytes
 from stager.locations import S3Url
 from stager.s3server import free_ports
-from tests.helpers import files_under, put_tampered, write_random
+from tests.helpers import files_under, http_stand_in, put_tampered, write_random
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:
@@ -228,12 +227,8 @@ def answering(status: int, headers: dict[str, str], body: bytes = b"") -> Iterat
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
+    with http_stand_in(Answer) as url:
+        yield url
 
 
 def test_an_endpoint_that_is_not_s3_is_named_as_such(run_cli: Any, tmp_path: Path) -> None:

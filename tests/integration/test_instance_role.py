@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,7 @@ from stager.awsconfig import load_aws_config
 from stager.crt import chain_provider
 from stager.locations import S3Url
 from stager.settings import Settings
+from tests.helpers import http_stand_in
 
 ROLE = "lab-node"
 
@@ -77,12 +77,8 @@ def metadata_service(metadata: Metadata) -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Imds)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
+    with http_stand_in(Imds) as url:
+        yield url
 
 
 def on_ec2(endpoint: str, tmp_path: Path) -> dict[str, str]:
