@@ -64,6 +64,17 @@ def transfer_markdown(data: dict[str, Any]) -> str:
     lines += ["| workload/direction | " + " | ".join(peers) + " |", "|---|" + "---|" * len(peers)]
     for key, ratios in data["ratios"].items():
         lines.append(f"| {key} | " + " | ".join(f"{ratios.get(p, '-')}" for p in peers) + " |")
+    lines += _tool_table(
+        "Downloads as a fraction of the ceiling (the native client into a null sink, "
+        "in-process; 1: as fast as any client gets here):",
+        "workload",
+        data.get("of_ceiling", {}),
+    )
+    lines += _tool_table(
+        "CPU seconds per GiB moved (user + system of the tool's process):",
+        "workload/direction",
+        data.get("cpu_s_per_gib", {}),
+    )
     lines += [
         "",
         "Warm stage-in (cache hit, hard link), ms per file: "
@@ -74,6 +85,22 @@ def transfer_markdown(data: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v:.1%}" for k, v in data["digest_share_of_cold"].items())
     ]
     return "\n".join(lines) + "\n"
+
+
+def _tool_table(title: str, label: str, rows: dict[str, dict[str, float]]) -> list[str]:
+    if not rows:
+        return []
+    tools = list(dict.fromkeys(t for row in rows.values() for t in row))
+    lines = [
+        "",
+        title,
+        "",
+        f"| {label} | " + " | ".join(tools) + " |",
+        "|---|" + "---|" * len(tools),
+    ]
+    for key, row in rows.items():
+        lines.append(f"| {key} | " + " | ".join(f"{row.get(t, '-')}" for t in tools) + " |")
+    return lines
 
 
 def transfer_plot(data: dict[str, Any], path: Path) -> bool:

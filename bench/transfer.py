@@ -17,6 +17,7 @@ ratio to the other tools measured minutes apart on the same server.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -33,6 +34,7 @@ from fsd.stagein import StageInput, resolve_inputs, staged_resolved
 from stager.digest import Digest, Hasher, HashingWriter, digest_bytes, digest_stream
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
+from stager.parallel import run_all
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 BUCKET = "stager-bench"
@@ -77,6 +79,8 @@ class Run:
     peak_rss_bytes: int
     ok: bool
     note: str = ""
+    cpu_s: float = 0.0  # user + system, of the tool's process (the server's not included)
+    moved_bytes: int = 0
 
 
 @dataclass
@@ -87,7 +91,34 @@ class TransferReport:
     digest_share_of_cold: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "ratios": self.ratios()}
+        return {
+            **asdict(self),
+            "ratios": self.ratios(),
+            "of_ceiling": self.of_ceiling(),
+            "cpu_s_per_gib": self.cpu_per_gib(),
+        }
+
+    def of_ceiling(self) -> dict[str, dict[str, float]]:
+        """Per download workload: the ceiling's time / each tool's (1: as fast as any client)."""
+        ceilings = {r.workload: r for r in self.runs if r.tool == CEILING and r.ok}
+        return {
+            workload: {
+                r.tool: round(ceiling.seconds / r.seconds, 3)
+                for r in self.runs
+                if r.workload == workload and r.direction == "download" and r.ok
+                if r.tool != CEILING
+            }
+            for workload, ceiling in ceilings.items()
+        }
+
+    def cpu_per_gib(self) -> dict[str, dict[str, float]]:
+        """Per "workload/direction": each tool's CPU seconds per GiB moved."""
+        found: dict[str, dict[str, float]] = {}
+        for r in self.runs:
+            if r.ok and r.moved_bytes:
+                key = f"{r.workload}/{r.direction}"
+                found.setdefault(key, {})[r.tool] = round(r.cpu_s / (r.moved_bytes / GiB), 2)
+        return found
 
     def ratios(self) -> dict[str, dict[str, float]]:
         """Per "workload/direction": peer time / stager time (above 1: stager is faster)."""
@@ -95,17 +126,27 @@ class TransferReport:
         by_key = {(r.workload, r.direction, r.tool): r for r in self.runs if r.ok}
         for (workload, direction, tool), run in by_key.items():
             mine = by_key.get((workload, direction, "stager"))
-            if tool != "stager" and mine is not None:
+            if tool not in ("stager", CEILING) and mine is not None:
                 key = f"{workload}/{direction}"
                 ratios.setdefault(key, {})[tool] = round(run.seconds / mine.seconds, 3)
         return ratios
 
 
 TIME_BINARY = "/usr/bin/time"
+CEILING = "ceiling"  # the native client reading every object into a null sink, in-process
 
 
-def measure(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, int, int, str]:
-    """Run one command; (seconds, peak RSS bytes, exit code, stderr tail).
+@dataclass(frozen=True)
+class Measured:
+    seconds: float
+    peak_rss_bytes: int
+    cpu_s: float
+    exit_code: int
+    stderr_tail: str
+
+
+def measure(argv: Sequence[str], env: Mapping[str, str]) -> Measured:
+    """Run one command; its time, peak RSS, CPU (user + system), exit code, stderr tail.
 
     The command runs under GNU time, a small process that forks it: a child
     forked from this (large) process would count our memory as its own. The
@@ -115,7 +156,7 @@ def measure(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, int, in
     with tempfile.NamedTemporaryFile(suffix=".rss") as rss, tempfile.TemporaryFile() as errors:
         started = time.perf_counter()
         code = subprocess.run(
-            [TIME_BINARY, "-f", "%M", "-o", rss.name, *argv],
+            [TIME_BINARY, "-f", "%M %U %S", "-o", rss.name, *argv],
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -125,9 +166,12 @@ def measure(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, int, in
         seconds = time.perf_counter() - started
         errors.seek(0)
         tail = errors.read()[-300:].decode(errors="replace").strip()
-        lines = Path(rss.name).read_text().split()
-    peak_kib = int(lines[-1]) if lines and lines[-1].isdigit() else 0
-    return seconds, peak_kib * 1024, code, tail
+        figures = Path(rss.name).read_text().split()[-3:]
+    try:
+        peak_kib, cpu_s = int(figures[0]), float(figures[1]) + float(figures[2])
+    except (IndexError, ValueError):  # killed by a signal: GNU time says so instead
+        peak_kib, cpu_s = 0, 0.0
+    return Measured(seconds, peak_kib * 1024, cpu_s, code, tail)
 
 
 def make_files(root: Path, workload: Workload) -> Counter[Digest]:
@@ -187,6 +231,7 @@ class TransferBench:
             self._read_once(canonical)
             for tool in self.tools:
                 report.runs.append(self._download(tool, workload, canonical, expected))
+            report.runs.append(self._ceiling(workload, canonical))
             self._stager_extras(report, workload, canonical, source)
             shutil.rmtree(source)
         return report
@@ -219,14 +264,53 @@ class TransferBench:
         argv: list[str],
         check: Callable[[], str],
     ) -> Run:
-        seconds, rss, code, tail = measure(argv, tool.env(self.endpoint, self.work))
-        problem = f"exit {code}: {tail}" if code else check()
-        run = Run(tool.name, workload.name, direction, round(seconds, 3), rss, not problem, problem)
-        status = "ok" if run.ok else f"FAILED ({problem})"
-        self.log(
-            f"{workload.label:>16} {direction:<9} {tool.name:<8} {seconds:8.2f} s "
-            f"{rss / MiB:7.0f} MiB  {status}"
+        got = measure(argv, tool.env(self.endpoint, self.work))
+        problem = f"exit {got.exit_code}: {got.stderr_tail}" if got.exit_code else check()
+        run = Run(
+            tool.name,
+            workload.name,
+            direction,
+            round(got.seconds, 3),
+            got.peak_rss_bytes,
+            not problem,
+            problem,
+            round(got.cpu_s, 3),
+            workload.files * workload.file_bytes,
         )
+        self._log(run)
+        return run
+
+    def _log(self, run: Run) -> None:
+        status = "ok" if run.ok else f"FAILED ({run.note})"
+        self.log(
+            f"{run.workload:>16} {run.direction:<9} {run.tool:<8} {run.seconds:8.2f} s "
+            f"{run.peak_rss_bytes / MiB:7.0f} MiB {run.cpu_s:6.2f} s CPU  {status}"
+        )
+
+    def _ceiling(self, workload: Workload, prefix: S3Url) -> Run:
+        """The fastest any client gets from this server here: the native client reading
+        every object into a null sink, files in flight as stager's, in this process."""
+        urls = [url for url, _ in self.store.list(prefix)]
+        before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        run_all(
+            lambda url: self.store.read_into(url, HashingWriter(None)),
+            urls,
+            workers=self.store.settings.files_in_flight,
+        )
+        seconds, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        run = Run(
+            CEILING,
+            workload.name,
+            "download",
+            round(seconds, 3),
+            0,
+            True,
+            "",
+            round(cpu, 3),
+            workload.files * workload.file_bytes,
+        )
+        self._log(run)
         return run
 
     def _upload(self, tool: Tool, workload: Workload, source: Path) -> Run:

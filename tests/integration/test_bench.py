@@ -40,7 +40,11 @@ def test_stager_transfer_bench_writes_verified_figures(run_cli: Any, tmp_path: P
         ("stager", "download"),
         ("s3fs", "upload"),
         ("s3fs", "download"),
+        ("ceiling", "download"),
     }
-    assert all(r["ok"] and r["peak_rss_bytes"] > 0 for r in data["runs"])
+    tools = [r for r in data["runs"] if r["tool"] != "ceiling"]
+    assert all(r["ok"] and r["peak_rss_bytes"] > 0 and r["cpu_s"] > 0 for r in tools)
     assert set(data["ratios"]) == {"many-small/upload", "many-small/download"}
+    assert set(data["of_ceiling"]["many-small"]) == {"stager", "s3fs"}
+    assert data["cpu_s_per_gib"]["many-small/download"]["stager"] > 0
     assert data["warm_stage_in_ms_per_file"]["many-small"] > 0
