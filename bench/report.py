@@ -60,7 +60,7 @@ def transfer_markdown(data: dict[str, Any]) -> str:
                 cells.append(f"{run['seconds']:.2f} s, {format_size(run['peak_rss_bytes'])}")
         lines.append(f"| {workload} | {direction} | " + " | ".join(cells) + " |")
     lines += ["", "Ratio of each peer's time to stager's (above 1: stager is faster):", ""]
-    peers = [t for t in tools if t != "stager"]
+    peers = [t for t in tools if t not in ("stager", "ceiling")]
     lines += ["| workload/direction | " + " | ".join(peers) + " |", "|---|" + "---|" * len(peers)]
     for key, ratios in data["ratios"].items():
         lines.append(f"| {key} | " + " | ".join(f"{ratios.get(p, '-')}" for p in peers) + " |")
