@@ -55,7 +55,7 @@ def pipeline(prefix: S3Url, *, broken: bool) -> dict[str, Any]:
         + [
             {
                 "id": "check",
-                "command": "echo 'bad input: part 1' >&2; exit 3"
+                "command": "printf 'checking a\\nchecking b\\nbad input: part 1\\n' >&2; exit 3"
                 if broken
                 else "cat a.txt b.txt > both.txt",
                 "inputs": [
@@ -103,9 +103,12 @@ def test_a_failure_is_explained_fixed_and_rerun_running_only_what_changed(
     logs = stager("logs", "check")
     assert logs.returncode == 0, logs.stderr
     assert "* attempt 1 on w1" in logs.stdout and "failed: " in logs.stdout
-    assert "--- stderr of attempt 1 ---\nbad input: part 1" in logs.stdout
-    as_json = json.loads(stager("logs", "check", "--json").stdout)
-    assert as_json["logs"] == {"stderr": "bad input: part 1\n"}
+    assert "--- stderr of attempt 1 ---\nchecking a\nchecking b\nbad input: part 1" in logs.stdout
+    tail = stager("logs", "check", "--tail", "1")
+    assert "--- last 1 lines of stderr of attempt 1 ---\nbad input: part 1\n" in tail.stdout
+    assert "checking" not in tail.stdout
+    as_json = json.loads(stager("logs", "check", "--json", "--tail", "2").stdout)
+    assert as_json["logs"] == {"stderr": "checking b\nbad input: part 1\n"}
     assert as_json["attempts"][0]["outcome"] == "failed"
     (log_url,) = as_json["attempts"][0]["logs"]
     gone = S3Url.parse(log_url)

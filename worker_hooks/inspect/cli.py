@@ -39,6 +39,15 @@ def chosen_attempt(info: TaskInfo, attempt: int | None) -> AttemptInfo:
     raise NotFoundError(f"task {info.id} has no attempt {attempt}", hint=f"it has: {numbers}")
 
 
+def last_lines(data: bytes, count: int | None) -> bytes:
+    """The last ``count`` lines of ``data`` (all of it for None); a last line without its
+    newline counts as a line."""
+    if count is None:
+        return data
+    lines = data.splitlines(keepends=True)
+    return b"".join(lines[-count:]) if count > 0 else b""
+
+
 def _read_log(store: ObjectStore, url: S3Url) -> bytes:
     """A log's bytes; one line saying so if it is gone (a lifecycle rule, a cleanup)."""
     try:
@@ -60,12 +69,16 @@ Examples:
   stager logs map-0007                # the last attempt that ran: how it ended, stdout, stderr
   stager logs map-0007 --attempt 1
   stager logs map-0007 --json
+  stager logs map-0007 --tail 20          # the last 20 lines of each log
   stager logs align/map-0007          # WORKFLOW/TASK, when two workflows have a map-0007
 """,
 )
 @click.argument("task_id")
 @click.option("--attempt", type=int, help="This attempt [the last one whose command ran].")
 @click.option("--json", "as_json", is_flag=True, help="Attempts and log texts as JSON.")
+@click.option(
+    "--tail", type=click.IntRange(min=0), help="Only the last N lines of each log [all of it]."
+)
 @with_client
 @click.pass_obj
 def logs_command(
@@ -73,6 +86,7 @@ def logs_command(
     task_id: str,
     attempt: int | None,
     as_json: bool,
+    tail: int | None,
     client: DispatcherClient,
 ) -> None:
     """How a task's attempts ended (node, outcome, the one-line reason) and the stdout and
@@ -81,7 +95,9 @@ def logs_command(
     info = client.task(task_id)
     shown = chosen_attempt(info, attempt)
     store = core.object_store()
-    texts = {url.key.rsplit("/", 1)[-1]: _read_log(store, url) for url in shown.logs}
+    texts = {
+        url.key.rsplit("/", 1)[-1]: last_lines(_read_log(store, url), tail) for url in shown.logs
+    }
     if as_json:
         body = {
             "task": info.id,
@@ -113,7 +129,8 @@ def logs_command(
     if not texts:
         click.echo("no logs: the command wrote nothing, or did not run")
     for name, data in texts.items():
-        click.echo(f"--- {name} of attempt {shown.attempt} ---")
+        part = f"last {tail} lines of " if tail is not None else ""
+        click.echo(f"--- {part}{name} of attempt {shown.attempt} ---")
         sys.stdout.flush()
         sys.stdout.buffer.write(data if data.endswith(b"\n") or not data else data + b"\n")
         sys.stdout.buffer.flush()
