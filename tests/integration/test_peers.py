@@ -82,6 +82,32 @@ def test_a_local_intermediate_reaches_a_dependant_on_another_node_without_s3(
     assert [(n.workflow, n.outputs) for n in status.node_only] == [("wf", 1)]
 
 
+def test_an_input_a_prefetch_read_from_a_peer_counts_as_read_from_the_peer(
+    cluster: LocalCluster, prefix: S3Url
+) -> None:
+    cluster.add_worker("a", *SERVE)
+    cluster.wait_for_workers(["a"])
+    submit(
+        cluster.client, [spec("p", "head -c 3000000 /dev/urandom > out.bin", prefix, "local")], "wf"
+    )
+    wait_for(state_of(cluster, "p"))
+    submit(cluster.client, [spec("hold", "sleep 8; echo > out.bin", prefix)], "wf")
+    wait_for(lambda: cluster.client.task("hold").state is TaskState.LEASED)  # a stays busy
+    cluster.add_worker("b", "--serve", "127.0.0.1:0", "--slots", "1", "--prefetch", "2")
+    submit(cluster.client, [spec("busy", "sleep 3; echo > out.bin", prefix)], "wf")
+    wait_for(lambda: cluster.client.task("busy").state is TaskState.LEASED)
+    # b holds c while busy has its only slot: c's input is prefetched from a meanwhile,
+    # and c's own stage-in finds it in b's cache.
+    consumer = spec(
+        "c", "cp in.bin out.bin", prefix, inputs=[{"source": "task://p/out.bin", "path": "in.bin"}]
+    )
+    submit(cluster.client, [consumer], "wf")
+    assert wait_until_ended(cluster.client, "wf")["done"] == 4
+    assert cluster.client.task("c").worker == "b"
+    status = cluster.client.status("wf")
+    assert status.bytes_from_peers == 3_000_000 and status.bytes_from_s3 == 0
+
+
 def test_a_mirrored_output_reaches_s3_after_kill_9_of_its_producer(
     cluster: LocalCluster, store: ObjectStore, prefix: S3Url
 ) -> None:

@@ -87,7 +87,7 @@ class _Held:
     lease: Lease
     cancel: threading.Event = field(default_factory=threading.Event)
     started: bool = False
-    prefetch: Future[set[Digest]] | None = None
+    prefetch: Future[dict[Digest, Tier]] | None = None
 
     @property
     def task_id(self) -> str:
@@ -97,13 +97,14 @@ class _Held:
     def attempt(self) -> int:
         return self.lease.attempt
 
-    def prefetched_from_s3(self) -> set[Digest]:
-        """Digests of the inputs this task's prefetch read from S3 (waits for it to end).
+    def prefetched(self) -> dict[Digest, Tier]:
+        """Where this task's prefetch fetched inputs from (S3, a peer, the NFS head), by
+        digest; cache hits are not listed (waits for the prefetch to end).
 
         A prefetch that failed read nothing the run did not read again.
         """
         if self.prefetch is None or self.prefetch.cancelled() or self.prefetch.exception():
-            return set()
+            return {}
         return self.prefetch.result()
 
 
@@ -295,7 +296,7 @@ class Worker:
             return None
         return Peers(self.service.client, {r.digest: r.addresses for r in lease.peers})
 
-    def _prefetch(self, item: _Held) -> set[Digest]:
+    def _prefetch(self, item: _Held) -> dict[Digest, Tier]:
         try:
             inputs = stage_inputs(item.lease.spec, self.node.store)
             warmed = warm(
@@ -306,8 +307,8 @@ class Worker:
                 workers=4,
             )
         except StagerError:  # the run meets and reports any error
-            return set()
-        return {digest_of_entry(entry) for _, entry, tier in warmed if tier is Tier.S3}
+            return {}
+        return {digest_of_entry(entry): tier for _, entry, tier in warmed if tier is not Tier.LOCAL}
 
     # -- running ----------------------------------------------------------------------
 
@@ -357,16 +358,16 @@ class Worker:
         self._report_done(item, result, time.monotonic() - started)
 
     def _report_done(self, item: _Held, result: WrapResult, seconds: float) -> None:
-        # An input the prefetch fetched reached the stage-in as a cache hit; it came from S3.
-        prefetched = item.prefetched_from_s3()
-        uses = [
-            InputUse(
-                s.digest,
-                s.size,
-                from_cache=s.tier is not Tier.S3 and s.digest not in prefetched,
-                from_peer=s.tier is Tier.PEER,
-            )
+        # An input the prefetch fetched reached the stage-in as a cache hit; it came from
+        # where the prefetch got it (S3, a peer).
+        prefetched = item.prefetched()
+        tiers = [
+            prefetched.get(s.digest, s.tier) if s.tier is Tier.LOCAL else s.tier
             for s in result.staged
+        ]
+        uses = [
+            InputUse(s.digest, s.size, from_cache=tier is not Tier.S3, from_peer=tier is Tier.PEER)
+            for s, tier in zip(result.staged, tiers, strict=True)
         ]
 
         def send() -> None:
