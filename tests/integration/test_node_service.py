@@ -18,7 +18,7 @@ import pytest
 
 from bench.nodes import fsd_serve_command
 from fsd.cache import NodeCache
-from fsd.outbox import Outbox, WriteBehind, outbox_path
+from fsd.outbox import Outbox, OutboxCounts, WriteBehind, outbox_path
 from fsd.peerauth import HEADER, Signer
 from fsd.peerclient import PeerClient, PeerLimits
 from fsd.service import NodeService
@@ -148,7 +148,10 @@ def test_a_mirror_is_verified_then_written_behind_to_s3(
     while (info := store.head(url)) is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert info is not None and info.digest == digest and info.size == len(data)
-    assert service.outbox.counts().written == 1
+    # The outbox records the write once the upload has returned: a moment after S3 has it.
+    while service.outbox.counts().written == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert service.outbox.counts() == OutboxCounts(pending=0, written=1, lost=0)
 
 
 def test_a_mirror_with_wrong_bytes_is_refused_and_not_kept(
