@@ -52,18 +52,23 @@ def state_of(cluster: LocalCluster, task_id: str) -> Callable[[], bool]:
     return lambda: cluster.client.task(task_id).state is TaskState.DONE
 
 
-def test_a_local_intermediate_reaches_a_dependant_on_another_node_without_s3(
-    cluster: LocalCluster, store: ObjectStore, prefix: S3Url
-) -> None:
+def local_output_on_a_busy_node(cluster: LocalCluster, prefix: S3Url) -> None:
+    """Node a makes p's 3 MB output, kept `local`, then stays busy: whatever reads that
+    output runs on another node, which must fetch it from a."""
     cluster.add_worker("a", *SERVE)
     cluster.wait_for_workers(["a"])
     submit(
         cluster.client, [spec("p", "head -c 3000000 /dev/urandom > out.bin", prefix, "local")], "wf"
     )
     wait_for(state_of(cluster, "p"))
-    # Keep a busy so that the dependant can only run on b, which must fetch from a.
     submit(cluster.client, [spec("hold", "sleep 8; echo > out.bin", prefix)], "wf")
     wait_for(lambda: cluster.client.task("hold").state is TaskState.LEASED)
+
+
+def test_a_local_intermediate_reaches_a_dependant_on_another_node_without_s3(
+    cluster: LocalCluster, store: ObjectStore, prefix: S3Url
+) -> None:
+    local_output_on_a_busy_node(cluster, prefix)
     cluster.add_worker("b", *SERVE)
     consumer = spec(
         "c", "cp in.bin out.bin", prefix, inputs=[{"source": "task://p/out.bin", "path": "in.bin"}]
@@ -85,14 +90,7 @@ def test_a_local_intermediate_reaches_a_dependant_on_another_node_without_s3(
 def test_an_input_a_prefetch_read_from_a_peer_counts_as_read_from_the_peer(
     cluster: LocalCluster, prefix: S3Url
 ) -> None:
-    cluster.add_worker("a", *SERVE)
-    cluster.wait_for_workers(["a"])
-    submit(
-        cluster.client, [spec("p", "head -c 3000000 /dev/urandom > out.bin", prefix, "local")], "wf"
-    )
-    wait_for(state_of(cluster, "p"))
-    submit(cluster.client, [spec("hold", "sleep 8; echo > out.bin", prefix)], "wf")
-    wait_for(lambda: cluster.client.task("hold").state is TaskState.LEASED)  # a stays busy
+    local_output_on_a_busy_node(cluster, prefix)
     cluster.add_worker("b", "--serve", "127.0.0.1:0", "--slots", "1", "--prefetch", "2")
     submit(cluster.client, [spec("busy", "sleep 3; echo > out.bin", prefix)], "wf")
     wait_for(lambda: cluster.client.task("busy").state is TaskState.LEASED)
