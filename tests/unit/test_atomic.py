@@ -1,3 +1,4 @@
+import array
 import errno
 import os
 import sys
@@ -82,3 +83,18 @@ def test_a_large_durable_file_is_written_whole_while_its_writeback_starts_early(
     # the 6 MiB tail is left to the fsync.
     nine = 9 * 1024 * 1024
     assert kicks == [(0, nine), (nine, nine)]
+
+
+def test_a_file_that_need_not_be_durable_is_written_whole_in_slices_without_writeback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kicks: list[int] = []
+    monkeypatch.setattr(atomic, "_start_writeback", lambda fd, offset, length: kicks.append(fd))
+    words = array.array("I", range(3 * atomic.WRITE_SLICE_BYTES // 4 + 7))  # not a byte view
+    final = tmp_path / "big.bin"
+    with atomic_file(final, durable=False) as handle:
+        assert handle.write(words) == len(words) * 4
+        assert handle.write(b"") == 0
+        handle.write(b"tail")
+    assert final.read_bytes() == words.tobytes() + b"tail"
+    assert kicks == []  # nothing to sync later, so no disk work started early
