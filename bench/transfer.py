@@ -253,7 +253,7 @@ class TransferBench:
         """Read every object below ``prefix`` once, untimed: the server's first read of
         an object it just stored is slower (seen: 1.2-1.8 s against 0.7-0.9 s for 100 MiB),
         which would fall on whichever tool downloads first."""
-        for url, _ in self.store.list(prefix):
+        for url, *_ in self.store.list(prefix):
             self.store.read_into(url, HashingWriter(None))
 
     def _record(
@@ -290,7 +290,7 @@ class TransferBench:
     def _ceiling(self, workload: Workload, prefix: S3Url) -> Run:
         """The fastest any client gets from this server here: the native client reading
         every object into a null sink, files in flight as stager's, in this process."""
-        urls = [url for url, _ in self.store.list(prefix)]
+        urls = [item.url for item in self.store.list(prefix)]
         before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         run_all(
             lambda url: self.store.read_into(url, HashingWriter(None)),
@@ -317,7 +317,7 @@ class TransferBench:
         dest = S3Url(BUCKET, f"{tool.name}/{workload.name}/")
 
         def check() -> str:
-            sizes = Counter(size for _, size in self.store.list(dest))
+            sizes = Counter(item.size for item in self.store.list(dest))
             wanted = Counter({workload.file_bytes: workload.files})
             return "" if sizes == wanted else f"uploaded {sum(sizes.values())} objects, sizes off"
 
@@ -349,7 +349,7 @@ class TransferBench:
         cache_root = self.work / "warm-cache"
         cache = NodeCache(cache_root, quota_bytes=64 * GiB)
         listed = [
-            StageInput(u, f"in/{u.key.rsplit('/', 1)[1]}") for u, _ in self.store.list(canonical)
+            StageInput(u, f"in/{u.key.rsplit('/', 1)[1]}") for u, *_ in self.store.list(canonical)
         ]
         inputs = resolve_inputs(listed, store=self.store)  # the digests, as a spec gives them
         started = time.perf_counter()

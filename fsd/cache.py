@@ -43,6 +43,7 @@ from stager.errors import (
     CacheFullError,
     DigestFormatError,
     IntegrityError,
+    StagerError,
     from_os_error,
 )
 from stager.owner import Owner
@@ -60,6 +61,36 @@ class _SmallInsert:
     staging: Path  # verified, fsynced, read-only, in tmp/
     final: Path
     size: int
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One entry to have: by its digest or, with none known, by its source (or
+    another flight key, such as its URL), as :meth:`NodeCache.ensure` takes it."""
+
+    digest: Digest | None
+    size: int
+    source: Source | None = None
+    flight_key: str = ""
+
+    @property
+    def name(self) -> str:
+        """The flight's name: its entry lock's, and in a batch's claim."""
+        if self.digest is not None:
+            return self.digest.hex
+        return "src-" + (
+            self.source.id if self.source else digest_bytes(self.flight_key.encode()).hex
+        )
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A batch's entry, verified and read-only in ``tmp/``, ready to publish."""
+
+    path: Path
+    digest: Digest
+    size: int
+    source: Source | None = None  # recorded in the source index once published
 
 
 @dataclass(frozen=True)
@@ -307,11 +338,9 @@ class NodeCache:
                 f"an input of {format_size(size)} can never fit the cache quota "
                 f"of {format_size(self.quota_bytes)}"
             )
-        if digest is not None:
-            name = digest.hex
-        else:
-            name = "src-" + (source.id if source else digest_bytes(flight_key.encode()).hex)
+        name = Wanted(digest, size, source, flight_key).name
         with self._entry_lock(name).holding(keep_fresh=True):
+            self._await_claims(name)
             if digest is not None and (found := self._lookup_locked(digest)) is not None:
                 return found
             if source is not None and (found := self._from_source_index(source)) is not None:
@@ -320,6 +349,102 @@ class NodeCache:
             if source is not None:
                 self._sources.record(source, digest_of_entry(entry))
             return entry
+
+    def known(self, wanted: Wanted) -> Path | None:
+        """The entry ``wanted`` names if the cache has it intact (by digest, or by its
+        source in the source index); records the use. Takes no lock unless it re-hashes."""
+        if wanted.digest is not None:
+            return self.lookup(wanted.digest)
+        if wanted.source is None or (digest := self._sources.find(wanted.source)) is None:
+            return None
+        found = self.lookup(digest)
+        if found is not None:
+            self._sources.hit(wanted.source)
+        return found
+
+    # -- batches of small entries (fsd.batchinsert) ----------------------------------
+
+    def claim(self, wanted: Sequence[Wanted]) -> tuple[str | None, list[Wanted]]:
+        """Claim the flights of ``wanted`` (small entries) that no one else has under
+        way, with the room they need, in one cache-lock hold; return the claim's key
+        (None: no claim) and what it claims. What it leaves is another's flight, or
+        found no room without waiting: fetch those one by one (:meth:`ensure`).
+
+        The claim is a reservation that names its flights (the ledger): other
+        batches skip them, and :meth:`ensure` waits for them.
+        """
+        with self._cache_lock().holding():
+            ledger = read_ledger(self._ledger())
+            self._drop_stale_reservations(ledger)
+            taken = {name for r in ledger.reservations.values() for name in r.names}
+            mine = [
+                w
+                for w in wanted
+                if w.name not in taken
+                and not self._entry_lock(w.name).path.exists()  # a single flight under way
+                and not (w.digest is not None and self.entry_path(w.digest).exists())
+            ]
+            size = sum(w.size for w in mine)
+            if not mine or not self._make_room(ledger, size):
+                return None, []
+            key = str(Owner.current())
+            names = tuple(w.name for w in mine)
+            ledger.reservations[key] = Reservation(size, self._clock(), names)
+            write_ledger(self._ledger(), ledger)
+        return key, mine
+
+    def publish_claimed(self, key: str, staged: Sequence[Staged]) -> list[Path | StagerError]:
+        """Publish a claim's verified entries and end the claim, in one cache-lock hold;
+        each entry's path (or why it could not be published), in order."""
+        published: list[Path | StagerError] = []
+        with self._cache_lock().holding():
+            ledger = read_ledger(self._ledger())
+            for entry in staged:
+                final = self.entry_path(entry.digest)
+                try:
+                    if final.exists():  # a twin (the same bytes from another source)
+                        entry.path.unlink()
+                    else:
+                        _replace_into(entry.path, final)
+                        self._seals.seal(final.name, final)
+                        ledger.used_bytes += entry.size
+                        ledger.fetches += 1
+                    if entry.source is not None:  # before the claim ends: no one fetches it
+                        self._sources.record(entry.source, entry.digest)
+                    published.append(final)
+                except OSError as exc:
+                    entry.path.unlink(missing_ok=True)
+                    published.append(from_os_error(exc, f"publish {final}"))
+            ledger.reservations.pop(key, None)
+            write_ledger(self._ledger(), ledger)
+        for directory in sorted({p.parent for p in published if isinstance(p, Path)}):
+            self._sync_directory(directory)
+        return published
+
+    def ready_staged(self, path: Path, fd: int) -> None:
+        """Make a batch's verified temp file an entry-to-be: read-only, marked, and
+        synced if entries are (before the caller closes ``fd``)."""
+        if self.synced:
+            (self._fsync or os.fsync)(fd)
+        os.chmod(path, READ_ONLY)
+        self._mark(path)
+
+    def end_claim(self, key: str) -> None:
+        """End a claim that publishes nothing (its fetch failed)."""
+        self._settle(key, published_bytes=0)
+
+    def _await_claims(self, name: str) -> None:
+        """Wait while a live batch of another process claims flight ``name``."""
+        delay = 0.001
+        while True:
+            ledger = read_ledger(self._ledger())  # replaced by rename: no lock needed to read
+            if not any(
+                name in r.names and not self._is_stale(key, r.at, self.stale_after_s)
+                for key, r in ledger.reservations.items()
+            ):
+                return
+            self._sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def _from_source_index(self, source: Source) -> Path | None:
         known = self._sources.find(source)
@@ -376,12 +501,11 @@ class NodeCache:
         """Rename a staged entry into ``data/`` and settle reservation ``key``."""
         final = self.entry_path(got_digest)
         try:
-            final.parent.mkdir(exist_ok=True)
             if final.exists():  # another flight (unknown digest) got there first
                 staging.unlink()
                 self._settle(key, published_bytes=0)
                 return final
-            os.replace(staging, final)
+            _replace_into(staging, final)
             self._sync_directory(final.parent)
             self._seals.seal(final.name, final)
         except OSError as exc:
@@ -440,8 +564,7 @@ class NodeCache:
                     elif not self._make_room(ledger, insert.size):
                         outcomes.append(False)
                     else:
-                        insert.final.parent.mkdir(exist_ok=True)
-                        os.replace(insert.staging, insert.final)
+                        _replace_into(insert.staging, insert.final)
                         self._seals.seal(insert.final.name, insert.final)
                         ledger.used_bytes += insert.size
                         ledger.fetches += 1
@@ -660,6 +783,17 @@ _CACHE_NAMES = (
     SEALS_DIR,
     SOURCES_DIR,
 )
+
+
+def _replace_into(source: Path, final: Path) -> None:
+    """Rename ``source`` to ``final``, making its fan-out directory the first time."""
+    try:
+        os.replace(source, final)
+    except FileNotFoundError:
+        if not source.exists():
+            raise
+        final.parent.mkdir(exist_ok=True)
+        os.replace(source, final)
 
 
 def name_for(digest: Digest | None) -> str:

@@ -94,7 +94,9 @@ def fetch(context: CacheContext, urls: tuple[str, ...]) -> None:
     for text in urls:
         url = S3Url.parse(text)
         if url.is_prefix:  # the listing gives sizes: small objects need no HEAD
-            expanded.extend(StageInput(u, u.key, size=size) for u, size in store.list(url))
+            expanded.extend(
+                StageInput(u, u.key, size=size, etag=etag) for u, size, etag in store.list(url)
+            )
         else:
             expanded.append(url)
     started = time.monotonic()

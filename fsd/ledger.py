@@ -19,6 +19,9 @@ from stager.atomic import atomic_file
 class Reservation:
     size_bytes: int
     at: float
+    # The flights a batch fetches under this reservation (entry names: a digest's
+    # hex, or ``src-...``); another process waits for them rather than fetch them too.
+    names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -39,7 +42,9 @@ def read_ledger(path: Path) -> Ledger:
             used_bytes=int(body["used_bytes"]),
             fetches=int(body.get("fetches", 0)),
             reservations={
-                owner: Reservation(int(r["bytes"]), float(r["at"]))
+                owner: Reservation(
+                    int(r["bytes"]), float(r["at"]), tuple(str(n) for n in r.get("names", ()))
+                )
                 for owner, r in body.get("reservations", {}).items()
             },
         )
@@ -52,7 +57,8 @@ def write_ledger(path: Path, ledger: Ledger) -> None:
         "used_bytes": ledger.used_bytes,
         "fetches": ledger.fetches,
         "reservations": {
-            owner: {"bytes": r.size_bytes, "at": r.at} for owner, r in ledger.reservations.items()
+            owner: {"bytes": r.size_bytes, "at": r.at, **({"names": r.names} if r.names else {})}
+            for owner, r in ledger.reservations.items()
         },
     }
     # No fsync: after a crash, recovery recounts the ledger from the entries.

@@ -78,13 +78,18 @@ class Seals:
     def seal(self, hexdigest: str, entry: Path) -> None:
         """Seal the entry's current state, as a use now; its older seals go."""
         path = self._path(hexdigest, entry.stat(), self._boot_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o444))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o444)
+        except FileNotFoundError:  # the first seal of its bucket
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o444)
+        os.close(fd)
         now_ns = int(self._clock() * 1e9)
         os.utime(path, ns=(now_ns, now_ns))
-        for old in path.parent.glob(f"{hexdigest}.*"):
-            if old.name != path.name:
-                old.unlink(missing_ok=True)
+        prefix = f"{hexdigest}."
+        for old in os.listdir(path.parent):  # no glob: it compiles a pattern per call
+            if old.startswith(prefix) and old != path.name:
+                (path.parent / old).unlink(missing_ok=True)
 
     def remove(self, hexdigest: str) -> None:
         with contextlib.suppress(FileNotFoundError):

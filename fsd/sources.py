@@ -83,7 +83,6 @@ class SourceIndex:
     def record(self, source: Source, digest: Digest) -> None:
         """Record (or replace) ``source -> digest``; its entry must already be published."""
         path = self._path(source.id)
-        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(path, durable=self._synced, sync_directory=False) as handle:
             handle.write(f"{digest}\n{source.url}\n{source.etag}\n{source.size}\n".encode())
 

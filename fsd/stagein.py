@@ -21,13 +21,21 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from fsd.cache import Fill, NodeCache, digest_of_entry
+from fsd.batchinsert import ensure_many
+from fsd.cache import SMALL_ENTRY_BYTES, Fill, NodeCache, Wanted, digest_of_entry
 from fsd.materialize import Materialize
 from fsd.peerclient import PeerClient, first_that_works
 from fsd.sources import Source
 from stager.digest import Digest, HashingWriter
-from stager.errors import ConfigError, NotFoundError, UnreachableError
+from stager.errors import (
+    ConfigError,
+    NotFoundError,
+    StagerError,
+    UnreachableError,
+    from_os_error,
+)
 from stager.locations import S3Url, safe_relative_path
+from stager.movers import Read, ReadOutcome
 from stager.objectinfo import ObjectInfo, check_received
 from stager.objectstore import ObjectStore
 from stager.parallel import run_all
@@ -41,6 +49,7 @@ class StageInput:
     path: str
     digest: Digest | None = None
     size: int | None = None
+    etag: str | None = None  # as a listing gave it, with the size: finds it in the source index
 
 
 class Tier(enum.Enum):
@@ -137,7 +146,8 @@ def _resolve(
     item, url, dest = checked
     small = item.size is not None and item.size < store.settings.multipart_threshold_bytes
     if item.size is not None and (item.digest is not None or (fetch_only and small)):
-        return ResolvedInput(url, dest, item.digest, item.size)
+        listed = None if item.etag is None else ObjectInfo(url, item.size, None, item.etag)
+        return ResolvedInput(url, dest, item.digest, item.size, listed)
     info = store.head(url)
     if info is None:
         raise NotFoundError(f"input {url} does not exist")
@@ -215,6 +225,21 @@ class _Stager:
                     hint="the dispatcher makes it again if those nodes are lost",
                 ) from exc
         return entry, filled_from[-1] if filled_from else Tier.LOCAL
+
+    def fetch_many(self, items: Sequence[ResolvedInput]) -> list[tuple[Path, Tier]]:
+        """Small objects from S3 into the cache as batches (:mod:`fsd.batchinsert`): no
+        thread and no entry lock per object. Each entry, and where its bytes came from."""
+        filled: set[int] = set()
+
+        def fill(writers: Sequence[tuple[int, HashingWriter]]) -> list[StagerError | None]:
+            filled.update(n for n, _ in writers)
+            reads = [Read(items[n].url, writer) for n, writer in writers]
+            outcomes = self.store.read_many(reads)
+            return [_received(o, w) for o, (_, w) in zip(outcomes, writers, strict=True)]
+
+        wanted = [Wanted(i.digest, i.size, self._source(i), str(i.url)) for i in items]
+        entries = ensure_many(self.cache, wanted, fill)
+        return [(entry, Tier.S3 if n in filled else Tier.LOCAL) for n, entry in enumerate(entries)]
 
     def _source(self, item: ResolvedInput) -> Source | None:
         """The object as the source index knows it, if it has no digest but an ETag."""
@@ -296,8 +321,32 @@ def warm(
     stager = _Stager(cache, store, Path("/nonexistent-sandbox"), Materialize.LINK, nfs_head, peers)
     checked = validate_inputs(inputs)
     resolved = run_all(lambda i: _resolve(store, i, fetch_only=True), checked, workers=workers)
-    fetched = run_all(stager.entry_for, _plan(resolved, cache, nfs_head, peers), workers=workers)
-    return [(item.url, entry, tier) for item, (entry, tier) in zip(resolved, fetched, strict=True)]
+    planned = _plan(resolved, cache, nfs_head, peers)
+    in_batches = [n for n, p in enumerate(planned) if _batched(p)]
+    alone = [n for n, p in enumerate(planned) if not _batched(p)]
+    batched = stager.fetch_many([resolved[n] for n in in_batches])
+    fetched = dict(zip(in_batches, batched, strict=True))
+    one_by_one = run_all(stager.entry_for, [planned[n] for n in alone], workers=workers)
+    fetched.update(zip(alone, one_by_one, strict=True))
+    return [(item.url, *fetched[n]) for n, item in enumerate(resolved)]
+
+
+def _batched(planned: PlannedInput) -> bool:
+    """Whether an input is fetched in a batch: a small object that only S3 holds."""
+    return planned.tier is Tier.S3 and planned.input.size < SMALL_ENTRY_BYTES
+
+
+def _received(outcome: ReadOutcome, writer: HashingWriter) -> StagerError | None:
+    """What one read of a batch came to: None if its bytes match what it said."""
+    if isinstance(outcome, OSError):
+        return from_os_error(outcome, "fetch into the cache")
+    if isinstance(outcome, StagerError):
+        return outcome
+    try:
+        check_received(outcome, writer.hasher)
+    except StagerError as exc:
+        return exc
+    return None
 
 
 def resolve_inputs(

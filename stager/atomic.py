@@ -122,10 +122,13 @@ def atomic_file(
     ``os.fsync``; a test counts through it). ``OSError`` becomes a
     :class:`~stager.errors.LocalIOError` (or ``DiskFullError``).
     """
+    temp = temp or temp_path_for(final)
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        temp = temp or temp_path_for(final)
-        handle: BinaryIO = SlicedFile(temp, "xb", write_behind=durable)
+        try:
+            handle: BinaryIO = SlicedFile(temp, "xb", write_behind=durable)
+        except FileNotFoundError:  # the first file of its directory: make the directory
+            final.parent.mkdir(parents=True, exist_ok=True)
+            handle = SlicedFile(temp, "xb", write_behind=durable)
     except OSError as exc:
         raise from_os_error(exc, f"create {final}") from exc
     try:

@@ -8,7 +8,7 @@ logins, FIPS endpoints). Imported only then: botocore takes ~0.3 s to load.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +21,19 @@ from s3transfer.subscribers import BaseSubscriber
 
 from stager.awsconfig import Credentials
 from stager.digest import Digest, HashingWriter
-from stager.errors import PreconditionFailedError
+from stager.errors import PreconditionFailedError, StagerError
 from stager.locations import S3Url
-from stager.movers import ProgressCallback
+from stager.movers import ProgressCallback, Read, ReadOutcome
 from stager.objectinfo import (
     DIGEST_METADATA_KEY,
     GENERATION_METADATA_KEY,
     TASK_METADATA_KEY,
+    Listed,
     ObjectInfo,
     WriteCondition,
     recorded_digest,
 )
+from stager.parallel import run_all
 from stager.s3errors import translate, translating
 from stager.settings import Settings
 
@@ -148,10 +150,13 @@ class BotocoreMover:
         client: Callable[[], Any],
         transfers: Callable[[], TransferManager],
         multipart_threshold_bytes: int,
+        *,
+        files_in_flight: int,
     ) -> None:
         self._client = client
         self._transfers = transfers
         self._threshold = multipart_threshold_bytes
+        self._files_in_flight = files_in_flight
 
     def head(self, url: S3Url) -> ObjectInfo | None:
         try:
@@ -174,12 +179,23 @@ class BotocoreMover:
                 raise
         return True
 
-    def list(self, prefix: S3Url) -> Iterator[tuple[S3Url, int]]:
+    def list(self, prefix: S3Url) -> Iterator[Listed]:
         paginator = self._client().get_paginator("list_objects_v2")
         with translating(prefix, "list"):
             for page in paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key):
                 for item in page.get("Contents", []):
-                    yield S3Url(prefix.bucket, item["Key"]), int(item["Size"])
+                    yield Listed(
+                        S3Url(prefix.bucket, item["Key"]), int(item["Size"]), item.get("ETag")
+                    )
+
+    def read_many(self, reads: Sequence[Read]) -> Sequence[ReadOutcome]:
+        def read(item: Read) -> ReadOutcome:
+            try:
+                return self.read_into(item.url, item.writer, info=None, on_bytes=None)
+            except (StagerError, OSError) as exc:
+                return exc
+
+        return run_all(read, reads, workers=self._files_in_flight)
 
     def read_into(
         self,

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
-from collections.abc import Callable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote_plus, urlencode, urlsplit
@@ -173,8 +174,8 @@ class CrtTransfers:
             raise translate_crt(exc, str(url), "read") from exc
         return Headers(received)
 
-    def list(self, prefix: S3Url) -> Iterator[tuple[str, int]]:
-        """(key, size) of every object whose key starts with ``prefix.key`` (ListObjectsV2,
+    def list(self, prefix: S3Url) -> Iterator[tuple[str, int, str | None]]:
+        """(key, size, ETag) of every object whose key starts with ``prefix.key`` (ListObjectsV2,
         page after page)."""
         token: str | None = None
         while True:
@@ -187,9 +188,41 @@ class CrtTransfers:
             if token is None:
                 return
 
+    def get_many(
+        self, gets: Sequence[tuple[S3Url, Sink]], *, in_flight: int
+    ) -> Sequence[Headers | StagerError | OSError]:
+        """Plain GETs of small objects, up to ``in_flight`` at once, all started from this
+        thread: no thread waits on any one object. Each object's headers, or its error.
+
+        The sinks run on the client's own threads, each object's chunks in order.
+        Interrupted, every request still running is cancelled.
+        """
+        window = threading.BoundedSemaphore(max(1, in_flight))
+        started: list[tuple[S3Url, Any, dict[str, str]]] = []
+        try:
+            for url, sink in gets:
+                while not window.acquire(timeout=_WAIT_SLICE_S):  # wakes for Ctrl-C
+                    pass
+                request, received = self._start_get(url, sink, None, ranged=False)
+                request.finished_future.add_done_callback(lambda _: window.release())
+                started.append((url, request, received))
+            return [_outcome(request, url, received) for url, request, received in started]
+        except BaseException:
+            for _, request, _ in started:
+                request.cancel()
+            raise
+
     def _get(
         self, url: S3Url, sink: Sink, on_bytes: ProgressCallback | None, *, ranged: bool
     ) -> Headers:
+        request, received = self._start_get(url, sink, on_bytes, ranged=ranged)
+        _wait(request, url, "download", keep=(S3ResponseError,) if ranged else ())
+        return Headers(received)
+
+    def _start_get(
+        self, url: S3Url, sink: Sink, on_bytes: ProgressCallback | None, *, ranged: bool
+    ) -> tuple[Any, dict[str, str]]:
+        """A GET under way, and the headers it fills in as they arrive."""
         received: dict[str, str] = {}
         expected_offset = 0
 
@@ -215,8 +248,7 @@ class CrtTransfers:
             on_headers=on_headers,
             on_body=on_body,
         )
-        _wait(request, url, "download", keep=(S3ResponseError,) if ranged else ())
-        return Headers(received)
+        return request, received
 
     def _bucket_get(
         self, where: S3Url, operation: str, query: Mapping[str, str], action: str
@@ -304,15 +336,16 @@ def _put_headers(
 _S3_XML = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
-def parse_listing(body: bytes, where: str) -> tuple[list[tuple[str, int]], str | None]:
-    """A ListObjectsV2 page: its (key, size) items and the token of the next page, if the
-    listing goes on. Keys come form-encoded (``encoding-type=url``: a blank is "+")."""
+def parse_listing(body: bytes, where: str) -> tuple[list[tuple[str, int, str | None]], str | None]:
+    """A ListObjectsV2 page: its (key, size, ETag) items and the token of the next page, if
+    the listing goes on. Keys come form-encoded (``encoding-type=url``: a blank is "+")."""
     try:
         root = ElementTree.fromstring(body)
         items = [
             (
                 unquote_plus(item.findtext(f"{_S3_XML}Key", "")),
                 int(item.findtext(f"{_S3_XML}Size", "")),
+                item.findtext(f"{_S3_XML}ETag"),
             )
             for item in root.iter(f"{_S3_XML}Contents")
         ]
@@ -384,6 +417,15 @@ class Headers(dict[str, str]):
     def object_size(self) -> int:
         total = self.get("content-range", "").rpartition("/")[2]
         return int(total) if total.isdigit() else int(self.get("content-length", "0"))
+
+
+def _outcome(request: Any, url: S3Url, received: dict[str, str]) -> Headers | StagerError | OSError:
+    """A finished GET's headers, or its error (translated)."""
+    try:
+        _wait(request, url, "download")
+    except (StagerError, OSError) as exc:
+        return exc
+    return Headers(received)
 
 
 def _wait(request: Any, url: S3Url, action: str, *, keep: tuple[type[Exception], ...] = ()) -> None:

@@ -9,16 +9,18 @@ themselves (multipart uploads, parallel ranged GETs); nothing here does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from stager.digest import Digest, HashingWriter
+from stager.errors import StagerError
 from stager.locations import S3Url
 from stager.objectinfo import (
     DIGEST_HEADER,
     GENERATION_HEADER,
     TASK_HEADER,
+    Listed,
     ObjectInfo,
     WriteCondition,
     recorded_digest,
@@ -28,6 +30,14 @@ if TYPE_CHECKING:
     from stager.crt import CrtTransfers, Headers
 
 ProgressCallback = Callable[[int], None]
+ReadOutcome = ObjectInfo | StagerError | OSError  # what one read of a batch came to
+
+
+class Read(NamedTuple):
+    """One object of a batch of reads, and the writer its bytes stream into."""
+
+    url: S3Url
+    writer: HashingWriter
 
 
 class ByteMover(Protocol):
@@ -41,8 +51,8 @@ class ByteMover(Protocol):
         """Whether ``bucket`` exists (False on a 404; other failures raise)."""
         ...
 
-    def list(self, prefix: S3Url) -> Iterator[tuple[S3Url, int]]:
-        """(location, size) of every object whose key starts with ``prefix.key``."""
+    def list(self, prefix: S3Url) -> Iterator[Listed]:
+        """Every object whose key starts with ``prefix.key``."""
         ...
 
     def read_into(
@@ -54,6 +64,12 @@ class ByteMover(Protocol):
         on_bytes: ProgressCallback | None,
     ) -> ObjectInfo:
         """Stream the object's bytes into ``writer`` in order; return what it is."""
+        ...
+
+    def read_many(self, reads: Sequence[Read]) -> Sequence[ReadOutcome]:
+        """Small objects (below the multipart threshold), one plain GET each, many at
+        once; each object's info, or its error: a failure fails only its own read.
+        The caller checks each writer's hasher against its info."""
         ...
 
     def put_file(
@@ -86,9 +102,13 @@ class ByteMover(Protocol):
 class NativeMover:
     """Object bytes through awscrt (:mod:`stager.crt`); ``count`` tallies each request."""
 
-    def __init__(self, native: CrtTransfers, count: Callable[[str], None]) -> None:
+    def __init__(
+        self, native: CrtTransfers, count: Callable[[str], None], *, in_flight: int
+    ) -> None:
+        """``in_flight``: how many GETs of a batch run at once."""
         self._native = native
         self._count = count
+        self._in_flight = in_flight
 
     def head(self, url: S3Url) -> ObjectInfo | None:
         self._count("HeadObject")
@@ -99,10 +119,10 @@ class NativeMover:
         self._count("HeadBucket")
         return self._native.head(S3Url(bucket, "")) is not None
 
-    def list(self, prefix: S3Url) -> Iterator[tuple[S3Url, int]]:
+    def list(self, prefix: S3Url) -> Iterator[Listed]:
         self._count("ListObjectsV2")  # once per listing, however many pages
-        for key, size in self._native.list(prefix):
-            yield S3Url(prefix.bucket, key), size
+        for key, size, etag in self._native.list(prefix):
+            yield Listed(S3Url(prefix.bucket, key), size, etag)
 
     def read_into(
         self,
@@ -118,6 +138,15 @@ class NativeMover:
         return _info_from_headers(
             url, self._native.get(url, writer.write, on_bytes, size_hint=size_hint)
         )
+
+    def read_many(self, reads: Sequence[Read]) -> Sequence[ReadOutcome]:
+        for _ in reads:
+            self._count("GetObject")
+        gets = [(read.url, read.writer.write) for read in reads]
+        outcomes = self._native.get_many(gets, in_flight=self._in_flight)
+        return [
+            _info_or_error(read.url, outcome) for read, outcome in zip(reads, outcomes, strict=True)
+        ]
 
     def put_file(
         self,
@@ -145,6 +174,15 @@ class NativeMover:
         self._count("GetObject")
         data, headers = self._native.get_small(url)
         return data, recorded_digest(url, headers.get(DIGEST_HEADER))
+
+
+def _info_or_error(url: S3Url, outcome: Headers | StagerError | OSError) -> ReadOutcome:
+    if isinstance(outcome, StagerError | OSError):
+        return outcome
+    try:
+        return _info_from_headers(url, outcome)
+    except StagerError as exc:  # a malformed recorded digest
+        return exc
 
 
 def _info_from_headers(url: S3Url, headers: Headers) -> ObjectInfo:

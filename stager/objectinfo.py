@@ -8,6 +8,7 @@ tools carry none and are hashed as they stream, then reported unverified.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from stager.digest import Digest, Hasher
 from stager.errors import DigestFormatError, IntegrityError
@@ -33,6 +34,14 @@ class ObjectInfo:
     etag: str | None = None
     task: str | None = None  # the key of the task that wrote it, if a task did
     generation: str | None = None  # ``<task id>/<attempt>`` of the dispatcher's lease
+
+
+class Listed(NamedTuple):
+    """One object as a listing shows it (no metadata, so no digest)."""
+
+    url: S3Url
+    size: int
+    etag: str | None = None
 
 
 @dataclass(frozen=True)

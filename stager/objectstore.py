@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,8 +36,14 @@ from stager.awsconfig import DEFAULT_REGION, AwsConfig, Credentials, load_aws_co
 from stager.digest import Digest, HashingWriter, digest_bytes
 from stager.errors import AccessDeniedError, IntegrityError, NotFoundError
 from stager.locations import S3Url
-from stager.movers import ByteMover, NativeMover, ProgressCallback
-from stager.objectinfo import ObjectInfo, WriteCondition, check_received, digest_metadata
+from stager.movers import ByteMover, NativeMover, ProgressCallback, Read, ReadOutcome
+from stager.objectinfo import (
+    Listed,
+    ObjectInfo,
+    WriteCondition,
+    check_received,
+    digest_metadata,
+)
 from stager.s3errors import translating
 from stager.settings import Settings, TransferClient
 from stager.uploadjournal import UploadJournal
@@ -155,9 +161,14 @@ class ObjectStore:
                 lambda: self.client,
                 lambda: self._transfers,
                 self.settings.multipart_threshold_bytes,
+                files_in_flight=self.settings.files_in_flight,
             )
         else:
-            made = NativeMover(self._native_client(), self._count)
+            made = NativeMover(
+                self._native_client(),
+                self._count,
+                in_flight=self.settings.max_concurrency + self.settings.files_in_flight,
+            )
         with self._mover_lock:
             if self._mover is None:
                 self._mover = made
@@ -247,8 +258,8 @@ class ObjectStore:
             with translating(f"s3://{bucket}/", "create bucket"):
                 self.client.create_bucket(Bucket=bucket)
 
-    def list(self, prefix: S3Url) -> Iterator[tuple[S3Url, int]]:
-        """(location, size) of every object whose key starts with ``prefix.key``."""
+    def list(self, prefix: S3Url) -> Iterator[Listed]:
+        """Every object whose key starts with ``prefix.key`` (location, size, ETag)."""
         return self._bytes().list(prefix)
 
     def incomplete_uploads(self, prefix: S3Url) -> Iterator[IncompleteUpload]:
@@ -342,6 +353,11 @@ class ObjectStore:
         objects itself and the GET's own headers describe the object.
         """
         return self._bytes().read_into(url, writer, info=info, on_bytes=on_bytes)
+
+    def read_many(self, reads: Sequence[Read]) -> Sequence[ReadOutcome]:
+        """Small objects into their writers, many at once; each one's info or error
+        (see :meth:`ByteMover.read_many <stager.movers.ByteMover.read_many>`)."""
+        return self._bytes().read_many(reads)
 
     def download_file(
         self,

@@ -70,7 +70,7 @@ def resolve_pull(
                 PullItem(source, info.size, single_pull_dest(source, dest, dest_is_dir=dest_is_dir))
             ]
     prefix = source.as_prefix()
-    items = plan_pull(store.list(prefix), prefix, dest)
+    items = plan_pull(((i.url, i.size) for i in store.list(prefix)), prefix, dest)
     if not items:
         store.check_bucket(source.bucket)
         raise NotFoundError(f"nothing to pull: no object at or below {source}")

@@ -175,7 +175,7 @@ def push(
     dest = dest.as_prefix()
     sources = expand_sources(arguments)
     store.check_bucket(dest.bucket)
-    listing = {url.key: size for url, size in store.list(dest)}
+    listing = {item.url.key: item.size for item in store.list(dest)}
     items = plan_push(sources, dest, listing)
     total = sum(source.size for source in sources)
     spool = store.settings.state_dir / "spool"

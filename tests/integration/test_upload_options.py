@@ -55,7 +55,7 @@ def test_both_movers_write_in_the_storage_class_and_pay_as_requester(
             big, prefix.child("big"), digest=digest_bytes(big.read_bytes()), size=11 * MiB
         )
         assert store.get_bytes(prefix.child("small")) == b"small"
-        assert sorted(url.key for url, _ in store.list(prefix)) == [
+        assert sorted(item.url.key for item in store.list(prefix)) == [
             prefix.child("big").key,
             prefix.child("small").key,
         ]

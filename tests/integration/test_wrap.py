@@ -118,7 +118,9 @@ def test_failing_command_uploads_logs_but_no_outputs_and_no_result(
     stderr_url = failure.value.hint.rsplit(" ", 1)[-1]
     assert store.get_bytes(S3Url.parse(stderr_url)) == b"oops\n"
     assert store.head(prefix.child("out/out.txt")) is None
-    assert not [u for u, _ in store.list(prefix.child("results/")) if u.key.endswith("result.json")]
+    assert not [
+        i for i in store.list(prefix.child("results/")) if i.url.key.endswith("result.json")
+    ]
     assert list(node.sandbox_dir.iterdir()) == []
 
 

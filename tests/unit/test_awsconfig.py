@@ -92,12 +92,12 @@ def test_a_listing_page_decodes_keys_and_names_the_next_page() -> None:
     items, token = parse_listing(
         page(
             "<IsTruncated>true</IsTruncated><NextContinuationToken>t/2=</NextContinuationToken>"
-            "<Contents><Key>a+b+%C3%BC.txt</Key><Size>3</Size></Contents>"
+            "<Contents><Key>a+b+%C3%BC.txt</Key><Size>3</Size><ETag>&quot;e1&quot;</ETag></Contents>"
             "<Contents><Key>1%2B1.txt</Key><Size>0</Size></Contents>"
         ),
         "s3://b/p/",
     )
-    assert items == [("a b \u00fc.txt", 3), ("1+1.txt", 0)] and token == "t/2="
+    assert items == [("a b \u00fc.txt", 3, '"e1"'), ("1+1.txt", 0, None)] and token == "t/2="
     assert parse_listing(page("<IsTruncated>false</IsTruncated>"), "s3://b/") == ([], None)
     with pytest.raises(StagerError, match="names no next one"):
         parse_listing(page("<IsTruncated>true</IsTruncated>"), "s3://b/")

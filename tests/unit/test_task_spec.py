@@ -12,6 +12,7 @@ from fsd.stagein import validate_inputs
 from stager.digest import Digest, digest_bytes
 from stager.errors import ConfigError, StagerError, UnsafePathError
 from stager.locations import S3Url
+from stager.objectinfo import Listed
 from worker_hooks.task.parse import inline_spec, parse_spec
 from worker_hooks.task.result import FileRecord, Persist, ResultManifest
 from worker_hooks.task.spec import InputSpec, OutputKind, TaskRef
@@ -307,8 +308,8 @@ class _Listing:
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
 
-    def list(self, prefix: S3Url) -> list[tuple[S3Url, int]]:
-        return [(S3Url(prefix.bucket, key), 1) for key in self.keys if key.startswith(prefix.key)]
+    def list(self, prefix: S3Url) -> list[Listed]:
+        return [Listed(S3Url(prefix.bucket, k), 1) for k in self.keys if k.startswith(prefix.key)]
 
 
 def test_an_s3_collection_cannot_stage_outside_its_folder() -> None:

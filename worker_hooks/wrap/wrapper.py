@@ -139,7 +139,7 @@ def stage_inputs(spec: TaskSpec, store: ObjectStore) -> list[StageInput]:
         base = source.key if source.is_prefix else glob_base(source.key)
         members = [
             StageInput(url, f"{item.path}/{member}", None, size)
-            for url, size in store.list(S3Url(source.bucket, base))
+            for url, size, _ in store.list(S3Url(source.bucket, base))
             if (member := _member(source, url))
         ]
         check_collection(spec.id, item, [m.size or 0 for m in members])
