@@ -383,6 +383,7 @@ class NodeCache:
                 if w.name not in taken
                 and not self._entry_lock(w.name).path.exists()  # a single flight under way
                 and not (w.digest is not None and self.entry_path(w.digest).exists())
+                and not (w.source is not None and self._sources.find(w.source) is not None)
             ]
             size = sum(w.size for w in mine)
             if not mine or not self._make_room(ledger, size):
