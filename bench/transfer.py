@@ -193,7 +193,8 @@ def digests_under(root: Path) -> Counter[Digest]:
     found: Counter[Digest] = Counter()
     for path in root.rglob("*"):
         if path.is_file() and not path.is_symlink() and "stager-tmp" not in path.name:
-            if "/locks/" in str(path) or "/seals/" in str(path):  # the cache's bookkeeping
+            bookkeeping = ("/locks/", "/seals/", "/sources/")  # a cache's, not its entries
+            if any(part in str(path) for part in bookkeeping):
                 continue
             if path.name in ("VERSION", "TIER", "ledger.json", "damaged.log"):
                 continue

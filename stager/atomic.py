@@ -94,6 +94,76 @@ def fsync_directory(directory: Path, fsync: Fsync | None = None) -> None:
         os.close(fd)
 
 
+class PendingFile:
+    """A file written under a temp name that becomes ``final`` only when published.
+
+    For many files written at once (a batch of downloads); :func:`atomic_file`
+    is the same for one file, as a ``with`` block, and documents the options.
+    Exactly one of :meth:`publish` and :meth:`discard` ends it; a failed
+    publication discards the temp file itself.
+    """
+
+    def __init__(
+        self,
+        final: Path,
+        *,
+        mode: int = 0o644,
+        temp: Path | None = None,
+        before_publish: Callable[[Path], None] | None = None,
+        durable: bool = True,
+        sync_directory: bool | None = None,
+        replace: bool = True,
+        fsync: Fsync | None = None,
+    ) -> None:
+        self.final = final
+        self.temp = temp or temp_path_for(final)
+        self._mode = mode
+        self._before_publish = before_publish
+        self._durable = durable
+        self._sync_directory = durable if sync_directory is None else sync_directory
+        self._replace = replace
+        self._fsync = fsync or os.fsync
+        try:
+            try:
+                self.handle: BinaryIO = SlicedFile(self.temp, "xb", write_behind=durable)
+            except FileNotFoundError:  # the first file of its directory: make the directory
+                final.parent.mkdir(parents=True, exist_ok=True)
+                self.handle = SlicedFile(self.temp, "xb", write_behind=durable)
+        except OSError as exc:
+            raise from_os_error(exc, f"create {final}") from exc
+
+    def publish(self) -> None:
+        """Sync (if durable), chmod and rename the file to its final name."""
+        temp, final = self.temp, self.final
+        try:
+            with self.handle:
+                self.handle.flush()
+                if self._durable:
+                    self._fsync(self.handle.fileno())
+            os.chmod(temp, self._mode)
+            if self._before_publish is not None:
+                self._before_publish(temp)
+            if self._replace:
+                os.replace(temp, final)
+            else:
+                with contextlib.suppress(FileExistsError):  # created by another process first
+                    os.link(temp, final)
+                temp.unlink()
+            if self._sync_directory:
+                fsync_directory(final.parent, self._fsync)
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, OSError):
+                raise from_os_error(exc, f"write {final}") from exc
+            raise
+
+    def discard(self) -> None:
+        """Close and remove the temp file; nothing appears under the final name."""
+        self.handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.temp.unlink()
+
+
 @contextlib.contextmanager
 def atomic_file(
     final: Path,
@@ -122,35 +192,21 @@ def atomic_file(
     ``os.fsync``; a test counts through it). ``OSError`` becomes a
     :class:`~stager.errors.LocalIOError` (or ``DiskFullError``).
     """
-    temp = temp or temp_path_for(final)
+    pending = PendingFile(
+        final,
+        mode=mode,
+        temp=temp,
+        before_publish=before_publish,
+        durable=durable,
+        sync_directory=sync_directory,
+        replace=replace,
+        fsync=fsync,
+    )
     try:
-        try:
-            handle: BinaryIO = SlicedFile(temp, "xb", write_behind=durable)
-        except FileNotFoundError:  # the first file of its directory: make the directory
-            final.parent.mkdir(parents=True, exist_ok=True)
-            handle = SlicedFile(temp, "xb", write_behind=durable)
-    except OSError as exc:
-        raise from_os_error(exc, f"create {final}") from exc
-    try:
-        with handle:
-            yield handle
-            handle.flush()
-            if durable:
-                (fsync or os.fsync)(handle.fileno())
-        os.chmod(temp, mode)
-        if before_publish is not None:
-            before_publish(temp)
-        if replace:
-            os.replace(temp, final)
-        else:
-            with contextlib.suppress(FileExistsError):  # created by another process first
-                os.link(temp, final)
-            temp.unlink()
-        if durable if sync_directory is None else sync_directory:
-            fsync_directory(final.parent, fsync)
+        yield pending.handle
     except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
+        pending.discard()
         if isinstance(exc, OSError):
             raise from_os_error(exc, f"write {final}") from exc
         raise
+    pending.publish()

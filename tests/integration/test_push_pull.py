@@ -343,3 +343,21 @@ def test_pull_syncs_files_only_when_asked(
         fsync=True,
     )
     assert len(synced) == 6  # each file, then its directory
+
+
+def test_one_bad_object_among_many_small_ones_fails_alone(
+    tmp_path: Path, either_store: ObjectStore, digests: DigestCache, prefix: S3Url, raw_client: Any
+) -> None:
+    # Small new files are pulled in batches: the bad one must not take its batch down.
+    good = {f"ok/{n:03d} ü.txt": f"object {n}".encode() for n in range(150)}
+    good["ok/empty"] = b""
+    for name, body in good.items():
+        raw_client.put_object(Bucket=prefix.bucket, Key=prefix.child(name).key, Body=body)
+    put_tampered(raw_client, prefix.child("bad.bin"), b"rotten", claimed=b"honest")
+    calls = count_requests(either_store)
+    dest = tmp_path / "node"
+    with pytest.raises(IntegrityError, match="does not match"):
+        pull(prefix, dest, store=either_store, digests=digests, dest_is_dir=True)
+    assert {p.relative_to(dest).as_posix(): p.read_bytes() for p in files_under(dest)} == good
+    assert temp_files_under(tmp_path) == []
+    assert calls["GetObject"] == len(good) + 3  # the bad one: in its batch, then twice alone
