@@ -2,7 +2,7 @@
 
 A process that wants many small entries (a prefix warmed, a task's many
 inputs) does not take an entry lock, a reservation and a publication per
-entry. Per batch of up to :data:`BATCH_ENTRIES` it takes the cache lock
+entry. Per batch of up to :data:`BATCH_OBJECTS` it takes the cache lock
 once to claim the flights no one else has under way (with their room), hands
 every claimed entry's writer to one *batch fill* (the native client keeps
 them all in flight from this one thread), checks each, and takes the cache
@@ -24,8 +24,7 @@ from fsd.cache import SMALL_ENTRY_BYTES, NodeCache, Staged, Wanted
 from stager.atomic import TEMP_MARKER, SlicedFile
 from stager.digest import Hasher, HashingWriter
 from stager.errors import IntegrityError, StagerError, from_os_error
-
-BATCH_ENTRIES = 128  # entries per claim: bounds the files open and a claim's length
+from stager.parallel import BATCH_OBJECTS
 
 # Fills the writers of the wanted entries at the given indices, all at once;
 # each one's error, or None.
@@ -52,8 +51,8 @@ def ensure_many(cache: NodeCache, wanted: Sequence[Wanted], fill: BatchFill) -> 
     errors: list[StagerError] = []
     failed: set[str] = set()
     small = [n for n in missing if wanted[n].size < SMALL_ENTRY_BYTES]
-    for start in range(0, len(small), BATCH_ENTRIES):
-        chunk = small[start : start + BATCH_ENTRIES]
+    for start in range(0, len(small), BATCH_OBJECTS):
+        chunk = small[start : start + BATCH_OBJECTS]
         key, claimed = cache.claim([wanted[n] for n in chunk])
         if key is None:
             continue

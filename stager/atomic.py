@@ -15,7 +15,7 @@ import ctypes
 import io
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -95,12 +95,25 @@ def fsync_directory(directory: Path, fsync: Fsync | None = None) -> None:
 
 
 class PendingFile:
-    """A file written under a temp name that becomes ``final`` only when published.
+    """A binary file written under a temp name that becomes ``final`` only when published.
 
-    For many files written at once (a batch of downloads); :func:`atomic_file`
-    is the same for one file, as a ``with`` block, and documents the options.
-    Exactly one of :meth:`publish` and :meth:`discard` ends it; a failed
-    publication discards the temp file itself.
+    As a ``with`` block (see :data:`atomic_file`), it yields the file and publishes
+    it when the block exits cleanly; the caller verifies size and digest inside
+    the block and raises to refuse the file. Many files written at once (a batch
+    of downloads) call :meth:`publish` or :meth:`discard` instead: exactly one
+    ends it, and a failed publication discards the temp file itself.
+
+    Parent directories are created. ``temp`` (default: a hidden name next to
+    ``final``) must be on the same file system as ``final``; ``before_publish``
+    runs on it after fsync and chmod, just before the rename. ``durable=False``
+    skips both fsyncs (for files that can be rebuilt; the rename still makes
+    them appear whole); ``sync_directory=False`` skips only the directory's (for
+    a staging name that is renamed again later). ``replace=False`` publishes with
+    ``link()`` instead of a rename: a ``final`` that exists by then is left as
+    it is (for a file that processes starting together all create, where a
+    rename over an existing name is not atomic on every network file system).
+    ``fsync`` does the syncing (default ``os.fsync``; a test counts through it).
+    ``OSError`` becomes a :class:`~stager.errors.LocalIOError` (or ``DiskFullError``).
     """
 
     def __init__(
@@ -163,50 +176,17 @@ class PendingFile:
         with contextlib.suppress(FileNotFoundError):
             self.temp.unlink()
 
+    def __enter__(self) -> BinaryIO:
+        return self.handle
 
-@contextlib.contextmanager
-def atomic_file(
-    final: Path,
-    *,
-    mode: int = 0o644,
-    temp: Path | None = None,
-    before_publish: Callable[[Path], None] | None = None,
-    durable: bool = True,
-    sync_directory: bool | None = None,
-    replace: bool = True,
-    fsync: Fsync | None = None,
-) -> Iterator[BinaryIO]:
-    """Yield a binary file that becomes ``final`` when the block exits cleanly.
-
-    The caller verifies size and digest inside the block and raises to refuse
-    the file. Parent directories are created. ``temp`` (default: a hidden
-    name next to ``final``) must be on the same file system as ``final``;
-    ``before_publish`` runs on it after fsync and chmod, just before the
-    rename. ``durable=False`` skips both fsyncs (for files that can be rebuilt;
-    the rename still makes them appear whole); ``sync_directory=False`` skips
-    only the directory's (for a staging name that is renamed again later).
-    ``replace=False`` publishes with ``link()`` instead of a rename: a
-    ``final`` that exists by then is left as it is (for a file that processes
-    starting together all create, where a rename over an existing name is not
-    atomic on every network file system). ``fsync`` does the syncing (default
-    ``os.fsync``; a test counts through it). ``OSError`` becomes a
-    :class:`~stager.errors.LocalIOError` (or ``DiskFullError``).
-    """
-    pending = PendingFile(
-        final,
-        mode=mode,
-        temp=temp,
-        before_publish=before_publish,
-        durable=durable,
-        sync_directory=sync_directory,
-        replace=replace,
-        fsync=fsync,
-    )
-    try:
-        yield pending.handle
-    except BaseException as exc:
-        pending.discard()
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
+        if exc is None:
+            self.publish()
+            return
+        self.discard()
         if isinstance(exc, OSError):
-            raise from_os_error(exc, f"write {final}") from exc
-        raise
-    pending.publish()
+            raise from_os_error(exc, f"write {self.final}") from exc
+
+
+# ``with atomic_file(final, ...) as handle:`` -- the one-file use of PendingFile.
+atomic_file = PendingFile

@@ -23,7 +23,7 @@ from stager.awsconfig import Credentials
 from stager.digest import Digest, HashingWriter
 from stager.errors import PreconditionFailedError, StagerError
 from stager.locations import S3Url
-from stager.movers import ProgressCallback, Read, ReadOutcome
+from stager.movers import ProgressCallback, Read, ReadOutcome, Write, WriteOutcome
 from stager.objectinfo import (
     DIGEST_METADATA_KEY,
     GENERATION_METADATA_KEY,
@@ -221,6 +221,23 @@ class BotocoreMover:
                 if on_bytes is not None:
                     on_bytes(len(chunk))
         return _info_from_response(url, response)
+
+    def write_many(self, writes: Sequence[Write]) -> Sequence[WriteOutcome]:
+        def write(item: Write) -> WriteOutcome:
+            try:
+                self.put_file(
+                    item.path,
+                    item.url,
+                    size=item.size,
+                    metadata=item.metadata,
+                    on_bytes=None,
+                    condition=None,
+                )
+            except (StagerError, OSError) as exc:
+                return exc
+            return None
+
+        return run_all(write, writes, workers=self._files_in_flight)
 
     def put_file(
         self,

@@ -24,7 +24,7 @@ import io
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote_plus, urlencode, urlsplit
 from xml.etree import ElementTree
 
@@ -60,6 +60,8 @@ _WAIT_SLICE_S = 0.5  # how often a waiting thread wakes to notice Ctrl-C
 Sink = Callable[[bytes], object]
 ProgressCallback = Callable[[int], None]
 FrozenKeys = tuple[str, str, str | None]  # access key, secret key, session token
+Failure = StagerError | OSError  # one request's of a batch: its own, translated
+T = TypeVar("T")
 
 
 class CrtTransfers:
@@ -190,27 +192,41 @@ class CrtTransfers:
 
     def get_many(
         self, gets: Sequence[tuple[S3Url, Sink]], *, in_flight: int
-    ) -> Sequence[Headers | StagerError | OSError]:
+    ) -> Sequence[Headers | Failure]:
         """Plain GETs of small objects, up to ``in_flight`` at once, all started from this
         thread: no thread waits on any one object. Each object's headers, or its error.
 
         The sinks run on the client's own threads, each object's chunks in order.
-        Interrupted, every request still running is cancelled.
         """
-        window = threading.BoundedSemaphore(max(1, in_flight))
-        started: list[tuple[S3Url, Any, dict[str, str]]] = []
-        try:
-            for url, sink in gets:
-                while not window.acquire(timeout=_WAIT_SLICE_S):  # wakes for Ctrl-C
-                    pass
-                request, received = self._start_get(url, sink, None, ranged=False)
-                request.finished_future.add_done_callback(lambda _: window.release())
-                started.append((url, request, received))
-            return [_outcome(request, url, received) for url, request, received in started]
-        except BaseException:
-            for _, request, _ in started:
-                request.cancel()
-            raise
+
+        def start(n: int) -> tuple[Any, dict[str, str]]:
+            return self._start_get(gets[n][0], gets[n][1], None, ranged=False)
+
+        def finish(n: int, request: Any, received: dict[str, str]) -> Headers | Failure:
+            return _outcome(request, gets[n][0], "download", received)
+
+        return _windowed(len(gets), start, finish, in_flight)
+
+    def put_many(
+        self, puts: Sequence[tuple[Path, S3Url, int, Mapping[str, str]]], *, in_flight: int
+    ) -> Sequence[Failure | None]:
+        """One PUT of each small file (path, url, size, user metadata), up to
+        ``in_flight`` at once, all started from this thread; each one's error, or None."""
+
+        def start(n: int) -> tuple[Any, dict[str, str]]:
+            path, url, size, metadata = puts[n]
+            request = self._client.make_request(
+                type=S3RequestType.PUT_OBJECT,
+                request=self._request("PUT", url, _put_headers(size, metadata, None)),
+                send_filepath=str(path),
+            )
+            return request, {}
+
+        def finish(n: int, request: Any, _: dict[str, str]) -> Failure | None:
+            outcome = _outcome(request, puts[n][1], "upload to", {})
+            return None if isinstance(outcome, Headers) else outcome
+
+        return _windowed(len(puts), start, finish, in_flight)
 
     def _get(
         self, url: S3Url, sink: Sink, on_bytes: ProgressCallback | None, *, ranged: bool
@@ -419,10 +435,35 @@ class Headers(dict[str, str]):
         return int(total) if total.isdigit() else int(self.get("content-length", "0"))
 
 
-def _outcome(request: Any, url: S3Url, received: dict[str, str]) -> Headers | StagerError | OSError:
-    """A finished GET's headers, or its error (translated)."""
+def _windowed(
+    count: int,
+    start: Callable[[int], tuple[Any, dict[str, str]]],
+    finish: Callable[[int, Any, dict[str, str]], T],
+    in_flight: int,
+) -> list[T]:
+    """Start requests ``0..count-1`` (``start`` returns each with the headers it fills),
+    at most ``in_flight`` unfinished at once, then ``finish`` each. Interrupted, every
+    request started is cancelled."""
+    window = threading.BoundedSemaphore(max(1, in_flight))
+    started: list[tuple[Any, dict[str, str]]] = []
     try:
-        _wait(request, url, "download")
+        for n in range(count):
+            while not window.acquire(timeout=_WAIT_SLICE_S):  # wakes for Ctrl-C
+                pass
+            request, received = start(n)
+            request.finished_future.add_done_callback(lambda _: window.release())
+            started.append((request, received))
+        return [finish(n, request, received) for n, (request, received) in enumerate(started)]
+    except BaseException:
+        for request, _ in started:
+            request.cancel()
+        raise
+
+
+def _outcome(request: Any, url: S3Url, action: str, received: dict[str, str]) -> Headers | Failure:
+    """A finished request's headers, or its error (translated)."""
+    try:
+        _wait(request, url, action)
     except (StagerError, OSError) as exc:
         return exc
     return Headers(received)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 ProgressCallback = Callable[[int], None]
 ReadOutcome = ObjectInfo | StagerError | OSError  # what one read of a batch came to
+WriteOutcome = StagerError | OSError | None  # what one write of a batch came to (None: done)
 
 
 class Read(NamedTuple):
@@ -38,6 +39,15 @@ class Read(NamedTuple):
 
     url: S3Url
     writer: HashingWriter
+
+
+class Write(NamedTuple):
+    """One small file of a batch of writes, where it goes and its user metadata."""
+
+    path: Path
+    url: S3Url
+    size: int
+    metadata: Mapping[str, str]
 
 
 class ByteMover(Protocol):
@@ -70,6 +80,11 @@ class ByteMover(Protocol):
         """Small objects (below the multipart threshold), one plain GET each, many at
         once; each object's info, or its error: a failure fails only its own read.
         The caller checks each writer's hasher against its info."""
+        ...
+
+    def write_many(self, writes: Sequence[Write]) -> Sequence[WriteOutcome]:
+        """Small files (below the multipart threshold), one PUT each, many at once;
+        each one's error, or None: a failure fails only its own write."""
         ...
 
     def put_file(
@@ -147,6 +162,11 @@ class NativeMover:
         return [
             _info_or_error(read.url, outcome) for read, outcome in zip(reads, outcomes, strict=True)
         ]
+
+    def write_many(self, writes: Sequence[Write]) -> Sequence[WriteOutcome]:
+        for _ in writes:
+            self._count("PutObject")
+        return self._native.put_many(writes, in_flight=self._in_flight)
 
     def put_file(
         self,

@@ -36,7 +36,15 @@ from stager.awsconfig import DEFAULT_REGION, AwsConfig, Credentials, load_aws_co
 from stager.digest import Digest, HashingWriter, digest_bytes
 from stager.errors import AccessDeniedError, IntegrityError, NotFoundError
 from stager.locations import S3Url
-from stager.movers import ByteMover, NativeMover, ProgressCallback, Read, ReadOutcome
+from stager.movers import (
+    ByteMover,
+    NativeMover,
+    ProgressCallback,
+    Read,
+    ReadOutcome,
+    Write,
+    WriteOutcome,
+)
 from stager.objectinfo import (
     Listed,
     ObjectInfo,
@@ -334,6 +342,16 @@ class ObjectStore:
                 on_bytes=on_bytes,
                 condition=condition,
             )
+
+    def upload_many(
+        self, uploads: Sequence[tuple[Path, S3Url, Digest, int]]
+    ) -> Sequence[WriteOutcome]:
+        """Small files (path, url, digest, size; each below the multipart threshold), one
+        PUT each, many at once; each one's error, or None. As :meth:`upload_file` for each."""
+        writes = [
+            Write(path, url, size, digest_metadata(digest)) for path, url, digest, size in uploads
+        ]
+        return self._bytes().write_many(writes)
 
     def read_into(
         self,

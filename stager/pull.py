@@ -33,11 +33,9 @@ from stager.locations import S3Url
 from stager.movers import Read, ReadOutcome
 from stager.objectinfo import ObjectInfo, check_received
 from stager.objectstore import ObjectStore
-from stager.parallel import run_all
+from stager.parallel import run_in_batches
 from stager.plan import PullItem, plan_pull, single_pull_dest
 from stager.progress import Progress
-
-BATCH_FILES = 128  # small files whose GETs one batch keeps in flight (and files open)
 
 
 @dataclass(frozen=True)
@@ -102,10 +100,10 @@ class _Puller:
         """A small file not there yet: one GET, in a batch (no HEAD, no thread of its own)."""
         return item.size < self.store.settings.multipart_threshold_bytes and not item.dest.exists()
 
-    def pull_batch(self, items: Sequence[PullItem]) -> list[PulledFile]:
-        """Small new files, their GETs all in flight at once from this thread. Each file
-        is published as soon as it checks; a mismatch is pulled once more, alone; the
-        first other error is raised once every file of the batch is published or gone."""
+    def pull_batch(self, items: Sequence[PullItem]) -> list[PulledFile | StagerError]:
+        """Small new files, their GETs all in flight at once from this thread; each file
+        pulled, or why not. A file is published as soon as it checks; a mismatch is
+        pulled once more, alone."""
         pending: list[PendingFile] = []
         try:
             for item in items:
@@ -118,8 +116,7 @@ class _Puller:
             for file in pending:
                 file.discard()
             raise
-        pulled: list[PulledFile] = []
-        errors: list[StagerError] = []
+        pulled: list[PulledFile | StagerError] = []
         for item, file, writer, outcome in zip(items, pending, writers, outcomes, strict=True):
             try:
                 try:
@@ -127,9 +124,7 @@ class _Puller:
                 except IntegrityError:  # the object may have changed meanwhile: once more
                     pulled.append(self.pull_one(item))
             except StagerError as exc:
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+                pulled.append(exc)
         return pulled
 
     def _publish(
@@ -201,21 +196,11 @@ def pull(
     total = sum(item.size for item in items)
     with Progress(total, "pull", enabled=show_progress) as progress:
         puller = _Puller(store, digests, progress, fsync=fsync)
-        batchable = [puller.batchable(item) for item in items]
-        batched = [n for n, yes in enumerate(batchable) if yes]
-        alone = [n for n, yes in enumerate(batchable) if not yes]
-        files: dict[int, PulledFile] = {}
-        errors: list[StagerError] = []  # a batch's: the others still run
-        for start in range(0, len(batched), BATCH_FILES):
-            chunk = batched[start : start + BATCH_FILES]
-            try:
-                files.update(zip(chunk, puller.pull_batch([items[n] for n in chunk]), strict=True))
-            except StagerError as exc:
-                errors.append(exc)
-        one_by_one = run_all(
-            puller.pull_one, [items[n] for n in alone], workers=store.settings.files_in_flight
+        files = run_in_batches(
+            items,
+            puller.batchable,
+            puller.pull_batch,
+            puller.pull_one,
+            workers=store.settings.files_in_flight,
         )
-        files.update(zip(alone, one_by_one, strict=True))
-        if errors:
-            raise errors[0]
-    return PullReport(tuple(files[n] for n in range(len(items))), clock() - started)
+    return PullReport(tuple(files), clock() - started)

@@ -28,13 +28,13 @@ import fsspec
 
 from stager.atomic import atomic_file
 from stager.digest import Digest, HashingWriter, digest_stream
-from stager.digestcache import DigestCache, stamp_of
-from stager.errors import IntegrityError, LocalIOError, from_os_error
+from stager.digestcache import DigestCache, FileStamp, stamp_of
+from stager.errors import IntegrityError, LocalIOError, StagerError, from_os_error
 from stager.locations import S3Url
 from stager.manifest import Manifest, ManifestEntry
 from stager.objectinfo import ObjectInfo
 from stager.objectstore import ObjectStore
-from stager.parallel import run_all
+from stager.parallel import run_in_batches
 from stager.plan import PushAction, PushItem, Source, plan_push
 from stager.progress import Progress
 from stager.sources import expand_sources
@@ -119,16 +119,58 @@ class _Pusher:
         self.store.read_into(existing.url, writer, info=existing)
         return writer.hasher.digest == digest and writer.hasher.size == existing.size
 
+    def batchable(self, item: PushItem) -> bool:
+        """A small local file the store does not have: one PUT, in a batch (no HEAD)."""
+        small = item.source.size < self.store.settings.multipart_threshold_bytes
+        return small and item.source.local_path is not None and item.action is PushAction.UPLOAD
+
+    def push_batch(self, items: Sequence[PushItem]) -> list[_Outcome | StagerError]:
+        """Small local files, their PUTs all in flight at once from this thread; each
+        file pushed, or why not (each fails alone)."""
+        outcomes: list[_Outcome | StagerError] = []
+        ready: list[tuple[int, Path, Digest, int, FileStamp]] = []
+        for item in items:
+            path = item.source.local_path
+            assert path is not None
+            try:
+                digest, size = hash_local_file(path, self.digests)
+                ready.append((len(outcomes), path, digest, size, _stamp(path)))
+                outcomes.append(
+                    _Outcome(
+                        ManifestEntry(item.source.logical, str(item.url), size, digest),
+                        uploaded=True,
+                    )
+                )
+            except StagerError as exc:
+                outcomes.append(exc)
+        failures = self.store.upload_many(
+            [(p, items[n].url, d, size) for n, p, d, size, _ in ready]
+        )
+        for (n, path, _, size, before), failure in zip(ready, failures, strict=True):
+            try:
+                if isinstance(failure, OSError):
+                    raise from_os_error(failure, f"read {path}")
+                if failure is not None:
+                    raise failure
+                self._check_unchanged(path, items[n].url, before)
+                self.progress.advance(size)
+            except StagerError as exc:
+                outcomes[n] = exc
+        return outcomes
+
     def _upload(self, path: Path, url: S3Url, digest: Digest, size: int) -> None:
+        before = _stamp(path)
         try:
-            before = stamp_of(path.stat())
             self.store.upload_file(
                 path, url, digest=digest, size=size, on_bytes=self.progress.advance
             )
-            after = stamp_of(path.stat())
         except OSError as exc:
             raise from_os_error(exc, f"read {path}") from exc
-        if before != after:
+        self._check_unchanged(path, url, before)
+
+    def _check_unchanged(self, path: Path, url: S3Url, before: FileStamp) -> None:
+        """Refuse (and delete) an upload whose file changed while it was read."""
+        if _stamp(path) != before:
             self.store.delete(url)
             raise IntegrityError(f"{path} changed while it was pushed", hint="push it again")
 
@@ -153,6 +195,13 @@ class _Pusher:
             raise LocalIOError(f"cannot read {source.remote_url}: {exc}") from exc
         known = (writer.hasher.digest, writer.hasher.size)
         return spooled, known, lambda: spooled.unlink(missing_ok=True)
+
+
+def _stamp(path: Path) -> FileStamp:
+    try:
+        return stamp_of(path.stat())
+    except OSError as exc:
+        raise from_os_error(exc, f"read {path}") from exc
 
 
 def push(
@@ -181,7 +230,13 @@ def push(
     spool = store.settings.state_dir / "spool"
     with Progress(total, "push", enabled=show_progress) as progress:
         pusher = _Pusher(store, digests, progress, spool, verify_remote)
-        outcomes = run_all(pusher.push_one, items, workers=store.settings.files_in_flight)
+        outcomes = run_in_batches(
+            items,
+            pusher.batchable,
+            pusher.push_batch,
+            pusher.push_one,
+            workers=store.settings.files_in_flight,
+        )
     manifest = Manifest(
         kind="push",
         created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -20,6 +20,7 @@ from stager.errors import (
     IntegrityError,
     NotFoundError,
     PreconditionFailedError,
+    StagerError,
 )
 from stager.locations import S3Url
 from stager.manifest import Manifest
@@ -361,3 +362,23 @@ def test_one_bad_object_among_many_small_ones_fails_alone(
     assert {p.relative_to(dest).as_posix(): p.read_bytes() for p in files_under(dest)} == good
     assert temp_files_under(tmp_path) == []
     assert calls["GetObject"] == len(good) + 3  # the bad one: in its batch, then twice alone
+
+
+def test_a_file_the_store_refuses_fails_alone_among_many_small_ones(
+    tmp_path: Path, either_store: ObjectStore, digests: DigestCache, prefix: S3Url
+) -> None:
+    # Small new files are pushed in batches: one refused PUT must not take its batch down.
+    tree = tmp_path / "inputs"
+    written = {
+        f"inputs/f{n:03d} ü.txt": write_random(tree / f"f{n:03d} ü.txt", n) for n in range(140)
+    }
+    deep = tree.joinpath(*["d" * 250] * 5)  # its key is longer than S3 takes (1,024 bytes)
+    write_random(deep / "x", 10)
+    calls = count_requests(either_store)
+    with pytest.raises(StagerError, match="too long"):
+        push([str(tree)], prefix, store=either_store, digests=digests)
+    assert calls["PutObject"] == len(written) + 1  # no manifest: the push did not finish
+    stored = {item.url.key.removeprefix(prefix.key) for item in either_store.list(prefix)}
+    assert stored == set(written)
+    for name, data in written.items():
+        assert either_store.get_bytes(prefix.child(name)) == data
