@@ -7,6 +7,8 @@ by the odds given:
 - forwarded, and its answer cut off halfway through the body (the
   connection is closed: the client sees a reset mid-body);
 - forwarded and delayed before the answer starts;
+- forwarded with one byte of its body flipped (damage in flight; the length
+  and every header stay as the server sent them);
 - or forwarded untouched.
 
 Requests are forwarded with their ``Host`` header as the client sent it,
@@ -42,6 +44,7 @@ class Faults:
     reset_rate: float = 0.01  # the answer's connection closed halfway through its body
     delay_rate: float = 0.02  # the answer held back ``delay_s`` first
     delay_s: float = 0.5
+    flip_rate: float = 0.0  # one byte of the answer's body flipped on the way
     seed: int = 7
 
 
@@ -79,6 +82,7 @@ class FaultProxy:
             ("error", f.error_rate),
             ("reset", f.reset_rate),
             ("delay", f.delay_rate),
+            ("flip", f.flip_rate),
         ):
             if roll < odds:
                 return name
@@ -133,6 +137,9 @@ class FaultProxy:
                     if request.transport is not None:
                         request.transport.close()  # the client sees the body end early
                     return response
+                if fault == "flip" and sent == 0 and chunk:
+                    middle = len(chunk) // 2
+                    chunk = chunk[:middle] + bytes([chunk[middle] ^ 0x01]) + chunk[middle + 1 :]
                 await response.write(chunk)
                 sent += len(chunk)
             await response.write_eof()

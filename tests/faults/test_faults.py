@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -13,13 +14,18 @@ from typing import Any
 
 import pytest
 
+from bench.faultproxy import FaultProxy, Faults
+from fsd.cache import NodeCache
+from fsd.stagein import warm
+from stager.digest import digest_stream
 from stager.digestcache import DigestCache
-from stager.errors import DiskFullError, UnreachableError
+from stager.errors import DiskFullError, IntegrityError, UnreachableError
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 from stager.pull import pull
 from stager.push import push
 from stager.s3server import LocalS3Server
+from stager.settings import TransferClient
 from tests.helpers import files_under, temp_files_under, write_random
 
 MiB = 1024 * 1024
@@ -139,3 +145,52 @@ def test_stopping_the_server_leaves_no_process(tmp_path: Path) -> None:
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
     server.stop()  # idempotent
+
+
+@pytest.mark.parametrize("client", ["crt", "s3transfer"])
+def test_a_1_gib_object_damaged_in_flight_is_refused_and_nothing_is_published(
+    tmp_path: Path, s3_server: LocalS3Server, prefix: S3Url, client: str
+) -> None:
+    settings = s3_server.settings(
+        state_dir=tmp_path / "state", progress=False, transfer_client=TransferClient(client)
+    )
+    url = prefix.child("huge.bin")
+    data = tmp_path / "huge.bin"
+    with data.open("wb") as out:  # 1 GiB, without generating a GiB of randomness
+        block = os.urandom(MiB)
+        for n in range(1024):
+            out.write(block[n:] + block[:n])
+    digest, size = digest_stream(data.open("rb"))
+    with ObjectStore(settings, credentials=s3_server.credentials) as store:
+        store.upload_file(data, url, digest=digest, size=size)
+    data.unlink()
+
+    # Every answer through the proxy has one byte flipped; lengths and headers are intact.
+    proxy = FaultProxy(
+        s3_server.endpoint_url, Faults(error_rate=0, reset_rate=0, delay_rate=0, flip_rate=1.0)
+    )
+    through = dataclasses.replace(settings, endpoint_url=proxy.start())
+    try:
+        with (
+            ObjectStore(through, credentials=s3_server.credentials) as damaged,
+            DigestCache(None) as digests,
+        ):
+            with pytest.raises(IntegrityError, match="does not match"):
+                pull(
+                    url,
+                    tmp_path / "node" / "huge.bin",
+                    store=damaged,
+                    digests=digests,
+                    dest_is_dir=False,
+                )
+            cache = NodeCache(tmp_path / "cache", quota_bytes=4 * 1024 * MiB)
+            with pytest.raises(IntegrityError):
+                warm([url], cache=cache, store=damaged)
+    finally:
+        proxy.stop()
+    assert files_under(tmp_path / "node") == []
+    assert (
+        files_under(tmp_path / "cache" / "data") == []
+        and files_under(tmp_path / "cache" / "tmp") == []
+    )
+    assert proxy.injected["flip"] >= 4  # each fetched twice, then refused
