@@ -56,6 +56,7 @@ from stager.settings import MiB, Settings
 # `stager cache fetch` of 1 GiB peaks near 200 MiB resident.
 MEMORY_LIMIT_BYTES = 256 * MiB
 _WAIT_SLICE_S = 0.5  # how often a waiting thread wakes to notice Ctrl-C
+AWS_DOMAINS = (".amazonaws.com", ".amazonaws.com.cn")
 
 Sink = Callable[[bytes], object]
 ProgressCallback = Callable[[int], None]
@@ -83,10 +84,10 @@ class CrtTransfers:
         self._written = _write_headers(settings)  # on every object written
         self._paying = {"x-amz-request-payer": "requester"} if settings.requester_pays else {}
         endpoint = urlsplit(endpoint_url)
-        # AWS's own endpoints take virtual-host addressing; any other, path-style.
-        self._endpoint_host = (
-            None if endpoint.netloc.endswith(".amazonaws.com") else endpoint.netloc
-        )
+        # AWS's own endpoints (regional, FIPS, dual-stack, China) take virtual-host
+        # addressing, the bucket's name before the endpoint's; any other, path-style.
+        self._endpoint_host = endpoint.netloc
+        self._virtual_hosts = (endpoint.hostname or "").endswith(AWS_DOMAINS)
         secure = endpoint.scheme == "https"
         retries = (
             S3RetryConfig(retry_mode=S3RetryMode.NONE)
@@ -113,13 +114,11 @@ class CrtTransfers:
     ) -> HttpRequest:
         """A request for the object ``url`` (for its bucket, if the key is empty)."""
         key = quote(url.key, safe="/~")
-        if self._endpoint_host is not None:  # a custom endpoint: path-style addressing
-            host, path = self._endpoint_host, f"/{url.bucket}/{key}" if key else f"/{url.bucket}"
-        elif "." in url.bucket:  # dotted names break virtual-host TLS names
-            host = f"s3.{self._region}.amazonaws.com"
-            path = f"/{url.bucket}/{key}" if key else f"/{url.bucket}"
+        if self._virtual_hosts and "." not in url.bucket:  # dotted names break TLS names
+            host, path = f"{url.bucket}.{self._endpoint_host}", f"/{key}"
         else:
-            host, path = f"{url.bucket}.s3.{self._region}.amazonaws.com", f"/{key}"
+            host = self._endpoint_host
+            path = f"/{url.bucket}/{key}" if key else f"/{url.bucket}"
         path += f"?{query}" if query else ""
         if method == "PUT":
             headers = {**headers, **self._written}

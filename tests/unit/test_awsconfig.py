@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from stager.awsconfig import load_aws_config
-from stager.crt import parse_listing
+from stager.crt import CrtTransfers, parse_listing, static_provider
 from stager.errors import StagerError
+from stager.locations import S3Url
 from stager.settings import Settings
 
 CONFIG = """\
@@ -103,3 +104,54 @@ def test_a_listing_page_decodes_keys_and_names_the_next_page() -> None:
         parse_listing(page("<IsTruncated>true</IsTruncated>"), "s3://b/")
     with pytest.raises(StagerError, match="not S3's"):
         parse_listing(b"<html>a proxy's error page", "s3://b/")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "bucket", "host", "path"),
+    [
+        # AWS's own endpoints: the bucket goes in the host name (virtual-host addressing).
+        (
+            "https://s3.eu-west-3.amazonaws.com",
+            "runs",
+            "runs.s3.eu-west-3.amazonaws.com",
+            "/a%20b/%C3%BC",
+        ),
+        (
+            "https://s3.dualstack.us-east-2.amazonaws.com",
+            "runs",
+            "runs.s3.dualstack.us-east-2.amazonaws.com",
+            "/a%20b/%C3%BC",
+        ),
+        (
+            "https://s3-fips.us-gov-west-1.amazonaws.com",
+            "runs",
+            "runs.s3-fips.us-gov-west-1.amazonaws.com",
+            "/a%20b/%C3%BC",
+        ),
+        (
+            "https://s3.cn-north-1.amazonaws.com.cn",
+            "runs",
+            "runs.s3.cn-north-1.amazonaws.com.cn",
+            "/a%20b/%C3%BC",
+        ),
+        # A dotted bucket name would not match the endpoint's certificate: path-style.
+        (
+            "https://s3.eu-west-3.amazonaws.com",
+            "my.runs",
+            "s3.eu-west-3.amazonaws.com",
+            "/my.runs/a%20b/%C3%BC",
+        ),
+        # Any other endpoint (a local server, MinIO, a proxy): path-style, its port kept.
+        ("http://127.0.0.1:8333", "runs", "127.0.0.1:8333", "/runs/a%20b/%C3%BC"),
+        ("https://storage.example.org", "runs", "storage.example.org", "/runs/a%20b/%C3%BC"),
+    ],
+)
+def test_requests_address_the_bucket_as_the_endpoint_expects(
+    endpoint: str, bucket: str, host: str, path: str
+) -> None:
+    native = CrtTransfers(
+        Settings(), static_provider("AKIDEXAMPLE", "secret"), endpoint_url=endpoint, region="x"
+    )
+    request = native._request("GET", S3Url(bucket, "a b/\u00fc"), {"Content-Length": "0"})
+    assert request.headers.get("Host") == host
+    assert request.path == path
