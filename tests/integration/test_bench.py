@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bench.peers import PEER_VENV_ENV
 from bench.transfer import TIME_BINARY, Workload, digests_under, make_files
 
 
@@ -48,3 +49,25 @@ def test_stager_transfer_bench_writes_verified_figures(run_cli: Any, tmp_path: P
     assert set(data["of_ceiling"]["many-small"]) == {"stager", "s3fs"}
     assert data["cpu_s_per_gib"]["many-small/download"]["stager"] > 0
     assert data["warm_stage_in_ms_per_file"]["many-small"] > 0
+
+
+def test_the_dispatch_bench_says_when_parsl_is_not_there_to_compare(
+    run_cli: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "no-peers").mkdir()  # peer tools without Parsl (or any Python)
+    done = run_cli(
+        "bench",
+        "dispatch",
+        "--tasks",
+        "10",
+        "--out",
+        str(tmp_path / "out"),
+        env={PEER_VENV_ENV: str(tmp_path / "no-peers")},
+    )
+    assert done.returncode == 0, done.stderr
+    (result,) = (tmp_path / "out").glob("dispatch-*.json")
+    data = json.loads(result.read_text())
+    assert data["done"] == 10 and data["tasks_per_s"] > 0
+    assert data["parsl_tasks_per_s"] is None and data["over_parsl"] is None
+    (summary,) = (tmp_path / "out").glob("dispatch-*.md")
+    assert "Parsl: not installed" in summary.read_text()
