@@ -39,7 +39,9 @@ def ensure_many(cache: NodeCache, wanted: Sequence[Wanted], fill: BatchFill) -> 
     and verified are published even when others fail; then the first error
     is raised.
     """
-    first = {w.name: n for n, w in reversed(list(enumerate(wanted)))}
+    first: dict[str, int] = {}  # each flight once, in the order asked
+    for n, w in enumerate(wanted):
+        first.setdefault(w.name, n)
     paths: dict[str, Path] = {}
     missing = []
     for name, n in first.items():
