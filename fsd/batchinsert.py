@@ -99,6 +99,7 @@ def _fetch_claimed(
     """Fetch, check and publish the entries of claim ``key``; each one's path or error.
     The claim ends here, whatever happens."""
     opened: list[tuple[int, Path, SlicedFile, HashingWriter]] = []
+    ended = False
     try:
         for n in claimed:
             temp = cache.root / "tmp" / f"{wanted[n].name}.{key}{TEMP_MARKER}"
@@ -126,10 +127,13 @@ def _fetch_claimed(
                 handle.close()
                 temp.unlink(missing_ok=True)
                 outcomes.append(from_os_error(exc, f"write {temp}"))
-        published = iter(cache.publish_claimed(key, [o for o in outcomes if isinstance(o, Staged)]))
+        staged = [o for o in outcomes if isinstance(o, Staged)]
+        published = iter(cache.publish_claimed(key, staged))  # which ends the claim
+        ended = True
         return [next(published) if isinstance(o, Staged) else o for o in outcomes]
     finally:
-        cache.end_claim(key)  # if it was not ended by the publication
+        if not ended:
+            cache.end_claim(key)
         for _, temp, handle, _ in opened:
             handle.close()
             temp.unlink(missing_ok=True)  # left only by a failure

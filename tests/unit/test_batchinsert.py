@@ -12,9 +12,10 @@ import pytest
 
 from fsd.batchinsert import ensure_many
 from fsd.cache import NodeCache, Staged, Wanted
-from fsd.ledger import read_ledger
+from fsd.ledger import Ledger, Reservation, read_ledger, write_ledger
 from stager.digest import HashingWriter, digest_bytes
 from stager.errors import IntegrityError, NotFoundError, StagerError
+from stager.owner import Owner
 from tests.helpers import files_under
 
 PAYLOADS = [f"object {n}".encode() for n in range(5)]
@@ -125,3 +126,21 @@ def _one(fill: Served) -> Callable[[HashingWriter], None]:
         fill([(0, writer)])
 
     return one
+
+
+def test_the_claim_of_a_batch_whose_process_died_holds_no_one_up(tmp_path: Path) -> None:
+    waits: list[float] = []
+    cache = NodeCache(tmp_path / "c", quota_bytes=10_000, sleep=waits.append)
+    wanted = wanted_for(PAYLOADS[:2])
+    me = Owner.current()
+    dead = Owner(me.host, me.pid, "not-my-start-time", "x")  # killed mid-batch
+    ledger = tmp_path / "c" / "ledger.json"
+    write_ledger(
+        ledger, Ledger(reservations={str(dead): Reservation(20, time.time(), (wanted[0].name,))})
+    )
+    fill = Served(PAYLOADS)
+    assert cache.ensure(wanted[0].digest, wanted[0].size, _one(fill)).read_bytes() == PAYLOADS[0]
+    assert waits == [] and fill.asked == [0]  # not waited for: its owner is gone
+    key, claimed = cache.claim(wanted[1:])
+    assert key is not None and claimed == wanted[1:]
+    assert list(read_ledger(ledger).reservations) == [key]  # the dead claim was dropped
