@@ -11,6 +11,7 @@ import click
 
 from bench.chaos import NO_FAULTS, ChaosShape, chaos_markdown, run_chaos_bench
 from bench.dispatch import run_dispatch_bench
+from bench.dispatcher_scale import run_scale_bench
 from bench.faultproxy import Faults
 from bench.nodes import nodes_markdown, run_nodes_bench
 from bench.peers import DEFAULT_TOOLS, TOOLS, Endpoint, peer_bin_dir
@@ -229,6 +230,53 @@ def dispatch_command(tasks: int, workers: int, slots: int, out: Path) -> None:
         f"median {f.lease_rtt_median_ms} ms, p99 {f.lease_rtt_p99_ms} ms. {parsl}\n"
     )
     _save(out, "dispatch", data, markdown)
+
+
+@bench_group.command(
+    "dispatcher-scale",
+    epilog="""\b
+Examples:
+  stager bench dispatcher-scale                                   # 1,000,000 tasks, 1,000 workers
+  stager bench dispatcher-scale --tasks 100000 --workers 200 --duration-s 20   # quicker
+""",
+)
+@click.option("--tasks", default=1_000_000, show_default=True, help="Tasks submitted.")
+@click.option("--workers", default=1000, show_default=True, help="Simulated one-slot workers.")
+@click.option("--processes", default=4, show_default=True, help="Processes they run in.")
+@click.option("--task-s", default=1.0, show_default=True, help="How long each holds a task.")
+@click.option("--heartbeat-s", default=10.0, show_default=True, help="Heartbeat interval.")
+@click.option("--duration-s", default=30.0, show_default=True, help="How long the load runs.")
+@out_option
+def dispatcher_scale_command(
+    tasks: int,
+    workers: int,
+    processes: int,
+    task_s: float,
+    heartbeat_s: float,
+    duration_s: float,
+    out: Path,
+) -> None:
+    """One dispatcher under many tasks and many simulated workers: submission time and
+    memory, lease round trip, completions/s, database size."""
+    with tempfile.TemporaryDirectory(prefix="stager-bench-") as scratch:
+        f = run_scale_bench(
+            Path(scratch),
+            tasks=tasks,
+            workers=workers,
+            processes=processes,
+            task_s=task_s,
+            heartbeat_s=heartbeat_s,
+            duration_s=duration_s,
+        )
+    data = {**asdict(f), "conditions": conditions({})}
+    markdown = (
+        f"{f.tasks} tasks submitted in {f.submit_s} s ({f.submitted_per_s}/s); dispatcher peak "
+        f"RSS {f.dispatcher_rss_mib} MiB. {f.workers} simulated workers in {f.processes} "
+        f"processes, each task held {f.task_s} s, for {f.duration_s} s: {f.completions} "
+        f"completions ({f.completions_per_s}/s), lease round trip p50 {f.lease_rtt_p50_ms} ms, "
+        f"p99 {f.lease_rtt_p99_ms} ms, {f.lease_errors} errors; database {f.db_mib} MiB.\n"
+    )
+    _save(out, "dispatcher-scale", data, markdown)
 
 
 @bench_group.command(

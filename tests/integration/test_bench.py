@@ -71,3 +71,21 @@ def test_the_dispatch_bench_says_when_parsl_is_not_there_to_compare(
     assert data["parsl_tasks_per_s"] is None and data["over_parsl"] is None
     (summary,) = (tmp_path / "out").glob("dispatch-*.md")
     assert "Parsl: not installed" in summary.read_text()
+
+
+def test_the_dispatcher_scale_bench_submits_and_serves_simulated_workers(
+    run_cli: Any, tmp_path: Path
+) -> None:
+    done = run_cli(
+        "bench",
+        "dispatcher-scale",
+        *("--tasks", "300", "--workers", "6", "--processes", "2"),
+        *("--task-s", "0.05", "--heartbeat-s", "0.2", "--duration-s", "2"),
+        *("--out", str(tmp_path / "out")),
+    )
+    assert done.returncode == 0, done.stderr
+    (result,) = (tmp_path / "out").glob("dispatcher-scale-*.json")
+    data = json.loads(result.read_text())
+    assert data["tasks"] == 300 and data["lease_errors"] == 0
+    assert 0 < data["completions"] <= 300 and data["lease_rtt_p50_ms"] > 0
+    assert data["db_mib"] > 0 and data["dispatcher_rss_mib"] > 0
