@@ -73,7 +73,8 @@ def check_batch(
         for number, item in enumerate(spec.inputs):
             if isinstance(item.source, TaskRef):
                 _check_reference(spec.id, number, item.source, producers)
-    _refuse_cycles({spec.id: spec.producers & set(ids) for spec in specs})
+    in_batch = set(ids)  # once: a set per task made a batch quadratic
+    _refuse_cycles({spec.id: spec.producers & in_batch for spec in specs})
 
 
 def _check_reference(
