@@ -28,7 +28,7 @@ from worker_hooks.dispatch.client import DispatcherClient
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.local.cluster import LocalCluster
 from worker_hooks.task.parse import parse_spec
-from worker_hooks.task.protocol import PROTOCOL_VERSION, VERSION_HEADER, TaskState
+from worker_hooks.task.protocol import PROTOCOL_VERSION, VERSION_HEADER, Completion, TaskState
 from worker_hooks.task.result import ResultManifest
 from worker_hooks.task.spec import task_of
 
@@ -165,6 +165,25 @@ def test_a_stale_completion_is_refused(make_cluster: ClusterFactory, prefix: S3U
     with pytest.raises(PreconditionFailedError):
         client.complete(first.task_id, first.attempt, "late", manifest, [])
     assert client.task("t").state is TaskState.DONE
+
+
+def test_completions_in_one_request_are_fenced_each_on_its_own(
+    make_cluster: ClusterFactory, prefix: S3Url
+) -> None:
+    cluster = make_cluster(lease_s=1)
+    client = cluster.client
+    submit(client, [task(t, "true", prefix) for t in ("a", "b")], workflow="wf")
+    leases = {lease.task_id: lease for lease in client.lease("w", 2, wait_s=5).leases}
+    manifest = ResultManifest(
+        task_id="x", task_key="k", command=("true",), exit_code=0, host="h", started_at="s"
+    )
+    batch = [Completion(t, lease.attempt, manifest) for t, lease in leases.items()]
+    late = Completion("wf/a", leases["wf/a"].attempt - 1, manifest)  # an older attempt
+    assert client.complete_many("w", [late, *batch[1:]]) == ("wf/a",)
+    assert client.task("b").state is TaskState.DONE
+    assert client.task("a").state is TaskState.LEASED
+    assert client.complete_many("w", batch[:1]) == ()
+    assert client.task("a").state is TaskState.DONE
 
 
 def test_dependants_of_a_failed_producer_fail_with_the_reason(

@@ -23,6 +23,7 @@ from worker_hooks.dispatch.taskdb import SCHEMA_VERSION, Limits, TaskDB
 from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import (
     Assignment,
+    Completion,
     InputUse,
     Lease,
     NodeOnly,
@@ -95,6 +96,23 @@ def test_a_stale_completion_is_refused_after_the_lease_expired(db: TaskDB, clock
         db.complete("wf/t", first.attempt, "w1", result_for("t"))
     assert db.task("t").state is TaskState.DONE
     assert db.assignments("t") == [Assignment("wf/t", 1, "w1"), Assignment("wf/t", 2, "w2")]
+
+
+def test_a_late_completion_inside_a_batch_is_refused_and_the_rest_accepted(
+    db: TaskDB,
+) -> None:
+    submit(db, task("a"), task("b"), task("c"))
+    attempts = {lease.task_id: lease.attempt for lease in db.lease("w1", 3)}
+    db.release("wf/b", attempts["wf/b"], "w1")  # b's lease ends here...
+    (again,) = db.lease("w2", 1)  # ...and b is leased again, to another worker
+    assert again.task_id == "wf/b" and again.attempt == attempts["wf/b"] + 1
+    batch = [Completion(t, n, result_for(t.removeprefix("wf/"))) for t, n in attempts.items()]
+    refused = db.complete_many("w1", [*batch, Completion("wf/gone", 1, result_for("gone"))])
+    assert refused == ["wf/b", "wf/gone"]
+    assert db.task("a").state is TaskState.DONE and db.task("c").state is TaskState.DONE
+    assert db.task("b").state is TaskState.LEASED  # w1's late result changed nothing
+    assert db.complete_many("w2", [Completion("wf/b", again.attempt, result_for("b"))]) == []
+    assert db.task("b").state is TaskState.DONE
 
 
 def test_heartbeats_keep_a_lease_and_report_stale_ones(db: TaskDB, clock: Clock) -> None:

@@ -32,6 +32,9 @@ from worker_hooks.task.protocol import (
     AssignmentsReply,
     CacheReport,
     CompleteRequest,
+    Completion,
+    CompletionsReply,
+    CompletionsRequest,
     ErrorReply,
     FailRequest,
     HeartbeatReply,
@@ -160,6 +163,12 @@ class DispatcherClient:
     ) -> None:
         request = CompleteRequest(worker, attempt, result, tuple(uses), memoized)
         self.call("POST", f"/v1/tasks/{_quoted(task_id)}/complete", StateReply, request)
+
+    def complete_many(self, worker: str, completions: Sequence[Completion]) -> tuple[str, ...]:
+        """Report many completions in one request; the ids of those refused (each for its
+        own attempt; the others are accepted)."""
+        request = CompletionsRequest(worker, tuple(completions))
+        return self.call("POST", "/v1/completions", CompletionsReply, request).stale
 
     def fail(
         self,

@@ -35,6 +35,8 @@ from worker_hooks.task.protocol import (
     AssignmentsReply,
     CacheReport,
     CompleteRequest,
+    CompletionsReply,
+    CompletionsRequest,
     ErrorReply,
     FailRequest,
     HeartbeatRequest,
@@ -81,6 +83,7 @@ class Dispatcher:
                 web.post("/v1/tasks", self.submit),
                 web.get("/v1/tasks/{id}", self.get_task),
                 web.post("/v1/tasks/{id}/complete", self.complete),
+                web.post("/v1/completions", self.complete_many),
                 web.post("/v1/tasks/{id}/fail", self.fail),
                 web.post("/v1/tasks/{id}/release", self.release),
                 web.post("/v1/tasks/{id}/cancel", self.cancel),
@@ -201,6 +204,12 @@ class Dispatcher:
         )
         await self._changed_now()
         return _reply(StateReply(TaskState.DONE))
+
+    async def complete_many(self, request: web.Request) -> web.Response:
+        body = await self._read(request, CompletionsRequest)
+        refused = self.db.complete_many(body.worker, body.completions)
+        await self._changed_now()
+        return _reply(CompletionsReply(tuple(refused)))
 
     async def fail(self, request: web.Request) -> web.Response:
         body = await self._read(request, FailRequest)

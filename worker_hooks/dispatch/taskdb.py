@@ -57,6 +57,7 @@ from worker_hooks.task.protocol import (
     BRIEF_LIMIT,
     Assignment,
     AttemptInfo,
+    Completion,
     HeartbeatReply,
     InputUse,
     Lease,
@@ -791,39 +792,67 @@ class TaskDB:
         memoized: bool = False,
     ) -> None:
         """Accept the result of the current attempt; release the dependants."""
+        with self._tx():
+            self._accept(task_id, attempt, worker, result, uses, memoized, self._clock())
+
+    def complete_many(self, worker: str, completions: Sequence[Completion]) -> list[str]:
+        """Accept each completion of a current attempt, in one transaction; return the
+        ids of the others (refused each on its own: fencing is per task, as for
+        :meth:`complete`)."""
         now = self._clock()
+        refused = []
+        with self._tx():
+            for c in completions:
+                try:
+                    self._accept(c.task_id, c.attempt, worker, c.result, c.uses, c.memoized, now)
+                except (PreconditionFailedError, NotFoundError):
+                    refused.append(c.task_id)
+        return refused
+
+    def _accept(
+        self,
+        task_id: str,
+        attempt: int,
+        worker: str,
+        result: ResultManifest,
+        uses: Sequence[InputUse],
+        memoized: bool,
+        now: float,
+    ) -> None:
+        """:meth:`complete`'s work, inside the caller's transaction. The fencing check
+        comes before any write, so a refused completion changes nothing."""
+        db = self._db
         result_json = result.to_bytes().decode()
-        with self._tx() as db:
-            self._current(task_id, attempt, worker)
-            db.execute(
-                "UPDATE tasks SET state = 'done', result = ?, finished_at = ?, error = NULL,"
-                " lease_expires = NULL, bytes_from_s3 = ?, bytes_from_cache = ?,"
-                " bytes_from_peers = ?, memoized = ? WHERE id = ?",
-                (
-                    result_json,
-                    now,
-                    sum(u.size for u in uses if not u.from_cache),
-                    sum(u.size for u in uses if u.from_cache),
-                    sum(u.size for u in uses if u.from_peer),
-                    memoized,
-                    task_id,
-                ),
-            )
-            self._end_attempt(task_id, attempt, "done", None, [r.url for r in result.logs], now)
-            # What each input turned out to hold: tasks that name the same object
-            # without a digest are scheduled by it from now on.
-            db.executemany(
-                "INSERT OR REPLACE INTO learned (url, digest) VALUES (?, ?)",
-                [(str(r.url), str(r.digest)) for r in result.inputs],
-            )
-            workflow = db.execute("SELECT workflow FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            self.catalog.record_outputs(task_id, workflow[0], result)
-            held = {u.digest for u in uses} | {r.digest for r in result.outputs}
-            db.executemany(
-                "INSERT OR IGNORE INTO replicas (worker, digest) VALUES (?, ?)",
-                [(worker, str(digest)) for digest in held],
-            )
-            self._release(task_id, result, now)
+        self._current(task_id, attempt, worker)
+        db.execute(
+            "UPDATE tasks SET state = 'done', result = ?, finished_at = ?, error = NULL,"
+            " lease_expires = NULL, bytes_from_s3 = ?, bytes_from_cache = ?,"
+            " bytes_from_peers = ?, memoized = ? WHERE id = ?",
+            (
+                result_json,
+                now,
+                sum(u.size for u in uses if not u.from_cache),
+                sum(u.size for u in uses if u.from_cache),
+                sum(u.size for u in uses if u.from_peer),
+                memoized,
+                task_id,
+            ),
+        )
+        self._end_attempt(task_id, attempt, "done", None, [r.url for r in result.logs], now)
+        # What each input turned out to hold: tasks that name the same object
+        # without a digest are scheduled by it from now on.
+        db.executemany(
+            "INSERT OR REPLACE INTO learned (url, digest) VALUES (?, ?)",
+            [(str(r.url), str(r.digest)) for r in result.inputs],
+        )
+        workflow = db.execute("SELECT workflow FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        self.catalog.record_outputs(task_id, workflow[0], result)
+        held = {u.digest for u in uses} | {r.digest for r in result.outputs}
+        db.executemany(
+            "INSERT OR IGNORE INTO replicas (worker, digest) VALUES (?, ?)",
+            [(worker, str(digest)) for digest in held],
+        )
+        self._release(task_id, result, now)
 
     def fail(
         self,

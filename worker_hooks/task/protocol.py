@@ -309,6 +309,32 @@ class CompleteRequest(Message):
 
 
 @dataclass(frozen=True)
+class Completion:
+    """One task's completion, as a batch of them carries it."""
+
+    task_id: str
+    attempt: int
+    result: ResultManifest
+    uses: tuple[InputUse, ...] = ()
+    memoized: bool = False
+
+
+@dataclass(frozen=True)
+class CompletionsRequest(Message):
+    """Completions of one worker's tasks, accepted or refused each on its own."""
+
+    worker: str
+    completions: tuple[Completion, ...]
+
+
+@dataclass(frozen=True)
+class CompletionsReply(Message):
+    # Refused, each for its own attempt (not the live lease, or the task is gone);
+    # every other completion of the batch was accepted.
+    stale: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class FailRequest(Message):
     worker: str
     attempt: int
