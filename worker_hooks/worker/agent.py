@@ -51,6 +51,7 @@ from stager.locations import S3Url
 from worker_hooks.dispatch.client import DispatcherClient
 from worker_hooks.task.protocol import (
     CacheReport,
+    Completion,
     HeartbeatRequest,
     Held,
     InputUse,
@@ -126,6 +127,10 @@ class ServiceLink:
     start_writing: Callable[[], None] = lambda: None  # once the dispatcher has answered
 
 
+BATCH_WINDOW_S = 0.005  # how long a completion waits for others to share its request
+BATCH_MAX = 64  # completions in one request at most
+
+
 @dataclass
 class WorkerReport:
     done: int = 0
@@ -168,6 +173,10 @@ class Worker:
         self._report_all = False  # send the whole cache with the next heartbeat
         self._lease_s = settings.heartbeat_s * 3
         self._prefetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch")
+        # Completions waiting to be reported, each with what to do once it is accepted:
+        # the reporter sends them in batches, so a runner never waits for the dispatcher.
+        self._completions: queue.Queue[tuple[_Held, Completion, Callable[[], None]]] = queue.Queue()
+        self._runners_done = threading.Event()
 
     # -- the whole life -------------------------------------------------------------
 
@@ -185,7 +194,8 @@ class Worker:
         threads = [self._thread(lambda: self._lease_loop(first_report), "leaser")]
         threads += [self._thread(self._run_loop, f"runner-{n}") for n in range(self.settings.slots)]
         beat = self._thread(self._heartbeat_loop, "heartbeat")
-        for thread in [*threads, beat]:
+        reporter = self._thread(self._report_loop, "reporter")
+        for thread in [*threads, beat, reporter]:
             thread.start()
         if self.spot is not None:
             self.spot.start()
@@ -198,6 +208,8 @@ class Worker:
             drain_s = min(drain_s, max(0.0, notice.deadline - time.time() - EVACUATE_S))
             self.log(f"worker {self.worker_id}: spot interruption notice ({notice.action})")
         self._drain(threads, drain_s)
+        self._runners_done.set()  # the reporter sends what is left, then ends
+        reporter.join(timeout=self.settings.dispatcher_lost_s + 5)
         self._finished.set()
         beat.join(timeout=5)
         if notice is not None:
@@ -370,17 +382,11 @@ class Worker:
             for s, tier in zip(result.staged, tiers, strict=True)
         ]
 
-        def send() -> None:
-            self.client.complete(
-                item.task_id,
-                item.attempt,
-                self.worker_id,
-                result.manifest,
-                uses,
-                memoized=result.memoized,
-            )
+        completion = Completion(
+            item.task_id, item.attempt, result.manifest, tuple(uses), result.memoized
+        )
 
-        if self._deliver(item, send):
+        def accepted() -> None:
             # The dispatcher now lists these on this worker: count them as told,
             # so a later heartbeat reports them removed once they are evicted.
             told = {s.digest for s in result.staged} | {r.digest for r in result.manifest.outputs}
@@ -402,6 +408,43 @@ class Worker:
             self.report.done += 1
             how = "memoized" if result.memoized else f"in {seconds:.2f} s"
             self.log(f"worker {self.worker_id}: {item.task_id} done {how}")
+
+        self._completions.put((item, completion, accepted))
+
+    def _report_loop(self) -> None:
+        """Send completions in batches: whatever is waiting, plus what arrives within
+        :data:`BATCH_WINDOW_S`, up to :data:`BATCH_MAX`. Ends once the runners have
+        ended and nothing is left."""
+        while True:
+            try:
+                batch = [self._completions.get(timeout=0.2)]
+            except queue.Empty:
+                if self._runners_done.is_set():
+                    return
+                continue
+            deadline = time.monotonic() + BATCH_WINDOW_S
+            while len(batch) < BATCH_MAX:
+                try:
+                    batch.append(
+                        self._completions.get(timeout=max(0.0, deadline - time.monotonic()))
+                    )
+                except queue.Empty:
+                    break
+            self._send_completions(batch)
+
+    def _send_completions(self, batch: list[tuple[_Held, Completion, Callable[[], None]]]) -> None:
+        def send() -> None:
+            refused = set(self.client.complete_many(self.worker_id, [c for _, c, _ in batch]))
+            for item, _, accepted in batch:
+                if item.task_id in refused:
+                    self.report.stale += 1
+                    self.log(
+                        f"worker {self.worker_id}: {item.task_id} attempt {item.attempt} is stale"
+                    )
+                else:
+                    accepted()
+
+        self._deliver(batch[0][0], send)
 
     def _report_failure(
         self, item: _Held, error: str, *, retry: bool, logs: Sequence[S3Url] = ()
