@@ -18,6 +18,9 @@ from worker_hooks.task.protocol import (
     AttemptInfo,
     CacheReport,
     CompleteRequest,
+    Completion,
+    CompletionsReply,
+    CompletionsRequest,
     ErrorReply,
     FailRequest,
     HeartbeatReply,
@@ -156,6 +159,15 @@ SAMPLES: list[Message] = [
     CompleteRequest(
         "node-1", 3, RESULT, (InputUse(D1, 3, from_cache=True, from_peer=True),), memoized=True
     ),
+    CompletionsRequest(
+        "node-1",
+        (
+            Completion("wf/map-0", 3, RESULT, (InputUse(D1, 3, from_cache=True),)),
+            Completion("wf/map-1", 1, RESULT, memoized=True),
+        ),
+    ),
+    CompletionsReply(("wf/map-1",)),
+    CompletionsReply(()),
     RecoverRequest(dry_run=True),
     RecoveryReport("node-2", False, 3, 1, 0, ("map-1",), ("reduce",), ("map-2",)),
     FailRequest("node-1", 3, "the command exited with code 1", retry=False),
