@@ -340,10 +340,11 @@ class NodeCache:
             )
         name = Wanted(digest, size, source, flight_key).name
         with self._entry_lock(name).holding(keep_fresh=True):
-            self._await_claims(name)
-            if digest is not None and (found := self._lookup_locked(digest)) is not None:
+            # A hit needs no look at batches' claims; a miss waits for the batch that
+            # may be fetching it, then looks again.
+            if (found := self._present(digest, source)) is not None:
                 return found
-            if source is not None and (found := self._from_source_index(source)) is not None:
+            if self._await_claims(name) and (found := self._present(digest, source)):
                 return found
             entry = self._insert(digest, size, fill)
             if source is not None:
@@ -434,18 +435,25 @@ class NodeCache:
         """End a claim that publishes nothing (its fetch failed)."""
         self._settle(key, published_bytes=0)
 
-    def _await_claims(self, name: str) -> None:
-        """Wait while a live batch of another process claims flight ``name``."""
-        delay = 0.001
+    def _present(self, digest: Digest | None, source: Source | None) -> Path | None:
+        """Under the flight's lock: the entry, found by digest or by the source index."""
+        if digest is not None and (found := self._lookup_locked(digest)) is not None:
+            return found
+        return self._from_source_index(source) if source is not None else None
+
+    def _await_claims(self, name: str) -> bool:
+        """Wait while a live batch of another process claims flight ``name``; True if
+        it waited."""
+        delay, waited = 0.001, False
         while True:
             ledger = read_ledger(self._ledger())  # replaced by rename: no lock needed to read
             if not any(
                 name in r.names and not self._is_stale(key, r.at, self.stale_after_s)
                 for key, r in ledger.reservations.items()
             ):
-                return
+                return waited
             self._sleep(delay)
-            delay = min(delay * 2, 0.05)
+            delay, waited = min(delay * 2, 0.05), True
 
     def _from_source_index(self, source: Source) -> Path | None:
         known = self._sources.find(source)
