@@ -22,8 +22,8 @@ R = TypeVar("R")
 
 
 def run_all(function: Callable[[T], R], items: Sequence[T], *, workers: int) -> list[R]:
-    if not items:
-        return []
+    if len(items) <= 1:  # no pool for one item
+        return [function(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
         futures: list[Future[R]] = [pool.submit(function, item) for item in items]
         try:

@@ -42,6 +42,8 @@ from worker_hooks.task.protocol import (
     InputUse,
     LeaseReply,
     LeaseRequest,
+    MemoReply,
+    MemoRequest,
     Message,
     RecoverRequest,
     RecoveryReport,
@@ -169,6 +171,13 @@ class DispatcherClient:
         own attempt; the others are accepted)."""
         request = CompletionsRequest(worker, tuple(completions))
         return self.call("POST", "/v1/completions", CompletionsReply, request).stale
+
+    def recorded(self, keys: Sequence[str]) -> dict[str, ResultManifest]:
+        """The results the dispatcher holds for these task keys, by key."""
+        if not keys:
+            return {}
+        reply = self.call("POST", "/v1/memo", MemoReply, MemoRequest(tuple(keys)))
+        return {r.task_key: r for r in reply.results}
 
     def fail(
         self,

@@ -42,6 +42,8 @@ from worker_hooks.task.protocol import (
     HeartbeatRequest,
     LeaseReply,
     LeaseRequest,
+    MemoReply,
+    MemoRequest,
     Message,
     RecoverRequest,
     ReleaseRequest,
@@ -53,6 +55,7 @@ from worker_hooks.task.protocol import (
 )
 
 MAX_WAIT_S = 60.0
+MAX_MEMO_KEYS = 10_000
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=Message)
 
@@ -84,6 +87,7 @@ class Dispatcher:
                 web.get("/v1/tasks/{id}", self.get_task),
                 web.post("/v1/tasks/{id}/complete", self.complete),
                 web.post("/v1/completions", self.complete_many),
+                web.post("/v1/memo", self.memo),
                 web.post("/v1/tasks/{id}/fail", self.fail),
                 web.post("/v1/tasks/{id}/release", self.release),
                 web.post("/v1/tasks/{id}/cancel", self.cancel),
@@ -210,6 +214,12 @@ class Dispatcher:
         refused = self.db.complete_many(body.worker, body.completions)
         await self._changed_now()
         return _reply(CompletionsReply(tuple(refused)))
+
+    async def memo(self, request: web.Request) -> web.Response:
+        body = await self._read(request, MemoRequest)
+        if len(body.keys) > MAX_MEMO_KEYS:
+            raise ConfigError(f"a memo request may name {MAX_MEMO_KEYS} keys at most")
+        return _reply(MemoReply(tuple(self.db.recorded(body.keys))))
 
     async def fail(self, request: web.Request) -> web.Response:
         body = await self._read(request, FailRequest)

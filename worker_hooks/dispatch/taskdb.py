@@ -51,6 +51,7 @@ from stager.locations import S3Url
 from worker_hooks.dispatch.catalog import ReplicaCatalog, rows_in
 from worker_hooks.dispatch.recovery import plan_recovery
 from worker_hooks.dispatch.scheduling import Candidate, Policy, choose_tasks
+from worker_hooks.task.key import key_of_spec
 from worker_hooks.task.mapping import ITEM_VARIABLE, group_result, members
 from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import (
@@ -77,8 +78,9 @@ from worker_hooks.task.result import ResultManifest
 from worker_hooks.task.spec import TaskSpec, qualified_id, task_of, valid_task_id
 from worker_hooks.task.workflow import check_batch
 
-# 2 learned digests, 3 node addresses and outputs, 4 depth, 5 each and ids per workflow
-SCHEMA_VERSION = 5  # (all migrated in place)
+# 2 learned digests, 3 node addresses and outputs, 4 depth, 5 each and ids per workflow,
+# 6 the memo (results by task key)
+SCHEMA_VERSION = 6  # (all migrated in place)
 FINAL_STATES = tuple(state.value for state in TaskState if state.final)
 SETTLED = ("done", "cancelled")  # what recovery leaves alone (a failed task may run again)
 _SCHEMA = """
@@ -144,6 +146,9 @@ CREATE TABLE IF NOT EXISTS assignments (
     ended_at REAL, outcome TEXT, error TEXT, logs TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS assignments_by_task ON assignments(task, attempt);
+CREATE TABLE IF NOT EXISTS memo (
+    key TEXT PRIMARY KEY, result TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 # Columns that versions 3 to 5 added to tables of earlier versions (migrated in place).
@@ -314,15 +319,21 @@ class TaskDB:
         with self._tx() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             tables = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
-            if (version == 0 and tables == 0) or version in (1, 2, 3, 4):  # new, or migrated
+            if (version == 0 and tables == 0) or version in (1, 2, 3, 4, 5):  # new, or migrated
                 for table, column, kind in _ADDED_COLUMNS if version else ():
                     have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
                     if column not in have:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
                 for statement in _SCHEMA.split(";"):
                     db.execute(statement)
-                if version:
+                if version and version < 5:
                     _qualify_ids(db)
+                if version:  # the memo starts with the results the file holds
+                    db.execute(
+                        "INSERT OR IGNORE INTO memo (key, result)"
+                        " SELECT json_extract(result, '$.task_key'), result FROM tasks"
+                        " WHERE state = 'done' AND result IS NOT NULL"
+                    )
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 return
         if version != SCHEMA_VERSION:
@@ -730,8 +741,31 @@ class TaskDB:
                     "INSERT INTO assignments (task, attempt, worker, at) VALUES (?, ?, ?, ?)",
                     (task_id, row["attempt"], worker, now),
                 )
-                leases.append(Lease(task_id, row["attempt"], _spec_of(row), expires))
+                spec = _spec_of(row)
+                key = key_of_spec(spec)
+                memo = self._memo([key]).get(key) if key is not None else None
+                leases.append(
+                    Lease(task_id, row["attempt"], spec, expires, memo_key=key, memo=memo)
+                )
             return self.catalog.with_peers(leases, worker)
+
+    # -- the memo: results by task key --------------------------------------------------
+
+    def _memo(self, keys: Sequence[str]) -> dict[str, ResultManifest]:
+        rows = rows_in(self._db, "SELECT key, result FROM memo WHERE key IN ({marks})", keys)
+        return {row["key"]: _result_of(row["result"]) for row in rows}
+
+    def recorded(self, keys: Sequence[str]) -> list[ResultManifest]:
+        """The results recorded for these task keys (those known)."""
+        return list(self._memo(sorted(set(keys))).values())
+
+    def remember(self, results: Sequence[ResultManifest]) -> None:
+        """Record results made elsewhere (read back from S3): they answer memo lookups."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO memo (key, result) VALUES (?, ?)",
+                [(r.task_key, r.to_bytes().decode()) for r in results],
+            )
 
     def _row(self, task_id: str) -> sqlite3.Row:
         row = self._db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -839,6 +873,10 @@ class TaskDB:
             ),
         )
         self._end_attempt(task_id, attempt, "done", None, [r.url for r in result.logs], now)
+        db.execute(
+            "INSERT OR REPLACE INTO memo (key, result) VALUES (?, ?)",
+            (result.task_key, result_json),
+        )
         # What each input turned out to hold: tasks that name the same object
         # without a digest are scheduled by it from now on.
         db.executemany(

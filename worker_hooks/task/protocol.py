@@ -249,6 +249,10 @@ class Lease:
     expires_at: float
     peers: tuple[Replica, ...] = ()  # where the task's inputs are on other nodes
     mirror_to: tuple[str, ...] = ()  # live peers to mirror outputs to, best first
+    # The task's key, when the spec alone gives it, and the result the dispatcher holds
+    # for it (None: none, so the node need not look for one).
+    memo_key: str | None = None
+    memo: ResultManifest | None = None
 
 
 @dataclass(frozen=True)
@@ -332,6 +336,19 @@ class CompletionsReply(Message):
     # Refused, each for its own attempt (not the live lease, or the task is gone);
     # every other completion of the batch was accepted.
     stale: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MemoRequest(Message):
+    """Which of these task keys have a recorded result (asked by a node that learned a
+    key only after resolving the inputs)."""
+
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MemoReply(Message):
+    results: tuple[ResultManifest, ...]  # those known, in no order
 
 
 @dataclass(frozen=True)

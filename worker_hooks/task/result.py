@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from stager.digest import Digest
+from stager.digest import Digest, digest_bytes
 from stager.errors import StagerError
 from stager.locations import S3Url
 
@@ -134,3 +134,52 @@ class ResultManifest:
         except (ValueError, RecursionError) as exc:
             raise StagerError(f"malformed result manifest: not JSON ({exc})") from exc
         return cls.from_json(body)
+
+
+SEGMENT_FORMAT = "stager-result-segment/1"
+
+
+@dataclass(frozen=True)
+class ResultSegment:
+    """The results of many tasks one worker completed, in one object (docs/task-spec.md).
+
+    JSON lines: a header (format, worker, time, count), one result manifest per
+    line, and an end line with the digest of every byte before it. A segment
+    cut short, or changed, fails :meth:`from_bytes` and so never counts.
+    """
+
+    worker: str
+    written_at: str
+    results: tuple[ResultManifest, ...]
+
+    def to_bytes(self) -> bytes:
+        header = {
+            "format": SEGMENT_FORMAT,
+            "worker": self.worker,
+            "written_at": self.written_at,
+            "count": len(self.results),
+        }
+        lines = [header, *(r.to_json() for r in self.results)]
+        body = b"".join(json.dumps(line, sort_keys=True).encode() + b"\n" for line in lines)
+        return body + json.dumps({"end": str(digest_bytes(body))}).encode() + b"\n"
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ResultSegment:
+        """Check and decode a segment; anything cut short or malformed raises StagerError."""
+        body, _, last = data.rstrip(b"\n").rpartition(b"\n")
+        body += b"\n"
+        try:
+            end = json.loads(last)
+            if not isinstance(end, dict) or end.get("end") != str(digest_bytes(body)):
+                raise StagerError("result segment is incomplete: its end line does not match")
+            header, *lines = (json.loads(line) for line in body.splitlines())
+            if header.get("format") != SEGMENT_FORMAT:
+                raise StagerError(f"unsupported result segment format {header.get('format')!r}")
+            if header.get("count") != len(lines):
+                raise StagerError("result segment is incomplete: its count does not match")
+            results = tuple(ResultManifest.from_json(line) for line in lines)
+            return cls(str(header["worker"]), str(header["written_at"]), results)
+        except StagerError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise StagerError(f"malformed result segment: {exc!r}") from exc

@@ -58,9 +58,10 @@ from worker_hooks.task.protocol import (
     Lease,
     Written,
 )
-from worker_hooks.task.result import Persist
+from worker_hooks.task.result import Persist, ResultManifest
 from worker_hooks.worker.settings import WorkerSettings
 from worker_hooks.worker.spot import SpotWatcher
+from worker_hooks.wrap.memo import write_segment
 from worker_hooks.wrap.node import Node
 from worker_hooks.wrap.stageout import NodeKeeping
 from worker_hooks.wrap.wrapper import WrapOptions, WrapResult, stage_inputs, wrap_task
@@ -131,6 +132,16 @@ BATCH_WINDOW_S = 0.005  # how long a completion waits for others to share its re
 BATCH_MAX = 64  # completions in one request at most
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """A completion waiting to be reported, with what to do once it is accepted."""
+
+    item: _Held
+    completion: Completion
+    accepted: Callable[[], None]
+    unrecorded: bool  # its result goes into a segment before it is reported
+
+
 @dataclass
 class WorkerReport:
     done: int = 0
@@ -175,7 +186,7 @@ class Worker:
         self._prefetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch")
         # Completions waiting to be reported, each with what to do once it is accepted:
         # the reporter sends them in batches, so a runner never waits for the dispatcher.
-        self._completions: queue.Queue[tuple[_Held, Completion, Callable[[], None]]] = queue.Queue()
+        self._completions: queue.Queue[_Pending] = queue.Queue()
         self._runners_done = threading.Event()
 
     # -- the whole life -------------------------------------------------------------
@@ -354,6 +365,8 @@ class Worker:
                 peers=self._peers(item.lease),
                 keeping=keeping,
                 generation=f"{item.task_id}/{item.attempt}",
+                recorded=self._recorded_for(item.lease),
+                commit=False,  # the reporter writes the results in segments
             )
             result = wrap_task(item.lease.spec, self.node, options)
         except TaskCancelledError:
@@ -368,6 +381,17 @@ class Worker:
             self._report_failure(item, f"internal error: {exc!r}", retry=True)
             return
         self._report_done(item, result, time.monotonic() - started)
+
+    def _recorded_for(self, lease: Lease) -> Callable[[str], ResultManifest | None]:
+        """Memo lookups for a task: the lease's answer when it holds the key, else the
+        dispatcher's (never S3: the dispatcher knows every result)."""
+
+        def recorded(key: str) -> ResultManifest | None:
+            if key == lease.memo_key:
+                return lease.memo
+            return self.client.recorded([key]).get(key)
+
+        return recorded
 
     def _report_done(self, item: _Held, result: WrapResult, seconds: float) -> None:
         # An input the prefetch fetched reached the stage-in as a cache hit; it came from
@@ -409,7 +433,7 @@ class Worker:
             how = "memoized" if result.memoized else f"in {seconds:.2f} s"
             self.log(f"worker {self.worker_id}: {item.task_id} done {how}")
 
-        self._completions.put((item, completion, accepted))
+        self._completions.put(_Pending(item, completion, accepted, not result.memoized))
 
     def _report_loop(self) -> None:
         """Send completions in batches: whatever is waiting, plus what arrives within
@@ -432,19 +456,45 @@ class Worker:
                     break
             self._send_completions(batch)
 
-    def _send_completions(self, batch: list[tuple[_Held, Completion, Callable[[], None]]]) -> None:
+    def _record(self, batch: list[_Pending]) -> list[_Pending]:
+        """Write one result segment per results prefix for the batch's new results
+        (their outputs are durable already); fail the tasks whose segment could
+        not be written. What may be reported now."""
+        groups: dict[S3Url, list[_Pending]] = {}
+        for pending in batch:
+            if pending.unrecorded:
+                groups.setdefault(pending.item.lease.spec.results_prefix, []).append(pending)
+        ready = [pending for pending in batch if not pending.unrecorded]
+        for prefix, group in groups.items():
+            results = [pending.completion.result for pending in group]
+            try:
+                write_segment(self.node.store, prefix, self.worker_id, results)
+            except StagerError as exc:
+                for pending in group:
+                    self._report_failure(pending.item, exc.one_line(), retry=True)
+                continue
+            ready += group
+        return ready
+
+    def _send_completions(self, batch: list[_Pending]) -> None:
+        batch = self._record(batch)
+        if not batch:
+            return
+
         def send() -> None:
-            refused = set(self.client.complete_many(self.worker_id, [c for _, c, _ in batch]))
-            for item, _, accepted in batch:
-                if item.task_id in refused:
+            completions = [pending.completion for pending in batch]
+            refused = set(self.client.complete_many(self.worker_id, completions))
+            for pending in batch:
+                if pending.item.task_id in refused:
                     self.report.stale += 1
                     self.log(
-                        f"worker {self.worker_id}: {item.task_id} attempt {item.attempt} is stale"
+                        f"worker {self.worker_id}: {pending.item.task_id}"
+                        f" attempt {pending.item.attempt} is stale"
                     )
                 else:
-                    accepted()
+                    pending.accepted()
 
-        self._deliver(batch[0][0], send)
+        self._deliver(batch[0].item, send)
 
     def _report_failure(
         self, item: _Held, error: str, *, retry: bool, logs: Sequence[S3Url] = ()

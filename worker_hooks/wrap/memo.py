@@ -1,17 +1,22 @@
 """Where a task's result lives, and whether it is already done (memoization).
 
-A task's *key* names what it computes: its command, environment, input
-identities (digests), bundle and output declarations, but not its id or
-timeout. The result manifest for a key is written last, create-only, at
+A task's *key* (:mod:`worker_hooks.task.key`) names what it computes. ``stager
+wrap`` alone writes the result manifest for a key last, create-only, at
 ``<results prefix><key>/result.json``; logs of every run, failed ones
-included, sit beside it under ``runs/<run id>/``.
+included, sit beside it under ``runs/<run id>/``. A worker instead writes the
+results of many tasks as one *result segment* under
+``<results prefix>segments/<worker>/`` (:func:`write_segment`), and the
+dispatcher answers its memo lookups. :func:`recorded_results` reads both
+kinds back.
 """
 
 from __future__ import annotations
 
-import json
+import re
+import secrets
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 
-from stager.digest import digest_bytes
 from stager.errors import (
     IntegrityError,
     NotFoundError,
@@ -22,23 +27,8 @@ from stager.errors import (
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 from stager.parallel import run_all
-from worker_hooks.task.result import FileRecord, ResultManifest
+from worker_hooks.task.result import FileRecord, ResultManifest, ResultSegment
 from worker_hooks.task.spec import TaskSpec
-
-
-def task_key(spec: TaskSpec, inputs: list[tuple[str, str]], bundle_identity: str | None) -> str:
-    """The hex key of what ``spec`` computes from ``inputs``: (sandbox path, identity) of
-    every file staged (a collection's members each by itself)."""
-    body = {
-        "command": list(spec.command),
-        "shell": spec.shell,
-        "env": dict(sorted(spec.env.items())),
-        "inputs": [[path, ident] for path, ident in inputs],
-        "outputs": [[o.path, str(o.to), o.persist.value] for o in spec.outputs],
-        "bundle": [spec.bundle.path, bundle_identity] if spec.bundle else None,
-    }
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    return digest_bytes(canonical).hex
 
 
 def result_url(spec: TaskSpec, key: str) -> S3Url:
@@ -68,11 +58,17 @@ def committed_result(store: ObjectStore, url: S3Url, *, workers: int = 16) -> Re
             hint="run the task with --force to replace it",
         ) from exc
 
-    def intact(record: FileRecord) -> bool:
+    return manifest if intact(store, manifest, workers=workers) else None
+
+
+def intact(store: ObjectStore, manifest: ResultManifest, *, workers: int = 16) -> bool:
+    """Whether every output ``manifest`` lists is in S3 as it recorded (parallel HEADs)."""
+
+    def there(record: FileRecord) -> bool:
         info = store.head(record.url)
         return info is not None and info.digest == record.digest and info.size == record.size
 
-    return manifest if all(run_all(intact, manifest.outputs, workers=workers)) else None
+    return all(run_all(there, manifest.outputs, workers=workers))
 
 
 def commit(store: ObjectStore, url: S3Url, manifest: ResultManifest) -> None:
@@ -94,3 +90,54 @@ def commit(store: ObjectStore, url: S3Url, manifest: ResultManifest) -> None:
             ) from exc
     except StagerError as exc:
         raise StageOutError(f"cannot write the result manifest {url}: {exc.one_line()}") from exc
+
+
+SEGMENTS = "segments/"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def write_segment(
+    store: ObjectStore, prefix: S3Url, worker: str, results: Sequence[ResultManifest]
+) -> S3Url:
+    """Write ``results`` as one new result segment under ``prefix``; where it went.
+
+    Create-only under a fresh name: an object is there whole or not at all,
+    and no segment replaces another.
+    """
+    now = datetime.now(UTC)
+    segment = ResultSegment(worker, now.isoformat(timespec="milliseconds"), tuple(results))
+    name = f"{_UNSAFE.sub('_', worker)[:100] or '_'}/{now:%Y%m%dT%H%M%S.%f}-{secrets.token_hex(4)}"
+    url = prefix.child(f"{SEGMENTS}{name}.jsonl")
+    try:
+        store.put_bytes(url, segment.to_bytes(), create_only=True)
+    except StagerError as exc:
+        raise StageOutError(f"cannot write the result segment {url}: {exc.one_line()}") from exc
+    return url
+
+
+def recorded_results(store: ObjectStore, prefix: S3Url) -> Iterator[ResultManifest]:
+    """Every result recorded under a results prefix: manifests and segments' records.
+
+    A manifest or segment that cannot be read (cut short, another tool's
+    object) is skipped: it vouches for nothing.
+    """
+    for url, _, _ in store.list(prefix):
+        rest = url.key[len(prefix.key) :]
+        if rest.startswith(SEGMENTS) and rest.endswith(".jsonl"):
+            decode = _segment_results
+        elif rest.endswith("/result.json") and rest.count("/") == 1:
+            decode = _manifest_result
+        else:
+            continue
+        try:
+            yield from decode(store.get_bytes(url))
+        except StagerError:
+            continue
+
+
+def _segment_results(data: bytes) -> tuple[ResultManifest, ...]:
+    return ResultSegment.from_bytes(data).results
+
+
+def _manifest_result(data: bytes) -> tuple[ResultManifest, ...]:
+    return (ResultManifest.from_bytes(data),)

@@ -7,13 +7,15 @@ contract (DESIGN.md invariants 2, 5, 7):
   its inputs name S3 objects (a ``task://`` reference is the dispatcher's to
   resolve; one left here is refused before any I/O);
 - inputs are resolved first (one HEAD each where the spec gives no digest),
-  so the task's key is known before anything runs; a committed result for
-  that key whose outputs are intact is returned without running
-  (memoization; ``force`` re-runs and first withdraws the old result);
+  so the task's key is known before anything runs; a recorded result for
+  that key (in S3, or what a dispatcher answers) whose outputs are intact is
+  returned without running (memoization; ``force`` re-runs and first
+  withdraws the old result);
 - inputs are staged through the node cache and stay pinned while the
   command runs in a fresh sandbox; nothing stays pinned afterwards;
 - stdout and stderr (when not empty) are uploaded whatever the command did; outputs only if
-  it succeeded, and the result manifest only once every output is durable;
+  it succeeded, and the result manifest only once every output is durable
+  (unless the caller records results itself: a worker writes them in segments);
 - it returns only on success; every failure raises a
   :class:`~stager.errors.StagerError` whose class gives the exit code;
 - the sandbox is removed afterwards (kept on failure with ``keep_failed``).
@@ -57,6 +59,7 @@ from stager.errors import (
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 from stager.units import format_size
+from worker_hooks.task.key import task_key
 from worker_hooks.task.result import FileRecord, ResultManifest
 from worker_hooks.task.spec import (
     TaskRef,
@@ -67,7 +70,7 @@ from worker_hooks.task.spec import (
 )
 from worker_hooks.wrap.bundle import ensure_bundle, remove_tree
 from worker_hooks.wrap.environment import task_environment
-from worker_hooks.wrap.memo import commit, committed_result, log_url, result_url, task_key
+from worker_hooks.wrap.memo import commit, committed_result, intact, log_url, result_url
 from worker_hooks.wrap.node import Node
 from worker_hooks.wrap.outputs import FoundOutput, find_outputs
 from worker_hooks.wrap.runner import RunOutcome, run_command
@@ -85,6 +88,11 @@ class WrapOptions:
     peers: Peers | None = None  # other nodes holding inputs (a worker with a file service)
     keeping: NodeKeeping | None = None  # what `mirror` and `local` outputs need
     generation: str | None = None  # `<task id>/<attempt>` of a dispatcher's lease
+    # Where a task key's recorded result is looked up (a dispatcher) instead of S3; the
+    # outputs it lists are checked in S3 all the same.
+    recorded: Callable[[str], ResultManifest | None] | None = None
+    # False: the caller records the result (a worker, in a segment), not the wrapper.
+    commit: bool = True
 
 
 @dataclass(frozen=True)
@@ -244,7 +252,7 @@ class _Run:
             url = result_url(self.spec, key)
             if self.options.force:
                 node.store.delete(url)  # no manifest may vouch for outputs we overwrite
-            elif (done := committed_result(node.store, url)) is not None:
+            elif (done := self._recorded(key, url)) is not None:
                 return WrapResult(done, url, memoized=True)
         sandbox = _make_sandbox(self.spec, node.sandbox_dir)
         succeeded = False
@@ -258,6 +266,13 @@ class _Run:
                 remove_tree(sandbox)
             else:
                 keep(sandbox)
+
+    def _recorded(self, key: str, url: S3Url) -> ResultManifest | None:
+        """The result already recorded for ``key``, if its outputs are intact."""
+        if self.options.recorded is None:
+            return committed_result(self.node.store, url)
+        found = self.options.recorded(key)
+        return found if found is not None and intact(self.node.store, found) else None
 
     def _in_sandbox(
         self, sandbox: Path, inputs: Sequence[ResolvedInput], key: str, url: S3Url
@@ -337,7 +352,8 @@ class _Run:
             outputs=tuple(outputs),
             logs=tuple(log_records),
         )
-        commit(node.store, url, manifest)
+        if self.options.commit:
+            commit(node.store, url, manifest)
         return WrapResult(manifest, url, memoized=False, staged=tuple(staged))
 
     def _upload_logs(self, logs: Path, key: str, outcome: RunOutcome) -> list[FileRecord]:
