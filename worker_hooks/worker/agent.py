@@ -20,6 +20,7 @@ its leases by expiry; the dispatcher re-queues them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue
 import socket
@@ -63,6 +64,7 @@ from worker_hooks.worker.settings import WorkerSettings
 from worker_hooks.worker.spot import SpotWatcher
 from worker_hooks.wrap.memo import write_segment
 from worker_hooks.wrap.node import Node
+from worker_hooks.wrap.sandboxes import SandboxPool
 from worker_hooks.wrap.stageout import NodeKeeping
 from worker_hooks.wrap.wrapper import WrapOptions, WrapResult, stage_inputs, wrap_task
 
@@ -167,6 +169,10 @@ class Worker:
         self.service = service
         self.spot = spot
         self._kept_local: list[OutboxItem] = []  # this node's `local` outputs (to evacuate)
+        if node.sandbox_pool is None:  # thousands of short tasks: reuse their sandboxes
+            node = dataclasses.replace(
+                node, sandbox_pool=SandboxPool(node.sandbox_dir, settings.slots)
+            )
         self.node = node
         self.settings = settings
         self.worker_id = worker_id or default_worker_id()
@@ -226,6 +232,8 @@ class Worker:
         if notice is not None:
             self._evacuate(notice.deadline - 5.0)
         self._prefetcher.shutdown(wait=False, cancel_futures=True)
+        if self.node.sandbox_pool is not None and not any(t.is_alive() for t in threads):
+            self.node.sandbox_pool.close()
         if self._fatal is not None:
             raise self._fatal
         return self.report

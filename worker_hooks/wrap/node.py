@@ -20,7 +20,7 @@ from stager.cli.context import CliState
 from stager.errors import ConfigError, StagerError
 from stager.objectstore import ObjectStore
 from stager.settings import load_component
-from worker_hooks.wrap.sandboxes import sweep
+from worker_hooks.wrap.sandboxes import SandboxPool, sweep
 from worker_hooks.wrap.settings import WrapSettings
 
 CACHE_FLAGS = ("cache_dir", "cache_quota")
@@ -38,6 +38,7 @@ class Node:
     materialize: Materialize = Materialize.LINK
     kill_grace_s: float = 5.0
     workers: int = 8
+    sandbox_pool: SandboxPool | None = None  # sandboxes reused (a worker); None: one per task
 
     @property
     def bundles_dir(self) -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -48,16 +49,40 @@ def _tee(source: BinaryIO, log: BinaryIO, echo: BinaryIO) -> None:
 
 
 class _Exited:
-    """Set once the child has exited; the child is not reaped until we call wait()."""
+    """Whether the child has exited; the child is not reaped until we call wait().
+
+    Watched through a pidfd (no thread); where there is none, a thread waits
+    with ``WNOWAIT``.
+    """
 
     def __init__(self, pid: int) -> None:
-        self.event = threading.Event()
-        threading.Thread(target=self._wait, args=(pid,), daemon=True).start()
+        self._event: threading.Event | None = None
+        try:
+            self._fd: int | None = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self._fd = None
+            self._event = threading.Event()
+            threading.Thread(target=self._wait, args=(pid,), daemon=True).start()
 
     def _wait(self, pid: int) -> None:
+        assert self._event is not None
         with contextlib.suppress(ChildProcessError):
             os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-        self.event.set()
+        self._event.set()
+
+    def wait(self, timeout_s: float | None) -> bool:
+        """True once the child has exited (within ``timeout_s``; None: no limit)."""
+        if self._event is not None:
+            return self._event.wait(timeout_s)
+        assert self._fd is not None
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        return bool(poller.poll(None if timeout_s is None else max(0, int(timeout_s * 1000))))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _wait_for_exit(
@@ -71,7 +96,7 @@ def _wait_for_exit(
             return "timeout"
         step = 0.2 if cancel is not None else None
         waits = [w for w in (step, remaining) if w is not None]
-        if exited.event.wait(min(waits) if waits else None):
+        if exited.wait(min(waits) if waits else None):
             return None
         if cancel is not None and cancel.is_set():
             return "cancelled"
@@ -143,10 +168,13 @@ def run_command(
                     tee.start()
                     tees.append(tee)
             exited = _Exited(process.pid)
-            stopped_by = _wait_for_exit(exited, timeout_s, cancel)
-            if stopped_by is not None:
-                _signal_group(process.pid, signal.SIGTERM)
-                exited.event.wait(kill_grace_s)
+            try:
+                stopped_by = _wait_for_exit(exited, timeout_s, cancel)
+                if stopped_by is not None:
+                    _signal_group(process.pid, signal.SIGTERM)
+                    exited.wait(kill_grace_s)
+            finally:
+                exited.close()
         finally:
             _signal_group(process.pid, signal.SIGKILL)  # stragglers, or all of it if interrupted
             returncode = process.wait()

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
+import random
 import signal
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -74,7 +73,7 @@ from worker_hooks.wrap.memo import commit, committed_result, intact, log_url, re
 from worker_hooks.wrap.node import Node
 from worker_hooks.wrap.outputs import FoundOutput, find_outputs
 from worker_hooks.wrap.runner import RunOutcome, run_command
-from worker_hooks.wrap.sandboxes import claim, keep, record_run
+from worker_hooks.wrap.sandboxes import claim, keep, make_sandbox, record_run
 from worker_hooks.wrap.stageout import NodeKeeping, upload_outputs
 
 
@@ -188,18 +187,34 @@ def _check_scratch(spec: TaskSpec, sandbox_dir: Path) -> None:
         )
 
 
-def _make_sandbox(spec: TaskSpec, sandbox_dir: Path) -> Path:
+def _make_sandbox(spec: TaskSpec, node: Node) -> Path:
     try:
-        sandbox_dir.mkdir(parents=True, exist_ok=True)
-        _check_scratch(spec, sandbox_dir)
-        root = Path(tempfile.mkdtemp(prefix=f"{spec.id}.", dir=sandbox_dir))
+        node.sandbox_dir.mkdir(parents=True, exist_ok=True)
+        _check_scratch(spec, node.sandbox_dir)
+        if node.sandbox_pool is not None:
+            return node.sandbox_pool.take()
+        root = make_sandbox(node.sandbox_dir, f"{spec.id}.")
         claim(root)
-        (root / "work").mkdir()
-        (root / "logs").mkdir()
-        (root / "tmp").mkdir()
     except OSError as exc:
-        raise from_os_error(exc, f"make a sandbox in {sandbox_dir}") from exc
+        raise from_os_error(exc, f"make a sandbox in {node.sandbox_dir}") from exc
     return root
+
+
+def _end_sandbox(spec: TaskSpec, node: Node, sandbox: Path, *, keep_it: bool) -> None:
+    """Remove ``sandbox`` (or give it back to the pool), or keep it for a person."""
+    pool = node.sandbox_pool
+    if not keep_it:
+        if pool is not None:
+            pool.give_back(sandbox)
+        else:
+            remove_tree(sandbox)
+    elif pool is not None:
+        try:
+            pool.keep(sandbox, spec.id)
+        except OSError:
+            pool.give_back(sandbox)
+    else:
+        keep(sandbox)
 
 
 def _argv(spec: TaskSpec) -> list[str]:
@@ -234,7 +249,8 @@ class _Run:
         self.started_at = started.isoformat(timespec="milliseconds")
         self._links: list[tuple[Path, Digest]] = []  # inputs hard-linked into the sandbox
         # Names this run's logs: every run keeps its own, whichever attempt wins.
-        self.run_id = f"{started:%Y%m%dT%H%M%S.%f}-{secrets.token_hex(3)}"
+        # Not a secret: the time and process keep it apart from other runs' ids already.
+        self.run_id = f"{started:%Y%m%dT%H%M%S.%f}-{random.getrandbits(24):06x}"
 
     def __call__(self) -> WrapResult:
         node = self.node
@@ -254,18 +270,17 @@ class _Run:
                 node.store.delete(url)  # no manifest may vouch for outputs we overwrite
             elif (done := self._recorded(key, url)) is not None:
                 return WrapResult(done, url, memoized=True)
-        sandbox = _make_sandbox(self.spec, node.sandbox_dir)
+        sandbox = _make_sandbox(self.spec, node)
         succeeded = False
         try:
             result = self._in_sandbox(sandbox, inputs, key, url)
             succeeded = True
             return result
         finally:
-            if succeeded or not self.options.keep_failed:
+            keep_it = self.options.keep_failed and not succeeded
+            if not keep_it:
                 node.cache.release_links(self._links)  # keeps the entries' seals true
-                remove_tree(sandbox)
-            else:
-                keep(sandbox)
+            _end_sandbox(self.spec, node, sandbox, keep_it=keep_it)
 
     def _recorded(self, key: str, url: S3Url) -> ResultManifest | None:
         """The result already recorded for ``key``, if its outputs are intact."""
