@@ -3,7 +3,8 @@
 A fan-out/fan-in workflow using the three persistence policies runs twice
 on the same machine: once undisturbed, once under a fault driver that
 
-- ``kill -9``s a worker (with its running commands) at random moments, wipes
+- ``kill -9``s a worker (with its running commands) at random points of the
+  run (when a random share of its tasks has ended), wipes
   its scratch (cache, outbox, sandboxes) and starts a fresh worker;
 - SIGSTOPs one worker for longer than its lease, then lets it go on (a stale
   attempt that must not overwrite anything);
@@ -30,6 +31,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,15 +146,19 @@ def chaos_workflow(shape: ChaosShape, reference: S3Url, reference_digest: Digest
 
 
 class FaultDriver:
-    """Kills and stops workers at random moments of an expected makespan, in a thread."""
+    """Kills and stops workers, in a thread, each when a random share of the workflow's
+    tasks has ended (between 10 and 80 %): however fast the run, every fault lands
+    while there is work left."""
 
-    def __init__(self, cluster: LocalCluster, shape: ChaosShape, expected_s: float) -> None:
+    def __init__(
+        self, cluster: LocalCluster, shape: ChaosShape, progress: Callable[[], float]
+    ) -> None:
         self.cluster = cluster
         self.shape = shape
+        self.progress = progress
         self.random = random.Random(shape.seed)
-        moments = sorted(self.random.uniform(0.1, 0.8) * expected_s for _ in range(shape.kills))
-        self.plan = [(at, "kill") for at in moments]
-        self.plan += [(self.random.uniform(0.2, 0.6) * expected_s, "stop")] * shape.stops
+        self.plan = [(self.random.uniform(0.1, 0.8), "kill") for _ in range(shape.kills)]
+        self.plan += [(self.random.uniform(0.2, 0.6), "stop")] * shape.stops
         self.plan.sort()
         self.kills = self.stops = 0
         self.born = shape.workers
@@ -160,7 +166,6 @@ class FaultDriver:
         self._thread = threading.Thread(target=self._drive, daemon=True)
 
     def start(self) -> None:
-        self._started = time.monotonic()
         self._thread.start()
 
     def finish(self) -> None:
@@ -172,8 +177,9 @@ class FaultDriver:
 
     def _drive(self) -> None:
         for at, what in self.plan:
-            if self._done.wait(max(0.0, at - (time.monotonic() - self._started))):
-                return
+            while self.progress() < at:
+                if self._done.wait(0.05):
+                    return
             alive = self._alive()
             if not alive:
                 continue
@@ -264,10 +270,15 @@ def _run(
             for worker in names:
                 cluster.add_worker(worker, *worker_args())
             cluster.wait_for_workers(names)
-            driver = FaultDriver(cluster, shape, expected_s) if chaos else None
+            ids = [task.id for task in tasks]
+
+            def progress() -> float:
+                status = cluster.client.status(str(name))
+                return sum(status.count(state) for state in TaskState if state.final) / len(ids)
+
+            driver = FaultDriver(cluster, shape, progress) if chaos else None
             started = time.monotonic()
             cluster.client.submit(tasks, workflow=str(name))
-            ids = [task.id for task in tasks]
             if driver is not None:
                 driver.start()
             while True:

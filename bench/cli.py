@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from bench.chaos import NO_FAULTS, ChaosShape, chaos_markdown, run_chaos_bench
-from bench.dispatch import run_dispatch_bench
+from bench.dispatch import Shape, run_dispatch_bench
 from bench.dispatcher_scale import run_scale_bench
 from bench.faultproxy import Faults
 from bench.nodes import nodes_markdown, run_nodes_bench
@@ -204,32 +204,55 @@ def workflow_command(
 Examples:
   stager bench dispatch --tasks 1000
   stager bench dispatch --tasks 5000 --workers 2 --slots 4
+  stager bench dispatch --tasks 2000 --shapes io
 """,
 )
-@click.option("--tasks", default=1000, show_default=True)
+@click.option("--tasks", default=1000, show_default=True, help="Tasks of each shape.")
 @click.option("--workers", default=2, show_default=True)
 @click.option("--slots", default=1, show_default=True, help="Tasks per worker at once.")
+@click.option(
+    "--shapes",
+    default="true,io",
+    show_default=True,
+    help="Comma-separated: true (no files), io (one 1 KiB input, one 1 KiB output).",
+)
 @out_option
-def dispatch_command(tasks: int, workers: int, slots: int, out: Path) -> None:
-    """Tasks/s for `true` tasks through the whole path, next to the raw spawn rate and
-    to Parsl's HighThroughputExecutor running the same commands."""
+def dispatch_command(tasks: int, workers: int, slots: int, shapes: str, out: Path) -> None:
+    """Tasks/s through the whole path (dispatcher, workers, S3), next to the raw spawn
+    rate and to Parsl's HighThroughputExecutor running the same commands."""
+    try:
+        chosen = tuple(Shape(name.strip()) for name in shapes.split(",") if name.strip())
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc}; choose from true, io", param_hint="--shapes") from exc
     with tempfile.TemporaryDirectory(prefix="stager-bench-") as scratch:
-        f = run_dispatch_bench(Path(scratch), tasks=tasks, workers=workers, slots=slots)
-    data = {**asdict(f), "over_parsl": f.over_parsl, "conditions": conditions({})}
-    parsl = (
-        f"Parsl (HighThroughputExecutor, LocalProvider, {f.workers * f.slots} workers), same "
-        f"run: {f.parsl_tasks_per_s} tasks/s in {f.parsl_seconds} s; **stager/Parsl "
-        f"{f.over_parsl}**."
-        if f.parsl_tasks_per_s
-        else "Parsl: not installed with the peer tools (make .venv-bench/.installed)."
-    )
-    markdown = (
-        f"{f.done} of {f.tasks} `true` tasks in {f.seconds} s on {f.workers} workers x "
-        f"{f.slots} slots: **{f.tasks_per_s} tasks/s**, {f.share_of_raw:.1%} of the raw "
-        f"spawn rate ({f.raw_spawns_per_s}/s, subprocess.run in a loop). Lease round trip "
-        f"median {f.lease_rtt_median_ms} ms, p99 {f.lease_rtt_p99_ms} ms. {parsl}\n"
-    )
-    _save(out, "dispatch", data, markdown)
+        f = run_dispatch_bench(
+            Path(scratch), tasks=tasks, workers=workers, slots=slots, shapes=chosen
+        )
+    data = {
+        **asdict(f),
+        "over_parsl": {s.shape: s.over_parsl for s in f.shapes},
+        "conditions": conditions({}),
+    }
+    lines = [
+        f"{f.workers} workers x {f.slots} slots; raw spawn rate {f.raw_spawns_per_s}/s "
+        f"(subprocess.run in a loop); lease round trip median {f.lease_rtt_median_ms} ms, "
+        f"p99 {f.lease_rtt_p99_ms} ms.",
+        "",
+        "| shape | done | stager tasks/s | Parsl tasks/s | stager/Parsl | CPU ms/task:"
+        " dispatcher, workers, S3 server | Parsl CPU ms/task |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in f.shapes:
+        cpu = ", ".join(str(v) for v in s.cpu_ms_per_task.values())
+        parsl = s.parsl
+        lines.append(
+            f"| {s.shape} | {s.done}/{s.tasks} | {s.tasks_per_s} | "
+            f"{parsl.tasks_per_s if parsl else '-'} | **{s.over_parsl or '-'}** | {cpu} | "
+            f"{parsl.cpu_ms_per_task if parsl else '-'} |"
+        )
+    if any(s.parsl is None for s in f.shapes):
+        lines.append("\nParsl: not installed with the peer tools (make .venv-bench/.installed).")
+    _save(out, "dispatch", data, "\n".join(lines) + "\n")
 
 
 @bench_group.command(

@@ -1,34 +1,56 @@
-"""``stager bench dispatch``: tasks/s through dispatcher + workers, next to the raw spawn rate.
+"""``stager bench dispatch``: tasks/s through dispatcher + workers, next to Parsl's.
 
 Against the embedded S3 server, with the dispatcher and workers as real
-processes (LocalCluster): submit N tasks whose command is ``true`` (each
-still goes through the whole wrapper: memo check, sandbox, logs and result
-manifest to S3), time from submission to the last completion. In the same
-run, the raw process-spawn rate: ``true`` started by subprocess in a loop.
-Also the lease round trip (a lease request that finds no work), median and
-p99. And, side by side, the same number of ``true`` commands through Parsl's
-HighThroughputExecutor with as many workers as stager has task slots
-(bench/parsl_dispatch.py, run by the peer tools' interpreter, where Parsl is
-installed; skipped, and said so, where it is not).
+processes (LocalCluster), each *shape* of task in turn:
+
+- ``true``: the command ``true``, no inputs, no outputs;
+- ``io``: ``cp`` of one 1 KiB input (its own S3 object per task, digest in
+  the spec) to one 1 KiB output that goes to S3.
+
+Each task goes through the whole path: memo lookup at the dispatcher,
+sandbox, stage-in, command, stage-out, a result segment. The time runs from
+submission to the last completion (the dispatcher's own record of it, so
+the bench's polling adds nothing). Reported per shape: tasks/s, and CPU per
+task of the dispatcher, the workers (themselves, not the commands they ran)
+and the S3 server. In the same run: the raw process-spawn rate (``true`` by
+subprocess in a loop), the lease round trip (a lease request that finds no
+work), and the same commands through Parsl's HighThroughputExecutor with as
+many workers as stager has task slots (bench/parsl_dispatch.py, run by the
+peer tools' interpreter, where Parsl is installed; skipped, and said so,
+where it is not). Parsl's ``io`` tasks read and write the same files on local
+disk, which flatters it.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import statistics
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.peers import peer_bin_dir
+from stager.digest import digest_bytes
 from stager.errors import StagerError
 from stager.s3server import LocalS3Server
+from worker_hooks.dispatch.client import DispatcherClient
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.local.cluster import LocalCluster
 from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import TaskState
+from worker_hooks.task.spec import TaskSpec
+
+BUCKET = "bench-dispatch"
+IO_BYTES = 1024
+
+
+class Shape(enum.Enum):
+    TRUE = "true"
+    IO = "io"
 
 
 def spawn_rate(seconds: float = 5.0) -> float:
@@ -39,45 +61,68 @@ def spawn_rate(seconds: float = 5.0) -> float:
     return count / (time.perf_counter() - started)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a live process has used itself (not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass(frozen=True)
-class DispatchFigures:
+class ParslFigures:
+    tasks_per_s: float
+    seconds: float
+    cpu_ms_per_task: float  # all of Parsl's processes (client, interchange, pool, workers)
+
+
+@dataclass(frozen=True)
+class ShapeFigures:
+    shape: str
     tasks: int
     done: int
-    workers: int
-    slots: int
     seconds: float
     tasks_per_s: float
-    raw_spawns_per_s: float
-    share_of_raw: float
     submit_s: float
-    lease_rtt_median_ms: float
-    lease_rtt_p99_ms: float
-    parsl_tasks_per_s: float | None  # None: Parsl is not installed with the peer tools
-    parsl_seconds: float | None
+    cpu_ms_per_task: dict[str, float]  # dispatcher, workers, s3-server
+    parsl: ParslFigures | None  # None: Parsl is not installed with the peer tools
 
     @property
     def over_parsl(self) -> float | None:
         """stager's tasks/s over Parsl's (above 1: stager is faster)."""
-        if not self.parsl_tasks_per_s:
+        if self.parsl is None:
             return None
-        return round(self.tasks_per_s / self.parsl_tasks_per_s, 3)
+        return round(self.tasks_per_s / self.parsl.tasks_per_s, 3)
 
 
-def run_parsl(work: Path, *, tasks: int, workers: int) -> tuple[float, float] | None:
-    """Parsl's (tasks/s, seconds) for ``tasks`` ``true`` commands on ``workers`` workers;
-    None where the peer tools' interpreter has no Parsl."""
+@dataclass(frozen=True)
+class DispatchFigures:
+    workers: int
+    slots: int
+    raw_spawns_per_s: float
+    lease_rtt_median_ms: float
+    lease_rtt_p99_ms: float
+    shapes: tuple[ShapeFigures, ...]
+
+
+def _parsl_python() -> Path | None:
     python = peer_bin_dir() / "python"
-    has_parsl = python.exists() and (
-        subprocess.run([python, "-c", "import parsl"], capture_output=True, check=False).returncode
-        == 0
-    )
-    if not has_parsl:
+    if not python.exists():
+        return None
+    found = subprocess.run([python, "-c", "import parsl"], capture_output=True, check=False)
+    return python if found.returncode == 0 else None
+
+
+def run_parsl(work: Path, *, shape: Shape, tasks: int, workers: int) -> ParslFigures | None:
+    """Parsl's figures for ``tasks`` commands of ``shape`` on ``workers`` workers; None
+    where the peer tools' interpreter has no Parsl."""
+    python = _parsl_python()
+    if python is None:
         return None
     runner = Path(__file__).with_name("parsl_dispatch.py")
     # Parsl starts its interchange and workers as commands: they live beside that Python.
     env = {**os.environ, "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    run_dir = work / f"parsl-{shape.value}"
     done = subprocess.run(
-        [python, runner, str(tasks), str(workers), str(work / "parsl-runs")],
+        [python, runner, shape.value, str(tasks), str(workers), str(run_dir)],
         env=env,
         capture_output=True,
         text=True,
@@ -91,13 +136,85 @@ def run_parsl(work: Path, *, tasks: int, workers: int) -> tuple[float, float] | 
     figures = json.loads(lines[-1])
     if figures["failed"]:
         raise StagerError(f"the Parsl side of the bench failed {figures['failed']} tasks")
-    return float(figures["tasks_per_s"]), float(figures["seconds"])
+    return ParslFigures(
+        round(float(figures["tasks_per_s"]), 1),
+        round(float(figures["seconds"]), 2),
+        round(float(figures["cpu_ms_per_task"]), 3),
+    )
 
 
-def run_dispatch_bench(work: Path, *, tasks: int, workers: int, slots: int) -> DispatchFigures:
+def _specs(shape: Shape, tasks: int, server: LocalS3Server) -> list[TaskSpec]:
+    results = f"s3://{BUCKET}/results/{shape.value}/"
+    if shape is Shape.TRUE:
+        return [
+            parse_spec(
+                {"id": f"t{n}", "command": ["true"], "env": {"N": str(n)}, "results": results}
+            )
+            for n in range(tasks)
+        ]
+    client = server.client()
+    specs = []
+    for n in range(tasks):
+        data = n.to_bytes(8, "big") * (IO_BYTES // 8)
+        client.put_object(Bucket=BUCKET, Key=f"in/{n}.dat", Body=data)
+        body = {
+            "id": f"io{n}",
+            "command": ["cp", "in.dat", "out.dat"],
+            "inputs": [
+                {
+                    "url": f"s3://{BUCKET}/in/{n}.dat",
+                    "path": "in.dat",
+                    "digest": str(digest_bytes(data)),
+                    "size": len(data),
+                }
+            ],
+            "outputs": [{"path": "out.dat", "to": f"s3://{BUCKET}/out/{n}.dat"}],
+            "results": results,
+        }
+        specs.append(parse_spec(body))
+    return specs
+
+
+def _cpu(pids: Mapping[str, list[int]]) -> dict[str, float]:
+    return {name: sum(cpu_seconds(pid) for pid in group) for name, group in pids.items()}
+
+
+def _run_shape(
+    cluster: LocalCluster, server: LocalS3Server, shape: Shape, tasks: int
+) -> tuple[int, float, float, dict[str, float]]:
+    """(done, seconds, submit seconds, CPU ms per task by process) for one shape."""
+    specs = _specs(shape, tasks, server)
+    assert cluster.dispatcher is not None and server.pid is not None
+    pids = {
+        "dispatcher": [cluster.dispatcher.pid],
+        "workers": [process.pid for process in cluster.workers.values()],
+        "s3-server": [server.pid],
+    }
+    client: DispatcherClient = cluster.client
+    before = _cpu(pids)
+    started = time.perf_counter()
+    client.submit(specs, workflow=shape.value)
+    submit_s = time.perf_counter() - started
+    while True:
+        status = client.status(shape.value)
+        if sum(status.count(s) for s in TaskState if s.final) >= tasks:
+            break
+        time.sleep(0.25)
+    after = _cpu(pids)
+    # The dispatcher's span runs from the first task's submission to the last completion;
+    # the submit request's own time is added whole (a little more than it took).
+    seconds = (status.span_s or 0.0) + submit_s
+    cpu = {name: round((after[name] - before[name]) * 1000 / tasks, 3) for name in pids}
+    return status.count(TaskState.DONE), seconds, submit_s, cpu
+
+
+def run_dispatch_bench(
+    work: Path, *, tasks: int, workers: int, slots: int, shapes: tuple[Shape, ...]
+) -> DispatchFigures:
     raw = spawn_rate()
+    measured = []
     with LocalS3Server(work / "s3") as server:
-        server.client().create_bucket(Bucket="bench-dispatch")
+        server.client().create_bucket(Bucket=BUCKET)
         env = {**server.env(), "STAGER_STATE_DIR": str(work / "state")}
         with LocalCluster(work / "cluster", env, policy=Policy.FIFO) as cluster:
             names = [f"w{n}" for n in range(workers)]
@@ -109,42 +226,29 @@ def run_dispatch_bench(work: Path, *, tasks: int, workers: int, slots: int) -> D
                 started = time.perf_counter()
                 cluster.client.lease("probe", 1, wait_s=0)
                 rtts.append(time.perf_counter() - started)
-            bodies = [
-                parse_spec(
-                    {
-                        "id": f"t{n}",
-                        "command": ["true"],
-                        "env": {"N": str(n)},
-                        "results": "s3://bench-dispatch/results/",
-                    }
-                )
-                for n in range(tasks)
-            ]
-            started = time.perf_counter()
-            cluster.client.submit(bodies, workflow="bench")
-            submit_s = time.perf_counter() - started
-            while True:
-                status = cluster.client.status("bench")
-                if sum(status.count(s) for s in TaskState if s.final) >= tasks:
-                    break
-                time.sleep(0.02)  # a coarse poll would add up to its period to the time
-            total_s = time.perf_counter() - started
-    done = status.count(TaskState.DONE)
-    rate = done / total_s
+            for shape in shapes:
+                measured.append((shape, *_run_shape(cluster, server, shape, tasks)))
     rtts.sort()
-    parsl = run_parsl(work, tasks=tasks, workers=workers * slots)
+    figures = []
+    for shape, done, seconds, submit_s, cpu in measured:
+        parsl = run_parsl(work, shape=shape, tasks=tasks, workers=workers * slots)
+        figures.append(
+            ShapeFigures(
+                shape=shape.value,
+                tasks=tasks,
+                done=done,
+                seconds=round(seconds, 2),
+                tasks_per_s=round(done / seconds, 1),
+                submit_s=round(submit_s, 3),
+                cpu_ms_per_task=cpu,
+                parsl=parsl,
+            )
+        )
     return DispatchFigures(
-        tasks=tasks,
-        done=done,
         workers=workers,
         slots=slots,
-        seconds=round(total_s, 2),
-        tasks_per_s=round(rate, 1),
         raw_spawns_per_s=round(raw, 1),
-        share_of_raw=round(rate / raw, 4),
-        submit_s=round(submit_s, 3),
         lease_rtt_median_ms=round(statistics.median(rtts) * 1000, 3),
         lease_rtt_p99_ms=round(rtts[int(len(rtts) * 0.99) - 1] * 1000, 3),
-        parsl_tasks_per_s=None if parsl is None else round(parsl[0], 1),
-        parsl_seconds=None if parsl is None else round(parsl[1], 2),
+        shapes=tuple(figures),
     )

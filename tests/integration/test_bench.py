@@ -67,8 +67,12 @@ def test_the_dispatch_bench_says_when_parsl_is_not_there_to_compare(
     assert done.returncode == 0, done.stderr
     (result,) = (tmp_path / "out").glob("dispatch-*.json")
     data = json.loads(result.read_text())
-    assert data["done"] == 10 and data["tasks_per_s"] > 0
-    assert data["parsl_tasks_per_s"] is None and data["over_parsl"] is None
+    true, io = data["shapes"]
+    assert (true["shape"], io["shape"]) == ("true", "io")
+    for shape in (true, io):
+        assert shape["done"] == 10 and shape["tasks_per_s"] > 0
+        assert shape["cpu_ms_per_task"]["dispatcher"] > 0 and shape["parsl"] is None
+    assert data["over_parsl"] == {"true": None, "io": None}
     (summary,) = (tmp_path / "out").glob("dispatch-*.md")
     assert "Parsl: not installed" in summary.read_text()
 
