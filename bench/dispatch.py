@@ -162,7 +162,7 @@ def _specs(shape: Shape, tasks: int, server: LocalS3Server) -> list[TaskSpec]:
             "command": ["cp", "in.dat", "out.dat"],
             "inputs": [
                 {
-                    "url": f"s3://{BUCKET}/in/{n}.dat",
+                    "source": f"s3://{BUCKET}/in/{n}.dat",
                     "path": "in.dat",
                     "digest": str(digest_bytes(data)),
                     "size": len(data),

@@ -124,6 +124,11 @@ class PeerClient:
             if address not in self._unreported:
                 self._unreported.append(address)
 
+    def has_bad(self) -> bool:
+        """Whether peers failed since the last :meth:`take_bad`."""
+        with self._lock:
+            return bool(self._unreported)
+
     def take_bad(self) -> list[str]:
         """The peers that failed since the last call (to report to the dispatcher)."""
         with self._lock:

@@ -31,6 +31,7 @@ from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import PROTOCOL_VERSION, VERSION_HEADER, Completion, TaskState
 from worker_hooks.task.result import ResultManifest
 from worker_hooks.task.spec import task_of
+from worker_hooks.wrap.memo import recorded_results
 
 ClusterFactory = Callable[..., LocalCluster]
 
@@ -179,10 +180,10 @@ def test_completions_in_one_request_are_fenced_each_on_its_own(
     )
     batch = [Completion(t, lease.attempt, manifest) for t, lease in leases.items()]
     late = Completion("wf/a", leases["wf/a"].attempt - 1, manifest)  # an older attempt
-    assert client.complete_many("w", [late, *batch[1:]]) == ("wf/a",)
+    assert client.complete_many("w", [late, *batch[1:]]).stale == ("wf/a",)
     assert client.task("b").state is TaskState.DONE
     assert client.task("a").state is TaskState.LEASED
-    assert client.complete_many("w", batch[:1]) == ()
+    assert client.complete_many("w", batch[:1]).stale == ()
     assert client.task("a").state is TaskState.DONE
 
 
@@ -614,3 +615,58 @@ def test_a_stale_attempt_resumed_after_its_lease_never_changes_an_accepted_outpu
     submit(cluster.client, [consumer], workflow="wf")  # added to the producer's workflow
     assert wait_until_ended(cluster.client, "wf")["done"] == 2, cluster.log_of("prompt")
     assert store.get_bytes(prefix.child("out/consumer.txt")) == store.get_bytes(record.url)
+
+
+def test_memo_hits_are_served_by_the_dispatcher_and_results_are_recorded_in_segments(
+    make_cluster: ClusterFactory,
+    store: ObjectStore,
+    raw_client: Any,
+    prefix: S3Url,
+    tmp_path: Path,
+) -> None:
+    """A task computed before (same command, inputs, outputs) is not run again: the
+    dispatcher answers from its own results, for inputs named by digest (in the lease)
+    and for inputs only the node can name (an object another tool wrote, asked for).
+    Results go to S3 as segments, which read back; no per-task manifest is written."""
+    runs = tmp_path / "runs"
+    ref = prefix.child("ref one.txt")
+    raw_client.put_object(Bucket=ref.bucket, Key=ref.key, Body=b"plain upload\n")  # no digest
+    pushed = prefix.child("pushed.txt")
+    store.put_bytes(pushed, b"pushed\n")
+    pushed_digest = digest_bytes(b"pushed\n")
+    bodies = [
+        task("a", f"echo a >> {runs}; echo a > out.txt", prefix),
+        task(
+            "b",
+            f"echo b >> {runs}; cat in.txt > out.txt",
+            prefix,
+            inputs=[{"source": str(pushed), "path": "in.txt", "digest": str(pushed_digest)}],
+        ),
+        task(
+            "c",
+            f"echo c >> {runs}; cat ref.txt > out.txt",
+            prefix,
+            inputs=[{"source": str(ref), "path": "ref.txt"}],
+        ),
+    ]
+    cluster = make_cluster()
+    cluster.add_worker("w1")
+    submit(cluster.client, bodies, workflow="first")
+    assert wait_until_ended(cluster.client, "first")["done"] == 3
+    assert sorted(runs.read_text().split()) == ["a", "b", "c"]
+
+    again = [{**body, "id": f"{body['id']}-again"} for body in bodies]
+    submit(cluster.client, again, workflow="second")
+    assert wait_until_ended(cluster.client, "second")["done"] == 3
+    assert sorted(runs.read_text().split()) == ["a", "b", "c"]  # none ran again
+    assert cluster.client.status("second").memo_hits == 3
+    firsts = [cluster.client.task(f"first/{body['id']}").result for body in bodies]
+    for body, first in zip(again, firsts, strict=True):
+        info = cluster.client.task(f"second/{body['id']}")
+        assert info.memoized and info.result is not None and first is not None
+        assert info.result.outputs == first.outputs
+
+    keys = {first.task_key for first in firsts if first is not None}
+    listed = [url.key for url, _, _ in store.list(prefix.child("results/"))]
+    assert listed and all("/segments/" in key and key.endswith(".jsonl") for key in listed)
+    assert {r.task_key for r in recorded_results(store, prefix.child("results/"))} == keys

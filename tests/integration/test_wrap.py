@@ -37,6 +37,7 @@ from tests.integration.test_cli import assert_one_line_error
 from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.result import ResultManifest
 from worker_hooks.wrap.bundle import remove_tree
+from worker_hooks.wrap.memo import recorded_results, write_segment
 from worker_hooks.wrap.node import Node
 from worker_hooks.wrap.wrapper import WrapOptions, wrap_task
 
@@ -597,3 +598,25 @@ def test_a_task_that_damages_its_input_and_forges_the_mtime_cannot_pass_it_on(
     result = wrap_task(spec, node)
     assert store.get_bytes(prefix.child("out/copy.bin")) == data
     assert result.manifest.inputs[0].digest == digest_bytes(data)
+
+
+def test_only_whole_segments_and_manifests_count_when_results_are_read_back(
+    store: ObjectStore, raw_client: Any, prefix: S3Url
+) -> None:
+    results = prefix.child("results/")
+
+    def manifest(n: int) -> ResultManifest:
+        return ResultManifest(f"t{n}", f"{n:032x}", ("true",), 0, "h", "now")
+
+    whole = write_segment(store, results, "node 1/ü", [manifest(1), manifest(2)])
+    assert whole.key.startswith(results.key + "segments/node_1__/")
+    data = store.get_bytes(whole)
+    # What a crash mid-write, or another tool, could leave: never counted.
+    cut = results.child("segments/dead/cut.jsonl")
+    raw_client.put_object(Bucket=cut.bucket, Key=cut.key, Body=data[: len(data) // 2])
+    bad = results.child(f"{'9' * 32}/result.json")
+    raw_client.put_object(Bucket=bad.bucket, Key=bad.key, Body=b"{ not a result")
+    one = results.child(f"{'3' * 32}/result.json")
+    store.put_bytes(one, manifest(3).to_bytes())
+    found = sorted(r.task_id for r in recorded_results(store, results))
+    assert found == ["t1", "t2", "t3"]

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
 from stager.owner import Owner, process_start
-from worker_hooks.wrap.sandboxes import OWNER_FILE, RUN_FILE, claim, keep, record_run, sweep
+from worker_hooks.wrap.sandboxes import (
+    OWNER_FILE,
+    RUN_FILE,
+    SandboxPool,
+    claim,
+    keep,
+    record_run,
+    sweep,
+)
 
 
 def dead_owner() -> str:
@@ -56,3 +66,59 @@ def test_a_recycled_pid_is_not_killed(tmp_path: Path) -> None:
         assert bystander.poll() is None
     finally:
         bystander.kill()
+
+
+def test_a_pool_reuses_a_sandbox_emptied_of_what_its_task_left(tmp_path: Path) -> None:
+    pool = SandboxPool(tmp_path, size=1)
+    first = pool.take()
+    assert sorted(p.name for p in first.iterdir()) == ["logs", "tmp", "work"]
+    record_run(first, os.getpid())
+    (first / "logs" / "stdout").write_bytes(b"old log")
+    (first / "work" / "deep" / "er").mkdir(parents=True)
+    (first / "work" / "deep" / "er" / "f").write_bytes(b"x")
+    (first / "work" / "ro").mkdir()
+    (first / "work" / "ro").chmod(0o500)  # a folder the task left read-only
+    (first / "tmp" / "t").write_bytes(b"x")
+    (first / "stray").write_bytes(b"x")  # beside the parts
+    pool.give_back(first)
+    again = pool.take()
+    assert again == first  # the same folder, as new
+    assert sorted(p.name for p in again.iterdir()) == sorted([".stager-run", "logs", "tmp", "work"])
+    assert list((again / "work").iterdir()) == [] and list((again / "tmp").iterdir()) == []
+    assert pool.take() != again  # none free: another is made
+
+
+def test_a_sandbox_a_task_tampered_with_is_made_anew_and_nothing_outside_is_touched(
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_bytes(b"keep me")
+    pool = SandboxPool(tmp_path / "sandboxes", size=2)
+    linked, hard = pool.take(), pool.take()
+    shutil.rmtree(linked / "work")
+    (linked / "work").symlink_to(outside)  # emptying "work" must not follow this
+    os.link(outside / "precious", hard / "logs" / "stdout")  # truncating it would hurt
+    pool.give_back(linked)
+    pool.give_back(hard)
+    assert (outside / "precious").read_bytes() == b"keep me"
+    assert not linked.exists()  # not fit for reuse: removed
+    assert hard.exists() and not (hard / "logs" / "stdout").exists()  # the link is gone
+    pool.close()
+    assert not (tmp_path / "sandboxes").exists() or not any((tmp_path / "sandboxes").iterdir())
+
+
+def test_the_pool_of_a_dead_worker_is_swept_with_the_commands_its_sandboxes_ran(
+    tmp_path: Path,
+) -> None:
+    orphan = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        pool_dir = sandbox(tmp_path, "pool.xyz", dead_owner())
+        inner = pool_dir / "s.abc"
+        (inner / "work").mkdir(parents=True)
+        record_run(inner, orphan.pid)
+        assert sweep(tmp_path).__dict__ == {"sandboxes": 1, "process_groups": 1}
+        assert orphan.wait(timeout=10) == -9
+        assert not pool_dir.exists()
+    finally:
+        orphan.kill()

@@ -20,6 +20,7 @@ from stager.errors import (
 from stager.locations import S3Url
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.dispatch.taskdb import SCHEMA_VERSION, Limits, TaskDB
+from worker_hooks.task.key import key_of_spec
 from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import (
     Assignment,
@@ -517,6 +518,8 @@ def test_a_silent_worker_is_found_lost_its_lease_requeued_and_it_may_come_back(
     with pytest.raises(StaleAttemptError):  # its attempt cannot complete any more
         db.complete("wf/t", lease.attempt, "a", result_for("t"))
     assert db.find_lost() == []  # found once
+    # Its leases sent with a request are refused; only a heartbeat takes it back.
+    assert db.extend("a", [("wf/t", lease.attempt)]) == (["wf/t"], True)
     assert db.heartbeat("a", []).report_all  # back: it must report its whole cache
     assert not db.heartbeat("a", []).report_all
     with pytest.raises(NotFoundError):
@@ -548,3 +551,54 @@ def test_dependants_that_failed_for_want_of_a_lost_input_run_again(db: TaskDB) -
         TaskState.QUEUED,
         *[TaskState.WAITING] * 2,
     ]
+
+
+def test_a_lease_carries_the_result_the_dispatcher_holds_for_its_key(db: TaskDB) -> None:
+    with_digest = {"source": "s3://bkt/ref", "path": "ref", "digest": str(DIGEST), "size": 5}
+    first = {**task("first"), "inputs": [with_digest]}
+    submit(db, first)
+    (lease,) = db.lease("w", 1)
+    key = key_of_spec(lease.spec)
+    assert key is not None and lease.memo_key == key and lease.memo is None  # nothing yet
+    done = replace(result_for("first"), task_key=key)
+    db.complete(lease.task_id, lease.attempt, "w", done)
+    # Another task computing the same thing (other id, same command, inputs, outputs)
+    # is leased with that result; one whose input has no digest only with no key.
+    again = {**first, "id": "again"}
+    unknown = {**task("unknown", "s3://bkt/ref")}
+    submit(db, again, unknown)
+    leases = {lease.task_id: lease for lease in db.lease("w", 2)}
+    assert leases["wf/again"].memo == done and leases["wf/again"].memo_key == key
+    assert leases["wf/unknown"].memo_key is None and leases["wf/unknown"].memo is None
+    # A node that learns a key by itself asks for it; results read back from S3 count too.
+    assert db.recorded([key, "0" * 32]) == [done]
+    elsewhere = replace(result_for("x"), task_key="1" * 32)
+    db.remember([elsewhere])
+    assert db.recorded(["1" * 32]) == [elsewhere]
+
+
+def test_a_version_5_database_gets_a_memo_of_its_done_tasks(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "d.sqlite"
+    db = TaskDB(path, Limits(), clock=clock)
+    submit(db, task("p"))
+    run(db, "w", replace(result_for("p"), task_key="2" * 32))
+    db.close()
+    with sqlite3.connect(path) as raw:  # as version 5 made it: no memo table
+        raw.execute("DROP TABLE memo")
+        raw.execute("PRAGMA user_version=5")
+    db = TaskDB(path, Limits(), clock=clock)
+    (found,) = db.recorded(["2" * 32])
+    assert found.task_id == "p" and db.task("p").state is TaskState.DONE
+
+
+def test_leases_sent_with_a_request_are_extended_as_by_a_heartbeat(
+    db: TaskDB, clock: Clock
+) -> None:
+    submit(db, task("a"), task("b"))
+    a, b = db.lease("w1", 2)
+    clock.now += 8
+    drop, lost = db.extend("w1", [(a.task_id, a.attempt), (b.task_id, b.attempt + 1)])
+    assert (drop, lost) == (["wf/b"], False)  # b's attempt is not the one held
+    clock.now += 8  # past b's lease, not past a's extended one
+    assert db.expire() == 1
+    assert db.task("a").state is TaskState.LEASED and db.task("b").state is TaskState.QUEUED

@@ -63,10 +63,10 @@ class ReplicaCatalog:
         address: str | None = None,
         revive: bool = False,
     ) -> bool:
-        """A sign of life. With ``revive`` (a heartbeat, which can carry the answer), a
-        worker found lost is taken back; True then: it must report its whole cache (its
-        replicas were forgotten) and drop the writes behind it still owed (recovery
-        planned without them)."""
+        """A sign of life; True if the worker had been found lost. With ``revive`` (a
+        heartbeat, which can carry the answer), it is taken back: it must then report
+        its whole cache (its replicas were forgotten) and drop the writes behind it
+        still owed (recovery planned without them)."""
         row = self._db.execute("SELECT lost_at FROM workers WHERE id = ?", (worker,)).fetchone()
         self._db.execute(
             "INSERT INTO workers (id, last_seen, cache_bytes, address) VALUES (?, ?, ?, ?)"
@@ -76,7 +76,7 @@ class ReplicaCatalog:
             " lost_at = CASE WHEN ? THEN NULL ELSE workers.lost_at END",
             (worker, self._clock(), cache_bytes or 0, address, cache_bytes, revive),
         )
-        return revive and row is not None and row["lost_at"] is not None
+        return row is not None and row["lost_at"] is not None
 
     def grace(self, now: float) -> None:
         """Count every worker not found lost as seen at ``now`` (the dispatcher restarted)."""

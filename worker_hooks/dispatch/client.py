@@ -39,6 +39,7 @@ from worker_hooks.task.protocol import (
     FailRequest,
     HeartbeatReply,
     HeartbeatRequest,
+    Held,
     InputUse,
     LeaseReply,
     LeaseRequest,
@@ -144,9 +145,11 @@ class DispatcherClient:
         wait_s: float,
         cache: CacheReport | None = None,
         address: str | None = None,
+        held: Sequence[Held] = (),
     ) -> LeaseReply:
-        """Leased tasks (maybe none after ``wait_s``) and the dispatcher's lease length."""
-        request = LeaseRequest(worker, max_tasks, wait_s, cache, address)
+        """Leased tasks (maybe none after ``wait_s``) and the dispatcher's lease length;
+        the leases ``held`` are extended (and those to drop named)."""
+        request = LeaseRequest(worker, max_tasks, wait_s, cache, address, tuple(held))
         return self.call("POST", "/v1/lease", LeaseReply, request, wait_s=wait_s)
 
     def heartbeat(self, request: HeartbeatRequest) -> HeartbeatReply:
@@ -166,11 +169,14 @@ class DispatcherClient:
         request = CompleteRequest(worker, attempt, result, tuple(uses), memoized)
         self.call("POST", f"/v1/tasks/{_quoted(task_id)}/complete", StateReply, request)
 
-    def complete_many(self, worker: str, completions: Sequence[Completion]) -> tuple[str, ...]:
-        """Report many completions in one request; the ids of those refused (each for its
-        own attempt; the others are accepted)."""
-        request = CompletionsRequest(worker, tuple(completions))
-        return self.call("POST", "/v1/completions", CompletionsReply, request).stale
+    def complete_many(
+        self, worker: str, completions: Sequence[Completion], *, held: Sequence[Held] = ()
+    ) -> CompletionsReply:
+        """Report many completions in one request: ``stale`` names those refused (each
+        for its own attempt; the others are accepted). The leases ``held`` are
+        extended (and those to drop named)."""
+        request = CompletionsRequest(worker, tuple(completions), tuple(held))
+        return self.call("POST", "/v1/completions", CompletionsReply, request)
 
     def recorded(self, keys: Sequence[str]) -> dict[str, ResultManifest]:
         """The results the dispatcher holds for these task keys, by key."""

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import hmac
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from aiohttp import web
@@ -40,6 +40,7 @@ from worker_hooks.task.protocol import (
     ErrorReply,
     FailRequest,
     HeartbeatRequest,
+    Held,
     LeaseReply,
     LeaseRequest,
     MemoReply,
@@ -169,6 +170,7 @@ class Dispatcher:
         count = max(0, min(body.max_tasks, 1000))
         wait_s = max(0.0, min(body.wait_s, MAX_WAIT_S))
         self._apply_cache_report(body.worker, body.cache)
+        drop, lost = self._extend(body.worker, body.held)
         deadline = asyncio.get_running_loop().time() + wait_s
         while True:
             leases = self.db.lease(body.worker, count, address=body.address) if count else []
@@ -178,7 +180,14 @@ class Dispatcher:
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), remaining)
-        return _reply(LeaseReply(tuple(leases), self.db.limits.lease_s))
+        return _reply(LeaseReply(tuple(leases), self.db.limits.lease_s, drop, lost))
+
+    def _extend(self, worker: str, held: Sequence[Held]) -> tuple[tuple[str, ...], bool]:
+        """The leases a busy worker sent with a request, extended (no heartbeat needed)."""
+        if not held:
+            return (), False
+        drop, lost = self.db.extend(worker, [(h.task_id, h.attempt) for h in held])
+        return tuple(drop), lost
 
     def _apply_cache_report(self, worker: str, report: CacheReport | None) -> None:
         if report is not None:
@@ -212,8 +221,9 @@ class Dispatcher:
     async def complete_many(self, request: web.Request) -> web.Response:
         body = await self._read(request, CompletionsRequest)
         refused = self.db.complete_many(body.worker, body.completions)
+        drop, lost = self._extend(body.worker, body.held)
         await self._changed_now()
-        return _reply(CompletionsReply(tuple(refused)))
+        return _reply(CompletionsReply(tuple(refused), drop, lost))
 
     async def memo(self, request: web.Request) -> web.Response:
         body = await self._read(request, MemoRequest)

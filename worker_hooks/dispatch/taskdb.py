@@ -798,20 +798,32 @@ class TaskDB:
         ``written``: outputs the worker's node wrote behind (now in S3). A
         worker that had been found lost is asked for a full cache report.
         """
-        now = self._clock()
-        stale = []
-        with self._tx() as db:
+        with self._tx():
             was_lost = self.catalog.touch_worker(worker, cache_bytes=cache_bytes, revive=True)
             self.catalog.mark_written(written)
-            for task_id, attempt in held:
-                cursor = db.execute(
-                    "UPDATE tasks SET lease_expires = ? WHERE id = ? AND attempt = ?"
-                    " AND state = 'leased' AND worker = ?",
-                    (now + self.limits.lease_s, task_id, attempt, worker),
-                )
-                if cursor.rowcount == 0:
-                    stale.append(task_id)
+            stale = self._extend(worker, held)
         return HeartbeatReply(tuple(stale), report_all=was_lost)
+
+    def extend(self, worker: str, held: Sequence[tuple[str, int]]) -> tuple[list[str], bool]:
+        """A heartbeat's lease extension alone (sent with a lease request or completions):
+        the tasks ``worker`` must drop, and whether it was taken as lost (only a
+        heartbeat, which carries its whole cache, takes it back)."""
+        with self._tx():
+            lost = self.catalog.touch_worker(worker, revive=False)
+            return self._extend(worker, held), lost
+
+    def _extend(self, worker: str, held: Sequence[tuple[str, int]]) -> list[str]:
+        expires = self._clock() + self.limits.lease_s
+        stale = []
+        for task_id, attempt in held:
+            cursor = self._db.execute(
+                "UPDATE tasks SET lease_expires = ? WHERE id = ? AND attempt = ?"
+                " AND state = 'leased' AND worker = ?",
+                (expires, task_id, attempt, worker),
+            )
+            if cursor.rowcount == 0:
+                stale.append(task_id)
+        return stale
 
     # -- ending an attempt --------------------------------------------------------
 

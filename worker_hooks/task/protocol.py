@@ -231,6 +231,7 @@ class LeaseRequest(Message):
     wait_s: float = 0.0
     cache: CacheReport | None = None
     address: str | None = None  # HOST:PORT of the worker's node file service
+    held: tuple[Held, ...] = ()  # leases it holds, extended as by a heartbeat
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,8 @@ class Lease:
 class LeaseReply(Message):
     leases: tuple[Lease, ...]
     lease_s: float
+    drop: tuple[str, ...] = ()  # of the leases held, those no longer the worker's
+    beat_now: bool = False  # the worker was taken as lost: its next heartbeat must come now
 
 
 @dataclass(frozen=True)
@@ -329,6 +332,7 @@ class CompletionsRequest(Message):
 
     worker: str
     completions: tuple[Completion, ...]
+    held: tuple[Held, ...] = ()  # leases it holds, extended as by a heartbeat
 
 
 @dataclass(frozen=True)
@@ -336,6 +340,8 @@ class CompletionsReply(Message):
     # Refused, each for its own attempt (not the live lease, or the task is gone);
     # every other completion of the batch was accepted.
     stale: tuple[str, ...]
+    drop: tuple[str, ...] = ()  # of the leases held, those no longer the worker's
+    beat_now: bool = False  # the worker was taken as lost: its next heartbeat must come now
 
 
 @dataclass(frozen=True)

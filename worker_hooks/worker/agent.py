@@ -189,6 +189,7 @@ class Worker:
         self._reported_cache: set[Digest] = set()
         self._report_all = False  # send the whole cache with the next heartbeat
         self._lease_s = settings.heartbeat_s * 3
+        self._extended_at = 0.0  # when a lease request or completions last extended the leases
         self._prefetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch")
         # Completions waiting to be reported, each with what to do once it is accepted:
         # the reporter sends them in batches, so a runner never waits for the dispatcher.
@@ -281,17 +282,20 @@ class Worker:
                 if want <= 0:
                     self._room.wait(timeout=1.0)
                     continue
-                busy = bool(self._held)
+                held = self._held_now()
             try:
+                asked = time.monotonic()
                 reply = self.client.lease(
                     self.worker_id,
                     want,
-                    wait_s=1.0 if busy else self.settings.lease_wait_s,
+                    wait_s=1.0 if held else self.settings.lease_wait_s,
                     cache=first_report if first else None,
                     address=self.service.address if self.service else None,
+                    held=held,
                 )
                 first, lost_since = False, None
                 self._lease_s = reply.lease_s
+                self._extended(asked, held, reply.drop, reply.beat_now)
             except UnreachableError as exc:
                 lost_since = lost_since or time.monotonic()
                 if time.monotonic() - lost_since > self.settings.dispatcher_lost_s:
@@ -304,6 +308,24 @@ class Worker:
                 return
             for lease in reply.leases:
                 self._accept(_Held(lease))
+
+    def _held_now(self) -> tuple[Held, ...]:
+        """The leases in hand (the caller holds the lock)."""
+        return tuple(Held(h.task_id, h.attempt) for h in self._held.values())
+
+    def _extended(
+        self, asked: float, held: Sequence[Held], drop: Sequence[str], beat_now: bool
+    ) -> None:
+        """A request that carried the leases in hand was answered: they were extended as
+        of ``asked`` (a heartbeat may wait), except those to ``drop``."""
+        if held:
+            self._extended_at = max(self._extended_at, asked)
+        if beat_now:  # taken as lost: only a heartbeat takes it back
+            self._extended_at = 0.0
+        with self._lock:
+            for task_id in drop:
+                if task_id in self._held:
+                    self._held[task_id].cancel.set()
 
     def _give_up(self, exc: StagerError) -> None:
         self.log(f"worker {self.worker_id}: giving up: {exc.one_line()}")
@@ -491,7 +513,12 @@ class Worker:
 
         def send() -> None:
             completions = [pending.completion for pending in batch]
-            refused = set(self.client.complete_many(self.worker_id, completions))
+            with self._lock:
+                held = self._held_now()
+            asked = time.monotonic()
+            reply = self.client.complete_many(self.worker_id, completions, held=held)
+            self._extended(asked, held, reply.drop, reply.beat_now)
+            refused = set(reply.stale)
             for pending in batch:
                 if pending.item.task_id in refused:
                     self.report.stale += 1
@@ -558,6 +585,11 @@ class Worker:
         self._reported_cache, _ = self.node.cache.holdings()
         return CacheReport(full=True, added=tuple(sorted(self._reported_cache)))
 
+    def _no_service_news(self) -> bool:
+        return self.service is None or (
+            self.service.written.empty() and not self.service.client.has_bad()
+        )
+
     def _service_news(self) -> tuple[list[str], list[Written]]:
         """Peers that failed this node, and outputs its file service wrote behind."""
         if self.service is None:
@@ -571,21 +603,27 @@ class Worker:
         last = time.monotonic()
         while not self._finished.wait(0.25):
             # Three beats per lease, so one lost request does not cost the lease.
-            if time.monotonic() - last < min(self.settings.heartbeat_s, self._lease_s / 3):
+            every = min(self.settings.heartbeat_s, self._lease_s / 3)
+            if time.monotonic() - last < every:
                 continue
             last = time.monotonic()
-            self._beat()
+            # A busy worker's lease requests and completions extend its leases: a beat
+            # is then sent only when it has news (its cache, its file service's).
+            self._beat(quiet=time.monotonic() - self._extended_at < every)
 
-    def _beat(self) -> None:
-        """One heartbeat: leases held, what the cache gained and lost, the service's news."""
+    def _beat(self, *, quiet: bool = False) -> None:
+        """One heartbeat: leases held, what the cache gained and lost, the service's news.
+        ``quiet``: skipped when there is no news."""
         current, cache_bytes = self.node.cache.holdings()
         with self._lock:
-            held = [Held(h.task_id, h.attempt) for h in self._held.values()]
+            held = list(self._held_now())
             added, removed = current - self._reported_cache, self._reported_cache - current
         delta = CacheReport(added=tuple(sorted(added)), removed=tuple(sorted(removed)))
         if self._report_all:  # the dispatcher had taken this node as lost
             delta = CacheReport(full=True, added=tuple(sorted(current)))
             added, removed = current, self._reported_cache - current
+        if quiet and not (added or removed or self._report_all) and self._no_service_news():
+            return
         bad, written = self._service_news()
         request = HeartbeatRequest(
             self.worker_id, tuple(held), cache_bytes, delta, tuple(bad), tuple(written)

@@ -92,7 +92,8 @@ def fingerprint(root: Path) -> str:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove ``path`` even where a task left read-only folders; missing is fine."""
+    """Remove ``path`` (a folder, even where a task left read-only folders in it, or a
+    file); missing is fine."""
 
     def make_writable_and_retry(function: Any, failed: str, info: object) -> None:
         with contextlib.suppress(OSError):
@@ -101,7 +102,7 @@ def remove_tree(path: Path) -> None:
                 Path(failed).chmod(0o700)
             function(failed)
 
-    if path.is_symlink():
+    if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.exists():
         shutil.rmtree(path, onerror=make_writable_and_retry)
