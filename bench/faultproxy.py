@@ -11,6 +11,8 @@ by the odds given:
   and every header stay as the server sent them);
 - or forwarded untouched.
 
+And a request whose path names what a test holds back is never answered.
+
 Requests are forwarded with their ``Host`` header as the client sent it,
 so signatures (SigV4 signs the host) still verify. The odds come from one
 seeded random generator, so a soak can be run again the same way. Counts
@@ -46,6 +48,9 @@ class Faults:
     delay_s: float = 0.5
     flip_rate: float = 0.0  # one byte of the answer's body flipped on the way
     seed: int = 7
+    # Requests whose path holds one of these are never answered (a server that hangs
+    # mid-request), until the proxy stops.
+    hold_paths: tuple[str, ...] = ()
 
 
 class FaultProxy:
@@ -109,6 +114,11 @@ class FaultProxy:
         self.seen.append(
             (request.method, request.raw_path, {k.lower(): v for k, v in request.headers.items()})
         )
+        if any(part in request.raw_path for part in self.faults.hold_paths):
+            self.injected["hold"] += 1
+            assert self._stop is not None
+            await self._stop.wait()
+            return web.Response(status=503)
         fault = self._draw()
         self.injected[fault] += 1
         if fault == "error":

@@ -53,13 +53,15 @@ class LocalCluster:
         assert self._client is not None, "start() first"
         return self._client
 
-    def _spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, args: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         logs = self.work_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         with (logs / f"{name}.log").open("ab") as log:
             return subprocess.Popen(
                 [sys.executable, "-m", "stager", *args],
-                env=self.env,
+                env={**self.env, **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -116,12 +118,17 @@ class LocalCluster:
         self._client = DispatcherClient(self.url, token, ca_file=self.ca_file)
 
     def add_worker(
-        self, name: str, *args: str, cache_dir: Path | None = None
+        self,
+        name: str,
+        *args: str,
+        cache_dir: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start a worker with its sandboxes under ``<work_dir>/<name>``.
 
         Its cache is its own (``<work_dir>/<name>/cache``) unless ``cache_dir``
-        names one that several workers share (the NFS-head mode).
+        names one that several workers share (the NFS-head mode). ``env``: variables
+        of this worker's alone (another S3 endpoint, say).
         """
         node = self.work_dir / name
         process = self._spawn(
@@ -140,6 +147,7 @@ class LocalCluster:
                 str(node / "sandboxes"),
                 *args,
             ],
+            env,
         )
         self.workers[name] = process
         return process
