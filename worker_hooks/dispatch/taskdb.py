@@ -113,7 +113,11 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, seq);
 CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(state, depth DESC, seq);
-CREATE INDEX IF NOT EXISTS tasks_by_workflow ON tasks(workflow, state);
+DROP INDEX IF EXISTS tasks_by_workflow;
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks(
+    workflow, state, submitted_at, finished_at, bytes_from_s3, bytes_from_cache,
+    bytes_from_peers, memoized
+);
 CREATE INDEX IF NOT EXISTS tasks_by_template ON tasks(member_of);
 CREATE TABLE IF NOT EXISTS deps (
     task TEXT NOT NULL, producer TEXT NOT NULL, PRIMARY KEY (task, producer)
@@ -1216,9 +1220,10 @@ class TaskDB:
                 lost=w["lost_at"] is not None,
             )
             for w in self._db.execute(
-                "SELECT w.*, (SELECT COUNT(*) FROM tasks t WHERE t.worker = w.id AND"
-                " t.state = 'leased') AS running, (SELECT COUNT(*) FROM replicas r WHERE"
-                " r.worker = w.id) AS cached FROM workers w ORDER BY w.id"
+                "SELECT w.*, COALESCE(l.n, 0) AS running, (SELECT COUNT(*) FROM replicas r"
+                " WHERE r.worker = w.id) AS cached FROM workers w LEFT JOIN"
+                " (SELECT worker, COUNT(*) AS n FROM tasks WHERE state = 'leased'"
+                " GROUP BY worker) l ON l.worker = w.id ORDER BY w.id"
             )
         )
         from_s3, from_cache = totals["s3"] or 0, totals["cache"] or 0
