@@ -9,8 +9,9 @@ talks to it) and:
 2. **Load**: ``workers`` simulated one-slot workers, spread over
    ``processes`` processes of threads, each doing what a real worker's loop
    does: lease one task (no long poll while the queue has work), hold it for
-   ``task_s`` as if running it, complete it with an empty result, and
-   heartbeat every ``heartbeat_s`` with what it holds. For ``duration_s``.
+   ``task_s`` as if running it, report it done with an empty result (through
+   ``POST /v1/completions``, as workers do), and heartbeat every
+   ``heartbeat_s`` with what it holds. For ``duration_s``.
    Reported: the lease round trip (p50, p99), completions per second, and
    the database file's size (with its WAL) at the end.
 
@@ -32,7 +33,7 @@ from worker_hooks.dispatch.client import DispatcherClient
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.local.cluster import LocalCluster
 from worker_hooks.task.parse import parse_spec
-from worker_hooks.task.protocol import HeartbeatRequest, Held
+from worker_hooks.task.protocol import Completion, HeartbeatRequest, Held
 from worker_hooks.task.result import ResultManifest
 
 
@@ -104,7 +105,7 @@ def _simulate(load: _Load) -> tuple[list[float], int, int]:
                 host="simulated",
                 started_at="2026-01-01T00:00:00Z",
             )
-            client.complete(lease.task_id, lease.attempt, worker_id, result, ())
+            client.complete_many(worker_id, [Completion(lease.task_id, lease.attempt, result)])
             with guard:
                 counts["done"] += 1
 

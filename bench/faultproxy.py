@@ -11,7 +11,8 @@ by the odds given:
   and every header stay as the server sent them);
 - or forwarded untouched.
 
-And a request whose path names what a test holds back is never answered.
+And a request whose path names what a test holds back is never answered;
+one whose path names what a test refuses gets a 403 (the first few times).
 
 Requests are forwarded with their ``Host`` header as the client sent it,
 so signatures (SigV4 signs the host) still verify. The odds come from one
@@ -37,6 +38,10 @@ SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
+ACCESS_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+    b"<Message>Access Denied</Message></Error>"
+)
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "trailer"}
 
 
@@ -51,6 +56,10 @@ class Faults:
     # Requests whose path holds one of these are never answered (a server that hangs
     # mid-request), until the proxy stops.
     hold_paths: tuple[str, ...] = ()
+    # The first ``refuse_times`` requests whose path holds one of these are answered 403
+    # AccessDenied (a permanent error: clients do not retry it).
+    refuse_paths: tuple[str, ...] = ()
+    refuse_times: int = 1
 
 
 class FaultProxy:
@@ -119,6 +128,10 @@ class FaultProxy:
             assert self._stop is not None
             await self._stop.wait()
             return web.Response(status=503)
+        if any(part in request.raw_path for part in self.faults.refuse_paths):
+            if self.injected["refuse"] < self.faults.refuse_times:
+                self.injected["refuse"] += 1
+                return web.Response(status=403, body=ACCESS_DENIED, content_type="application/xml")
         fault = self._draw()
         self.injected[fault] += 1
         if fault == "error":

@@ -32,12 +32,12 @@ from parsl.providers import LocalProvider
 IO_BYTES = 1024
 
 
-@bash_app  # type: ignore[untyped-decorator]
+@bash_app
 def true_command() -> str:
     return "true"
 
 
-@bash_app  # type: ignore[untyped-decorator]
+@bash_app
 def copy_command(inputs: Any = (), outputs: Any = ()) -> str:
     return f"cp {inputs[0].filepath} {outputs[0].filepath}"
 
@@ -70,7 +70,7 @@ def main(shape: str, tasks: int, workers: int, run_dir: str) -> dict[str, float]
         cores_per_worker=1e-6,  # as many workers as asked, whatever the core count
         address="127.0.0.1",
         loopback_address="127.0.0.1",
-        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
+        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),  # type: ignore[no-untyped-call]
     )
     config = Config(
         executors=[executor], run_dir=run_dir, initialize_logging=False, usage_tracking=0
