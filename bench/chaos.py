@@ -38,7 +38,7 @@ from typing import Any
 
 import xxhash
 
-from bench.faultproxy import FaultProxy, Faults
+from bench.faultproxy import NO_FAULTS, FaultProxy, Faults
 from stager.digest import Digest, digest_bytes
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
@@ -52,7 +52,6 @@ from worker_hooks.task.workflow import workflow_tasks
 BUCKET = "bench-chaos"
 LEASE_S = 5.0
 PART_BYTES = 64 * 1024
-NO_FAULTS = Faults(error_rate=0.0, reset_rate=0.0, delay_rate=0.0)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import click
 
-from bench.chaos import NO_FAULTS, ChaosShape, chaos_markdown, run_chaos_bench
+from bench.chaos import ChaosShape, chaos_markdown, run_chaos_bench
 from bench.dispatch import Shape, run_dispatch_bench
 from bench.dispatcher_scale import run_scale_bench
-from bench.faultproxy import Faults
+from bench.faultproxy import NO_FAULTS, Faults
 from bench.nodes import nodes_markdown, run_nodes_bench
 from bench.peers import DEFAULT_TOOLS, TOOLS, Endpoint, peer_bin_dir
 from bench.report import conditions, transfer_markdown, transfer_plot, write_json
@@ -253,6 +253,37 @@ def dispatch_command(tasks: int, workers: int, slots: int, shapes: str, out: Pat
     if any(s.parsl is None for s in f.shapes):
         lines.append("\nParsl: not installed with the peer tools (make .venv-bench/.installed).")
     _save(out, "dispatch", data, "\n".join(lines) + "\n")
+
+
+@bench_group.command(
+    "parsl",
+    epilog="""\b
+Examples:
+  stager bench parsl
+  stager bench parsl --samples 32 --reference-mib 256
+""",
+)
+@click.option("--samples", default=16, show_default=True, help="align tasks (one sample each).")
+@click.option("--reference-mib", default=64, show_default=True, help="The shared reference.")
+@out_option
+def parsl_command(samples: int, reference_mib: int, out: Path) -> None:
+    """The Parsl example workflow (worker_hooks/parsl/example.py) staged by stager and by plain
+    boto3, on two LocalProvider blocks: bytes read from S3 and makespan of each."""
+    from bench.parsl_staging import run_parsl_staging_bench  # needs Parsl: stager[parsl]
+
+    with tempfile.TemporaryDirectory(prefix="stager-bench-") as scratch:
+        f = run_parsl_staging_bench(Path(scratch), samples=samples, reference_mib=reference_mib)
+    data = {**asdict(f), "plain_over_stager": f.plain_over_stager, "conditions": conditions({})}
+    rows = "".join(f"| {r.provider} | {r.seconds} | {r.mib_from_s3} |\n" for r in f.runs)
+    ratio = f.plain_over_stager
+    markdown = (
+        f"{f.samples} align tasks sharing a {f.reference_mib} MiB reference, then a gather; "
+        "two LocalProvider blocks (two nodes), two workers each.\n\n"
+        "| staging | makespan s | MiB read from S3 |\n|---|---|---|\n"
+        f"{rows}\nplain/stager: makespan **{ratio['seconds']}x**, bytes from S3 "
+        f"**{ratio['mib_from_s3']}x**.\n"
+    )
+    _save(out, "parsl", data, markdown)
 
 
 @bench_group.command(

@@ -62,6 +62,21 @@ class Faults:
     refuse_times: int = 1
 
 
+def requested_bytes(headers: dict[str, str], size: int) -> int:
+    """Bytes a recorded GET of a ``size``-byte object asked for: its range, or all."""
+    spec = headers.get("range")
+    if spec is None:
+        return size
+    first, _, last = spec.removeprefix("bytes=").partition("-")
+    if not first:  # the last N bytes
+        return min(int(last), size)
+    end = size - 1 if not last else min(int(last), size - 1)
+    return max(0, end - int(first) + 1)
+
+
+NO_FAULTS = Faults(error_rate=0.0, reset_rate=0.0, delay_rate=0.0)  # a recorder only
+
+
 class FaultProxy:
     """Runs in its own thread with its own event loop; ``start`` returns its endpoint."""
 
@@ -128,10 +143,10 @@ class FaultProxy:
             assert self._stop is not None
             await self._stop.wait()
             return web.Response(status=503)
-        if any(part in request.raw_path for part in self.faults.refuse_paths):
-            if self.injected["refuse"] < self.faults.refuse_times:
-                self.injected["refuse"] += 1
-                return web.Response(status=403, body=ACCESS_DENIED, content_type="application/xml")
+        refused = any(part in request.raw_path for part in self.faults.refuse_paths)
+        if refused and self.injected["refuse"] < self.faults.refuse_times:
+            self.injected["refuse"] += 1
+            return web.Response(status=403, body=ACCESS_DENIED, content_type="application/xml")
         fault = self._draw()
         self.injected[fault] += 1
         if fault == "error":

@@ -13,11 +13,12 @@ import os
 import signal
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from bench.faultproxy import FaultProxy, Faults
+from bench.faultproxy import NO_FAULTS, FaultProxy
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 from stager.s3server import LocalS3Server
@@ -42,7 +43,7 @@ def test_a_worker_killed_with_completions_unrecorded_has_those_tasks_run_again(
     tmp_path: Path,
 ) -> None:
     ledger = tmp_path / "ledger"
-    quiet = Faults(error_rate=0, reset_rate=0, delay_rate=0, hold_paths=("/segments/",))
+    quiet = replace(NO_FAULTS, hold_paths=("/segments/",))
     proxy = FaultProxy(s3_server.endpoint_url, quiet)
     try:
         victim = cluster.add_worker("victim", env={"AWS_ENDPOINT_URL": proxy.start()})

@@ -93,3 +93,17 @@ def test_the_dispatcher_scale_bench_submits_and_serves_simulated_workers(
     assert data["tasks"] == 300 and data["lease_errors"] == 0
     assert 0 < data["completions"] <= 300 and data["lease_rtt_p50_ms"] > 0
     assert data["db_mib"] > 0 and data["dispatcher_rss_mib"] > 0
+
+
+def test_the_parsl_bench_reads_a_shared_reference_once_per_node_with_stager(
+    run_cli: Any, tmp_path: Path
+) -> None:
+    pytest.importorskip("parsl")
+    done = run_cli(
+        "bench", "parsl", "--samples", "4", "--reference-mib", "4", "--out", str(tmp_path)
+    )
+    assert done.returncode == 0, done.stderr
+    (result,) = tmp_path.glob("parsl-*.json")
+    stager, plain = json.loads(result.read_text())["runs"]
+    assert plain["mib_from_s3"] == 4 * 4 + 4  # the reference for every task, and the samples
+    assert 4 + 4 <= stager["mib_from_s3"] <= 2 * 4 + 4  # the reference once per node (block)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from parsl.data_provider.files import File  # noqa: E402
 from parsl.executors import HighThroughputExecutor  # noqa: E402
 from parsl.providers import LocalProvider  # noqa: E402
 
-from bench.faultproxy import FaultProxy, Faults  # noqa: E402
+from bench.faultproxy import NO_FAULTS, FaultProxy, requested_bytes  # noqa: E402
 from stager.digest import digest_bytes  # noqa: E402
 from stager.locations import S3Url  # noqa: E402
 from stager.objectinfo import DIGEST_METADATA_KEY  # noqa: E402
@@ -33,7 +34,7 @@ REFUSED = "refused-once"
 
 @pytest.fixture(scope="module")
 def proxy(s3_server: LocalS3Server) -> Iterator[FaultProxy]:
-    quiet = Faults(error_rate=0, reset_rate=0, delay_rate=0, refuse_paths=(REFUSED,))
+    quiet = replace(NO_FAULTS, refuse_paths=(REFUSED,))
     recorder = FaultProxy(s3_server.endpoint_url, quiet)
     recorder.start()
     yield recorder
@@ -99,14 +100,6 @@ def token(inputs: Any = ()) -> str:
         return f"{handle.read().strip()}:{secrets.token_hex(4)}"
 
 
-def requested(headers: dict[str, str], size: int) -> int:
-    """Bytes a GET asked for: its range, or the whole object."""
-    if "range" not in headers:
-        return size
-    first, last = headers["range"].removeprefix("bytes=").split("-")
-    return min(int(last), size - 1) - int(first) + 1
-
-
 def url(key: str) -> str:
     return f"s3://{BUCKET}/{key}"
 
@@ -137,7 +130,7 @@ def test_tasks_sharing_an_input_on_one_node_download_it_once(
     futures = [checksum(inputs=[File(str(big))]) for _ in range(8)]
     assert [f.result() for f in futures] == [0] * 8
     gets = [h for m, p, h in proxy.seen[before:] if m == "GET" and "reference.bin" in p]
-    assert gets and sum(requested(h, size) for h in gets) == size  # its bytes, once
+    assert gets and sum(requested_bytes(h, size) for h in gets) == size  # its bytes, once
 
 
 def test_a_corrupted_object_is_refused_and_the_task_fails_saying_so(
