@@ -130,6 +130,10 @@ class ServiceLink:
     start_writing: Callable[[], None] = lambda: None  # once the dispatcher has answered
 
 
+# Tasks shorter than this on average are leased SHORT_AHEAD per slot ahead: a lease round
+# trip per task would cost more than the task.
+SHORT_TASK_S = 0.05
+SHORT_AHEAD = 8
 BATCH_WINDOW_S = 0.005  # how long a completion waits for others to share its request
 BATCH_MAX = 64  # completions in one request at most
 
@@ -190,6 +194,7 @@ class Worker:
         self._report_all = False  # send the whole cache with the next heartbeat
         self._lease_s = settings.heartbeat_s * 3
         self._extended_at = 0.0  # when a lease request or completions last extended the leases
+        self._task_s: float | None = None  # how long tasks take here (a moving average)
         self._prefetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch")
         # Completions waiting to be reported, each with what to do once it is accepted:
         # the reporter sends them in batches, so a runner never waits for the dispatcher.
@@ -278,8 +283,13 @@ class Worker:
         lost_since: float | None = None
         while not self._draining.is_set():
             with self._room:
-                want = self.settings.slots + self.settings.prefetch - len(self._held)
-                if want <= 0:
+                depth, ahead = self._depth()
+                want = depth - len(self._held)
+                running = sum(h.started for h in self._held.values())
+                ahead_now = len(self._held) - running - (self.settings.slots - running)
+                # Refill once half the tasks leased ahead of the free slots have started:
+                # one request brings several (one per task costs more than a short task).
+                if want <= 0 or (self._held and ahead_now > ahead // 2):
                     self._room.wait(timeout=1.0)
                     continue
                 held = self._held_now()
@@ -308,6 +318,14 @@ class Worker:
                 return
             for lease in reply.leases:
                 self._accept(_Held(lease))
+
+    def _depth(self) -> tuple[int, int]:
+        """Tasks to hold at most, and of those how many ahead of the free slots: the
+        prefetch setting, or more while tasks are short (on average)."""
+        ahead = self.settings.prefetch
+        if self._task_s is not None and self._task_s < SHORT_TASK_S:
+            ahead = max(ahead, SHORT_AHEAD * self.settings.slots)
+        return self.settings.slots + ahead, ahead
 
     def _held_now(self) -> tuple[Held, ...]:
         """The leases in hand (the caller holds the lock)."""
@@ -377,8 +395,11 @@ class Worker:
             item.started = True
             if item.prefetch is not None:
                 item.prefetch.cancel()  # not begun yet: the stage-in does the work
+            started = time.monotonic()
             self._run_one(item)
+            took = time.monotonic() - started
             with self._room:
+                self._task_s = took if self._task_s is None else 0.8 * self._task_s + 0.2 * took
                 self._held.pop(item.task_id, None)
                 self._room.notify_all()
 
