@@ -134,7 +134,7 @@ class ServiceLink:
 # trip per task would cost more than the task.
 SHORT_TASK_S = 0.05
 SHORT_AHEAD = 8
-BATCH_WINDOW_S = 0.005  # how long a completion waits for others to share its request
+BATCH_WINDOW_S = 0.02  # how long a completion waits for others to share its request
 BATCH_MAX = 64  # completions in one request at most
 
 
