@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from stager.s3server import LocalS3Server
+from worker_hooks.local.cluster import LocalCluster
+
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
@@ -34,3 +37,11 @@ def _tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
         yield mount_point
     finally:
         subprocess.run(["umount", str(mount_point)], check=False)
+
+
+@pytest.fixture
+def cluster(s3_server: LocalS3Server, tmp_path: Path) -> Iterator[LocalCluster]:
+    """A dispatcher (leases of 6 s) against the real S3 server; add workers to it."""
+    env = {**s3_server.env(), "STAGER_STATE_DIR": str(tmp_path / "state")}
+    with LocalCluster(tmp_path / "cluster", env, lease_s=6) as started:
+        yield started

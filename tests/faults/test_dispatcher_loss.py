@@ -11,24 +11,13 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
-from stager.s3server import LocalS3Server
 from tests.integration.test_dispatch import submit, task, wait_for, wait_until_ended
 from worker_hooks.local.cluster import LocalCluster
 from worker_hooks.task.protocol import TaskState
-
-
-@pytest.fixture
-def cluster(s3_server: LocalS3Server, tmp_path: Path) -> Iterator[LocalCluster]:
-    env = {**s3_server.env(), "STAGER_STATE_DIR": str(tmp_path / "state")}
-    with LocalCluster(tmp_path / "cluster", env, lease_s=6) as started:
-        yield started
 
 
 def test_a_dispatcher_killed_mid_workflow_loses_no_task_and_runs_none_twice(

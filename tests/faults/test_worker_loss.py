@@ -12,11 +12,8 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-
-import pytest
 
 from bench.faultproxy import NO_FAULTS, FaultProxy
 from stager.locations import S3Url
@@ -26,13 +23,6 @@ from tests.integration.test_dispatch import submit, task, wait_for, wait_until_e
 from worker_hooks.local.cluster import LocalCluster
 from worker_hooks.task.protocol import TaskState
 from worker_hooks.wrap.memo import recorded_results
-
-
-@pytest.fixture
-def cluster(s3_server: LocalS3Server, tmp_path: Path) -> Iterator[LocalCluster]:
-    env = {**s3_server.env(), "STAGER_STATE_DIR": str(tmp_path / "state")}
-    with LocalCluster(tmp_path / "cluster", env, lease_s=3) as started:
-        yield started
 
 
 def test_a_worker_killed_with_completions_unrecorded_has_those_tasks_run_again(

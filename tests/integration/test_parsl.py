@@ -15,10 +15,7 @@ import pytest
 parsl = pytest.importorskip("parsl")
 
 from parsl.app.app import bash_app, python_app  # noqa: E402
-from parsl.config import Config  # noqa: E402
 from parsl.data_provider.files import File  # noqa: E402
-from parsl.executors import HighThroughputExecutor  # noqa: E402
-from parsl.providers import LocalProvider  # noqa: E402
 
 from bench.faultproxy import NO_FAULTS, FaultProxy, requested_bytes  # noqa: E402
 from stager.digest import digest_bytes  # noqa: E402
@@ -26,7 +23,8 @@ from stager.locations import S3Url  # noqa: E402
 from stager.objectinfo import DIGEST_METADATA_KEY  # noqa: E402
 from stager.objectstore import ObjectStore  # noqa: E402
 from stager.s3server import LocalS3Server  # noqa: E402
-from worker_hooks.parsl import NodeOptions, register_memo, stager_storage  # noqa: E402
+from worker_hooks.parsl import register_memo  # noqa: E402
+from worker_hooks.parsl.example import local_config  # noqa: E402
 
 BUCKET = "parsl-tests"
 REFUSED = "refused-once"
@@ -57,23 +55,7 @@ def dfk(
     # The apps below are sent by reference to this module: workers must import it.
     os.environ["PYTHONPATH"] = str(Path(__file__).parents[2])
     register_memo()
-    node = NodeOptions(cache_dir=str(work / "node-cache"), cache_quota="1G")
-    executor = HighThroughputExecutor(
-        label="htex",
-        max_workers_per_node=8,
-        cores_per_worker=1e-6,
-        address="127.0.0.1",
-        loopback_address="127.0.0.1",
-        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),  # type: ignore[no-untyped-call]
-        storage_access=stager_storage(node),
-    )
-    config = Config(
-        executors=[executor],
-        run_dir=str(work / "runinfo"),
-        retries=1,
-        initialize_logging=False,
-        usage_tracking=0,
-    )
+    config = local_config(str(work), blocks=1, workers=8)
     try:
         with parsl.load(config) as loaded:
             yield loaded

@@ -47,16 +47,19 @@ def gather(inputs: Sequence[File] = (), outputs: Sequence[File] = ()) -> str:
     return "cat " + " ".join(str(f) for f in inputs) + f" > {outputs[0]}"
 
 
-def local_config(run_dir: str, storage: list[Any] | None = None) -> Config:
-    """Two blocks on this machine, two workers each, a cache per block."""
+def local_config(
+    run_dir: str, storage: list[Any] | None = None, *, blocks: int = 2, workers: int = 2
+) -> Config:
+    """Blocks on this machine standing in for nodes (two, of two workers each), a cache
+    per block; ``storage``: another ``storage_access`` list than stager's."""
     node = NodeOptions(cache_dir=f"{run_dir}/node-$PARSL_WORKER_BLOCK_ID/cache", cache_quota="4G")
     executor = HighThroughputExecutor(
         label="nodes",
-        max_workers_per_node=2,
+        max_workers_per_node=workers,
         cores_per_worker=1e-6,
         address="127.0.0.1",
         loopback_address="127.0.0.1",
-        provider=LocalProvider(init_blocks=2, min_blocks=2, max_blocks=2),  # type: ignore[no-untyped-call]
+        provider=LocalProvider(init_blocks=blocks, min_blocks=blocks, max_blocks=blocks),  # type: ignore[no-untyped-call]
         storage_access=stager_storage(node) if storage is None else storage,
     )
     return Config(executors=[executor], run_dir=run_dir, retries=2, usage_tracking=0)
