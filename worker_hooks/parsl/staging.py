@@ -52,7 +52,9 @@ STAGING_DIR = "stager-staging"
 
 def local_path_for(url: S3Url) -> str:
     """Where a ``File`` of ``url`` appears in a task's working directory (unique)."""
-    name = PurePosixPath(url.key.rstrip("/")).name or url.bucket
+    name = PurePosixPath(url.key.rstrip("/")).name
+    if name in ("", ".", ".."):  # a bucket's root, or a key no file may be named after
+        name = "data"
     return f"{STAGING_DIR}/{secrets.token_hex(8)}/{name}"
 
 
