@@ -159,3 +159,26 @@ def test_other_schemes_stay_with_parsls_own_providers(dfk: Any, tmp_path: Path) 
     local = tmp_path / "local.txt"
     local.write_text("local\n")
     assert token(inputs=[File(str(local))]).result().startswith("local:")
+
+
+@bash_app
+def copy_folder(inputs: Any = (), outputs: Any = (), stdout: Any = None) -> str:
+    return f"mkdir -p {outputs[0]} && cp -r {inputs[0]}/. {outputs[0]}/ && ls -R {inputs[0]}"
+
+
+def test_folders_and_stdout_stage_both_ways(dfk: Any, store: ObjectStore) -> None:
+    for key, data in (("tree/a.txt", b"a\n"), ("tree/sub/b ü.txt", b"b\n")):
+        store.put_bytes(S3Url.parse(url(key)), data)
+    future = copy_folder(
+        inputs=[File(url("tree/"))],
+        outputs=[File(url("copied/"))],
+        stdout=File(url("logs/listing.txt")),
+    )
+    assert future.result() == 0
+    for output in (*future.outputs, future.stdout):
+        if hasattr(output, "result"):
+            output.result()
+    assert store.get_bytes(S3Url.parse(url("copied/a.txt"))) == b"a\n"
+    info = store.head(S3Url.parse(url("copied/sub/b ü.txt")))
+    assert info is not None and info.digest == digest_bytes(b"b\n")
+    assert b"b \xc3\xbc.txt" in store.get_bytes(S3Url.parse(url("logs/listing.txt")))
