@@ -670,3 +670,23 @@ def test_memo_hits_are_served_by_the_dispatcher_and_results_are_recorded_in_segm
     listed = [url.key for url, _, _ in store.list(prefix.child("results/"))]
     assert listed and all("/segments/" in key and key.endswith(".jsonl") for key in listed)
     assert {r.task_key for r in recorded_results(store, prefix.child("results/"))} == keys
+
+
+def test_a_dispatcher_started_empty_with_memo_from_knows_what_was_computed(
+    make_cluster: ClusterFactory, prefix: S3Url, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    body = task("a", f"echo a >> {runs}; echo a > out.txt", prefix)
+    first = make_cluster()
+    first.add_worker("w1")
+    submit(first.client, [body], workflow="wf")
+    assert wait_until_ended(first.client, "wf")["done"] == 1
+    first.stop()  # its database, and its memo, are gone with it
+    results = str(prefix.child("results/"))
+    second = make_cluster(dispatcher_args=["--memo-from", results])
+    second.add_worker("w2")
+    submit(second.client, [{**body, "id": "again"}], workflow="wf")
+    assert wait_until_ended(second.client, "wf")["done"] == 1
+    assert runs.read_text().split() == ["a"]  # not run again
+    assert second.client.task("wf/again").memoized
+    assert f"memo: 1 results read from {results}" in second.log_of("dispatcher")

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import click
 
 from stager.cli.context import CliState
+from stager.errors import ConfigError
 from stager.settings import load_component
 from stager.tokens import TOKEN_ENV, load_token, server_token
 from stager.units import format_size
@@ -65,6 +68,28 @@ def dispatcher_group() -> None:
     """The task dispatcher that workers pull from (runs on the frontend)."""
 
 
+MEMO_READERS = "stager.memo_readers"
+MEMO_CHUNK = 1000
+
+
+def _import_memo(db: TaskDB, url: str, config_path: Path | None) -> None:
+    """Fill an empty memo from the results recorded in S3, through the reader registered
+    for ``s3`` (the dispatcher imports no S3 client)."""
+    if db.has_results():
+        click.echo("--memo-from skipped: the database records results already", err=True)
+        return
+    readers = entry_points(group=MEMO_READERS, name="s3")
+    if not readers:
+        raise ConfigError("--memo-from needs stager's S3 reader, which is not installed")
+    (reader,) = readers
+    results = reader.load()(url, config_path)
+    count = 0
+    while chunk := list(itertools.islice(results, MEMO_CHUNK)):
+        db.remember(chunk)
+        count += len(chunk)
+    click.echo(f"memo: {count} results read from {url}", err=True)
+
+
 @dispatcher_group.command(
     "serve",
     epilog="""\b
@@ -85,6 +110,13 @@ Examples:
 @click.option("--lease-s", type=float, help="Lease length between heartbeats, seconds [60].")
 @click.option("--max-failures", type=int, help="Failed attempts before a task fails [3].")
 @click.option("--starvation-s", type=float, help="Bound on how long a task is passed over [60].")
+@click.option(
+    "--memo-from",
+    metavar="S3_PREFIX",
+    help="On a database that records no result yet: first read the results recorded"
+    " under this results prefix (manifests and segments), so tasks computed before are"
+    " not run again.",
+)
 @click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="PEM cert.")
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="PEM key.")
 @token_file_option
@@ -95,7 +127,12 @@ Examples:
 )
 @click.pass_obj
 def serve_command(
-    core: CliState, /, token_file: Path | None, url_file: Path | None, **flags: Any
+    core: CliState,
+    /,
+    token_file: Path | None,
+    url_file: Path | None,
+    memo_from: str | None,
+    **flags: Any,
 ) -> None:
     """Serve the task queue over HTTP(S); state survives restarts (SQLite).
 
@@ -121,6 +158,8 @@ def serve_command(
         policy=settings.policy,
     )
     db = TaskDB(settings.dispatcher_db, limits)
+    if memo_from is not None:
+        _import_memo(db, memo_from, core.config_path)
 
     def ready(url: str) -> None:
         where = f"; token in {saved}" if saved else ""

@@ -759,6 +759,10 @@ class TaskDB:
         rows = rows_in(self._db, "SELECT key, result FROM memo WHERE key IN ({marks})", keys)
         return {row["key"]: _result_of(row["result"]) for row in rows}
 
+    def has_results(self) -> bool:
+        """Whether any result is recorded (a database that has run anything)."""
+        return self._db.execute("SELECT 1 FROM memo LIMIT 1").fetchone() is not None
+
     def recorded(self, keys: Sequence[str]) -> list[ResultManifest]:
         """The results recorded for these task keys (those known)."""
         return list(self._memo(sorted(set(keys))).values())

@@ -16,7 +16,9 @@ import re
 import secrets
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
+from stager.cli.context import CliState
 from stager.errors import (
     IntegrityError,
     NotFoundError,
@@ -133,6 +135,17 @@ def recorded_results(store: ObjectStore, prefix: S3Url) -> Iterator[ResultManife
             yield from decode(store.get_bytes(url))
         except StagerError:
             continue
+
+
+def results_at(url: str, config_path: Path | None = None) -> Iterator[ResultManifest]:
+    """Every result recorded under the S3 prefix ``url``, read with this process's
+    settings and credentials (``stager dispatcher serve --memo-from``)."""
+    prefix = S3Url.parse(url if url.endswith("/") else url + "/")
+    core = CliState(flags={}, config_path=config_path)
+    try:
+        yield from recorded_results(core.object_store(), prefix)
+    finally:
+        core.close()
 
 
 def _segment_results(data: bytes) -> tuple[ResultManifest, ...]:
