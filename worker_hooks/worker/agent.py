@@ -285,11 +285,10 @@ class Worker:
             with self._room:
                 depth, ahead = self._depth()
                 want = depth - len(self._held)
-                running = sum(h.started for h in self._held.values())
-                ahead_now = len(self._held) - running - (self.settings.slots - running)
-                # Refill once half the tasks leased ahead of the free slots have started:
-                # one request brings several (one per task costs more than a short task).
-                if want <= 0 or (self._held and ahead_now > ahead // 2):
+                # Refill once half the tasks leased ahead of the slots have started: one
+                # request brings several (one per task costs more than a short task).
+                beyond_slots = len(self._held) - self.settings.slots
+                if want <= 0 or (self._held and beyond_slots > ahead // 2):
                     self._room.wait(timeout=1.0)
                     continue
                 held = self._held_now()
