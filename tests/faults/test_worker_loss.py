@@ -58,3 +58,29 @@ def test_a_worker_killed_with_completions_unrecorded_has_those_tasks_run_again(
         info = cluster.client.task(f"wf/{i}")
         assert info.result is not None and not info.memoized
         assert [a.worker for a in info.attempts][-1] == "rescuer"
+
+
+def test_a_refused_segment_write_fails_its_tasks_for_another_attempt(
+    cluster: LocalCluster,
+    s3_server: LocalS3Server,
+    store: ObjectStore,
+    prefix: S3Url,
+    tmp_path: Path,
+) -> None:
+    """S3 refuses the first segment write (403): its task is reported failed, not done,
+    and runs again; the second attempt's segment lands."""
+    ledger = tmp_path / "ledger"
+    proxy = FaultProxy(s3_server.endpoint_url, replace(NO_FAULTS, refuse_paths=("/segments/",)))
+    try:
+        cluster.add_worker("w", env={"AWS_ENDPOINT_URL": proxy.start()})
+        body = task("t", f"echo t > out.txt; echo t >> {ledger}", prefix)
+        submit(cluster.client, [body], workflow="wf")
+        assert wait_until_ended(cluster.client, "wf")["done"] == 1
+    finally:
+        proxy.stop()
+    assert proxy.injected["refuse"] == 1
+    assert ledger.read_text().split() == ["t", "t"]
+    first, second = cluster.client.task("wf/t").attempts
+    assert first.outcome == "failed" and "segment" in (first.error or "")
+    assert second.outcome == "done"
+    assert [r.task_id for r in recorded_results(store, prefix.child("results/"))] == ["t"]
