@@ -418,7 +418,9 @@ def test_a_lease_names_the_peers_holding_its_inputs_and_where_to_mirror(
     db.report_cache("c", added=[DIGEST], removed=[])
     body = task("t")
     body["inputs"] = [{"source": "s3://bkt/ref", "path": "ref", "digest": str(DIGEST), "size": 5}]
-    submit(db, body, {**body, "id": "u"}, {**body, "id": "v"})
+    body["outputs"] = [{"path": "x", "to": "s3://bkt/x", "persist": "mirror"}]
+    plain = {**body, "id": "s3-only", "outputs": [{"path": "x", "to": "s3://bkt/y"}]}
+    submit(db, body, {**body, "id": "u"}, {**body, "id": "v"}, plain)
 
     (lease,) = db.lease("a", 1, address="10.0.0.1:8766")
     assert lease.peers == (Replica(DIGEST, ("10.0.0.2:8766",)),)
@@ -432,6 +434,11 @@ def test_a_lease_names_the_peers_holding_its_inputs_and_where_to_mirror(
     db.touch_worker("a")
     (lease,) = db.lease("a", 1)
     assert lease.peers == () and lease.mirror_to == ()
+
+    db.touch_worker("b", address="10.0.0.2:8766")
+    (lease,) = db.lease("a", 1)  # no output of its is mirrored: no peers asked for
+    assert lease.task_id.endswith("s3-only") and lease.mirror_to == ()
+    assert lease.peers == (Replica(DIGEST, ("10.0.0.2:8766",)),)
 
 
 def test_outputs_kept_on_nodes_are_listed_until_written_behind(db: TaskDB) -> None:

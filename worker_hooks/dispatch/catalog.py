@@ -200,7 +200,8 @@ class ReplicaCatalog:
             return leases
         wanted = {digest for lease in leases for digest, _ in lease.spec.known_inputs()}
         holders = self._peer_addresses(wanted, besides=worker)
-        targets = self._mirror_targets(worker)
+        mirrored = any(o.persist is Persist.MIRROR for lease in leases for o in lease.spec.outputs)
+        targets = self._mirror_targets(worker) if mirrored else ()
         return [
             replace(
                 lease,
