@@ -6,13 +6,16 @@ talks to it) and:
 1. **Submission**: ``tasks`` independent ``true`` tasks, submitted in chunks
    of ``chunk`` as ``stager submit`` would send them; the time it takes and
    the dispatcher's peak resident memory after it.
-2. **Load**: ``workers`` simulated one-slot workers, spread over
-   ``processes`` processes of threads, each doing what a real worker's loop
-   does: lease one task (no long poll while the queue has work), hold it for
-   ``task_s`` as if running it, report it done with an empty result (through
-   ``POST /v1/completions``, as workers do), and heartbeat every
-   ``heartbeat_s`` with what it holds. For ``duration_s``.
-   Reported: the lease round trip (p50, p99), completions per second, and
+2. **Load**: ``workers`` simulated one-slot workers, coroutines spread over
+   ``processes`` processes, each doing what a real worker's loop does: hold
+   a task for ``task_s`` on average (from half to one and a half times it)
+   as if running it, report it done with an empty result through
+   ``POST /v1/completions``, asking in the same request for the task that
+   fills its slot (as workers do), lease on its own only when that brought
+   none (no long poll while the queue has work), and heartbeat every
+   ``heartbeat_s`` with what it holds. Workers start spread over the first
+   ``task_s``, and the load runs for ``duration_s``. Reported: the round
+   trip of the requests that lease (p50, p99), completions per second, and
    the database file's size (with its WAL) at the end.
 
 Nothing here is a test: figures go to JSON and markdown like every bench.
@@ -20,21 +23,39 @@ Nothing here is a test: figures go to JSON and markdown like every bench.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
+import random
 import statistics
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+import aiohttp
 
 from stager.errors import StagerError
-from worker_hooks.dispatch.client import DispatcherClient
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.local.cluster import LocalCluster
 from worker_hooks.task.parse import parse_spec
-from worker_hooks.task.protocol import Completion, HeartbeatRequest, Held
+from worker_hooks.task.protocol import (
+    PROTOCOL_VERSION,
+    VERSION_HEADER,
+    Completion,
+    CompletionsReply,
+    CompletionsRequest,
+    HeartbeatReply,
+    HeartbeatRequest,
+    Held,
+    Lease,
+    LeaseReply,
+    LeaseRequest,
+    Message,
+)
 from worker_hooks.task.result import ResultManifest
+
+M = TypeVar("M", bound=Message)
 
 
 @dataclass(frozen=True)
@@ -66,55 +87,87 @@ class _Load:
 
 
 def _simulate(load: _Load) -> tuple[list[float], int, int]:
-    """One process of simulated workers, a thread each: lease round trips (s),
-    completions, errors."""
-    client = DispatcherClient(load.url, load.token, timeout_s=60)
+    """One process of simulated workers: lease round trips (s), completions, errors."""
+    return asyncio.run(_simulate_async(load))
+
+
+async def _simulate_async(load: _Load) -> tuple[list[float], int, int]:
+    # The workers of a process are coroutines on one event loop, each on its own
+    # keep-alive connection: threads would measure their own wait for the GIL.
+    headers = {
+        "Authorization": f"Bearer {load.token}",
+        "Content-Type": "application/json",
+        VERSION_HEADER: str(PROTOCOL_VERSION),
+    }
     rtts: list[float] = []
     counts = {"done": 0, "errors": 0}
-    guard = threading.Lock()
-    deadline = time.monotonic() + load.duration_s
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + load.duration_s
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
-    def worker(worker_id: str) -> None:
-        next_beat = time.monotonic() + load.heartbeat_s
-        while time.monotonic() < deadline:
-            started = time.perf_counter()
+        async def call(path: str, body: Message, answer: type[M]) -> M:
+            async with session.post(load.url + path, data=body.to_json(), headers=headers) as r:
+                data = await r.read()
+                if r.status != 200:
+                    raise StagerError(f"{path}: HTTP {r.status}")
+                return answer.from_json(data)
+
+        async def timed(path: str, body: Message, answer: type[M]) -> M | None:
+            started = loop.time()
             try:
-                reply = client.lease(worker_id, 1, wait_s=0)
-            except StagerError:
-                with guard:
-                    counts["errors"] += 1
-                time.sleep(0.1)
-                continue
-            took = time.perf_counter() - started
-            with guard:
-                rtts.append(took)
-            if not reply.leases:
-                time.sleep(0.05)
-                continue
-            (lease,) = reply.leases
-            time.sleep(load.task_s)
-            if time.monotonic() > next_beat:
-                held = (Held(lease.task_id, lease.attempt),)
-                client.heartbeat(HeartbeatRequest(worker_id, held))
-                next_beat = time.monotonic() + load.heartbeat_s
-            result = ResultManifest(
-                task_id=lease.task_id,
-                task_key="simulated",
-                command=lease.spec.command,
-                exit_code=0,
-                host="simulated",
-                started_at="2026-01-01T00:00:00Z",
-            )
-            client.complete_many(worker_id, [Completion(lease.task_id, lease.attempt, result)])
-            with guard:
-                counts["done"] += 1
+                reply = await call(path, body, answer)
+            except (StagerError, aiohttp.ClientError, TimeoutError):
+                counts["errors"] += 1
+                await asyncio.sleep(0.1)
+                return None
+            rtts.append(loop.time() - started)
+            return reply
 
-    threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in load.worker_ids]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+        async def worker(worker_id: str) -> None:
+            jitter = random.Random(worker_id)
+            await asyncio.sleep(jitter.uniform(0, load.task_s))  # start one by one
+            next_beat = loop.time() + load.heartbeat_s
+            lease: Lease | None = None
+            while loop.time() < deadline:
+                if lease is None:  # idle: ask on its own
+                    asked = await timed("/v1/lease", LeaseRequest(worker_id, 1), LeaseReply)
+                    lease = only(asked.leases) if asked else None
+                    if lease is None:
+                        await asyncio.sleep(0.05)
+                        continue
+                await asyncio.sleep(load.task_s * jitter.uniform(0.5, 1.5))  # tasks differ
+                if loop.time() > next_beat:
+                    held = (Held(lease.task_id, lease.attempt),)
+                    beat = HeartbeatRequest(worker_id, held)
+                    await call("/v1/heartbeat", beat, HeartbeatReply)
+                    next_beat = loop.time() + load.heartbeat_s
+                # As a worker does: the completion's request leases the task for the
+                # slot it frees.
+                completion = Completion(lease.task_id, lease.attempt, _result(lease))
+                request = CompletionsRequest(worker_id, (completion,), want=1)
+                done = await timed("/v1/completions", request, CompletionsReply)
+                counts["done"] += done is not None
+                lease = only(done.leases) if done else None
+
+        await asyncio.gather(*(worker(w) for w in load.worker_ids))
     return rtts, counts["done"], counts["errors"]
+
+
+def only(leases: Sequence[Lease]) -> Lease | None:
+    return leases[0] if leases else None
+
+
+def _result(lease: Lease) -> ResultManifest:
+    return ResultManifest(
+        task_id=lease.task_id,
+        task_key="simulated",
+        command=lease.spec.command,
+        exit_code=0,
+        host="simulated",
+        started_at="2026-01-01T00:00:00Z",
+    )
 
 
 def _peak_rss_mib(pid: int) -> float:

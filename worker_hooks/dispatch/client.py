@@ -170,12 +170,18 @@ class DispatcherClient:
         self.call("POST", f"/v1/tasks/{_quoted(task_id)}/complete", StateReply, request)
 
     def complete_many(
-        self, worker: str, completions: Sequence[Completion], *, held: Sequence[Held] = ()
+        self,
+        worker: str,
+        completions: Sequence[Completion],
+        *,
+        held: Sequence[Held] = (),
+        want: int = 0,
     ) -> CompletionsReply:
         """Report many completions in one request: ``stale`` names those refused (each
         for its own attempt; the others are accepted). The leases ``held`` are
-        extended (and those to drop named)."""
-        request = CompletionsRequest(worker, tuple(completions), tuple(held))
+        extended (and those to drop named). Up to ``want`` new tasks come back
+        leased in ``leases``, without waiting for any."""
+        request = CompletionsRequest(worker, tuple(completions), tuple(held), want)
         return self.call("POST", "/v1/completions", CompletionsReply, request)
 
     def recorded(self, keys: Sequence[str]) -> dict[str, ResultManifest]:

@@ -56,6 +56,7 @@ from worker_hooks.task.protocol import (
 )
 
 MAX_WAIT_S = 60.0
+MAX_LEASES = 1000  # in one answer
 MAX_MEMO_KEYS = 10_000
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=Message)
@@ -167,7 +168,7 @@ class Dispatcher:
 
     async def lease(self, request: web.Request) -> web.Response:
         body = await self._read(request, LeaseRequest)
-        count = max(0, min(body.max_tasks, 1000))
+        count = max(0, min(body.max_tasks, MAX_LEASES))
         wait_s = max(0.0, min(body.wait_s, MAX_WAIT_S))
         self._apply_cache_report(body.worker, body.cache)
         drop, lost = self._extend(body.worker, body.held)
@@ -222,8 +223,10 @@ class Dispatcher:
         body = await self._read(request, CompletionsRequest)
         refused = self.db.complete_many(body.worker, body.completions)
         drop, lost = self._extend(body.worker, body.held)
+        want = max(0, min(body.want, MAX_LEASES))
+        leases = self.db.lease(body.worker, want) if want else []
         await self._changed_now()
-        return _reply(CompletionsReply(tuple(refused), drop, lost))
+        return _reply(CompletionsReply(tuple(refused), drop, lost, tuple(leases)))
 
     async def memo(self, request: web.Request) -> web.Response:
         body = await self._read(request, MemoRequest)

@@ -333,6 +333,7 @@ class CompletionsRequest(Message):
     worker: str
     completions: tuple[Completion, ...]
     held: tuple[Held, ...] = ()  # leases it holds, extended as by a heartbeat
+    want: int = 0  # tasks to lease in the same round trip (the slots these free), no waiting
 
 
 @dataclass(frozen=True)
@@ -342,6 +343,7 @@ class CompletionsReply(Message):
     stale: tuple[str, ...]
     drop: tuple[str, ...] = ()  # of the leases held, those no longer the worker's
     beat_now: bool = False  # the worker was taken as lost: its next heartbeat must come now
+    leases: tuple[Lease, ...] = ()  # up to ``want`` new leases, as a lease request's
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,8 @@ class Worker:
         self._lease_s = settings.heartbeat_s * 3
         self._extended_at = 0.0  # when a lease request or completions last extended the leases
         self._task_s: float | None = None  # how long tasks take here (a moving average)
+        self._asking = 0  # tasks asked for by a request in flight (lease or completions)
+        self._unreported = 0  # completions not sent yet: their request will ask for more
         self._prefetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch")
         # Completions waiting to be reported, each with what to do once it is accepted:
         # the reporter sends them in batches, so a runner never waits for the dispatcher.
@@ -283,15 +285,17 @@ class Worker:
         lost_since: float | None = None
         while not self._draining.is_set():
             with self._room:
-                depth, ahead = self._depth()
-                want = depth - len(self._held)
-                # Refill once half the tasks leased ahead of the slots have started: one
+                want = self._wanted()
+                # Completions about to be sent ask for the slots they free; otherwise
+                # refill once half the tasks leased ahead of the slots have started: one
                 # request brings several (one per task costs more than a short task).
+                _, ahead = self._depth()
                 beyond_slots = len(self._held) - self.settings.slots
-                if want <= 0 or (self._held and beyond_slots > ahead // 2):
+                if want <= 0 or self._unreported or (self._held and beyond_slots > ahead // 2):
                     self._room.wait(timeout=1.0)
                     continue
                 held = self._held_now()
+                self._asking += want
             try:
                 asked = time.monotonic()
                 reply = self.client.lease(
@@ -315,6 +319,9 @@ class Worker:
             except StagerError as exc:
                 self._give_up(exc)
                 return
+            finally:
+                with self._room:
+                    self._asking -= want
             for lease in reply.leases:
                 self._accept(_Held(lease))
 
@@ -325,6 +332,13 @@ class Worker:
         if self._task_s is not None and self._task_s < SHORT_TASK_S:
             ahead = max(ahead, SHORT_AHEAD * self.settings.slots)
         return self.settings.slots + ahead, ahead
+
+    def _wanted(self) -> int:
+        """How many tasks to ask for now: the depth less those held and those asked for
+        (the caller holds the lock)."""
+        if self._draining.is_set():
+            return 0
+        return max(0, self._depth()[0] - len(self._held) - self._asking)
 
     def _held_now(self) -> tuple[Held, ...]:
         """The leases in hand (the caller holds the lock)."""
@@ -483,6 +497,8 @@ class Worker:
             how = "memoized" if result.memoized else f"in {seconds:.2f} s"
             self.log(f"worker {self.worker_id}: {item.task_id} done {how}")
 
+        with self._lock:
+            self._unreported += 1
         self._completions.put(_Pending(item, completion, accepted, not result.memoized))
 
     def _report_loop(self) -> None:
@@ -527,7 +543,15 @@ class Worker:
         return ready
 
     def _send_completions(self, batch: list[_Pending]) -> None:
-        batch = self._record(batch)
+        """Record and report a batch; the same request leases tasks for the free slots."""
+        try:
+            self._report(self._record(batch))
+        finally:
+            with self._room:
+                self._unreported -= len(batch)
+                self._room.notify_all()  # the lease loop asks, if this request did not
+
+    def _report(self, batch: list[_Pending]) -> None:
         if not batch:
             return
 
@@ -535,9 +559,17 @@ class Worker:
             completions = [pending.completion for pending in batch]
             with self._lock:
                 held = self._held_now()
+                want = self._wanted()
+                self._asking += want
             asked = time.monotonic()
-            reply = self.client.complete_many(self.worker_id, completions, held=held)
+            try:
+                reply = self.client.complete_many(self.worker_id, completions, held=held, want=want)
+            finally:
+                with self._lock:
+                    self._asking -= want
             self._extended(asked, held, reply.drop, reply.beat_now)
+            for lease in reply.leases:
+                self._accept(_Held(lease))
             refused = set(reply.stale)
             for pending in batch:
                 if pending.item.task_id in refused:
