@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 import urllib3
 import yaml
 
+from bench.faultproxy import NO_FAULTS, FaultProxy
 from fsd.cache import NodeCache
 from stager.digest import digest_bytes
 from stager.errors import AccessDeniedError, PreconditionFailedError, UnreachableError
@@ -185,6 +187,53 @@ def test_completions_in_one_request_are_fenced_each_on_its_own(
     assert client.task("a").state is TaskState.LEASED
     assert client.complete_many("w", batch[:1]).stale == ()
     assert client.task("a").state is TaskState.DONE
+
+
+def test_completions_lease_the_tasks_for_the_slots_they_free(
+    make_cluster: ClusterFactory, prefix: S3Url
+) -> None:
+    cluster = make_cluster()
+    client = cluster.client
+    submit(client, [task(t, "true", prefix) for t in ("a", "b", "c")], workflow="wf")
+    (first,) = client.lease("w", 1, wait_s=5).leases
+    manifest = ResultManifest(
+        task_id=first.task_id,
+        task_key="k",
+        command=("true",),
+        exit_code=0,
+        host="h",
+        started_at="s",
+    )
+    done = Completion(first.task_id, first.attempt, manifest)
+    reply = client.complete_many("w", [done], want=5)  # more than are queued
+    assert reply.stale == () and client.task(first.task_id).state is TaskState.DONE
+    assert sorted(lease.task_id for lease in reply.leases) == ["wf/b", "wf/c"]
+    for lease in reply.leases:
+        info = client.task(lease.task_id)
+        assert info.state is TaskState.LEASED and info.attempts[-1].worker == "w"
+        assert lease.attempt == 1 and lease.spec.command == ("true",)
+    assert client.complete_many("w", [], want=1).leases == ()  # nothing left to lease
+
+
+def test_a_busy_worker_leases_through_its_completions(
+    make_cluster: ClusterFactory, store: ObjectStore, prefix: S3Url
+) -> None:
+    """A worker reporting a task done gets the next one in the same round trip: its
+    lease requests are a few, not one per task."""
+    cluster = make_cluster()
+    ids = [f"t{n}" for n in range(12)]
+    submit(cluster.client, [task(i, f"sleep 0.2; echo {i} > out.txt", prefix) for i in ids], "wf")
+    proxy = FaultProxy(cluster.url, NO_FAULTS)  # records the worker's requests
+    try:
+        cluster.add_worker("w", dispatcher=proxy.start())
+        assert wait_until_ended(cluster.client, "wf")["done"] == len(ids)
+        paths = Counter(path for _, path, _ in proxy.seen)
+    finally:
+        proxy.stop()
+    for i in ids:
+        assert store.get_bytes(prefix.child(f"out/{i}.txt")) == f"{i}\n".encode()
+    assert paths["/v1/completions"] >= 1
+    assert paths["/v1/lease"] <= len(ids) // 3, paths
 
 
 def test_dependants_of_a_failed_producer_fail_with_the_reason(

@@ -123,12 +123,14 @@ class LocalCluster:
         *args: str,
         cache_dir: Path | None = None,
         env: Mapping[str, str] | None = None,
+        dispatcher: str | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start a worker with its sandboxes under ``<work_dir>/<name>``.
 
         Its cache is its own (``<work_dir>/<name>/cache``) unless ``cache_dir``
         names one that several workers share (the NFS-head mode). ``env``: variables
-        of this worker's alone (another S3 endpoint, say).
+        of this worker's alone (another S3 endpoint, say). ``dispatcher``: the URL it
+        reaches the dispatcher at, if not the dispatcher's own (a proxy in between).
         """
         node = self.work_dir / name
         process = self._spawn(
@@ -136,7 +138,7 @@ class LocalCluster:
             [
                 "worker",
                 "--dispatcher",
-                self.url,
+                dispatcher or self.url,
                 "--token-file",
                 str(self.token_file),
                 "--worker-id",

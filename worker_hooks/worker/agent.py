@@ -3,11 +3,15 @@
 It only connects out (works behind NAT). Threads, each with one job:
 
 - the *leaser* keeps ``slots + prefetch`` tasks in hand (long-polling the
-  dispatcher) and starts staging the inputs of tasks that must wait for a
-  slot (prefetch: the node cache's single flight lets the later stage-in
-  share that fetch);
+  dispatcher; :mod:`~worker_hooks.worker.leasing` decides how many and
+  when) and starts staging the inputs of tasks that must wait for a slot
+  (prefetch: the node cache's single flight lets the later stage-in share
+  that fetch);
 - ``slots`` *runners* run tasks through :func:`~worker_hooks.wrap.wrapper.wrap_task`
-  and report the outcome with the lease's attempt number (fencing);
+  and hand the outcome to the reporter;
+- the *reporter* writes the results of a batch of completions in one
+  segment, then reports them with their leases' attempt numbers (fencing),
+  asking in the same request for tasks for the slots they freed;
 - the *heartbeater* extends the leases in hand, drops those the dispatcher
   says are stale, and reports what the node cache gained and lost.
 
@@ -60,6 +64,7 @@ from worker_hooks.task.protocol import (
     Written,
 )
 from worker_hooks.task.result import Persist, ResultManifest
+from worker_hooks.worker.leasing import Holding
 from worker_hooks.worker.settings import WorkerSettings
 from worker_hooks.worker.spot import SpotWatcher
 from worker_hooks.wrap.memo import write_segment
@@ -130,10 +135,6 @@ class ServiceLink:
     start_writing: Callable[[], None] = lambda: None  # once the dispatcher has answered
 
 
-# Tasks shorter than this on average are leased SHORT_AHEAD per slot ahead: a lease round
-# trip per task would cost more than the task.
-SHORT_TASK_S = 0.05
-SHORT_AHEAD = 8
 BATCH_WINDOW_S = 0.02  # how long a completion waits for others to share its request
 BATCH_MAX = 64  # completions in one request at most
 
@@ -285,13 +286,8 @@ class Worker:
         lost_since: float | None = None
         while not self._draining.is_set():
             with self._room:
-                want = self._wanted()
-                # Completions about to be sent ask for the slots they free; otherwise
-                # refill once half the tasks leased ahead of the slots have started: one
-                # request brings several (one per task costs more than a short task).
-                _, ahead = self._depth()
-                beyond_slots = len(self._held) - self.settings.slots
-                if want <= 0 or self._unreported or (self._held and beyond_slots > ahead // 2):
+                want = self._holding().to_lease()
+                if want <= 0:
                     self._room.wait(timeout=1.0)
                     continue
                 held = self._held_now()
@@ -325,20 +321,17 @@ class Worker:
             for lease in reply.leases:
                 self._accept(_Held(lease))
 
-    def _depth(self) -> tuple[int, int]:
-        """Tasks to hold at most, and of those how many ahead of the free slots: the
-        prefetch setting, or more while tasks are short (on average)."""
-        ahead = self.settings.prefetch
-        if self._task_s is not None and self._task_s < SHORT_TASK_S:
-            ahead = max(ahead, SHORT_AHEAD * self.settings.slots)
-        return self.settings.slots + ahead, ahead
-
-    def _wanted(self) -> int:
-        """How many tasks to ask for now: the depth less those held and those asked for
-        (the caller holds the lock)."""
-        if self._draining.is_set():
-            return 0
-        return max(0, self._depth()[0] - len(self._held) - self._asking)
+    def _holding(self) -> Holding:
+        """What this worker holds and has asked for (the caller holds the lock)."""
+        return Holding(
+            slots=self.settings.slots,
+            prefetch=self.settings.prefetch,
+            held=len(self._held),
+            asking=self._asking,
+            unreported=self._unreported,
+            task_s=self._task_s,
+            draining=self._draining.is_set(),
+        )
 
     def _held_now(self) -> tuple[Held, ...]:
         """The leases in hand (the caller holds the lock)."""
@@ -559,7 +552,7 @@ class Worker:
             completions = [pending.completion for pending in batch]
             with self._lock:
                 held = self._held_now()
-                want = self._wanted()
+                want = self._holding().wanted()
                 self._asking += want
             asked = time.monotonic()
             try:

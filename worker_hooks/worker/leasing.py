@@ -1,0 +1,52 @@
+"""How many tasks a worker asks the dispatcher for, and when: pure decisions.
+
+A worker holds up to ``slots + ahead`` leases: the tasks running and those
+waiting for a slot (their inputs prefetched meanwhile). ``ahead`` is the
+prefetch setting, or :data:`SHORT_AHEAD` per slot while tasks take under
+:data:`SHORT_TASK_S` on average: then a round trip per task would cost more
+than the task.
+
+Two requests lease. Completions ask for the slots they free, in their own
+round trip (it is made anyway). The lease loop asks only when no
+completion is about to be sent, and, while tasks are leased ahead of the
+slots, only once half of those have started: one request brings several.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SHORT_TASK_S = 0.05
+SHORT_AHEAD = 8
+
+
+@dataclass(frozen=True)
+class Holding:
+    """What a worker holds and has asked for, at one moment."""
+
+    slots: int
+    prefetch: int
+    held: int  # leases in hand, running or waiting for a slot
+    asking: int = 0  # tasks asked for by a request still in flight
+    unreported: int = 0  # completions not sent yet
+    task_s: float | None = None  # how long tasks take here (a moving average)
+    draining: bool = False
+
+    @property
+    def ahead(self) -> int:
+        """Tasks to hold beyond the slots."""
+        if self.task_s is not None and self.task_s < SHORT_TASK_S:
+            return max(self.prefetch, SHORT_AHEAD * self.slots)
+        return self.prefetch
+
+    def wanted(self) -> int:
+        """Tasks to ask for with the next completions: what the depth lacks."""
+        if self.draining:
+            return 0
+        return max(0, self.slots + self.ahead - self.held - self.asking)
+
+    def to_lease(self) -> int:
+        """Tasks the lease loop asks for now (0: wait)."""
+        if self.unreported or (self.held and self.held - self.slots > self.ahead // 2):
+            return 0
+        return self.wanted()
