@@ -21,7 +21,13 @@ import yaml
 from bench.faultproxy import NO_FAULTS, FaultProxy
 from fsd.cache import NodeCache
 from stager.digest import digest_bytes
-from stager.errors import AccessDeniedError, PreconditionFailedError, UnreachableError
+from stager.errors import (
+    AccessDeniedError,
+    ConfigError,
+    NotFoundError,
+    PreconditionFailedError,
+    UnreachableError,
+)
 from stager.locations import S3Url
 from stager.objectstore import ObjectStore
 from stager.s3server import LocalS3Server, free_ports
@@ -234,6 +240,41 @@ def test_a_busy_worker_leases_through_its_completions(
         assert store.get_bytes(prefix.child(f"out/{i}.txt")) == f"{i}\n".encode()
     assert paths["/v1/completions"] >= 1
     assert paths["/v1/lease"] <= len(ids) // 3, paths
+
+
+def test_a_large_workflow_goes_in_parts_producers_first(
+    make_cluster: ClusterFactory, store: ObjectStore, prefix: S3Url
+) -> None:
+    cluster = make_cluster()
+    client = cluster.client
+    chain = [  # listed last to first: each reads the one listed after it
+        task(f"c{n}", f"cat in.txt > out.txt; echo {n} >> out.txt", prefix)
+        | ({"inputs": [{"source": f"task://c{n - 1}/out.txt", "path": "in.txt"}]} if n else {})
+        for n in reversed(range(7))
+    ]
+    chain[-1]["command"] = "echo 0 > out.txt"
+    parts: list[int] = []
+    reply = client.submit([parse_spec(b) for b in chain], "wf", chunk_tasks=3, sent=parts.append)
+    assert parts == [3, 3, 1] and sorted(reply.submitted) == [f"c{n}" for n in range(7)]
+    cluster.add_worker("w")
+    assert wait_until_ended(client, "wf")["done"] == 7
+    assert store.get_bytes(prefix.child("out/c6.txt")) == b"".join(b"%d\n" % n for n in range(7))
+
+    # Every producer in the batch: a mistake is found before any part is sent.
+    bad = [task(f"d{n}", "true", prefix) for n in range(5)]
+    bad[4]["inputs"] = [{"source": "task://d0/missing.txt", "path": "x"}]
+    with pytest.raises(ConfigError, match="does not declare"):
+        client.submit([parse_spec(b) for b in bad], "wf2", chunk_tasks=2)
+    with pytest.raises(NotFoundError):
+        client.task("wf2/d0")
+
+    # A producer submitted before (or not): the dispatcher checks each part, and the
+    # error says what went through.
+    later = [task(f"e{n}", "true", prefix) for n in range(5)]
+    later[4]["inputs"] = [{"source": "task://nowhere/out.txt", "path": "x"}]
+    with pytest.raises(ConfigError, match=r"unknown task nowhere.*the 4 tasks sent before"):
+        client.submit([parse_spec(b) for b in later], "wf3", chunk_tasks=2)
+    assert client.task("wf3/e3").state is not TaskState.FAILED
 
 
 def test_dependants_of_a_failed_producer_fail_with_the_reason(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from tqdm import tqdm
 
 from stager.cli.context import CliState
 from stager.errors import ConfigError
@@ -238,7 +239,8 @@ def submit_command(
     """
     name, tasks = load_workflow(workflow_file)
     name = workflow_name or name
-    reply = client.submit(tasks, workflow=name)
+    with tqdm(total=len(tasks), unit="task", desc=name, disable=None, leave=False) as bar:
+        reply = client.submit(tasks, workflow=name, sent=bar.update)
     click.echo(
         f"workflow {name}: {len(reply.submitted)} new tasks, {len(reply.again)} to run again, "
         f"{len(reply.kept)} kept from before",

@@ -10,7 +10,7 @@ only into the Authorization header, never into a message.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import urllib3
@@ -61,8 +61,10 @@ from worker_hooks.task.protocol import (
 )
 from worker_hooks.task.result import ResultManifest
 from worker_hooks.task.spec import TaskSpec
+from worker_hooks.task.workflow import check_batch, submit_order
 
 M = TypeVar("M", bound=Message)
+SUBMIT_CHUNK_TASKS = 2_000  # tasks in one submit request at most
 _BY_STATUS: dict[int, type[StagerError]] = {
     400: ConfigError,
     401: AccessDeniedError,
@@ -133,7 +135,53 @@ class DispatcherClient:
 
     # -- the API ----------------------------------------------------------------------
 
-    def submit(self, tasks: Sequence[TaskSpec], workflow: str = "default") -> SubmitReply:
+    def submit(
+        self,
+        tasks: Sequence[TaskSpec],
+        workflow: str = "default",
+        *,
+        chunk_tasks: int = SUBMIT_CHUNK_TASKS,
+        sent: Callable[[int], object] = lambda count: None,
+    ) -> SubmitReply:
+        """Add ``tasks`` to ``workflow`` (see :meth:`TaskDB.submit`).
+
+        More than ``chunk_tasks`` go in several requests, producers before the
+        tasks that read from them, each checked and stored by the dispatcher in
+        a transaction of its own: neither side holds a large workflow in memory
+        at once. When every producer is in ``tasks``, the whole batch is checked
+        here first, so a mistake is found before anything is sent; otherwise a
+        part the dispatcher refuses leaves the parts before it submitted (said
+        in the error; submitting the fixed file again keeps them). ``sent`` is
+        called with the count of tasks of each part sent.
+        """
+        if len(tasks) <= chunk_tasks:
+            reply = self._submit(workflow, tasks)
+            sent(len(tasks))
+            return reply
+        ordered = submit_order(tasks)
+        ids = {spec.id for spec in tasks}
+        if all(producer in ids for spec in tasks for producer in spec.producers):
+            check_batch(ordered)
+        replies = []
+        for first in range(0, len(ordered), chunk_tasks):
+            part = ordered[first : first + chunk_tasks]
+            try:
+                replies.append(self._submit(workflow, part))
+            except StagerError as exc:
+                if not first:
+                    raise
+                said = f"{exc.message}; the {first} tasks sent before it were submitted"
+                raise type(exc)(said, hint=exc.hint) from exc
+            sent(len(part))
+        return SubmitReply(
+            submitted=tuple(i for r in replies for i in r.submitted),
+            again=tuple(sorted({i for r in replies for i in r.again})),
+            kept=tuple(
+                sorted({i for r in replies for i in r.kept} - {i for r in replies for i in r.again})
+            ),
+        )
+
+    def _submit(self, workflow: str, tasks: Sequence[TaskSpec]) -> SubmitReply:
         request = SubmitRequest(workflow, tuple(tasks))
         return self.call("POST", "/v1/tasks", SubmitReply, request)
 

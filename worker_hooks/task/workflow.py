@@ -77,6 +77,28 @@ def check_batch(
     _refuse_cycles({spec.id: spec.producers & in_batch for spec in specs})
 
 
+def submit_order(specs: Sequence[TaskSpec]) -> list[TaskSpec]:
+    """``specs`` with each task after the tasks of the batch it reads from, otherwise in
+    their order: the order in which a batch can be sent in parts. A cycle is refused."""
+    by_id = {spec.id: spec for spec in specs}
+    _refuse_cycles({spec.id: spec.producers & by_id.keys() for spec in specs})
+    placed: set[str] = set()
+    ordered = []
+    for spec in specs:
+        stack = [spec.id]  # an explicit stack: a chain may be longer than Python's recursion
+        while stack:
+            task = stack[-1]
+            waiting = [p for p in sorted(by_id[task].producers) if p in by_id and p not in placed]
+            if waiting:
+                stack.extend(reversed(waiting))
+                continue
+            stack.pop()
+            if task not in placed:
+                placed.add(task)
+                ordered.append(by_id[task])
+    return ordered
+
+
 def _check_reference(
     task: str, number: int, ref: TaskRef, producers: Mapping[str, TaskSpec]
 ) -> None:
