@@ -46,7 +46,7 @@ from stager.s3server import LocalS3Server
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.local.cluster import LocalCluster
 from worker_hooks.task.protocol import TaskState
-from worker_hooks.task.result import Persist
+from worker_hooks.task.result import FileRecord, Persist
 from worker_hooks.task.workflow import workflow_tasks
 
 BUCKET = "bench-chaos"
@@ -230,22 +230,36 @@ def _verify(cluster: LocalCluster, raw: Any, ids: list[str]) -> _Checked:
         for record in info.result.outputs:
             if record.kept is Persist.LOCAL:
                 continue  # an intermediate: its readers checked it; the final output rests on it
-            deadline = time.monotonic() + 60
-            body = None
-            while body is None and time.monotonic() < deadline:
-                try:
-                    body = raw.get_object(Bucket=record.url.bucket, Key=record.url.key)["Body"]
-                except raw.exceptions.NoSuchKey:
-                    time.sleep(0.2)  # a mirror output may still be on its way
-            if body is None:
+            found = _read_when_written(raw, record)
+            if found is None:
                 checked.missing += 1
                 checked.damaged.append(f"missing {record.url} ({task_id})")
-                continue
-            data = body.read()
-            if Digest(xxhash.xxh3_128(data).digest(), "xxh3-128") != record.digest:
+            elif found != record.digest:
                 checked.corrupt += 1
                 checked.damaged.append(f"corrupt {record.url} ({task_id}, {record.kept.value})")
     return checked
+
+
+def _read_when_written(raw: Any, record: FileRecord, wait_s: float = 60) -> Digest | None:
+    """The digest of what S3 holds at the record's URL (None: nothing).
+
+    An ``s3`` output is there once its task is done. A ``mirror`` output may
+    still be on its way, and until it lands the key may hold an earlier
+    attempt's bytes (written behind by a node that was stopped meanwhile; a
+    later attempt's write replaces them, never the reverse): those are read
+    again until they match or ``wait_s`` has passed.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            data = raw.get_object(Bucket=record.url.bucket, Key=record.url.key)["Body"].read()
+            found: Digest | None = Digest(xxhash.xxh3_128(data).digest(), "xxh3-128")
+        except raw.exceptions.NoSuchKey:
+            found = None
+        settled = found == record.digest or record.kept is Persist.S3
+        if settled or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 def _run(

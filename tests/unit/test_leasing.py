@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker_hooks.worker.leasing import SHORT_AHEAD, SHORT_TASK_S, Holding
+from worker_hooks.worker.leasing import REPORT_WAIT_S, SHORT_AHEAD, SHORT_TASK_S, Holding
 
 
 def test_a_worker_holds_its_slots_and_the_prefetch_until_tasks_prove_short() -> None:
@@ -24,10 +24,12 @@ def test_the_lease_loop_refills_short_tasks_only_once_half_of_those_ahead_starte
     assert short(1 + ahead // 2).to_lease() == ahead // 2  # one request brings several
 
 
-def test_completions_about_to_be_sent_do_the_asking() -> None:
+def test_completions_about_to_be_sent_do_the_asking_unless_they_are_held_up() -> None:
     waiting = Holding(slots=4, prefetch=0, held=2, unreported=2, task_s=1.0)
     assert waiting.to_lease() == 0  # the lease loop leaves it to them
     assert waiting.wanted() == 2  # they ask for the slots they free
+    stuck = Holding(slots=4, prefetch=0, held=2, unreported=2, unreported_for_s=REPORT_WAIT_S)
+    assert stuck.to_lease() == 2  # a segment write that hangs keeps no slot idle
 
 
 def test_tasks_asked_for_in_flight_are_not_asked_for_twice() -> None:

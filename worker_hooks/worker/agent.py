@@ -23,6 +23,7 @@ its leases by expiry; the dispatcher re-queues them.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -64,7 +65,7 @@ from worker_hooks.task.protocol import (
     Written,
 )
 from worker_hooks.task.result import Persist, ResultManifest
-from worker_hooks.worker.leasing import Holding
+from worker_hooks.worker.leasing import REPORT_WAIT_S, Holding
 from worker_hooks.worker.settings import WorkerSettings
 from worker_hooks.worker.spot import SpotWatcher
 from worker_hooks.wrap.memo import write_segment
@@ -197,7 +198,8 @@ class Worker:
         self._extended_at = 0.0  # when a lease request or completions last extended the leases
         self._task_s: float | None = None  # how long tasks take here (a moving average)
         self._asking = 0  # tasks asked for by a request in flight (lease or completions)
-        self._unreported = 0  # completions not sent yet: their request will ask for more
+        # When each completion not sent yet was made (oldest first): their request asks.
+        self._unreported: collections.deque[float] = collections.deque()
         self._prefetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch")
         # Completions waiting to be reported, each with what to do once it is accepted:
         # the reporter sends them in batches, so a runner never waits for the dispatcher.
@@ -288,7 +290,7 @@ class Worker:
             with self._room:
                 want = self._holding().to_lease()
                 if want <= 0:
-                    self._room.wait(timeout=1.0)
+                    self._room.wait(timeout=REPORT_WAIT_S if self._unreported else 1.0)
                     continue
                 held = self._held_now()
                 self._asking += want
@@ -328,7 +330,8 @@ class Worker:
             prefetch=self.settings.prefetch,
             held=len(self._held),
             asking=self._asking,
-            unreported=self._unreported,
+            unreported=len(self._unreported),
+            unreported_for_s=time.monotonic() - self._unreported[0] if self._unreported else 0.0,
             task_s=self._task_s,
             draining=self._draining.is_set(),
         )
@@ -491,7 +494,7 @@ class Worker:
             self.log(f"worker {self.worker_id}: {item.task_id} done {how}")
 
         with self._lock:
-            self._unreported += 1
+            self._unreported.append(time.monotonic())
         self._completions.put(_Pending(item, completion, accepted, not result.memoized))
 
     def _report_loop(self) -> None:
@@ -541,7 +544,8 @@ class Worker:
             self._report(self._record(batch))
         finally:
             with self._room:
-                self._unreported -= len(batch)
+                for _ in batch:  # the oldest: the queue hands completions out in order
+                    self._unreported.popleft()
                 self._room.notify_all()  # the lease loop asks, if this request did not
 
     def _report(self, batch: list[_Pending]) -> None:

@@ -8,8 +8,10 @@ than the task.
 
 Two requests lease. Completions ask for the slots they free, in their own
 round trip (it is made anyway). The lease loop asks only when no
-completion is about to be sent, and, while tasks are leased ahead of the
-slots, only once half of those have started: one request brings several.
+completion is about to be sent (or one has waited :data:`REPORT_WAIT_S`:
+its segment write may hang, and the slots must not wait for it), and,
+while tasks are leased ahead of the slots, only once half of those have
+started: one request brings several.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 SHORT_TASK_S = 0.05
 SHORT_AHEAD = 8
+REPORT_WAIT_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class Holding:
     held: int  # leases in hand, running or waiting for a slot
     asking: int = 0  # tasks asked for by a request still in flight
     unreported: int = 0  # completions not sent yet
+    unreported_for_s: float = 0.0  # how long the oldest of them has waited
     task_s: float | None = None  # how long tasks take here (a moving average)
     draining: bool = False
 
@@ -47,6 +51,8 @@ class Holding:
 
     def to_lease(self) -> int:
         """Tasks the lease loop asks for now (0: wait)."""
-        if self.unreported or (self.held and self.held - self.slots > self.ahead // 2):
+        if self.unreported and self.unreported_for_s < REPORT_WAIT_S:
+            return 0
+        if self.held and self.held - self.slots > self.ahead // 2:
             return 0
         return self.wanted()
