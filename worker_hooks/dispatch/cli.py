@@ -19,6 +19,7 @@ from stager.errors import ConfigError
 from stager.settings import load_component
 from stager.tokens import TOKEN_ENV, load_token, server_token
 from stager.units import format_size
+from worker_hooks.dispatch.checkpoint import Checkpointer
 from worker_hooks.dispatch.client import DispatcherClient
 from worker_hooks.dispatch.follow import wait_for_workflow
 from worker_hooks.dispatch.scheduling import Policy
@@ -175,7 +176,9 @@ def serve_command(
         )
 
     try:
-        asyncio.run(main())
+        db.checkpoint_elsewhere()
+        with Checkpointer(settings.dispatcher_db):
+            asyncio.run(main())
     finally:
         db.close()
 

@@ -9,10 +9,13 @@ Every request and answer is a typed message of
 :mod:`worker_hooks.task.protocol`, parsed in the handler; a request of
 another protocol version is refused with a 400 naming both versions.
 
-One event loop owns the :class:`~worker_hooks.dispatch.taskdb.TaskDB`; each request
-is one short transaction, so no lock is needed. A lease request with no
-work waits (long poll) on a condition that every state change notifies.
-A background task expires leases every second.
+One event loop owns the :class:`~worker_hooks.dispatch.taskdb.TaskDB`, so no
+lock is needed. Its commits are grouped (:mod:`~worker_hooks.dispatch.transactions`):
+the changes the requests of one turn of the loop make are committed together
+at the end of that turn, and each request is answered only after the commit
+that holds its change. A lease request with no work waits (long poll) on a
+condition that every state change notifies. A background task expires
+leases every second.
 """
 
 from __future__ import annotations
@@ -78,10 +81,12 @@ class Dispatcher:
         self._token = ("Bearer " + check_token(token, "the dispatcher's token")).encode()
         self._expire_every_s = expire_every_s
         self._changed = asyncio.Condition()
+        self._committed: asyncio.Future[None] | None = None  # the open group's commit
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self._auth, self._errors, self._version], client_max_size=64 << 20
+            middlewares=[self._auth, self._errors, self._durable, self._version],
+            client_max_size=64 << 20,
         )
         app.add_routes(
             [
@@ -127,6 +132,31 @@ class Dispatcher:
             return _reply(ErrorReply(exc.one_line()), status=_status_of(exc))
 
     @web.middleware
+    async def _durable(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Answer once what the request changed is committed (with its turn's others)."""
+        response = await handler(request)
+        if self._committed is not None:
+            await asyncio.shield(self._committed)
+        return response
+
+    def _commit_soon(self) -> None:
+        """A group of changes opened: commit it at the end of this turn of the loop."""
+        loop = asyncio.get_running_loop()
+        self._committed = loop.create_future()
+        loop.call_soon(self._commit)
+
+    def _commit(self) -> None:
+        committed, self._committed = self._committed, None
+        assert committed is not None
+        try:
+            self.db.transactions.commit()
+        except StagerError as exc:  # every request of the group answers with it
+            committed.set_exception(exc)
+            committed.add_done_callback(lambda done: done.exception())  # seen, if unawaited
+            return
+        committed.set_result(None)
+
+    @web.middleware
     async def _version(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         check_version(request.headers.get(VERSION_HEADER))
         return await handler(request)
@@ -137,6 +167,7 @@ class Dispatcher:
 
     async def _expiry_loop(self, app: web.Application) -> AsyncIterator[None]:
         self.db.resume()
+        self.db.transactions.group(self._commit_soon)
 
         async def expire_forever() -> None:
             while True:
@@ -150,6 +181,7 @@ class Dispatcher:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        self.db.transactions.group(None)  # commits what is open
 
     @staticmethod
     async def _read(request: web.Request, kind: type[M]) -> M:

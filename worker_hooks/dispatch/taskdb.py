@@ -32,8 +32,8 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from stager.locations import S3Url
 from worker_hooks.dispatch.catalog import ReplicaCatalog, rows_in
 from worker_hooks.dispatch.recovery import plan_recovery
 from worker_hooks.dispatch.scheduling import Candidate, Policy, choose_tasks
+from worker_hooks.dispatch.transactions import Transactions
 from worker_hooks.task.key import key_of_spec
 from worker_hooks.task.mapping import ITEM_VARIABLE, group_result, members
 from worker_hooks.task.parse import parse_spec
@@ -313,6 +314,7 @@ class TaskDB:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self.transactions = Transactions(self._db)
         self._check_schema(path)
         self.catalog = ReplicaCatalog(
             self._db, clock=clock, worker_timeout_s=limits.worker_timeout_s
@@ -351,15 +353,13 @@ class TaskDB:
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def checkpoint_elsewhere(self) -> None:
+        """Make no automatic WAL checkpoint in a commit (a
+        :class:`~worker_hooks.dispatch.checkpoint.Checkpointer` makes them)."""
+        self._db.execute("PRAGMA wal_autocheckpoint = 0")
+
+    def _tx(self, *, dry_run: bool = False) -> AbstractContextManager[sqlite3.Connection]:
+        return self.transactions.change(dry_run=dry_run)
 
     # -- submitting ---------------------------------------------------------------
 
@@ -1020,8 +1020,7 @@ class TaskDB:
         plans the same in a transaction that is then rolled back.
         """
         now = self._clock()
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._tx(dry_run=dry_run):
             if self._db.execute("SELECT 1 FROM workers WHERE id = ?", (worker,)).fetchone() is None:
                 raise NotFoundError(f"no worker {worker!r} has contacted this dispatcher")
             at_risk = self.catalog.at_risk(worker)
@@ -1036,10 +1035,6 @@ class TaskDB:
                 self._restart(task_id, set(plan.rerun), rerun=True, now=now)
             for task_id in plan.reset:
                 self._restart(task_id, set(plan.rerun), rerun=False, now=now)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("ROLLBACK" if dry_run else "COMMIT")
         return RecoveryReport(
             worker=worker,
             dry_run=dry_run,
