@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from stager.errors import StagerError
 from worker_hooks.dispatch.checkpoint import Checkpointer
 from worker_hooks.dispatch.taskdb import Limits, TaskDB
 from worker_hooks.dispatch.transactions import Transactions
@@ -56,6 +57,30 @@ def test_grouped_changes_commit_together_and_an_error_undoes_its_own_alone(
     with transactions.change() as tx:
         tx.execute("INSERT INTO t VALUES (4)")
     assert rows(reader) == [0, 1, 2, 3, 4] and opened == [1, 1]
+
+
+def test_a_group_sqlite_rolled_back_fails_whole_and_the_next_group_is_sound(
+    tables: tuple[sqlite3.Connection, sqlite3.Connection],
+) -> None:
+    db, reader = tables
+    transactions = Transactions(db)
+    opened: list[int] = []
+    transactions.group(lambda: opened.append(1))
+    with transactions.change() as tx:
+        tx.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(StagerError, match="disk is full"), transactions.change() as tx:
+        tx.execute("INSERT INTO t VALUES (2)")
+        tx.execute("ROLLBACK")  # as SQLite does itself on a full disk
+        raise sqlite3.OperationalError("database or disk is full")
+    with transactions.change() as tx:  # made before the group's commit: fails with it
+        tx.execute("INSERT INTO t VALUES (3)")
+    with pytest.raises(StagerError, match="rolled back"):
+        transactions.commit()
+    assert rows(reader) == [] and not db.in_transaction
+    with transactions.change() as tx:
+        tx.execute("INSERT INTO t VALUES (4)")
+    transactions.commit()
+    assert rows(reader) == [4] and len(opened) == 3
 
 
 def test_without_a_group_each_change_is_its_own_transaction(

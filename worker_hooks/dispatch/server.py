@@ -140,10 +140,12 @@ class Dispatcher:
         return response
 
     def _commit_soon(self) -> None:
-        """A group of changes opened: commit it at the end of this turn of the loop."""
-        loop = asyncio.get_running_loop()
-        self._committed = loop.create_future()
-        loop.call_soon(self._commit)
+        """A group of changes opened: commit it at the end of this turn of the loop (once:
+        a group opened again before that commit is part of it)."""
+        if self._committed is None:
+            loop = asyncio.get_running_loop()
+            self._committed = loop.create_future()
+            loop.call_soon(self._commit)
 
     def _commit(self) -> None:
         committed, self._committed = self._committed, None

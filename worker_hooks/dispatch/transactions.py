@@ -62,8 +62,10 @@ class Transactions:
     def _undo(self, grouped: bool) -> None:
         if not self._db.in_transaction:
             # SQLite rolled the whole transaction back itself (it does on a full disk
-            # or an I/O error): a group's other changes went with it.
-            self._broken = self._broken or grouped
+            # or an I/O error): a group's other changes went with it, so its commit
+            # must fail, and the next change opens a transaction anew.
+            if grouped:
+                self._broken, self._open = True, False
             return
         if grouped:
             self._db.execute("ROLLBACK TO change")
@@ -81,10 +83,12 @@ class Transactions:
 
     def commit(self) -> None:
         """Commit the group's changes, if any (a failed commit rolls them all back, and
-        raises)."""
-        if not self._open:
+        raises; so does a group that lost some of its changes to a rollback SQLite
+        made itself, with every change made since)."""
+        opened, broken = self._open, self._broken
+        self._open = self._broken = False
+        if not opened and not broken:
             return
-        self._open, broken, self._broken = False, self._broken, False
         try:
             if broken or not self._db.in_transaction:
                 raise sqlite3.OperationalError("the transaction was rolled back")
