@@ -30,6 +30,8 @@ def test_completions_about_to_be_sent_do_the_asking_unless_they_are_held_up() ->
     assert waiting.wanted() == 2  # they ask for the slots they free
     stuck = Holding(slots=4, prefetch=0, held=2, unreported=2, unreported_for_s=REPORT_WAIT_S)
     assert stuck.to_lease() == 2  # a segment write that hangs keeps no slot idle
+    short = Holding(slots=1, prefetch=0, held=1, unreported=3, task_s=SHORT_TASK_S / 10)
+    assert short.to_lease() == SHORT_AHEAD  # many to a batch: the slot must not run dry
 
 
 def test_tasks_asked_for_in_flight_are_not_asked_for_twice() -> None:

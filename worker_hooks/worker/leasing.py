@@ -11,7 +11,9 @@ round trip (it is made anyway). The lease loop asks only when no
 completion is about to be sent (or one has waited :data:`REPORT_WAIT_S`:
 its segment write may hang, and the slots must not wait for it), and,
 while tasks are leased ahead of the slots, only once half of those have
-started: one request brings several.
+started: one request brings several. Short tasks are many to a batch of
+completions, so for them the lease loop does not wait for the batch (the
+slots would run dry meanwhile); the refill rule alone holds.
 """
 
 from __future__ import annotations
@@ -37,9 +39,14 @@ class Holding:
     draining: bool = False
 
     @property
+    def short(self) -> bool:
+        """Whether tasks take under :data:`SHORT_TASK_S` here, on average."""
+        return self.task_s is not None and self.task_s < SHORT_TASK_S
+
+    @property
     def ahead(self) -> int:
         """Tasks to hold beyond the slots."""
-        if self.task_s is not None and self.task_s < SHORT_TASK_S:
+        if self.short:
             return max(self.prefetch, SHORT_AHEAD * self.slots)
         return self.prefetch
 
@@ -51,7 +58,9 @@ class Holding:
 
     def to_lease(self) -> int:
         """Tasks the lease loop asks for now (0: wait)."""
-        if self.unreported and self.unreported_for_s < REPORT_WAIT_S:
+        # Short tasks are many to a completions batch: the slots would run dry waiting
+        # for it, so the refill rule alone holds for them.
+        if self.unreported and self.unreported_for_s < REPORT_WAIT_S and not self.short:
             return 0
         if self.held and self.held - self.slots > self.ahead // 2:
             return 0
