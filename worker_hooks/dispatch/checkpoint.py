@@ -14,10 +14,12 @@ connection of its own, every ``every_s``:
    nor blocks the event loop's writes (SQLite does the I/O without Python's
    lock, so the loop keeps answering);
 2. then finishes with a RESTART checkpoint: what is left to copy is what
-   was written meanwhile, so the writes it holds back wait a few
-   milliseconds at most, and the next write starts the WAL over. Without
+   was written meanwhile, and the next write starts the WAL over. Without
    this step a WAL written to without pause would never start over, and
-   would grow.
+   would grow. A RESTART holds writes back while it waits for the
+   database to be free, so it gives up after ``RESTART_WAIT_MS`` (the
+   next round tries again): waiting a second, it once stalled the event
+   loop for 440 ms.
 
 A round that finds the database busy is skipped; the next one catches up.
 The last round runs when the checkpointer stops.
@@ -31,7 +33,7 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
-RESTART_WAIT_MS = 1000  # how long the RESTART step waits for a write to end
+RESTART_WAIT_MS = 20  # how long the RESTART step waits for the database to be free
 
 
 class Checkpointer:
