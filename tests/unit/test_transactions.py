@@ -31,16 +31,25 @@ def rows(reader: sqlite3.Connection) -> list[int]:
     return [n for (n,) in reader.execute("SELECT n FROM t ORDER BY n")]
 
 
+def grouped(db: sqlite3.Connection) -> tuple[Transactions, list[int]]:
+    """Transactions in groups, and a list that grows by one as each group opens."""
+    transactions, opened = Transactions(db), []
+    transactions.group(lambda: opened.append(1))
+    return transactions, opened
+
+
+def insert(transactions: Transactions, n: int) -> None:
+    with transactions.change() as tx:
+        tx.execute("INSERT INTO t VALUES (?)", (n,))
+
+
 def test_grouped_changes_commit_together_and_an_error_undoes_its_own_alone(
     tables: tuple[sqlite3.Connection, sqlite3.Connection],
 ) -> None:
     db, reader = tables
-    transactions = Transactions(db)
-    opened: list[int] = []
-    transactions.group(lambda: opened.append(1))
+    transactions, opened = grouped(db)
     for n in range(3):
-        with transactions.change() as tx:
-            tx.execute("INSERT INTO t VALUES (?)", (n,))
+        insert(transactions, n)
     with pytest.raises(ZeroDivisionError), transactions.change() as tx:
         tx.execute("INSERT INTO t VALUES (99)")
         raise ZeroDivisionError
@@ -49,13 +58,11 @@ def test_grouped_changes_commit_together_and_an_error_undoes_its_own_alone(
     assert opened == [1] and rows(reader) == []  # one group, not committed yet
     transactions.commit()
     assert rows(reader) == [0, 1, 2]
-    with transactions.change() as tx:
-        tx.execute("INSERT INTO t VALUES (3)")
+    insert(transactions, 3)
     assert opened == [1, 1]  # the next change opened the next group
     transactions.group(None)  # commits what is open; one transaction per change again
     assert rows(reader) == [0, 1, 2, 3]
-    with transactions.change() as tx:
-        tx.execute("INSERT INTO t VALUES (4)")
+    insert(transactions, 4)
     assert rows(reader) == [0, 1, 2, 3, 4] and opened == [1, 1]
 
 
@@ -63,22 +70,17 @@ def test_a_group_sqlite_rolled_back_fails_whole_and_the_next_group_is_sound(
     tables: tuple[sqlite3.Connection, sqlite3.Connection],
 ) -> None:
     db, reader = tables
-    transactions = Transactions(db)
-    opened: list[int] = []
-    transactions.group(lambda: opened.append(1))
-    with transactions.change() as tx:
-        tx.execute("INSERT INTO t VALUES (1)")
+    transactions, opened = grouped(db)
+    insert(transactions, 1)
     with pytest.raises(StagerError, match="disk is full"), transactions.change() as tx:
         tx.execute("INSERT INTO t VALUES (2)")
         tx.execute("ROLLBACK")  # as SQLite does itself on a full disk
         raise sqlite3.OperationalError("database or disk is full")
-    with transactions.change() as tx:  # made before the group's commit: fails with it
-        tx.execute("INSERT INTO t VALUES (3)")
+    insert(transactions, 3)  # made before the group's commit: fails with it
     with pytest.raises(StagerError, match="rolled back"):
         transactions.commit()
     assert rows(reader) == [] and not db.in_transaction
-    with transactions.change() as tx:
-        tx.execute("INSERT INTO t VALUES (4)")
+    insert(transactions, 4)
     transactions.commit()
     assert rows(reader) == [4] and len(opened) == 3
 
@@ -88,8 +90,7 @@ def test_without_a_group_each_change_is_its_own_transaction(
 ) -> None:
     db, reader = tables
     transactions = Transactions(db)
-    with transactions.change() as tx:
-        tx.execute("INSERT INTO t VALUES (1)")
+    insert(transactions, 1)
     assert rows(reader) == [1]
     with pytest.raises(ZeroDivisionError), transactions.change() as tx:
         tx.execute("INSERT INTO t VALUES (2)")
