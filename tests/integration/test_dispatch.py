@@ -259,6 +259,9 @@ def test_a_large_workflow_goes_in_parts_producers_first(
     cluster.add_worker("w")
     assert wait_until_ended(client, "wf")["done"] == 7
     assert store.get_bytes(prefix.child("out/c6.txt")) == b"".join(b"%d\n" % n for n in range(7))
+    again = client.submit([parse_spec(b) for b in chain], "wf", chunk_tasks=3)  # unchanged
+    assert again.submitted == () and again.again == ()
+    assert again.kept == tuple(sorted(f"c{n}" for n in range(7)))
 
     # Every producer in the batch: a mistake is found before any part is sent.
     bad = [task(f"d{n}", "true", prefix) for n in range(5)]

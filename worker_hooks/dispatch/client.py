@@ -173,12 +173,11 @@ class DispatcherClient:
                 said = f"{exc.message}; the {first} tasks sent before it were submitted"
                 raise type(exc)(said, hint=exc.hint) from exc
             sent(len(part))
+        again = {i for r in replies for i in r.again}  # a later part may restart a kept task
         return SubmitReply(
             submitted=tuple(i for r in replies for i in r.submitted),
-            again=tuple(sorted({i for r in replies for i in r.again})),
-            kept=tuple(
-                sorted({i for r in replies for i in r.kept} - {i for r in replies for i in r.again})
-            ),
+            again=tuple(sorted(again)),
+            kept=tuple(sorted({i for r in replies for i in r.kept} - again)),
         )
 
     def _submit(self, workflow: str, tasks: Sequence[TaskSpec]) -> SubmitReply:

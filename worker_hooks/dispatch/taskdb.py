@@ -22,9 +22,10 @@ Guarantees:
 - The file records its schema version (``PRAGMA user_version``); a file of
   another version is refused with a message naming both, never misread.
 
-Its reads (tasks, reports, status) are :class:`~worker_hooks.dispatch.views.TaskViews`';
-its transactions, one per change or grouped, are
-:class:`~worker_hooks.dispatch.transactions.Transactions`'.
+Its reads (tasks, reports, status) are those of
+:class:`~worker_hooks.dispatch.views.TaskViews`, which it extends; its
+transactions, one per change or grouped, are a
+:class:`~worker_hooks.dispatch.transactions.Transactions`.
 
 Not thread-safe: one owner (the server's event loop) calls it.
 """
