@@ -23,11 +23,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fsd import rangelocks
 from fsd.eviction import EntryState, plan_eviction
 from fsd.groupcommit import GroupCommit
 from fsd.ledger import Ledger, Reservation, read_ledger, write_ledger
-from fsd.locks import LinkLock
+from fsd.locks import LinkLock, Lock
 from fsd.materialize import Materialize, materialize
+from fsd.pins import FilePins, Pins, RangePins
+from fsd.rangelocks import LockTable, RangeLock
 from fsd.rootformat import Tier, open_root
 from fsd.seals import SEALS_DIR, Seals, current_boot_id
 from fsd.sources import SOURCES_DIR, Source, SourceIndex, SourceRecord
@@ -153,6 +156,18 @@ class NodeCache:
         self._seals = Seals(root, clock, boot_id=None if self.synced else boot_id)
         self._sources = SourceIndex(root, synced=self.synced)
         self._small_publications: GroupCommit[_SmallInsert, bool] = GroupCommit(self._publish_small)
+        # A scratch root is opened by one host's processes only: the kernel keeps its
+        # locks and pins (fsd.rangelocks). A shared root's are files (fsd.locks, fsd.pins).
+        self._lock_table: LockTable | None = None
+        self._pins: Pins
+        if self.tier is Tier.SCRATCH and rangelocks.AVAILABLE:
+            self._lock_table = LockTable(root / "locks" / "table")
+            self._pins = RangePins(LockTable(root / "locks" / "pins"))
+        else:
+            self._pins = FilePins(
+                root / "pins",
+                lambda owner, at: self._is_stale(owner, at, self.pin_stale_after_s),
+            )
         if recover:
             self.recover()
 
@@ -171,7 +186,7 @@ class NodeCache:
         hexdigest = digest.hex
         return self.root / "data" / hexdigest[:2] / hexdigest
 
-    def _cache_lock(self) -> LinkLock:
+    def _cache_lock(self) -> Lock:
         return self._entry_lock("cache")
 
     def _ledger(self) -> Path:
@@ -209,9 +224,12 @@ class NodeCache:
             return path
         return None
 
-    def _entry_lock(self, name: str) -> LinkLock:
-        """``locks/<name>.lock``: one entry's (or source's flight) for fetches, links and
-        re-hashes; ``cache`` is the cache lock (no hex digest is named so)."""
+    def _entry_lock(self, name: str) -> Lock:
+        """One entry's lock (or a source's flight's) for fetches, links and re-hashes;
+        ``cache`` is the cache lock (no hex digest is named so). A byte of
+        ``locks/table`` in a scratch root, ``locks/<name>.lock`` in a shared one."""
+        if self._lock_table is not None:
+            return RangeLock(self._lock_table, name, clock=self._clock, sleep=self._sleep)
         return LinkLock(
             self.root / "locks" / f"{name}.lock",
             stale_after_s=self.stale_after_s,
@@ -382,7 +400,7 @@ class NodeCache:
                 w
                 for w in wanted
                 if w.name not in taken
-                and not self._entry_lock(w.name).path.exists()  # a single flight under way
+                and not self._entry_lock(w.name).busy()  # a single flight under way
                 and not (w.digest is not None and self.entry_path(w.digest).exists())
                 and not (w.source is not None and self._sources.find(w.source) is not None)
             ]
@@ -661,46 +679,26 @@ class NodeCache:
         if not digests:  # nothing to pin: no need for the cache lock
             yield
             return
-        owner = str(Owner.current())
-        # One flat directory of pin files: no per-digest directory that a
-        # concurrent unpinner could remove between our mkdir and our create.
-        paths = [self.root / "pins" / f"{d.hex}.{owner}" for d in digests]
+        # Under the cache lock, so that an eviction either sees the pin or
+        # finished before it (and then ensure() fetches the entry again).
+        with self._cache_lock().holding():
+            token = self._pins.add([d.hex for d in digests])
         try:
-            # Under the cache lock, so that an eviction either sees the pin or
-            # finished before it (and then ensure() fetches the entry again).
-            with self._cache_lock().holding():
-                for path in paths:
-                    path.touch()
             yield
         finally:
-            for path in paths:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-
-    def _live_pins(self) -> set[str]:
-        live: set[str] = set()
-        for pin in (self.root / "pins").iterdir():
-            hexdigest, _, owner = pin.name.partition(".")
-            if hexdigest in live:
-                continue
-            with contextlib.suppress(FileNotFoundError):  # unpinned meanwhile
-                if not self._is_stale(owner, pin.stat().st_mtime, self.pin_stale_after_s):
-                    live.add(hexdigest)
-                else:
-                    pin.unlink()
-        return live
+            self._pins.remove(token)
 
     # -- whole-cache operations -----------------------------------------------------
 
     def _scan(self) -> list[EntryState]:
-        pinned = self._live_pins()
+        pinned = self._pins.pinned()
         used = self._seals.last_uses()
         states = []
         for path in (self.root / "data").glob("*/*"):
             with contextlib.suppress(FileNotFoundError):
                 size = path.stat().st_size
                 last = used.get(path.name, 0)  # unsealed: evicted first
-                states.append(EntryState(path.name, size, last, path.name in pinned))
+                states.append(EntryState(path.name, size, last, pinned(path.name)))
         return states
 
     def recover(self) -> None:

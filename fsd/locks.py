@@ -1,11 +1,16 @@
-"""Locks that are safe on local file systems and on NFS: ``link()``, not ``fcntl``.
+"""Named locks for a cache root, of two kinds, and what they share.
 
-Taking a lock links a unique candidate file to the lock's name; the link
-count of the candidate (2) is the proof, because on NFS ``link()`` may
-report failure after it succeeded. A lock whose owner is dead (same host)
-or whose file has not been refreshed for ``stale_after_s`` (another host)
-is stale and is broken by renaming it aside first, so two breakers cannot
-both think they removed it. See docs/cache-format.md, "Locking".
+- :class:`LinkLock` is safe on local file systems and on NFS: ``link()``, not
+  ``fcntl``. Taking it links a unique candidate file to the lock's name; the
+  link count of the candidate (2) is the proof, because on NFS ``link()`` may
+  report failure after it succeeded. A lock whose owner is dead (same host)
+  or whose file has not been refreshed for ``stale_after_s`` (another host)
+  is stale and is broken by renaming it aside first, so two breakers cannot
+  both think they removed it. A shared root's locks are these.
+- :class:`fsd.rangelocks.RangeLock` is a byte of one file, locked by the
+  kernel: for a scratch root, which only one host's processes open.
+
+See docs/cache-format.md, "Locking".
 """
 
 from __future__ import annotations
@@ -17,26 +22,147 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 from stager.errors import LockTimeoutError, from_os_error
 from stager.owner import Owner
 
-_local_locks: dict[Path, threading.Lock] = {}
-_local_locks_guard = threading.Lock()
+
+class Lock(Protocol):
+    """What the cache asks of a lock."""
+
+    def holding(
+        self, timeout_s: float | None = None, *, keep_fresh: bool = False
+    ) -> contextlib.AbstractContextManager[object]: ...
+
+    def busy(self) -> bool:
+        """Held now, by anyone (a hint: it may change at once)."""
+        ...
 
 
-def _local_lock(path: Path) -> threading.Lock:
-    """The in-process lock that threads take before the file lock of ``path``."""
-    with _local_locks_guard:
-        return _local_locks.setdefault(path, threading.Lock())
+class _LocalLocks:
+    """The in-process locks that threads take before a named lock's file part, so
+    only processes poll the file. Kept while someone holds or waits, then dropped
+    (a long-lived worker names millions of entries)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+        self._guard = threading.Lock()
+
+    def acquire(self, key: str, timeout_s: float | None) -> bool:
+        with self._guard:
+            lock, users = self._locks.get(key) or (threading.Lock(), 0)
+            self._locks[key] = (lock, users + 1)
+        if lock.acquire(timeout=-1 if timeout_s is None else timeout_s):
+            return True
+        self._leave(key)
+        return False
+
+    def release(self, key: str) -> None:
+        self._locks[key][0].release()
+        self._leave(key)
+
+    def busy(self, key: str) -> bool:
+        with self._guard:
+            return key in self._locks
+
+    def _leave(self, key: str) -> None:
+        with self._guard:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
 
-class LinkLock:
-    """One named lock. Not reentrant; one holder per instance.
+_local = _LocalLocks()
 
-    Threads of one process queue on an in-process lock first, so only
-    processes poll the lock file.
-    """
+
+class PolledLock:
+    """One named lock: an in-process lock, then the file part, polled with backoff.
+    Not reentrant; one holder per instance."""
+
+    def __init__(
+        self,
+        key: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._key = key  # unique per lock across the process (its path, or its table's)
+        self._clock = clock
+        self._sleep = sleep
+        self._holds_local = False
+
+    @property
+    def held(self) -> bool:
+        raise NotImplementedError
+
+    def try_acquire(self) -> bool:
+        """Take the file part if it is free; never waits."""
+        raise NotImplementedError
+
+    def _release_file(self) -> None:
+        raise NotImplementedError
+
+    def acquire(self, timeout_s: float | None = None) -> None:
+        """Wait for the lock, polling with backoff; raise LockTimeoutError after ``timeout_s``."""
+        if not _local.acquire(self._key, timeout_s):
+            raise LockTimeoutError(f"timed out waiting for lock {self._key}")
+        self._holds_local = True
+        deadline = None if timeout_s is None else self._clock() + timeout_s
+        delay = 0.001
+        try:
+            while not self.try_acquire():
+                if deadline is not None and self._clock() > deadline:
+                    raise LockTimeoutError(f"timed out waiting for lock {self._key}")
+                self._sleep(delay)
+                delay = min(delay * 2, 0.05)
+        except BaseException:
+            self._holds_local = False
+            _local.release(self._key)
+            raise
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self._release_file()
+        if self._holds_local:
+            self._holds_local = False
+            _local.release(self._key)
+
+    def refresh(self) -> None:
+        """Show that the holder is still working (a no-op where locks cannot go stale)."""
+
+    def busy_here(self) -> bool:
+        """Held or waited for by a thread of this process."""
+        return _local.busy(self._key)
+
+    @contextlib.contextmanager
+    def holding(
+        self, timeout_s: float | None = None, *, keep_fresh: bool = False
+    ) -> Iterator[PolledLock]:
+        """Hold the lock for the block. With ``keep_fresh`` the process's
+        refresher refreshes it every ``stale_after_s / 4``, for holds that may
+        outlast ``stale_after_s`` (a long fetch), so other hosts do not break it."""
+        self.acquire(timeout_s)
+        if keep_fresh:
+            _refresher.add(self)
+        try:
+            yield self
+        finally:
+            if keep_fresh:
+                _refresher.remove(self)
+            self.release()
+
+    @property
+    def refresh_every_s(self) -> float | None:
+        """How often a long hold must be refreshed (None: never)."""
+        return None
+
+
+class LinkLock(PolledLock):
+    """A lock file taken with ``link()`` (see the module's docstring)."""
 
     def __init__(
         self,
@@ -46,16 +172,21 @@ class LinkLock:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        super().__init__(str(path), clock=clock, sleep=sleep)
         self.path = path
         self.stale_after_s = stale_after_s
-        self._clock = clock
-        self._sleep = sleep
         self._owner: Owner | None = None
-        self._holds_local = False
 
     @property
     def held(self) -> bool:
         return self._owner is not None
+
+    @property
+    def refresh_every_s(self) -> float | None:
+        return self.stale_after_s / 4
+
+    def busy(self) -> bool:
+        return self.path.exists()
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free (or stale); never waits."""
@@ -81,57 +212,16 @@ class LinkLock:
             return self.try_acquire()
         return False
 
-    def acquire(self, timeout_s: float | None = None) -> None:
-        """Wait for the lock, polling with backoff; raise LockTimeoutError after ``timeout_s``."""
-        local = _local_lock(self.path)
-        if not local.acquire(timeout=-1 if timeout_s is None else timeout_s):
-            raise LockTimeoutError(f"timed out waiting for lock {self.path}")
-        self._holds_local = True
-        deadline = None if timeout_s is None else self._clock() + timeout_s
-        delay = 0.001
-        try:
-            while not self.try_acquire():
-                if deadline is not None and self._clock() > deadline:
-                    raise LockTimeoutError(f"timed out waiting for lock {self.path}")
-                self._sleep(delay)
-                delay = min(delay * 2, 0.05)
-        except BaseException:
-            self._holds_local = False
-            local.release()
-            raise
-
     def refresh(self) -> None:
         """Show that the holder is still working (for holders on other hosts)."""
         if self.held:
             with contextlib.suppress(FileNotFoundError):
                 os.utime(self.path)
 
-    def release(self) -> None:
-        if self._owner is None:
-            return
+    def _release_file(self) -> None:
         self._owner = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        if self._holds_local:
-            self._holds_local = False
-            _local_lock(self.path).release()
-
-    @contextlib.contextmanager
-    def holding(
-        self, timeout_s: float | None = None, *, keep_fresh: bool = False
-    ) -> Iterator[LinkLock]:
-        """Hold the lock for the block. With ``keep_fresh`` the process's
-        refresher refreshes it every ``stale_after_s / 4``, for holds that may
-        outlast ``stale_after_s`` (a long fetch), so other hosts do not break it."""
-        self.acquire(timeout_s)
-        if keep_fresh:
-            _refresher.add(self)
-        try:
-            yield self
-        finally:
-            if keep_fresh:
-                _refresher.remove(self)
-            self.release()
 
     def _read_owner(self, path: Path) -> Owner | None:
         try:
@@ -170,12 +260,15 @@ class _Refresher:
     fresh (a thread per hold cost more than a small fetch itself)."""
 
     def __init__(self) -> None:
-        self._held: set[LinkLock] = set()
+        self._held: set[PolledLock] = set()
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
         self._interval_s: float | None = None  # what the thread waits between rounds
 
-    def add(self, lock: LinkLock) -> None:
+    def add(self, lock: PolledLock) -> None:
+        every_s = lock.refresh_every_s
+        if every_s is None:
+            return
         with self._changed:
             self._held.add(lock)
             if self._thread is None or not self._thread.is_alive():  # none yet, or forked
@@ -183,10 +276,10 @@ class _Refresher:
                     target=self._run, name="lock-refresher", daemon=True
                 )
                 self._thread.start()
-            if self._interval_s is None or lock.stale_after_s / 4 < self._interval_s:
+            if self._interval_s is None or every_s < self._interval_s:
                 self._changed.notify()  # idle, or this lock needs shorter rounds
 
-    def remove(self, lock: LinkLock) -> None:
+    def remove(self, lock: PolledLock) -> None:
         with self._changed:
             self._held.discard(lock)
 
@@ -197,7 +290,7 @@ class _Refresher:
                     self._interval_s = None
                     self._changed.wait()
                     continue
-                self._interval_s = min(lock.stale_after_s for lock in self._held) / 4
+                self._interval_s = min(lock.refresh_every_s or 1.0 for lock in self._held)
                 self._changed.wait(self._interval_s)
                 for lock in self._held:
                     lock.refresh()

@@ -24,8 +24,9 @@ from pathlib import Path
 from stager.atomic import TEMP_MARKER, atomic_file
 from stager.errors import CacheFormatError, from_os_error
 
-FORMAT = "stager-cache/4\n"
-MIGRATES_FROM = ("stager-cache/2\n", "stager-cache/3\n")
+FORMAT = "stager-cache/5\n"
+MIGRATES_FROM = ("stager-cache/2\n", "stager-cache/3\n")  # synced throughout: shared
+KEEPS_TIER_FROM = ("stager-cache/4\n",)  # a scratch root of 4 took link locks
 VERSION_FILE = "VERSION"
 TIER_FILE = "TIER"
 MOUNTS_FILE = Path("/proc/self/mounts")
@@ -60,9 +61,10 @@ def open_root(root: Path, wanted: Tier | None, *, own_names: Iterable[str]) -> T
             _write_once(tier_file, (wanted or default_tier(root)).value)
             _write_once(version, FORMAT)
         found = version.read_text()
-        if found in MIGRATES_FROM:
-            (root / "sources").mkdir(exist_ok=True)  # format 3 added the source index
-            _write_once(tier_file, Tier.SHARED.value)  # older formats synced every entry
+        if found in MIGRATES_FROM or found in KEEPS_TIER_FROM:
+            if found in MIGRATES_FROM:
+                (root / "sources").mkdir(exist_ok=True)  # format 3 added the source index
+                _write_once(tier_file, Tier.SHARED.value)  # older formats synced every entry
             with atomic_file(version) as handle:  # the same bytes, whoever writes them
                 handle.write(FORMAT.encode())
         elif found != FORMAT:

@@ -78,18 +78,29 @@ class Seals:
     def seal(self, hexdigest: str, entry: Path) -> None:
         """Seal the entry's current state, as a use now; its older seals go."""
         path = self._path(hexdigest, entry.stat(), self._boot_id)
+        prefix = f"{hexdigest}."
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o444)
+            # no glob: it compiles a pattern per call
+            older = [name for name in os.listdir(path.parent) if name.startswith(prefix)]
         except FileNotFoundError:  # the first seal of its bucket
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o444)
-        os.close(fd)
+            older = []
+        # An older seal is renamed to the new name rather than a new file made: making
+        # files is what costs most in a cache that churns (each one a new inode).
+        reused = False
+        for name in older:
+            if name == path.name:
+                reused = True
+            elif not reused:
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(path.parent / name, path)
+                    reused = True
+            else:
+                (path.parent / name).unlink(missing_ok=True)
+        if not reused:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o444))
         now_ns = int(self._clock() * 1e9)
         os.utime(path, ns=(now_ns, now_ns))
-        prefix = f"{hexdigest}."
-        for old in os.listdir(path.parent):  # no glob: it compiles a pattern per call
-            if old.startswith(prefix) and old != path.name:
-                (path.parent / old).unlink(missing_ok=True)
 
     def remove(self, hexdigest: str) -> None:
         with contextlib.suppress(FileNotFoundError):

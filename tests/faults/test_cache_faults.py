@@ -97,4 +97,7 @@ def test_many_processes_sharing_one_cache_under_eviction_pressure(
     assert stats.used_bytes <= 6 * 64 * 1024
     assert stats.reserved_bytes == 0
     assert files_under(root / "tmp") == []
-    assert [p for p in (root / "locks").iterdir()] == []
+    # No lock is left behind: a network mount's are files, a local root's are bytes of
+    # its two lock tables (fsd.rangelocks).
+    tables = {"table", "pins"} if where == "local-dir" else set()
+    assert {p.name for p in (root / "locks").iterdir()} <= tables

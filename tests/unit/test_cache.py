@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -112,8 +114,46 @@ def test_an_input_larger_than_the_quota_fails_before_fetching(tmp_path: Path) ->
     assert source.calls == 0
 
 
+_PIN_AND_WAIT = """
+import sys, time
+from pathlib import Path
+from fsd.cache import NodeCache
+from stager.digest import Digest
+cache = NodeCache(Path(sys.argv[1]), quota_bytes=100)
+with cache.pinned([Digest.parse(sys.argv[2])]):
+    print("pinned", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_pin_holds_across_processes_until_its_process_is_killed(tmp_path: Path) -> None:
+    """A scratch root's pins are kernel locks: another process's pin holds the entry
+    against eviction, and its ``kill -9`` ends the pin."""
+    cache = NodeCache(tmp_path / "c", quota_bytes=100, reserve_wait_s=0.2)
+    a = b"a" * 100
+    insert(cache, a)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _PIN_AND_WAIT, str(tmp_path / "c"), str(digest_bytes(a))],
+        cwd=Path(__file__).parents[2],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "pinned\n"
+        assert cache.stats().pinned_entries == 1
+        with pytest.raises(CacheFullError, match="pinned"):
+            insert(cache, b"b" * 100)
+        assert cache.lookup(digest_bytes(a)) is not None
+    finally:
+        child.kill()
+        child.wait()
+    insert(cache, b"b" * 100)  # the pin died with its process
+    assert cache.lookup(digest_bytes(a)) is None
+
+
 def test_pins_of_dead_processes_are_released(tmp_path: Path) -> None:
-    cache = NodeCache(tmp_path / "c", quota_bytes=100)
+    """A shared root's pins are files: one whose owner is dead no longer counts."""
+    cache = NodeCache(tmp_path / "c", quota_bytes=100, tier=Tier.SHARED)
     a = b"a" * 100
     insert(cache, a)
     me = Owner.current()
@@ -250,7 +290,9 @@ class FakeClock:
 
 def test_the_injected_clock_orders_uses_and_ages_locks(tmp_path: Path) -> None:
     clock = FakeClock(1_000_000.0)
-    cache = NodeCache(tmp_path / "c", quota_bytes=10_000, clock=clock, sleep=clock.sleep)
+    cache = NodeCache(
+        tmp_path / "c", quota_bytes=10_000, clock=clock, sleep=clock.sleep, tier=Tier.SHARED
+    )
     entry = insert(cache, b"first")
     (state,) = cache.entries()
     assert state.last_used_ns == 1_000_000 * 10**9  # a use is the clock's time
@@ -309,6 +351,8 @@ def test_the_caches_own_links_keep_entries_sealed_without_a_rehash(
     digest = digest_bytes(b"reference")
     entry = insert(cache, b"reference")
     hashed = _hashes(monkeypatch)
+    (seal,) = (tmp_path / "c" / "seals").glob(f"*/{digest.hex}.*")
+    seal_inode = seal.stat().st_ino
     for task in range(3):  # what every task does: look up, link, run, release
         assert cache.lookup(digest) == entry
         link = tmp_path / f"sandbox-{task}" / "ref"
@@ -316,6 +360,11 @@ def test_the_caches_own_links_keep_entries_sealed_without_a_rehash(
         cache.release_links([(link, digest)])
         assert not link.exists()
     assert cache.lookup(digest) == entry
+    # Each new seal is the old one renamed (making a file costs an inode): one seal,
+    # of the entry's latest state.
+    (seal,) = (tmp_path / "c" / "seals").glob(f"*/{digest.hex}.*")
+    assert seal.stat().st_ino == seal_inode
+    assert seal.name.split(".")[2] == str(entry.stat().st_ctime_ns)
     assert hashed == []  # no re-hash: every change of the entry's ctime was the cache's own
     # A task that changed its input is caught when its sandbox is released.
     link = tmp_path / "sandbox-bad" / "ref"
@@ -366,7 +415,7 @@ def test_a_format_2_cache_is_migrated_in_place(tmp_path: Path) -> None:
     (tmp_path / "c" / "TIER").unlink()
     shutil.rmtree(tmp_path / "c" / "sources")
     again = NodeCache(tmp_path / "c", quota_bytes=10_000)
-    assert (tmp_path / "c" / "VERSION").read_text() == "stager-cache/4\n"
+    assert (tmp_path / "c" / "VERSION").read_text() == "stager-cache/5\n"
     assert again.tier is Tier.SHARED and again.synced  # older formats synced every entry
     assert again.lookup(digest_bytes(b"kept")) == entry
     assert again.ensure(None, 6, Source(b"first!"), source=_source()).exists()

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from worker_hooks.worker.leasing import REPORT_WAIT_S, SHORT_AHEAD, SHORT_TASK_S, Holding
+from worker_hooks.worker.leasing import (
+    BATCH_WINDOW_S,
+    BUSY_BATCH_WINDOW_S,
+    REPORT_WAIT_S,
+    SHORT_AHEAD,
+    SHORT_TASK_S,
+    Holding,
+)
 
 
 def test_a_worker_holds_its_slots_and_the_prefetch_until_tasks_prove_short() -> None:
@@ -43,3 +50,13 @@ def test_tasks_asked_for_in_flight_are_not_asked_for_twice() -> None:
 def test_a_draining_worker_asks_for_nothing() -> None:
     draining = Holding(slots=4, prefetch=1, held=0, draining=True)
     assert draining.wanted() == 0 and draining.to_lease() == 0
+
+
+def test_completions_wait_longer_for_company_only_while_short_tasks_keep_coming() -> None:
+    busy = Holding(slots=1, prefetch=0, held=3, task_s=SHORT_TASK_S / 2)
+    assert busy.report_window_s() == BUSY_BATCH_WINDOW_S
+    slow = Holding(slots=1, prefetch=0, held=3, task_s=1.0)
+    assert slow.report_window_s() == BATCH_WINDOW_S  # the next completion is far off
+    idle = Holding(slots=1, prefetch=0, held=0, task_s=SHORT_TASK_S / 2)
+    assert idle.report_window_s() == BATCH_WINDOW_S  # nothing more is coming
+    assert BATCH_WINDOW_S < BUSY_BATCH_WINDOW_S < REPORT_WAIT_S

@@ -136,7 +136,6 @@ class ServiceLink:
     start_writing: Callable[[], None] = lambda: None  # once the dispatcher has answered
 
 
-BATCH_WINDOW_S = 0.02  # how long a completion waits for others to share its request
 BATCH_MAX = 64  # completions in one request at most
 
 
@@ -499,8 +498,8 @@ class Worker:
 
     def _report_loop(self) -> None:
         """Send completions in batches: whatever is waiting, plus what arrives within
-        :data:`BATCH_WINDOW_S`, up to :data:`BATCH_MAX`. Ends once the runners have
-        ended and nothing is left."""
+        the window (:meth:`Holding.report_window_s`), up to :data:`BATCH_MAX`; at once
+        when nothing more is held. Ends once the runners have ended and nothing is left."""
         while True:
             try:
                 batch = [self._completions.get(timeout=0.2)]
@@ -508,13 +507,18 @@ class Worker:
                 if self._runners_done.is_set():
                     return
                 continue
-            deadline = time.monotonic() + BATCH_WINDOW_S
+            with self._lock:
+                deadline = time.monotonic() + self._holding().report_window_s()
             while len(batch) < BATCH_MAX:
+                left = deadline - time.monotonic()
                 try:
-                    batch.append(
-                        self._completions.get(timeout=max(0.0, deadline - time.monotonic()))
-                    )
+                    batch.append(self._completions.get(timeout=max(0.0, min(left, 0.01))))
+                    continue
                 except queue.Empty:
+                    pass
+                with self._lock:
+                    idle = not self._held
+                if left <= 0 or idle:
                     break
             self._send_completions(batch)
 

@@ -14,6 +14,9 @@ while tasks are leased ahead of the slots, only once half of those have
 started: one request brings several. Short tasks are many to a batch of
 completions, so for them the lease loop does not wait for the batch (the
 slots would run dry meanwhile); the refill rule alone holds.
+
+Completions are sent in batches: the oldest waits for company up to
+:meth:`Holding.report_window_s`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 SHORT_TASK_S = 0.05
 SHORT_AHEAD = 8
 REPORT_WAIT_S = 0.25
+BATCH_WINDOW_S = 0.02  # how long a completion waits for others to share its request
+BUSY_BATCH_WINDOW_S = 0.1  # the same, while short tasks keep coming
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,17 @@ class Holding:
         if self.draining:
             return 0
         return max(0, self.slots + self.ahead - self.held - self.asking)
+
+    def report_window_s(self) -> float:
+        """How long the oldest completion waits for others to share its batch.
+
+        Each batch costs a result segment (an S3 write) and a round trip. While
+        short tasks are held, more completions come within a task's time: a
+        longer wait then makes a batch of several, and the slots do not wait
+        for it. Otherwise a completion waits only briefly; and once nothing is
+        held, not at all (the reporter checks).
+        """
+        return BUSY_BATCH_WINDOW_S if self.short and self.held else BATCH_WINDOW_S
 
     def to_lease(self) -> int:
         """Tasks the lease loop asks for now (0: wait)."""

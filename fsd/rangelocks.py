@@ -1,0 +1,129 @@
+"""Locks and pins of a scratch root: bytes of one file, locked by the kernel.
+
+A scratch root is one node's own, opened only by that node's processes, so
+the kernel can keep its locks: each named lock is one byte of
+``locks/table``, at an offset hashed from its name, locked with an open
+file description lock (``F_OFD_SETLK``), and each pin a shared lock on a
+byte of ``locks/pins``. Taking one makes no file: making files (a new
+inode each) was most of what a worker spent on a busy cache. The kernel
+drops a process's locks when it dies, so none is ever stale.
+
+Open file description locks belong to an open file, not to a process or a
+thread. Each process opens each table once (again after a fork); its
+threads take a named lock in the process first (:class:`fsd.locks.PolledLock`),
+so at most one of them holds a byte of ``table``. Pins are counted in the
+process, and the byte of ``pins`` is locked while the count is above zero.
+
+Linux only (3.15 and later); where the kernel lacks these locks, a scratch
+root's locks are link locks, like a shared root's.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import xxhash
+
+from fsd.locks import PolledLock
+from stager.errors import from_os_error
+
+AVAILABLE = hasattr(fcntl, "F_OFD_SETLK")
+_FLOCK = "hhqqi4x"  # struct flock: type, whence, start, length, pid (0 for these locks)
+_BUSY = (errno.EAGAIN, errno.EACCES)
+
+
+def offset_of(name: str) -> int:
+    """The byte that stands for ``name``: 62 bits of its hash (a collision is as likely
+    as two digests' first 8 bytes agreeing)."""
+    return xxhash.xxh3_64_intdigest(name.encode()) >> 2
+
+
+class LockTable:
+    """One file whose bytes stand for names; opened once per process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+        self._pid = -1
+        self._guard = threading.Lock()
+
+    def _file(self) -> int:
+        pid = os.getpid()
+        if self._pid != pid:  # first use, or a forked child: locks of its own
+            with self._guard:
+                if self._pid != pid:
+                    try:
+                        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                    except OSError as exc:
+                        raise from_os_error(exc, f"open lock table {self.path}") from exc
+                    self._pid = pid
+        return self._fd
+
+    def _call(self, command: int, kind: int, offset: int) -> bytes:
+        request = struct.pack(_FLOCK, kind, os.SEEK_SET, offset, 1, 0)
+        return fcntl.fcntl(self._file(), command, request)
+
+    def lock(self, offset: int) -> bool:
+        """Lock the byte at ``offset`` if no other open file holds it; never waits."""
+        try:
+            self._call(fcntl.F_OFD_SETLK, fcntl.F_WRLCK, offset)
+        except OSError as exc:
+            if exc.errno in _BUSY:
+                return False
+            raise from_os_error(exc, f"lock {self.path}") from exc
+        return True
+
+    def share(self, offset: int) -> None:
+        """Take a shared lock on the byte at ``offset`` (no one takes these bytes whole)."""
+        try:
+            self._call(fcntl.F_OFD_SETLK, fcntl.F_RDLCK, offset)
+        except OSError as exc:
+            raise from_os_error(exc, f"lock {self.path}") from exc
+
+    def unlock(self, offset: int) -> None:
+        self._call(fcntl.F_OFD_SETLK, fcntl.F_UNLCK, offset)
+
+    def locked_elsewhere(self, offset: int) -> bool:
+        """True if another open file (another process) holds any lock on the byte."""
+        answer = self._call(fcntl.F_OFD_GETLK, fcntl.F_WRLCK, offset)
+        kind: int = struct.unpack(_FLOCK, answer)[0]
+        return kind != fcntl.F_UNLCK
+
+
+class RangeLock(PolledLock):
+    """A named lock: one byte of a :class:`LockTable`."""
+
+    def __init__(
+        self,
+        table: LockTable,
+        name: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(f"{table.path}#{name}", clock=clock, sleep=sleep)
+        self._table = table
+        self._offset = offset_of(name)
+        self._held = False
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def busy(self) -> bool:
+        return self.busy_here() or self._table.locked_elsewhere(self._offset)
+
+    def try_acquire(self) -> bool:
+        self._held = self._table.lock(self._offset)
+        return self._held
+
+    def _release_file(self) -> None:
+        self._held = False
+        self._table.unlock(self._offset)

@@ -1,0 +1,83 @@
+"""A scratch root's locks: bytes of one file, locked by the kernel (fsd.rangelocks)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from fsd.rangelocks import LockTable, RangeLock
+from stager.errors import LockTimeoutError
+
+REPO = Path(__file__).parents[2]
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from fsd.rangelocks import LockTable, RangeLock
+lock = RangeLock(LockTable(Path(sys.argv[1])), sys.argv[2])
+lock.acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_another_process_holds_the_lock_until_it_is_killed(tmp_path: Path) -> None:
+    table = LockTable(tmp_path / "table")
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(tmp_path / "table"), "entry-a"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "held\n"
+        lock = RangeLock(table, "entry-a")
+        assert lock.busy()
+        with pytest.raises(LockTimeoutError):
+            lock.acquire(timeout_s=0.1)
+        other = RangeLock(table, "entry-b")  # another name: another byte
+        assert not other.busy()
+        with other.holding():
+            assert other.busy()
+    finally:
+        child.kill()
+        child.wait()
+    with lock.holding(timeout_s=5):  # a dead process holds nothing
+        assert lock.held
+    assert not lock.busy()
+    assert sorted(os.listdir(tmp_path)) == ["table"]  # taking locks made no file
+
+
+def test_threads_of_one_process_exclude_each_other(tmp_path: Path) -> None:
+    table = LockTable(tmp_path / "table")
+    inside, most = [0], [0]
+
+    def work() -> None:
+        for _ in range(200):
+            with RangeLock(table, "shared").holding():
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 1
+
+
+def test_a_forked_child_takes_locks_of_its_own(tmp_path: Path) -> None:
+    """After a fork the child opens the table anew: its locks exclude its parent's."""
+    table = LockTable(tmp_path / "table")
+    with RangeLock(table, "x").holding():
+        pid = os.fork()
+        if pid == 0:  # the child: the parent holds "x", so the child cannot take it
+            os._exit(0 if not RangeLock(table, "x").try_acquire() else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
