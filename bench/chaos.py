@@ -25,10 +25,12 @@ summary (``s3``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -163,6 +165,7 @@ class FaultDriver:
         self.born = shape.workers
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._drive, daemon=True)
+        self._stopped: list[tuple[threading.Timer, subprocess.Popen[bytes]]] = []
 
     def start(self) -> None:
         self._thread.start()
@@ -170,6 +173,9 @@ class FaultDriver:
     def finish(self) -> None:
         self._done.set()
         self._thread.join(timeout=LEASE_S * 4)
+        for timer, process in self._stopped:  # the run ended first: resume them now
+            timer.cancel()
+            _resume(process)
 
     def _alive(self) -> list[str]:
         return [n for n, p in self.cluster.workers.items() if p.poll() is None]
@@ -192,12 +198,19 @@ class FaultDriver:
                 self.cluster.add_worker(f"node-{self.born}", *worker_args())
                 self.kills += 1
             else:
+                # Resumed past its lease, by a timer: the faults after it land meanwhile
+                # (a fast run may end before it is resumed).
                 os.killpg(process.pid, signal.SIGSTOP)
-                if self._done.wait(LEASE_S * 1.5):
-                    os.killpg(process.pid, signal.SIGCONT)
-                    return
-                os.killpg(process.pid, signal.SIGCONT)
+                timer = threading.Timer(LEASE_S * 1.5, _resume, (process,))
+                timer.daemon = True
+                timer.start()
+                self._stopped.append((timer, process))
                 self.stops += 1
+
+
+def _resume(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGCONT)
 
 
 def worker_args() -> tuple[str, ...]:

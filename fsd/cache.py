@@ -369,6 +369,20 @@ class NodeCache:
                 self._sources.record(source, digest_of_entry(entry))
             return entry
 
+    def insert(self, size: int, fill: Fill) -> Path:
+        """The entry for bytes no one else fetches (a task's output), named by their digest.
+
+        No flight to share, so no flight lock and no look at batches' claims:
+        if the same bytes are published meanwhile, the twin is kept and this
+        copy dropped.
+        """
+        if size > self.quota_bytes:
+            raise CacheFullError(
+                f"{format_size(size)} can never fit the cache quota "
+                f"of {format_size(self.quota_bytes)}"
+            )
+        return self._insert(None, size, fill)
+
     def known(self, wanted: Wanted) -> Path | None:
         """The entry ``wanted`` names if the cache has it intact (by digest, or by its
         source in the source index); records the use. Takes no lock unless it re-hashes."""

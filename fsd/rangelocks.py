@@ -9,9 +9,10 @@ inode each) was most of what a worker spent on a busy cache. The kernel
 drops a process's locks when it dies, so none is ever stale.
 
 Open file description locks belong to an open file, not to a process or a
-thread. Each process opens each table once (again after a fork); its
-threads take a named lock in the process first (:class:`fsd.locks.PolledLock`),
-so at most one of them holds a byte of ``table``. Pins are counted in the
+thread. Each process has each table open once while it holds anything in
+it (again after a fork); its threads take a named lock in the process
+first (:class:`fsd.locks.PolledLock`), so at most one of them holds a byte
+of ``table``. Pins are counted in the
 process, and the byte of ``pins`` is locked while the count is above zero.
 
 Linux only (3.15 and later); where the kernel lacks these locks, a scratch
@@ -46,35 +47,53 @@ def offset_of(name: str) -> int:
 
 
 class LockTable:
-    """One file whose bytes stand for names; opened once per process."""
+    """One file whose bytes stand for names.
+
+    Open while this process holds a lock or a pin in it, closed when it holds
+    none (so a cache dropped leaves no open file behind, and a small disk can
+    be unmounted); opened anew in a forked child, whose locks are its own.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd = -1
-        self._pid = -1
+        self._users = 0  # locks and pins held, and look-ups under way
+        self._pid = os.getpid()
         self._guard = threading.Lock()
 
-    def _file(self) -> int:
-        pid = os.getpid()
-        if self._pid != pid:  # first use, or a forked child: locks of its own
-            with self._guard:
-                if self._pid != pid:
-                    try:
-                        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-                    except OSError as exc:
-                        raise from_os_error(exc, f"open lock table {self.path}") from exc
-                    self._pid = pid
-        return self._fd
+    def _enter(self) -> int:
+        with self._guard:
+            if self._pid != os.getpid():  # a forked child: the parent's file is not ours
+                if self._fd >= 0:
+                    os.close(self._fd)
+                self._fd, self._users, self._pid = -1, 0, os.getpid()
+            if self._users == 0:
+                try:
+                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                except OSError as exc:
+                    raise from_os_error(exc, f"open lock table {self.path}") from exc
+            self._users += 1
+            return self._fd
 
-    def _call(self, command: int, kind: int, offset: int) -> bytes:
+    def _leave(self) -> None:
+        with self._guard:
+            self._users -= 1
+            if self._users == 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    @staticmethod
+    def _call(fd: int, command: int, kind: int, offset: int) -> bytes:
         request = struct.pack(_FLOCK, kind, os.SEEK_SET, offset, 1, 0)
-        return fcntl.fcntl(self._file(), command, request)
+        return fcntl.fcntl(fd, command, request)
 
     def lock(self, offset: int) -> bool:
         """Lock the byte at ``offset`` if no other open file holds it; never waits."""
+        fd = self._enter()
         try:
-            self._call(fcntl.F_OFD_SETLK, fcntl.F_WRLCK, offset)
+            self._call(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK, offset)
         except OSError as exc:
+            self._leave()
             if exc.errno in _BUSY:
                 return False
             raise from_os_error(exc, f"lock {self.path}") from exc
@@ -82,17 +101,27 @@ class LockTable:
 
     def share(self, offset: int) -> None:
         """Take a shared lock on the byte at ``offset`` (no one takes these bytes whole)."""
+        fd = self._enter()
         try:
-            self._call(fcntl.F_OFD_SETLK, fcntl.F_RDLCK, offset)
+            self._call(fd, fcntl.F_OFD_SETLK, fcntl.F_RDLCK, offset)
         except OSError as exc:
+            self._leave()
             raise from_os_error(exc, f"lock {self.path}") from exc
 
     def unlock(self, offset: int) -> None:
-        self._call(fcntl.F_OFD_SETLK, fcntl.F_UNLCK, offset)
+        """Release a byte :meth:`lock` or :meth:`share` took."""
+        try:
+            self._call(self._fd, fcntl.F_OFD_SETLK, fcntl.F_UNLCK, offset)
+        finally:
+            self._leave()
 
     def locked_elsewhere(self, offset: int) -> bool:
         """True if another open file (another process) holds any lock on the byte."""
-        answer = self._call(fcntl.F_OFD_GETLK, fcntl.F_WRLCK, offset)
+        fd = self._enter()
+        try:
+            answer = self._call(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK, offset)
+        finally:
+            self._leave()
         kind: int = struct.unpack(_FLOCK, answer)[0]
         return kind != fcntl.F_UNLCK
 

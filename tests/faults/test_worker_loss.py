@@ -42,8 +42,10 @@ def test_a_worker_killed_with_completions_unrecorded_has_those_tasks_run_again(
         submit(cluster.client, bodies, workflow="wf")
         wait_for(lambda: ledger.exists() and len(ledger.read_text().split()) == 3)
         wait_for(lambda: proxy.injected["hold"] >= 1)  # a segment write hangs
-        for i in ids:  # outputs in S3, yet nothing reported done
-            assert store.get_bytes(prefix.child(f"out/{i}.txt")) == f"{i}\n".encode()
+        outputs = [prefix.child(f"out/{i}.txt") for i in ids]
+        wait_for(lambda: all(store.head(url) is not None for url in outputs))
+        for i, url in zip(ids, outputs, strict=True):  # outputs in S3, yet nothing reported done
+            assert store.get_bytes(url) == f"{i}\n".encode()
         assert cluster.client.status("wf").count(TaskState.DONE) == 0
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait()

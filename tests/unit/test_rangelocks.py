@@ -81,3 +81,24 @@ def test_a_forked_child_takes_locks_of_its_own(tmp_path: Path) -> None:
             os._exit(0 if not RangeLock(table, "x").try_acquire() else 1)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_table_is_open_only_while_something_is_held(tmp_path: Path) -> None:
+    """A cache dropped leaves no open file behind (a small disk can be unmounted)."""
+    table = LockTable(tmp_path / "table")
+
+    def open_here() -> int:
+        return sum(
+            os.readlink(f"/proc/self/fd/{fd}") == str(tmp_path / "table")
+            for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")
+        )
+
+    lock = RangeLock(table, "x")
+    with lock.holding():
+        assert open_here() == 1
+        with RangeLock(table, "y").holding():
+            assert open_here() == 1  # one file for all of them
+        assert lock.busy() and open_here() == 1
+    assert not lock.busy()
+    assert open_here() == 0

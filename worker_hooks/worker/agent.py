@@ -197,6 +197,7 @@ class Worker:
         self._extended_at = 0.0  # when a lease request or completions last extended the leases
         self._task_s: float | None = None  # how long tasks take here (a moving average)
         self._asking = 0  # tasks asked for by a request in flight (lease or completions)
+        self._environ = dict(os.environ)  # what tasks' variables are taken from
         # When each completion not sent yet was made (oldest first): their request asks.
         self._unreported: collections.deque[float] = collections.deque()
         self._prefetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch")
@@ -426,6 +427,7 @@ class Worker:
                 generation=f"{item.task_id}/{item.attempt}",
                 recorded=self._recorded_for(item.lease),
                 commit=False,  # the reporter writes the results in segments
+                environ=self._environ,
             )
             result = wrap_task(item.lease.spec, self.node, options)
         except TaskCancelledError:

@@ -147,9 +147,7 @@ class _Uploader:
         """A verified file holding the output's bytes, and their digest."""
         if self.cache is not None:
             try:
-                entry = self.cache.ensure(
-                    None, item.size, lambda writer: _copy(item, writer), flight_key=str(item.path)
-                )
+                entry = self.cache.insert(item.size, lambda writer: _copy(item, writer))
                 return entry, digest_of_entry(entry)
             except DiskFullError:  # the quota or the disk under the cache: hash it in place
                 pass

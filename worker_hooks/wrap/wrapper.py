@@ -30,7 +30,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,6 +92,9 @@ class WrapOptions:
     recorded: Callable[[str], ResultManifest | None] | None = None
     # False: the caller records the result (a worker, in a segment), not the wrapper.
     commit: bool = True
+    # The environment tasks' variables are taken from (see task_environment): this
+    # process's, or a copy a worker made once (reading os.environ decodes every variable).
+    environ: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -333,7 +336,7 @@ class _Run:
                         work=work,
                         tmp=sandbox / "tmp",
                         pass_env=self.options.pass_env,
-                        source=os.environ,
+                        source=os.environ if self.options.environ is None else self.options.environ,
                     ),
                     stdout_path=logs / "stdout",
                     stderr_path=logs / "stderr",
