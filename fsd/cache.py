@@ -160,7 +160,7 @@ class NodeCache:
         # locks and pins (fsd.rangelocks). A shared root's are files (fsd.locks, fsd.pins).
         self._lock_table: LockTable | None = None
         self._pins: Pins
-        if self.tier is Tier.SCRATCH and rangelocks.AVAILABLE:
+        if self.tier is Tier.SCRATCH and rangelocks.usable(root / "locks" / "table"):
             self._lock_table = LockTable(root / "locks" / "table")
             self._pins = RangePins(LockTable(root / "locks" / "pins"))
         else:
@@ -351,11 +351,7 @@ class NodeCache:
         fetched before is found there without calling ``fill``, and one
         fetched now is recorded once its entry is published.
         """
-        if size > self.quota_bytes:
-            raise CacheFullError(
-                f"an input of {format_size(size)} can never fit the cache quota "
-                f"of {format_size(self.quota_bytes)}"
-            )
+        self._refuse_beyond_quota(size)
         name = Wanted(digest, size, source, flight_key).name
         with self._entry_lock(name).holding(keep_fresh=True):
             # A hit needs no look at batches' claims; a miss waits for the batch that
@@ -376,12 +372,15 @@ class NodeCache:
         if the same bytes are published meanwhile, the twin is kept and this
         copy dropped.
         """
+        self._refuse_beyond_quota(size)
+        return self._insert(None, size, fill)
+
+    def _refuse_beyond_quota(self, size: int) -> None:
         if size > self.quota_bytes:
             raise CacheFullError(
                 f"{format_size(size)} can never fit the cache quota "
                 f"of {format_size(self.quota_bytes)}"
             )
-        return self._insert(None, size, fill)
 
     def known(self, wanted: Wanted) -> Path | None:
         """The entry ``wanted`` names if the cache has it intact (by digest, or by its

@@ -15,6 +15,7 @@ See docs/cache-format.md, "Locking".
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import secrets
@@ -78,7 +79,7 @@ class _LocalLocks:
 _local = _LocalLocks()
 
 
-class PolledLock:
+class PolledLock(abc.ABC):
     """One named lock: an in-process lock, then the file part, polled with backoff.
     Not reentrant; one holder per instance."""
 
@@ -95,15 +96,19 @@ class PolledLock:
         self._holds_local = False
 
     @property
-    def held(self) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def held(self) -> bool: ...
 
+    @abc.abstractmethod
     def try_acquire(self) -> bool:
         """Take the file part if it is free; never waits."""
-        raise NotImplementedError
 
-    def _release_file(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _release_file(self) -> None: ...
+
+    @abc.abstractmethod
+    def busy(self) -> bool:
+        """Held now, by anyone (a hint: it may change at once)."""
 
     def acquire(self, timeout_s: float | None = None) -> None:
         """Wait for the lock, polling with backoff; raise LockTimeoutError after ``timeout_s``."""
@@ -133,6 +138,7 @@ class PolledLock:
 
     def refresh(self) -> None:
         """Show that the holder is still working (a no-op where locks cannot go stale)."""
+        return None
 
     def busy_here(self) -> bool:
         """Held or waited for by a thread of this process."""

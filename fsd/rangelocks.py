@@ -15,8 +15,8 @@ first (:class:`fsd.locks.PolledLock`), so at most one of them holds a byte
 of ``table``. Pins are counted in the
 process, and the byte of ``pins`` is locked while the count is above zero.
 
-Linux only (3.15 and later); where the kernel lacks these locks, a scratch
-root's locks are link locks, like a shared root's.
+Linux only (3.15 and later); where the kernel or the file system lacks
+these locks, a scratch root's locks are link locks, like a shared root's.
 """
 
 from __future__ import annotations
@@ -33,11 +33,28 @@ from pathlib import Path
 import xxhash
 
 from fsd.locks import PolledLock
-from stager.errors import from_os_error
+from stager.errors import StagerError, from_os_error
 
 AVAILABLE = hasattr(fcntl, "F_OFD_SETLK")
 _FLOCK = "hhqqi4x"  # struct flock: type, whence, start, length, pid (0 for these locks)
 _BUSY = (errno.EAGAIN, errno.EACCES)
+_UNSUPPORTED = (errno.EINVAL, errno.ENOLCK, errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+def usable(path: Path) -> bool:
+    """Whether the file system under ``path`` (a table, made if missing) keeps these
+    locks: some FUSE and network file systems refuse them (EINVAL, ENOLCK, ENOTSUP).
+    Every process on one host finds the same, so they agree on the kind of lock."""
+    if not AVAILABLE:
+        return False
+    table = LockTable(path)
+    try:
+        table.locked_elsewhere(0)
+    except StagerError as exc:
+        if isinstance(exc.__cause__, OSError) and exc.__cause__.errno in _UNSUPPORTED:
+            return False
+        raise
+    return True
 
 
 def offset_of(name: str) -> int:
@@ -89,24 +106,23 @@ class LockTable:
 
     def lock(self, offset: int) -> bool:
         """Lock the byte at ``offset`` if no other open file holds it; never waits."""
+        return self._set(fcntl.F_WRLCK, offset)
+
+    def share(self, offset: int) -> None:
+        """Take a shared lock on the byte at ``offset`` (no one takes these bytes whole)."""
+        if not self._set(fcntl.F_RDLCK, offset):
+            raise StagerError(f"cannot pin in {self.path}: another program holds it locked")
+
+    def _set(self, kind: int, offset: int) -> bool:
         fd = self._enter()
         try:
-            self._call(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK, offset)
+            self._call(fd, fcntl.F_OFD_SETLK, kind, offset)
         except OSError as exc:
             self._leave()
             if exc.errno in _BUSY:
                 return False
             raise from_os_error(exc, f"lock {self.path}") from exc
         return True
-
-    def share(self, offset: int) -> None:
-        """Take a shared lock on the byte at ``offset`` (no one takes these bytes whole)."""
-        fd = self._enter()
-        try:
-            self._call(fd, fcntl.F_OFD_SETLK, fcntl.F_RDLCK, offset)
-        except OSError as exc:
-            self._leave()
-            raise from_os_error(exc, f"lock {self.path}") from exc
 
     def unlock(self, offset: int) -> None:
         """Release a byte :meth:`lock` or :meth:`share` took."""
@@ -120,6 +136,8 @@ class LockTable:
         fd = self._enter()
         try:
             answer = self._call(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK, offset)
+        except OSError as exc:
+            raise from_os_error(exc, f"look at {self.path}") from exc
         finally:
             self._leave()
         kind: int = struct.unpack(_FLOCK, answer)[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -10,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from fsd import rangelocks
+from fsd.cache import NodeCache
 from fsd.rangelocks import LockTable, RangeLock
-from stager.errors import LockTimeoutError
+from stager.digest import digest_bytes
+from stager.errors import LockTimeoutError, StagerError
 
 REPO = Path(__file__).parents[2]
 
@@ -102,3 +106,33 @@ def test_the_table_is_open_only_while_something_is_held(tmp_path: Path) -> None:
         assert lock.busy() and open_here() == 1
     assert not lock.busy()
     assert open_here() == 0
+
+
+def test_a_file_system_without_these_locks_gets_link_locks_and_pin_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the file system refuses open file description locks (some FUSE ones),
+    a scratch root locks and pins with files, as a shared root does."""
+
+    def refuse(*_: object) -> bytes:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(rangelocks.fcntl, "fcntl", refuse)
+    assert not rangelocks.usable(tmp_path / "probe")
+    cache = NodeCache(tmp_path / "c", quota_bytes=1000)
+    digest = digest_bytes(b"x")
+    with cache.pinned([digest]):
+        assert [p.name.split(".")[0] for p in (tmp_path / "c" / "pins").iterdir()] == [digest.hex]
+    cache.ensure(digest, 1, lambda writer: writer.write(b"x"))  # link locks take it
+    assert cache.lookup(digest) is not None
+
+
+def test_other_errors_of_the_probe_are_not_taken_for_a_missing_feature(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object) -> bytes:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(rangelocks.fcntl, "fcntl", broken)
+    with pytest.raises(StagerError, match="Input/output error"):
+        rangelocks.usable(tmp_path / "probe")
