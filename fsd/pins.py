@@ -81,23 +81,32 @@ class RangePins:
         self._guard = threading.Lock()
 
     def add(self, hexdigests: Sequence[str]) -> tuple[str, ...]:
+        added: list[str] = []
         with self._guard:
-            for hexdigest in hexdigests:
-                count = self._counts.get(hexdigest, 0)
-                if count == 0:
-                    self._table.share(offset_of(hexdigest))
-                self._counts[hexdigest] = count + 1
+            try:
+                for hexdigest in hexdigests:
+                    count = self._counts.get(hexdigest, 0)
+                    if count == 0:
+                        self._table.share(offset_of(hexdigest))
+                    self._counts[hexdigest] = count + 1
+                    added.append(hexdigest)
+            except BaseException:  # all of them or none
+                self._remove(added)
+                raise
         return tuple(hexdigests)
 
-    def remove(self, hexdigests: tuple[str, ...]) -> None:
+    def remove(self, token: tuple[str, ...]) -> None:
         with self._guard:
-            for hexdigest in hexdigests:
-                count = self._counts.get(hexdigest, 0)
-                if count <= 1:
-                    self._counts.pop(hexdigest, None)
-                    self._table.unlock(offset_of(hexdigest))
-                else:
-                    self._counts[hexdigest] = count - 1
+            self._remove(token)
+
+    def _remove(self, hexdigests: Sequence[str]) -> None:
+        for hexdigest in hexdigests:
+            count = self._counts[hexdigest]
+            if count == 1:
+                del self._counts[hexdigest]
+                self._table.unlock(offset_of(hexdigest))
+            else:
+                self._counts[hexdigest] = count - 1
 
     def pinned(self) -> Callable[[str], bool]:
         """A test of whether an entry is pinned, by this process or another."""

@@ -13,7 +13,8 @@ import pytest
 
 from fsd import rangelocks
 from fsd.cache import NodeCache
-from fsd.rangelocks import LockTable, RangeLock
+from fsd.pins import RangePins
+from fsd.rangelocks import LockTable, RangeLock, offset_of
 from stager.digest import digest_bytes
 from stager.errors import LockTimeoutError, StagerError
 
@@ -22,7 +23,8 @@ REPO = Path(__file__).parents[2]
 _HOLD = """
 import sys, time
 from pathlib import Path
-from fsd.rangelocks import LockTable, RangeLock
+from fsd.pins import RangePins
+from fsd.rangelocks import LockTable, RangeLock, offset_of
 lock = RangeLock(LockTable(Path(sys.argv[1])), sys.argv[2])
 lock.acquire()
 print("held", flush=True)
@@ -136,3 +138,26 @@ def test_other_errors_of_the_probe_are_not_taken_for_a_missing_feature(
     monkeypatch.setattr(rangelocks.fcntl, "fcntl", broken)
     with pytest.raises(StagerError, match="Input/output error"):
         rangelocks.usable(tmp_path / "probe")
+
+
+def test_pins_are_counted_and_a_failed_pin_takes_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pins = RangePins(LockTable(tmp_path / "pins"))
+    twice = pins.add(["aa", "aa", "bb"])  # one input twice in a task
+    other = pins.add(["aa"])
+    pins.remove(twice)
+    assert pins.pinned()("aa") and not pins.pinned()("bb")
+    pins.remove(other)
+    assert not pins.pinned()("aa")
+    real = LockTable.share
+
+    def refuse_cc(table: LockTable, offset: int) -> None:
+        if offset == offset_of("cc"):
+            raise StagerError("refused")
+        real(table, offset)
+
+    monkeypatch.setattr(LockTable, "share", refuse_cc)
+    with pytest.raises(StagerError, match="refused"):
+        pins.add(["aa", "bb", "cc"])
+    assert not pins.pinned()("aa") and not pins.pinned()("bb")
