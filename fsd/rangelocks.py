@@ -12,8 +12,8 @@ Open file description locks belong to an open file, not to a process or a
 thread. Each process has each table open once while it holds anything in
 it (again after a fork); its threads take a named lock in the process
 first (:class:`fsd.locks.PolledLock`), so at most one of them holds a byte
-of ``table``. Pins are counted in the
-process, and the byte of ``pins`` is locked while the count is above zero.
+of ``table``. Pins are counted in the process, and the byte of ``pins`` is
+locked while the count is above zero.
 
 Linux only (3.15 and later); where the kernel or the file system lacks
 these locks, a scratch root's locks are link locks, like a shared root's.

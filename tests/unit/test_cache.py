@@ -419,3 +419,19 @@ def test_a_format_2_cache_is_migrated_in_place(tmp_path: Path) -> None:
     assert again.tier is Tier.SHARED and again.synced  # older formats synced every entry
     assert again.lookup(digest_bytes(b"kept")) == entry
     assert again.ensure(None, 6, Source(b"first!"), source=_source()).exists()
+
+
+def test_a_format_4_scratch_cache_keeps_its_tier_and_entries(tmp_path: Path) -> None:
+    """Format 5 changed only how a scratch root locks: a format-4 root is migrated in
+    place, stays scratch, and its entries, pins and locks work at once."""
+    cache = NodeCache(tmp_path / "c", quota_bytes=10_000)
+    entry = insert(cache, b"kept")
+    (tmp_path / "c" / "VERSION").write_text("stager-cache/4\n")
+    (tmp_path / "c" / "locks" / "cache.lock.old-owner").write_text("a candidate left by 4")
+    again = NodeCache(tmp_path / "c", quota_bytes=10_000)
+    assert (tmp_path / "c" / "VERSION").read_text() == "stager-cache/5\n"
+    assert again.tier is Tier.SCRATCH and not again.synced
+    with again.pinned([digest_bytes(b"kept")]):
+        assert again.stats().pinned_entries == 1
+    assert again.lookup(digest_bytes(b"kept")) == entry
+    assert insert(again, b"new").read_bytes() == b"new"
