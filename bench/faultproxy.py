@@ -12,7 +12,8 @@ by the odds given:
 - or forwarded untouched.
 
 And a request whose path names what a test holds back is never answered;
-one whose path names what a test refuses gets a 403 (the first few times).
+one whose path names what a test slows is forwarded ``slow_s`` late; one
+whose path names what a test refuses gets a 403 (the first few times).
 
 Requests are forwarded with their ``Host`` header as the client sent it,
 so signatures (SigV4 signs the host) still verify. The odds come from one
@@ -56,6 +57,9 @@ class Faults:
     # Requests whose path holds one of these are never answered (a server that hangs
     # mid-request), until the proxy stops.
     hold_paths: tuple[str, ...] = ()
+    # Requests whose path holds one of these are forwarded only after ``slow_s``.
+    slow_paths: tuple[str, ...] = ()
+    slow_s: float = 5.0
     # The first ``refuse_times`` requests whose path holds one of these are answered 403
     # AccessDenied (a permanent error: clients do not retry it).
     refuse_paths: tuple[str, ...] = ()
@@ -143,6 +147,9 @@ class FaultProxy:
             assert self._stop is not None
             await self._stop.wait()
             return web.Response(status=503)
+        if any(part in request.raw_path for part in self.faults.slow_paths):
+            self.injected["slow"] += 1
+            await asyncio.sleep(self.faults.slow_s)
         refused = any(part in request.raw_path for part in self.faults.refuse_paths)
         if refused and self.injected["refuse"] < self.faults.refuse_times:
             self.injected["refuse"] += 1

@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,34 @@ def test_a_busy_worker_leases_through_its_completions(
         assert store.get_bytes(prefix.child(f"out/{i}.txt")) == f"{i}\n".encode()
     assert paths["/v1/completions"] >= 1
     assert paths["/v1/lease"] <= len(ids) // 3, paths
+
+
+def test_a_slot_runs_the_next_task_while_the_last_ones_outputs_upload(
+    make_cluster: ClusterFactory,
+    s3_server: LocalS3Server,
+    store: ObjectStore,
+    prefix: S3Url,
+    tmp_path: Path,
+) -> None:
+    """One slot: the second task's command runs while the first one's output is still
+    on its way to S3 (held back 10 s); both are done once their outputs landed."""
+    cluster = make_cluster(policy=Policy.FIFO)
+    ran = tmp_path / "ran"
+    bodies = [task(i, f"echo {i} > out.txt; echo {i} >> {ran}", prefix) for i in ("slow", "quick")]
+    slowed = replace(NO_FAULTS, slow_paths=("/out/slow.txt",), slow_s=10.0)
+    proxy = FaultProxy(s3_server.endpoint_url, slowed)
+    try:
+        cluster.add_worker("w", "--slots", "1", env={"AWS_ENDPOINT_URL": proxy.start()})
+        submit(cluster.client, bodies, "wf")
+        wait_for(lambda: ran.exists() and ran.read_text().split() == ["slow", "quick"])
+        assert store.head(prefix.child("out/slow.txt")) is None  # on its way still
+        assert cluster.client.task("wf/slow").state is TaskState.LEASED
+        assert wait_until_ended(cluster.client, "wf")["done"] == 2
+    finally:
+        proxy.stop()
+    for i in ("slow", "quick"):
+        assert store.get_bytes(prefix.child(f"out/{i}.txt")) == f"{i}\n".encode()
+        assert len(cluster.client.task(f"wf/{i}").attempts) == 1
 
 
 def test_a_large_workflow_goes_in_parts_producers_first(

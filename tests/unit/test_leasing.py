@@ -60,3 +60,11 @@ def test_completions_wait_longer_for_company_only_while_short_tasks_keep_coming(
     idle = Holding(slots=1, prefetch=0, held=0, task_s=SHORT_TASK_S / 2)
     assert idle.report_window_s() == BATCH_WINDOW_S  # nothing more is coming
     assert BATCH_WINDOW_S < BUSY_BATCH_WINDOW_S < REPORT_WAIT_S
+
+
+def test_a_task_in_its_stage_out_frees_its_slot_and_its_completion_will_ask() -> None:
+    uploading = Holding(slots=2, prefetch=0, held=1, staging_out=1, task_s=1.0)
+    assert uploading.wanted() == 1  # its slot is free: the completion asks for a task
+    assert uploading.to_lease() == 0  # the lease loop leaves that to the completion
+    short = Holding(slots=2, prefetch=0, held=1, staging_out=1, task_s=SHORT_TASK_S / 10)
+    assert short.to_lease() == 1 + 2 * SHORT_AHEAD  # the slot must not run dry meanwhile

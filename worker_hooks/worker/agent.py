@@ -7,8 +7,12 @@ It only connects out (works behind NAT). Threads, each with one job:
   when) and starts staging the inputs of tasks that must wait for a slot
   (prefetch: the node cache's single flight lets the later stage-in share
   that fetch);
-- ``slots`` *runners* run tasks through :func:`~worker_hooks.wrap.wrapper.wrap_task`
-  and hand the outcome to the reporter;
+- ``slots`` *runners* stage in and run tasks
+  (:func:`~worker_hooks.wrap.wrapper.start_task`), and hand each to a
+  *stage-out* thread (``slots`` of them), which makes its outputs durable and
+  hands the outcome to the reporter. A runner takes its next task meanwhile:
+  one task's uploads overlap the next one's command. A task in its stage-out
+  holds no slot; a runner waits while every stage-out thread is busy;
 - the *reporter* writes the results of a batch of completions in one
   segment, then reports them with their leases' attempt numbers (fencing),
   asking in the same request for tasks for the slots they freed;
@@ -26,6 +30,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import os
 import queue
 import socket
@@ -34,6 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fsd.cache import digest_of_entry
 from fsd.outbox import Outbox, OutboxItem
@@ -72,7 +78,7 @@ from worker_hooks.wrap.memo import write_segment
 from worker_hooks.wrap.node import Node
 from worker_hooks.wrap.sandboxes import SandboxPool
 from worker_hooks.wrap.stageout import NodeKeeping
-from worker_hooks.wrap.wrapper import WrapOptions, WrapResult, stage_inputs, wrap_task
+from worker_hooks.wrap.wrapper import Ran, WrapOptions, WrapResult, stage_inputs, start_task
 
 # The task's own fault or its spec's: running it elsewhere would not help.
 PERMANENT_ERRORS = (
@@ -84,6 +90,8 @@ PERMANENT_ERRORS = (
     AccessDeniedError,
 )
 
+
+T = TypeVar("T")
 
 EVACUATE_S = 30.0  # of a spot notice's two minutes, kept to send local outputs to S3
 
@@ -175,8 +183,9 @@ class Worker:
         self.spot = spot
         self._kept_local: list[OutboxItem] = []  # this node's `local` outputs (to evacuate)
         if node.sandbox_pool is None:  # thousands of short tasks: reuse their sandboxes
+            # One per slot, and one per stage-out thread (a task's until its outputs left).
             node = dataclasses.replace(
-                node, sandbox_pool=SandboxPool(node.sandbox_dir, settings.slots)
+                node, sandbox_pool=SandboxPool(node.sandbox_dir, 2 * settings.slots)
             )
         self.node = node
         self.settings = settings
@@ -201,6 +210,10 @@ class Worker:
         # When each completion not sent yet was made (oldest first): their request asks.
         self._unreported: collections.deque[float] = collections.deque()
         self._prefetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch")
+        # Stage-outs: as many threads as slots; a runner waits for a free one.
+        self._stage_outs = ThreadPoolExecutor(settings.slots, thread_name_prefix="stage-out")
+        self._stage_out_free = threading.Semaphore(settings.slots)
+        self._staging_out = 0  # tasks held whose command has ended (in _held still)
         # Completions waiting to be reported, each with what to do once it is accepted:
         # the reporter sends them in batches, so a runner never waits for the dispatcher.
         self._completions: queue.Queue[_Pending] = queue.Queue()
@@ -280,6 +293,7 @@ class Worker:
             item.cancel.set()  # the runner hands it back once its command is stopped
         for thread in threads:
             thread.join(timeout=self.node.kill_grace_s + 30)
+        self._stage_outs.shutdown(wait=True)  # their outputs go out; retries are bounded
 
     # -- leasing ----------------------------------------------------------------------
 
@@ -328,7 +342,8 @@ class Worker:
         return Holding(
             slots=self.settings.slots,
             prefetch=self.settings.prefetch,
-            held=len(self._held),
+            held=len(self._held) - self._staging_out,
+            staging_out=self._staging_out,
             asking=self._asking,
             unreported=len(self._unreported),
             unreported_for_s=time.monotonic() - self._unreported[0] if self._unreported else 0.0,
@@ -362,7 +377,8 @@ class Worker:
     def _accept(self, item: _Held) -> None:
         with self._lock:
             self._held[item.task_id] = item
-            idle_slots = self.settings.slots - sum(h.started for h in self._held.values())
+            running = sum(h.started for h in self._held.values()) - self._staging_out
+            idle_slots = self.settings.slots - running
             waiting = self._ready.qsize()
         if self._draining.is_set():
             self._hand_back(item)
@@ -405,43 +421,64 @@ class Worker:
             if item.prefetch is not None:
                 item.prefetch.cancel()  # not begun yet: the stage-in does the work
             started = time.monotonic()
-            self._run_one(item)
+            start = functools.partial(start_task, item.lease.spec, self.node, self._options(item))
+            ran = self._attempt(item, start)
             took = time.monotonic() - started
             with self._room:
                 self._task_s = took if self._task_s is None else 0.8 * self._task_s + 0.2 * took
+                if ran is None:
+                    self._held.pop(item.task_id, None)
+                else:
+                    self._staging_out += 1
+                self._room.notify_all()
+            if ran is not None:
+                self._stage_out_free.acquire()
+                self._stage_outs.submit(self._stage_out, item, ran, started)
+
+    def _options(self, item: _Held) -> WrapOptions:
+        keeping = None
+        if self.service is not None:
+            link = self.service
+            keeping = NodeKeeping(link.client, item.lease.mirror_to, link.outbox)
+        return WrapOptions(
+            cancel=item.cancel,
+            pass_env=self.pass_env,
+            peers=self._peers(item.lease),
+            keeping=keeping,
+            generation=f"{item.task_id}/{item.attempt}",
+            recorded=self._recorded_for(item.lease),
+            commit=False,  # the reporter writes the results in segments
+            environ=self._environ,
+        )
+
+    def _stage_out(self, item: _Held, ran: Ran, started: float) -> None:
+        """On a stage-out thread: finish ``item``, report it, and free its thread."""
+        try:
+            result = self._attempt(item, ran.finish)
+            if result is not None:
+                self._report_done(item, result, time.monotonic() - started)
+        except Exception as exc:  # as a dead thread would: stop the worker, say why
+            self._give_up(StagerError(f"stage-out thread failed: {exc!r}"))
+        finally:
+            with self._room:
+                self._staging_out -= 1
                 self._held.pop(item.task_id, None)
                 self._room.notify_all()
+            self._stage_out_free.release()
 
-    def _run_one(self, item: _Held) -> None:
-        started = time.monotonic()
+    def _attempt(self, item: _Held, step: Callable[[], T]) -> T | None:
+        """``step``'s value; None once its failure was reported (or the task handed back)."""
         try:
-            keeping = None
-            if self.service is not None:
-                link = self.service
-                keeping = NodeKeeping(link.client, item.lease.mirror_to, link.outbox)
-            options = WrapOptions(
-                cancel=item.cancel,
-                pass_env=self.pass_env,
-                peers=self._peers(item.lease),
-                keeping=keeping,
-                generation=f"{item.task_id}/{item.attempt}",
-                recorded=self._recorded_for(item.lease),
-                commit=False,  # the reporter writes the results in segments
-                environ=self._environ,
-            )
-            result = wrap_task(item.lease.spec, self.node, options)
+            return step()
         except TaskCancelledError:
             self._hand_back(item)
-            return
         except StagerError as exc:
             logs = exc.logs if isinstance(exc, TaskError) else ()
             retry = not isinstance(exc, PERMANENT_ERRORS)
             self._report_failure(item, exc.one_line(), retry=retry, logs=logs)
-            return
         except Exception as exc:  # a bug of ours: let another attempt try, and say so
             self._report_failure(item, f"internal error: {exc!r}", retry=True)
-            return
-        self._report_done(item, result, time.monotonic() - started)
+        return None
 
     def _recorded_for(self, lease: Lease) -> Callable[[str], ResultManifest | None]:
         """Memo lookups for a task: the lease's answer when it holds the key, else the

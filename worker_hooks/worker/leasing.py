@@ -1,14 +1,15 @@
 """How many tasks a worker asks the dispatcher for, and when: pure decisions.
 
 A worker holds up to ``slots + ahead`` leases: the tasks running and those
-waiting for a slot (their inputs prefetched meanwhile). ``ahead`` is the
+waiting for a slot (their inputs prefetched meanwhile). A task whose
+command has ended holds no slot while its outputs are staged out. ``ahead`` is the
 prefetch setting, or :data:`SHORT_AHEAD` per slot while tasks take under
 :data:`SHORT_TASK_S` on average: then a round trip per task would cost more
 than the task.
 
 Two requests lease. Completions ask for the slots they free, in their own
 round trip (it is made anyway). The lease loop asks only when no
-completion is about to be sent (or one has waited :data:`REPORT_WAIT_S`:
+completion is about to be made or sent (or one has waited :data:`REPORT_WAIT_S`:
 its segment write may hang, and the slots must not wait for it), and,
 while tasks are leased ahead of the slots, only once half of those have
 started: one request brings several. Short tasks are many to a batch of
@@ -37,6 +38,7 @@ class Holding:
     slots: int
     prefetch: int
     held: int  # leases in hand, running or waiting for a slot
+    staging_out: int = 0  # leases in hand whose command has ended (outputs on their way)
     asking: int = 0  # tasks asked for by a request still in flight
     unreported: int = 0  # completions not sent yet
     unreported_for_s: float = 0.0  # how long the oldest of them has waited
@@ -76,7 +78,8 @@ class Holding:
         """Tasks the lease loop asks for now (0: wait)."""
         # Short tasks are many to a completions batch: the slots would run dry waiting
         # for it, so the refill rule alone holds for them.
-        if self.unreported and self.unreported_for_s < REPORT_WAIT_S and not self.short:
+        waiting = self.unreported or self.staging_out  # completions to come
+        if waiting and self.unreported_for_s < REPORT_WAIT_S and not self.short:
             return 0
         if self.held and self.held - self.slots > self.ahead // 2:
             return 0

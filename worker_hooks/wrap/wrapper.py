@@ -1,7 +1,9 @@
 """The job wrapper: stage-in, run, stage-out, then the result manifest, last.
 
-:func:`wrap_task` is what ``stager wrap`` and the worker agent call. Its
-contract (DESIGN.md invariants 2, 5, 7):
+:func:`wrap_task` is what ``stager wrap`` calls. A worker calls
+:func:`start_task`, then the :meth:`Ran.finish` it returns, on another
+thread: a task's stage-out overlaps the next task's command. The contract
+of the two together, as of :func:`wrap_task` (DESIGN.md invariants 2, 5, 7):
 
 - the spec was validated before any I/O (:mod:`worker_hooks.task.spec`), and
   its inputs name S3 objects (a ``task://`` reference is the dispatcher's to
@@ -103,6 +105,21 @@ class WrapResult:
     result_url: S3Url
     memoized: bool
     staged: tuple[StagedInput, ...] = ()  # how each input arrived (none when memoized)
+
+
+class Ran:
+    """A task whose command has ended (or whose result was recorded already).
+
+    :meth:`finish` is its stage-out: it uploads the logs and outputs, records
+    the result (unless the caller does) and ends the sandbox; it raises the
+    command's failure, if any. It must be called exactly once.
+    """
+
+    def __init__(self, finish: Callable[[], WrapResult]) -> None:
+        self._finish = finish
+
+    def finish(self) -> WrapResult:
+        return self._finish()
 
 
 @dataclass
@@ -255,7 +272,8 @@ class _Run:
         # Not a secret: the time and process keep it apart from other runs' ids already.
         self.run_id = f"{started:%Y%m%dT%H%M%S.%f}-{random.getrandbits(24):06x}"
 
-    def __call__(self) -> WrapResult:
+    def start(self) -> Ran:
+        """Resolve, then (unless recorded already) stage in and run, in a sandbox."""
         node = self.node
         with self.timer.phase("resolve"):
             wanted = stage_inputs(self.spec, node.store)
@@ -272,18 +290,20 @@ class _Run:
             if self.options.force:
                 node.store.delete(url)  # no manifest may vouch for outputs we overwrite
             elif (done := self._recorded(key, url)) is not None:
-                return WrapResult(done, url, memoized=True)
+                return Ran(lambda: WrapResult(done, url, memoized=True))
         sandbox = _make_sandbox(self.spec, node)
-        succeeded = False
         try:
-            result = self._in_sandbox(sandbox, inputs, key, url)
-            succeeded = True
-            return result
-        finally:
-            keep_it = self.options.keep_failed and not succeeded
-            if not keep_it:
-                node.cache.release_links(self._links)  # keeps the entries' seals true
-            _end_sandbox(self.spec, node, sandbox, keep_it=keep_it)
+            staged, outcome = self._stage_in_and_run(sandbox, inputs)
+        except BaseException:
+            self._end(sandbox, succeeded=False)
+            raise
+        return Ran(lambda: self._finish(sandbox, inputs, staged, outcome, key, url))
+
+    def _end(self, sandbox: Path, *, succeeded: bool) -> None:
+        keep_it = self.options.keep_failed and not succeeded
+        if not keep_it:
+            self.node.cache.release_links(self._links)  # keeps the entries' seals true
+        _end_sandbox(self.spec, self.node, sandbox, keep_it=keep_it)
 
     def _recorded(self, key: str, url: S3Url) -> ResultManifest | None:
         """The result already recorded for ``key``, if its outputs are intact."""
@@ -292,9 +312,10 @@ class _Run:
         found = self.options.recorded(key)
         return found if found is not None and intact(self.node.store, found) else None
 
-    def _in_sandbox(
-        self, sandbox: Path, inputs: Sequence[ResolvedInput], key: str, url: S3Url
-    ) -> WrapResult:
+    def _stage_in_and_run(
+        self, sandbox: Path, inputs: Sequence[ResolvedInput]
+    ) -> tuple[list[StagedInput], RunOutcome]:
+        """Stage the inputs in, pinned while the command runs (not after)."""
         node, spec = self.node, self.spec
         work, logs = sandbox / "work", sandbox / "logs"
         with contextlib.ExitStack() as pins:
@@ -346,6 +367,36 @@ class _Run:
                     cancel=self.options.cancel,
                     on_start=lambda pid: record_run(sandbox, pid),
                 )
+        return staged, outcome
+
+    def _finish(
+        self,
+        sandbox: Path,
+        inputs: Sequence[ResolvedInput],
+        staged: Sequence[StagedInput],
+        outcome: RunOutcome,
+        key: str,
+        url: S3Url,
+    ) -> WrapResult:
+        succeeded = False
+        try:
+            result = self._stage_out(sandbox, inputs, staged, outcome, key, url)
+            succeeded = True
+            return result
+        finally:
+            self._end(sandbox, succeeded=succeeded)
+
+    def _stage_out(
+        self,
+        sandbox: Path,
+        inputs: Sequence[ResolvedInput],
+        staged: Sequence[StagedInput],
+        outcome: RunOutcome,
+        key: str,
+        url: S3Url,
+    ) -> WrapResult:
+        node, spec = self.node, self.spec
+        work, logs = sandbox / "work", sandbox / "logs"
         with self.timer.phase("stage_out"):
             log_records = self._upload_logs(logs, key, outcome)
             outputs = upload_outputs(
@@ -407,6 +458,13 @@ def _input_record(item: ResolvedInput, staged: StagedInput) -> FileRecord:
     return FileRecord(str(item.dest), item.url, staged.digest, staged.size)
 
 
+def start_task(spec: TaskSpec, node: Node, options: WrapOptions | None = None) -> Ran:
+    """Resolve ``spec`` and, unless its result is recorded already, stage in and run it
+    on ``node``; the stage-out is the returned :meth:`Ran.finish`. Every failure up to
+    the command's end raises here (the sandbox ended); the command's own, in ``finish``."""
+    return _Run(spec, node, options or WrapOptions()).start()
+
+
 def wrap_task(spec: TaskSpec, node: Node, options: WrapOptions | None = None) -> WrapResult:
     """Run ``spec`` on ``node`` end to end; see the module docstring for the contract."""
-    return _Run(spec, node, options or WrapOptions())()
+    return start_task(spec, node, options).finish()
