@@ -204,7 +204,7 @@ class Worker:
         self._report_all = False  # send the whole cache with the next heartbeat
         self._lease_s = settings.heartbeat_s * 3
         self._extended_at = 0.0  # when a lease request or completions last extended the leases
-        self._task_s: float | None = None  # how long tasks take here (a moving average)
+        self._task_s: float | None = None  # tasks' time here, to their stage-out's end (an average)
         self._asking = 0  # tasks asked for by a request in flight (lease or completions)
         self._environ = dict(os.environ)  # what tasks' variables are taken from
         # When each completion not sent yet was made (oldest first): their request asks.
@@ -423,17 +423,23 @@ class Worker:
             started = time.monotonic()
             start = functools.partial(start_task, item.lease.spec, self.node, self._options(item))
             ran = self._attempt(item, start)
-            took = time.monotonic() - started
+            if ran is None:
+                self._ended(item, started)
+                continue
             with self._room:
-                self._task_s = took if self._task_s is None else 0.8 * self._task_s + 0.2 * took
-                if ran is None:
-                    self._held.pop(item.task_id, None)
-                else:
-                    self._staging_out += 1
+                self._staging_out += 1
                 self._room.notify_all()
-            if ran is not None:
-                self._stage_out_free.acquire()
-                self._stage_outs.submit(self._stage_out, item, ran, started)
+            self._stage_out_free.acquire()
+            self._stage_outs.submit(self._stage_out, item, ran, started)
+
+    def _ended(self, item: _Held, started: float, *, staged_out: bool = False) -> None:
+        """``item`` is no longer held; it took (from its slot to its end) since ``started``."""
+        took = time.monotonic() - started
+        with self._room:
+            self._task_s = took if self._task_s is None else 0.8 * self._task_s + 0.2 * took
+            self._staging_out -= staged_out
+            self._held.pop(item.task_id, None)
+            self._room.notify_all()
 
     def _options(self, item: _Held) -> WrapOptions:
         keeping = None
@@ -460,10 +466,7 @@ class Worker:
         except Exception as exc:  # as a dead thread would: stop the worker, say why
             self._give_up(StagerError(f"stage-out thread failed: {exc!r}"))
         finally:
-            with self._room:
-                self._staging_out -= 1
-                self._held.pop(item.task_id, None)
-                self._room.notify_all()
+            self._ended(item, started, staged_out=True)
             self._stage_out_free.release()
 
     def _attempt(self, item: _Held, step: Callable[[], T]) -> T | None:
