@@ -9,10 +9,12 @@ them all in flight from this one thread), checks each, and takes the cache
 lock once more to publish them all. An entry is written once, to a temp file
 in ``tmp/``, and renamed into ``data/``; on a scratch cache nothing is synced.
 
-What the batch does not claim goes through :meth:`NodeCache.ensure` one by
-one: a flight another process has under way (ensure waits for it, then finds
-the entry), an entry with no room to spare without waiting, and an entry
-whose bytes did not match (fetched once more there, then refused).
+A lone small entry goes through :meth:`NodeCache.ensure` (its flight lock
+and one publication cost less than a claim and a publication, each a ledger
+rewrite), and so does what a batch does not claim, one by one: a flight
+another process has under way (ensure waits for it, then finds the entry),
+an entry with no room to spare without waiting, and an entry whose bytes
+did not match (fetched once more there, then refused).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def ensure_many(cache: NodeCache, wanted: Sequence[Wanted], fill: BatchFill) -> 
     errors: list[StagerError] = []
     failed: set[str] = set()
     small = [n for n in missing if wanted[n].size < SMALL_ENTRY_BYTES]
+    if len(small) == 1:  # a batch of one: ensure() below costs less
+        small = []
     for start in range(0, len(small), BATCH_OBJECTS):
         chunk = small[start : start + BATCH_OBJECTS]
         key, claimed = cache.claim([wanted[n] for n in chunk])
