@@ -12,6 +12,10 @@ objects and buckets, and listings, so a command that moves bytes needs no
 botocore. Multipart uploads left behind and bucket creation stay on
 botocore, in :mod:`stager.objectstore`, which decides when this client is used.
 
+Small objects (a lone GET, any PUT under :data:`SMALL_REQUEST_BYTES`) skip
+the native client's threads: :mod:`stager.smallrequests` signs them the
+same way and sends them from the calling thread, which costs half the CPU.
+
 Body chunks of a GET arrive in order (the client guarantees it, and
 :meth:`CrtTransfers.get` checks every offset), so the caller's sink can
 hash them as they stream.
@@ -20,7 +24,6 @@ hash them as they stream.
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -51,10 +54,12 @@ from stager.errors import AccessDeniedError, ConfigError, IntegrityError, Stager
 from stager.locations import S3Url
 from stager.s3errors import translate_crt
 from stager.settings import MiB, Settings
+from stager.smallrequests import SmallRequests
 
 # The smallest buffer pool the native client accepts; with it, a whole
 # `stager cache fetch` of 1 GiB peaks near 200 MiB resident.
 MEMORY_LIMIT_BYTES = 256 * MiB
+SMALL_REQUEST_BYTES = 1 * MiB  # a PUT below this is sent from the calling thread
 _WAIT_SLICE_S = 0.5  # how often a waiting thread wakes to notice Ctrl-C
 AWS_DOMAINS = (".amazonaws.com", ".amazonaws.com.cn")
 
@@ -108,6 +113,15 @@ class CrtTransfers:
             retry_config=retries,
             connect_timeout_ms=int(settings.connect_timeout_s * 1000),
         )
+        self._small = SmallRequests(
+            credentials,
+            region=self._region,
+            secure=secure,
+            ca_file=ca_file,
+            connect_timeout_s=settings.connect_timeout_s,
+            read_timeout_s=settings.read_timeout_s,
+            max_attempts=settings.max_attempts,
+        )
 
     def _request(
         self, method: str, url: S3Url, headers: Mapping[str, str], query: str = ""
@@ -148,10 +162,9 @@ class CrtTransfers:
         return self._get(url, sink, on_bytes, ranged=False)
 
     def get_small(self, url: S3Url) -> tuple[bytes, Headers]:
-        """A small object's bytes and headers, in one plain GET."""
-        buffer = bytearray()
-        headers = self._get(url, buffer.extend, None, ranged=False)
-        return bytes(buffer), headers
+        """A small object's bytes and headers, in one plain GET from this thread."""
+        answer = self._small.send(self._request("GET", url, {}), where=str(url), action="download")
+        return answer.body, Headers(answer.headers)
 
     def head(self, url: S3Url) -> Headers | None:
         """The object's headers (with an empty key: the bucket's), ``None`` if the server
@@ -195,8 +208,17 @@ class CrtTransfers:
         """Plain GETs of small objects, up to ``in_flight`` at once, all started from this
         thread: no thread waits on any one object. Each object's headers, or its error.
 
-        The sinks run on the client's own threads, each object's chunks in order.
+        The sinks run on the client's own threads, each object's chunks in order;
+        a lone object's, on this thread (:mod:`stager.smallrequests`).
         """
+        if len(gets) == 1:
+            url, sink = gets[0]
+            try:
+                request = self._request("GET", url, {})
+                answer = self._small.send(request, where=str(url), action="download", sink=sink)
+            except (StagerError, OSError) as exc:
+                return [exc]
+            return [Headers(answer.headers)]
 
         def start(n: int) -> tuple[Any, dict[str, str]]:
             return self._start_get(gets[n][0], gets[n][1], None, ranged=False)
@@ -299,6 +321,18 @@ class CrtTransfers:
         ``conditions`` (``If-None-Match``, ``If-Match``) make the write conditional;
         a multipart upload carries them on its completion."""
 
+        if size < SMALL_REQUEST_BYTES:
+            data = path.read_bytes()
+            if len(data) != size:
+                raise IntegrityError(f"{path} holds {len(data)} bytes, not the {size} expected")
+            headers = _put_headers(size, metadata, conditions)
+            self._small.send(
+                self._request("PUT", url, headers), data, where=str(url), action="upload to"
+            )
+            if on_bytes is not None:
+                on_bytes(size)
+            return
+
         def on_progress(progress: int) -> None:
             if on_bytes is not None:
                 on_bytes(progress)
@@ -314,17 +348,10 @@ class CrtTransfers:
     def put_small(
         self, url: S3Url, data: bytes, *, metadata: Mapping[str, str], create_only: bool
     ) -> None:
-        """Store ``data`` in one PUT; ``create_only`` adds ``If-None-Match: *``."""
+        """Store ``data`` in one PUT from this thread; ``create_only`` adds
+        ``If-None-Match: *``."""
         headers = _put_headers(len(data), metadata, {"If-None-Match": "*"} if create_only else None)
-        request = self._request("PUT", url, headers)
-        request.body_stream = io.BytesIO(data)
-        _wait(
-            self._client.make_request(
-                type=S3RequestType.DEFAULT, operation_name="PutObject", request=request
-            ),
-            url,
-            "write",
-        )
+        self._small.send(self._request("PUT", url, headers), data, where=str(url), action="write")
 
 
 def _write_headers(settings: Settings) -> dict[str, str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from stager.errors import (
@@ -76,7 +76,7 @@ def translate(exc: Exception, where: str, action: str) -> StagerError:
     if isinstance(exc, bce.ProfileNotFound):
         return ConfigError(f"AWS profile not found: {exc.kwargs.get('profile')}")
     if isinstance(exc, bce.SSLError):
-        return _tls_failure(where, action, "certificate verify failed")
+        return tls_failure(where, action, "certificate verify failed")
     if isinstance(exc, unreachable):
         return UnreachableError(f"cannot {action} {where}: the S3 endpoint did not answer ({exc})")
     if isinstance(exc, bce.BotoCoreError):
@@ -158,6 +158,19 @@ def translating(where: object, action: str) -> Iterator[None]:
         raise translate(exc, str(where), action) from exc
 
 
+def translate_response(
+    status_code: int, headers: Mapping[str, str], body: bytes, where: str, action: str
+) -> StagerError:
+    """The stager error for an S3 answer that is not a success (``headers`` with names
+    lower-cased, ``body`` its error document if any)."""
+    text = body.decode("utf-8", "replace")
+    code, status = _xml_text(text, "Code"), str(status_code)
+    region = headers.get(REGION_HEADER) or _xml_text(text, "Region")
+    if wrong := _wrong_region(code, status, region, where):
+        return wrong
+    return _from_response(code, status, _xml_text(text, "Message"), where, action)
+
+
 def translate_crt(exc: Exception, where: str, action: str) -> StagerError:
     """Return the stager error for ``exc`` from the native client (:mod:`stager.crt`)."""
     from awscrt import exceptions as crt_errors  # loaded with the client, not at start-up
@@ -166,20 +179,15 @@ def translate_crt(exc: Exception, where: str, action: str) -> StagerError:
     if isinstance(exc, StagerError):
         return exc
     if isinstance(exc, crt_s3.S3ResponseError):
-        body = (exc.body or b"").decode("utf-8", "replace")
-        code, status = _xml_text(body, "Code"), str(exc.status_code)
         headers = {name.lower(): value for name, value in exc.headers or ()}
-        region = headers.get(REGION_HEADER) or _xml_text(body, "Region")
-        if wrong := _wrong_region(code, status, region, where):
-            return wrong
-        return _from_response(code, status, _xml_text(body, "Message"), where, action)
+        return translate_response(exc.status_code, headers, exc.body or b"", where, action)
     if isinstance(exc, crt_errors.AwsCrtError):
         if exc.name.startswith("AWS_AUTH"):  # the keys could not be had, or not used
             return AccessDeniedError(
                 f"cannot {action} {where}: could not sign the request ({exc.name})"
             )
         if exc.name.startswith("AWS_IO_TLS"):
-            return _tls_failure(where, action, exc.name)
+            return tls_failure(where, action, exc.name)
         if exc.name == "AWS_ERROR_S3_INTERNAL_ERROR":  # 5xx after the client's own retries
             return _from_response("", "500", exc.message, where, action)
         if exc.name == "AWS_ERROR_S3_SLOW_DOWN":
@@ -195,7 +203,7 @@ def translate_crt(exc: Exception, where: str, action: str) -> StagerError:
 _CRT_UNREACHABLE_PREFIXES = ("AWS_IO_SOCKET", "AWS_IO_DNS", "AWS_ERROR_HTTP_CONNECTION")
 
 
-def _tls_failure(where: str, action: str, detail: str) -> StagerError:
+def tls_failure(where: str, action: str, detail: str) -> StagerError:
     return UnreachableError(
         f"cannot {action} {where}: TLS with the S3 endpoint failed ({detail})",
         hint="check the endpoint's certificate, or point ca_bundle (AWS_CA_BUNDLE)"

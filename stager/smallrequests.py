@@ -1,0 +1,206 @@
+"""Small objects in one request each, sent from the calling thread.
+
+The native client (:mod:`stager.crt`) runs each request on its event-loop
+threads and calls back into Python for the headers, every body chunk and
+the end. For an object of a few KiB those hand-offs and the request's
+set-up cost more CPU than its bytes: about twice the client CPU of one
+request sent from the calling thread (docs/benchmarks.md). A worker makes
+two such requests per short task.
+
+Here a request is built and signed as the native client's would be (the
+same headers, awscrt's SigV4 signer over the same credentials provider),
+then sent with :mod:`http.client` over a keep-alive connection that the
+calling thread owns (one per host). Retries are bounded (``max_attempts``
+in all): a connection that failed or was closed by the server, a 5xx, a
+throttle. A TLS failure (an untrusted certificate) is not retried. Any
+other answer is final and translated by
+:func:`stager.s3errors.translate_response`. A GET whose body has begun to
+reach its sink is not retried (the sink cannot take bytes back); the
+caller's digest check sees what arrived.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from awscrt.auth import (
+    AwsCredentialsProvider,
+    AwsSignatureType,
+    AwsSignedBodyHeaderType,
+    AwsSignedBodyValue,
+    AwsSigningAlgorithm,
+    AwsSigningConfig,
+    aws_sign_request,
+)
+from awscrt.http import HttpRequest
+
+from stager.errors import UnreachableError
+from stager.s3errors import tls_failure, translate_crt, translate_response
+
+CHUNK_BYTES = 256 * 1024  # a GET's body reaches its sink in pieces of this size
+RETRIED_STATUSES = frozenset({500, 502, 503, 504})
+_CONNECTION_ERRORS = (OSError, http.client.HTTPException)  # socket.timeout is an OSError
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A request's answer: its status, headers (names lower-cased) and body (empty for
+    a GET streamed into a sink)."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class SmallRequests:
+    """Requests sent from the calling thread. Thread-safe: each thread has its own
+    connections."""
+
+    def __init__(
+        self,
+        credentials: AwsCredentialsProvider,
+        *,
+        region: str,
+        secure: bool,
+        ca_file: str | None,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        max_attempts: int,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._signing = AwsSigningConfig(
+            algorithm=AwsSigningAlgorithm.V4,
+            signature_type=AwsSignatureType.HTTP_REQUEST_HEADERS,
+            credentials_provider=credentials,
+            region=region,
+            service="s3",
+            signed_body_value=AwsSignedBodyValue.UNSIGNED_PAYLOAD,
+            signed_body_header_type=AwsSignedBodyHeaderType.X_AMZ_CONTENT_SHA_256,
+        )
+        self._tls = ssl.create_default_context(cafile=ca_file) if secure else None
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._max_attempts = max(1, max_attempts)
+        self._sleep = sleep
+        self._mine = threading.local()  # this thread's connections, by host
+
+    def send(
+        self,
+        request: HttpRequest,
+        body: bytes = b"",
+        *,
+        where: str,
+        action: str,
+        sink: Callable[[bytes], object] | None = None,
+    ) -> Answer:
+        """Sign and send ``request`` (its ``Host`` header names the host) with ``body``.
+
+        A 2xx answer is returned; a GET's body goes to ``sink`` if given, else into
+        the answer. Any other answer, or the last failure to get one, raises a
+        :class:`StagerError` about ``action`` on ``where``.
+        """
+        headers = self._signed(request, where, action)
+        host = headers.get("Host", "")
+        attempt = 0
+        while True:
+            attempt += 1
+            delivered = False
+
+            def deliver(chunk: bytes) -> None:
+                nonlocal delivered
+                delivered = True
+                assert sink is not None
+                sink(chunk)
+
+            try:
+                answer = self._exchange(
+                    host,
+                    request.method or "GET",
+                    request.path or "/",
+                    headers,
+                    body,
+                    deliver if sink is not None else None,
+                )
+            except ssl.SSLError as exc:  # the certificate, or the TLS set-up: not transient
+                self._drop(host)
+                raise tls_failure(where, action, exc.__class__.__name__) from exc
+            except _CONNECTION_ERRORS as exc:
+                self._drop(host)
+                if delivered or attempt >= self._max_attempts:
+                    raise UnreachableError(
+                        f"cannot {action} {where}: the S3 endpoint did not answer"
+                        f" ({exc.__class__.__name__})"
+                    ) from exc
+            else:
+                if 200 <= answer.status < 300:
+                    return answer
+                error = translate_response(
+                    answer.status, answer.headers, answer.body, where, action
+                )
+                if answer.status not in RETRIED_STATUSES or attempt >= self._max_attempts:
+                    raise error
+            self._sleep(min(1.0, 0.05 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
+
+    def _signed(self, request: HttpRequest, where: str, action: str) -> dict[str, str]:
+        try:
+            signed = aws_sign_request(request, self._signing).result()
+        except Exception as exc:  # the keys could not be had
+            raise translate_crt(exc, where, action) from exc
+        return dict(signed.headers)
+
+    def _exchange(
+        self,
+        host: str,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
+        sink: Callable[[bytes], None] | None,
+    ) -> Answer:
+        connection = self._connection(host)
+        connection.request(method, path, body=body or None, headers=headers)
+        response = connection.getresponse()
+        got = {name.lower(): value for name, value in response.getheaders()}
+        if sink is None or not 200 <= response.status < 300:
+            content = response.read()
+        else:
+            received = 0
+            while chunk := response.read(CHUNK_BYTES):  # ends early, silently, if cut
+                sink(chunk)
+                received += len(chunk)
+            expected = int(got.get("content-length", received))
+            if received != expected:
+                raise http.client.IncompleteRead(b"", expected - received)
+            content = b""
+        if response.will_close:
+            self._drop(host)
+        return Answer(response.status, got, content)
+
+    def _connection(self, host: str) -> http.client.HTTPConnection:
+        connections: dict[str, http.client.HTTPConnection] = self._mine.__dict__
+        connection = connections.get(host)
+        if connection is None:
+            if self._tls is not None:
+                connection = http.client.HTTPSConnection(
+                    host, timeout=self._connect_timeout_s, context=self._tls
+                )
+            else:
+                connection = http.client.HTTPConnection(host, timeout=self._connect_timeout_s)
+            connection.connect()
+            assert connection.sock is not None
+            connection.sock.settimeout(self._read_timeout_s)
+            connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connections[host] = connection
+        return connection
+
+    def _drop(self, host: str) -> None:
+        connection = self._mine.__dict__.pop(host, None)
+        if connection is not None:
+            connection.close()
