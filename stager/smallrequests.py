@@ -22,6 +22,7 @@ caller's digest check sees what arrived.
 from __future__ import annotations
 
 import http.client
+import os
 import random
 import socket
 import ssl
@@ -183,8 +184,17 @@ class SmallRequests:
             self._drop(host)
         return Answer(response.status, got, content)
 
+    def _connections(self) -> dict[str, http.client.HTTPConnection]:
+        """This thread's connections, by host (none yet in a forked child: the sockets
+        it inherited are its parent's)."""
+        mine = self._mine
+        if getattr(mine, "pid", None) != os.getpid():
+            mine.pid, mine.connections = os.getpid(), {}
+        connections: dict[str, http.client.HTTPConnection] = mine.connections
+        return connections
+
     def _connection(self, host: str) -> http.client.HTTPConnection:
-        connections: dict[str, http.client.HTTPConnection] = self._mine.__dict__
+        connections = self._connections()
         connection = connections.get(host)
         if connection is None:
             if self._tls is not None:
@@ -201,6 +211,6 @@ class SmallRequests:
         return connection
 
     def _drop(self, host: str) -> None:
-        connection = self._mine.__dict__.pop(host, None)
+        connection = self._connections().pop(host, None)
         if connection is not None:
             connection.close()

@@ -4,6 +4,7 @@ bounded retries, and what is never retried, against a scripted HTTP server."""
 from __future__ import annotations
 
 import http.server
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -147,3 +148,19 @@ def test_a_get_cut_after_its_body_began_is_not_retried(server: tuple[str, Script
     script.answers = ["half", (200, b"0123456789")]  # read whole, nothing handed on: again
     got = requests().send(request(host), where="s3://b/k", action="download")
     assert got.body == b"0123456789" and len(script.seen) == 3
+
+
+def test_a_forked_child_opens_its_own_connection(server: tuple[str, Script]) -> None:
+    host, script = server
+    script.answers = [(200, b"parent"), (200, b"child"), (200, b"parent again")]
+    small = requests()
+    assert small.send(request(host), where="s3://b/k", action="download").body == b"parent"
+    child = os.fork()
+    if child == 0:  # the parent's socket is not the child's to use
+        got = small.send(request(host), where="s3://b/k", action="download")
+        os._exit(0 if got.body == b"child" else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    again = small.send(request(host), where="s3://b/k", action="download")
+    assert again.body == b"parent again"
+    assert len(script.connections) == 2  # the parent's, kept alive, and the child's
