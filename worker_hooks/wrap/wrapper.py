@@ -26,6 +26,7 @@ of the two together, as of :func:`wrap_task` (DESIGN.md invariants 2, 5, 7):
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import signal
@@ -297,7 +298,8 @@ class _Run:
         except BaseException:
             self._end(sandbox, succeeded=False)
             raise
-        return Ran(lambda: self._finish(sandbox, inputs, staged, outcome, key, url))
+        stage_out = functools.partial(self._stage_out, sandbox, inputs, staged, outcome, key, url)
+        return Ran(functools.partial(self._finish, sandbox, stage_out))
 
     def _end(self, sandbox: Path, *, succeeded: bool) -> None:
         keep_it = self.options.keep_failed and not succeeded
@@ -369,18 +371,11 @@ class _Run:
                 )
         return staged, outcome
 
-    def _finish(
-        self,
-        sandbox: Path,
-        inputs: Sequence[ResolvedInput],
-        staged: Sequence[StagedInput],
-        outcome: RunOutcome,
-        key: str,
-        url: S3Url,
-    ) -> WrapResult:
+    def _finish(self, sandbox: Path, stage_out: Callable[[], WrapResult]) -> WrapResult:
+        """The stage-out, then the sandbox ended (kept if it failed and that was asked)."""
         succeeded = False
         try:
-            result = self._stage_out(sandbox, inputs, staged, outcome, key, url)
+            result = stage_out()
             succeeded = True
             return result
         finally:
