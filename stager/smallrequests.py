@@ -12,9 +12,10 @@ same headers, awscrt's SigV4 signer over the same credentials provider),
 then sent with :mod:`http.client` over a keep-alive connection that the
 calling thread owns (one per host). Retries are bounded (``max_attempts``
 in all): a connection that failed or was closed by the server, a 5xx, a
-throttle. A TLS failure (an untrusted certificate) is not retried. Any
-other answer is final and translated by
-:func:`stager.s3errors.translate_response`. A GET whose body has begun to
+throttle. A kept-alive connection that fails is replaced at once, without
+counting an attempt (servers close idle ones; the new one counts). A TLS
+failure (an untrusted certificate) is not retried. Any other answer is
+final and translated by :func:`stager.s3errors.translate_response`. A GET whose body has begun to
 reach its sink is not retried (the sink cannot take bytes back); the
 caller's digest check sees what arrived.
 """
@@ -113,6 +114,7 @@ class SmallRequests:
         while True:
             attempt += 1
             delivered = False
+            kept = host in self._connections()  # used before: the server may have closed it
 
             def deliver(chunk: bytes) -> None:
                 nonlocal delivered
@@ -134,6 +136,9 @@ class SmallRequests:
                 raise tls_failure(where, action, exc.__class__.__name__) from exc
             except _CONNECTION_ERRORS as exc:
                 self._drop(host)
+                if kept and not delivered:  # an idle connection the server dropped: no attempt
+                    attempt -= 1
+                    continue
                 if delivered or attempt >= self._max_attempts:
                     raise UnreachableError(
                         f"cannot {action} {where}: the S3 endpoint did not answer"

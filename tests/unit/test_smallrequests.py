@@ -164,3 +164,19 @@ def test_a_forked_child_opens_its_own_connection(server: tuple[str, Script]) -> 
     again = small.send(request(host), where="s3://b/k", action="download")
     assert again.body == b"parent again"
     assert len(script.connections) == 2  # the parent's, kept alive, and the child's
+
+
+def test_an_idle_connection_the_server_closed_costs_no_attempt(
+    server: tuple[str, Script],
+) -> None:
+    host, script = server
+    script.answers = [(200, b"first"), "cut", (200, b"second")]
+    small = requests(attempts=1)  # no retries asked for
+    assert small.send(request(host), where="s3://b/k", action="download").body == b"first"
+    again = small.send(request(host), where="s3://b/k", action="download")
+    assert again.body == b"second" and len(script.connections) == 2
+
+    script.answers = ["cut", "cut"]  # a new connection that fails counts: the bound holds
+    with pytest.raises(UnreachableError, match="did not answer"):
+        small.send(request(host), where="s3://b/k", action="download")
+    assert len(script.seen) == 5 and not script.answers
