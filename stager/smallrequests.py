@@ -13,9 +13,11 @@ then sent with :mod:`http.client` over a keep-alive connection that the
 calling thread owns (one per host). Retries are bounded (``max_attempts``
 in all): a connection that failed or was closed by the server, a 5xx, a
 throttle. A kept-alive connection that fails is replaced at once, without
-counting an attempt (servers close idle ones; the new one counts). A TLS
-failure (an untrusted certificate) is not retried. Any other answer is
-final and translated by :func:`stager.s3errors.translate_response`. A GET whose body has begun to
+counting an attempt (servers close idle ones; the new one counts). An
+untrusted certificate is not retried. Any other answer is final and
+translated by :func:`stager.s3errors.translate_response`. An error of the
+caller's sink (a full disk) comes out unchanged, and the connection, its
+answer unread, is closed. A GET whose body has begun to
 reach its sink is not retried (the sink cannot take bytes back); the
 caller's digest check sees what arrived.
 """
@@ -59,6 +61,23 @@ class Answer:
     status: int
     headers: dict[str, str]
     body: bytes
+
+
+class _Sink:
+    """The caller's sink, noting whether it got bytes and what it raised."""
+
+    def __init__(self, sink: Callable[[bytes], object]) -> None:
+        self._sink = sink
+        self.began = False
+        self.failed: BaseException | None = None
+
+    def __call__(self, chunk: bytes) -> None:
+        self.began = True
+        try:
+            self._sink(chunk)
+        except BaseException as exc:
+            self.failed = exc
+            raise
 
 
 class SmallRequests:
@@ -110,36 +129,29 @@ class SmallRequests:
         """
         headers = self._signed(request, where, action)
         host = headers.get("Host", "")
+        into = _Sink(sink) if sink is not None else None  # once it began, no retry
         attempt = 0
         while True:
             attempt += 1
-            delivered = False
             kept = host in self._connections()  # used before: the server may have closed it
-
-            def deliver(chunk: bytes) -> None:
-                nonlocal delivered
-                delivered = True
-                assert sink is not None
-                sink(chunk)
-
             try:
-                answer = self._exchange(
-                    host,
-                    request.method or "GET",
-                    request.path or "/",
-                    headers,
-                    body,
-                    deliver if sink is not None else None,
-                )
-            except ssl.SSLError as exc:  # the certificate, or the TLS set-up: not transient
-                self._drop(host)
-                raise tls_failure(where, action, exc.__class__.__name__) from exc
-            except _CONNECTION_ERRORS as exc:
-                self._drop(host)
+                method, path = request.method or "GET", request.path or "/"
+                answer = self._exchange(host, method, path, headers, body, into)
+            except BaseException as exc:
+                self._drop(host)  # its answer is unread or broken: never used again
+                delivered = into is not None and into.began
+                if (into is not None and exc is into.failed) or not isinstance(
+                    exc, _CONNECTION_ERRORS
+                ):
+                    raise  # our own sink's (a full disk), or not the connection's: unchanged
+                if isinstance(exc, ssl.SSLCertVerificationError):  # not transient
+                    raise tls_failure(where, action, exc.__class__.__name__) from exc
                 if kept and not delivered:  # an idle connection the server dropped: no attempt
                     attempt -= 1
                     continue
                 if delivered or attempt >= self._max_attempts:
+                    if isinstance(exc, ssl.SSLError):
+                        raise tls_failure(where, action, exc.__class__.__name__) from exc
                     raise UnreachableError(
                         f"cannot {action} {where}: the S3 endpoint did not answer"
                         f" ({exc.__class__.__name__})"

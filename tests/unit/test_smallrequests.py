@@ -3,6 +3,7 @@ bounded retries, and what is never retried, against a scripted HTTP server."""
 
 from __future__ import annotations
 
+import errno
 import http.server
 import os
 import threading
@@ -13,7 +14,7 @@ import pytest
 from awscrt.auth import AwsCredentialsProvider
 from awscrt.http import HttpHeaders, HttpRequest
 
-from stager.errors import NotFoundError, PreconditionFailedError, UnreachableError
+from stager.errors import NotFoundError, PreconditionFailedError, StagerError, UnreachableError
 from stager.smallrequests import SmallRequests
 
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
@@ -180,3 +181,22 @@ def test_an_idle_connection_the_server_closed_costs_no_attempt(
     with pytest.raises(UnreachableError, match="did not answer"):
         small.send(request(host), where="s3://b/k", action="download")
     assert len(script.seen) == 5 and not script.answers
+
+
+def test_a_full_disk_under_the_sink_is_raised_as_it_is_and_not_retried(
+    server: tuple[str, Script],
+) -> None:
+    host, script = server
+    script.answers = [(200, b"x" * 1000), (200, b"next")]
+
+    def full(_: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    small = requests()
+    with pytest.raises(OSError) as caught:
+        small.send(request(host), where="s3://b/k", action="download", sink=full)
+    assert caught.value.errno == errno.ENOSPC and not isinstance(caught.value, StagerError)
+    assert len(script.seen) == 1  # not retried
+    got = small.send(request(host), where="s3://b/k2", action="download")
+    assert got.body == b"next"  # on a new connection: the old one's answer was never read
+    assert len(script.connections) == 2
