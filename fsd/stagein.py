@@ -249,7 +249,7 @@ class _Stager:
 
     def _fetch(self, item: ResolvedInput, writer: HashingWriter) -> None:
         """Stream the object into ``writer``; its own recorded digest and size must match."""
-        info = self.store.read_into(item.url, writer, info=item.info)
+        info = self.store.read_into(item.url, writer, info=item.info, size_hint=item.size)
         check_received(info, writer.hasher)
 
     def _from_nfs_head(

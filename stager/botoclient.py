@@ -204,9 +204,11 @@ class BotocoreMover:
         *,
         info: ObjectInfo | None,
         on_bytes: ProgressCallback | None,
+        size_hint: int | None = None,
     ) -> ObjectInfo:
         # With a HEAD's info at or above the threshold: parallel ranged GETs pinned
-        # to its ETag. Otherwise one GET, whose own headers describe the object.
+        # to its ETag. Otherwise one GET, whose own headers describe the object (a
+        # size hint changes nothing here).
         if info is not None and info.size >= self._threshold:
             with translating(url, "download"):
                 future = self._transfers().download(

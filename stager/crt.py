@@ -12,7 +12,7 @@ objects and buckets, and listings, so a command that moves bytes needs no
 botocore. Multipart uploads left behind and bucket creation stay on
 botocore, in :mod:`stager.objectstore`, which decides when this client is used.
 
-Small objects (a lone GET, any PUT under :data:`SMALL_REQUEST_BYTES`) skip
+Small objects (a lone GET, a GET or PUT under :data:`SMALL_REQUEST_BYTES`) skip
 the native client's threads: :mod:`stager.smallrequests` signs them the
 same way and sends them from the calling thread, which costs half the CPU.
 
@@ -59,7 +59,7 @@ from stager.smallrequests import SmallRequests
 # The smallest buffer pool the native client accepts; with it, a whole
 # `stager cache fetch` of 1 GiB peaks near 200 MiB resident.
 MEMORY_LIMIT_BYTES = 256 * MiB
-SMALL_REQUEST_BYTES = 1 * MiB  # a PUT below this is sent from the calling thread
+SMALL_REQUEST_BYTES = 1 * MiB  # a PUT or known-size GET below this: from the calling thread
 _WAIT_SLICE_S = 0.5  # how often a waiting thread wakes to notice Ctrl-C
 AWS_DOMAINS = (".amazonaws.com", ".amazonaws.com.cn")
 
@@ -149,10 +149,13 @@ class CrtTransfers:
     ) -> Headers:
         """Stream the object into ``sink`` in order; return the response headers.
 
-        An object known to fit in one part is one plain GET; otherwise the
-        client splits it into ranged GETs. An empty object answers a ranged
-        GET with 416 on some servers: then it is fetched with a plain GET.
+        An object known to fit in one part is one plain GET (sent from this
+        thread when under :data:`SMALL_REQUEST_BYTES`); otherwise the client
+        splits it into ranged GETs. An empty object answers a ranged GET with
+        416 on some servers: then it is fetched with a plain GET.
         """
+        if size_hint is not None and size_hint < SMALL_REQUEST_BYTES:
+            return self._get_small_into(url, sink, on_bytes)
         one_part = size_hint is not None and size_hint < self._part_size
         try:
             return self._get(url, sink, on_bytes, ranged=not one_part)
@@ -160,6 +163,16 @@ class CrtTransfers:
             if one_part or exc.status_code != 416:
                 raise translate_crt(exc, str(url), "download") from exc
         return self._get(url, sink, on_bytes, ranged=False)
+
+    def _get_small_into(self, url: S3Url, sink: Sink, on_bytes: ProgressCallback | None) -> Headers:
+        def into(chunk: bytes) -> None:
+            sink(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+
+        request = self._request("GET", url, {})
+        answer = self._small.send(request, where=str(url), action="download", sink=into)
+        return Headers(answer.headers)
 
     def get_small(self, url: S3Url) -> tuple[bytes, Headers]:
         """A small object's bytes and headers, in one plain GET from this thread."""
@@ -214,11 +227,9 @@ class CrtTransfers:
         if len(gets) == 1:
             url, sink = gets[0]
             try:
-                request = self._request("GET", url, {})
-                answer = self._small.send(request, where=str(url), action="download", sink=sink)
+                return [self._get_small_into(url, sink, None)]
             except (StagerError, OSError) as exc:
                 return [exc]
-            return [Headers(answer.headers)]
 
         def start(n: int) -> tuple[Any, dict[str, str]]:
             return self._start_get(gets[n][0], gets[n][1], None, ranged=False)

@@ -72,8 +72,10 @@ class ByteMover(Protocol):
         *,
         info: ObjectInfo | None,
         on_bytes: ProgressCallback | None,
+        size_hint: int | None = None,
     ) -> ObjectInfo:
-        """Stream the object's bytes into ``writer`` in order; return what it is."""
+        """Stream the object's bytes into ``writer`` in order; return what it is.
+        ``size_hint`` (the size a task's spec gives, say) only chooses how to ask."""
         ...
 
     def read_many(self, reads: Sequence[Read]) -> Sequence[ReadOutcome]:
@@ -146,10 +148,12 @@ class NativeMover:
         *,
         info: ObjectInfo | None,
         on_bytes: ProgressCallback | None,
+        size_hint: int | None = None,
     ) -> ObjectInfo:
         # The client splits large objects itself; the GET's own headers describe the object.
         self._count("GetObject")
-        size_hint = info.size if info is not None else None
+        if info is not None:
+            size_hint = info.size
         return _info_from_headers(
             url, self._native.get(url, writer.write, on_bytes, size_hint=size_hint)
         )

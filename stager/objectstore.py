@@ -360,6 +360,7 @@ class ObjectStore:
         *,
         info: ObjectInfo | None = None,
         on_bytes: ProgressCallback | None = None,
+        size_hint: int | None = None,
     ) -> ObjectInfo:
         """Stream the object's bytes into ``writer`` in order; return what it is.
 
@@ -368,9 +369,13 @@ class ObjectStore:
         one GET, whose own headers describe the object. The caller checks
         ``writer.hasher`` against the result (see :func:`check_received`).
         With the native client (``transfer_client = "crt"``), it splits large
-        objects itself and the GET's own headers describe the object.
+        objects itself and the GET's own headers describe the object; a
+        ``size_hint`` (the size the caller expects, unchecked) lets it send a
+        small object as one plain GET.
         """
-        return self._bytes().read_into(url, writer, info=info, on_bytes=on_bytes)
+        return self._bytes().read_into(
+            url, writer, info=info, on_bytes=on_bytes, size_hint=size_hint
+        )
 
     def read_many(self, reads: Sequence[Read]) -> Sequence[ReadOutcome]:
         """Small objects into their writers, many at once; each one's info or error

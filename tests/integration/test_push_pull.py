@@ -264,6 +264,27 @@ def test_an_empty_object_of_unknown_size_reads_back(
     assert (info.size, info.digest) == (0, digest_bytes(b""))
 
 
+def test_a_size_hint_only_chooses_how_an_object_is_read(
+    either_store: ObjectStore, prefix: S3Url, raw_client: Any
+) -> None:
+    """A hint (a spec's size) that is right sends one small request; a wrong one
+    still reads the whole object, and what arrived is what is described."""
+    small, large = os.urandom(1024), os.urandom(3 * 1024 * 1024 + 5)
+    for name, data in (("small", small), ("large", large)):  # no stager metadata
+        raw_client.put_object(Bucket=prefix.bucket, Key=f"{prefix.key}{name}", Body=data)
+    for name, data, hint in (("small", small, 1024), ("large", large, 10)):
+        target, seen = io.BytesIO(), []
+        writer = HashingWriter(target)
+        info = either_store.read_into(
+            prefix.child(name), writer, on_bytes=seen.append, size_hint=hint
+        )
+        check_received(info, writer.hasher)
+        assert info.size == len(data) and target.getvalue() == data
+        assert sum(seen) == len(data)
+    with pytest.raises(NotFoundError):
+        either_store.read_into(prefix.child("gone"), HashingWriter(io.BytesIO()), size_hint=5)
+
+
 def test_errors_of_either_client_are_named(
     either_store: ObjectStore, s3_server: Any, prefix: S3Url
 ) -> None:
