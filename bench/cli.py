@@ -205,6 +205,7 @@ Examples:
   stager bench dispatch --tasks 1000
   stager bench dispatch --tasks 5000 --workers 2 --slots 4
   stager bench dispatch --tasks 2000 --shapes io
+  stager bench dispatch --tasks 5000 --shapes io --rounds 5
 """,
 )
 @click.option("--tasks", default=1000, show_default=True, help="Tasks of each shape.")
@@ -216,17 +217,27 @@ Examples:
     show_default=True,
     help="Comma-separated: true (no files), io (one 1 KiB input, one 1 KiB output).",
 )
+@click.option(
+    "--rounds",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Turns each side takes (stager's share, then Parsl's), so drift hits both.",
+)
 @out_option
-def dispatch_command(tasks: int, workers: int, slots: int, shapes: str, out: Path) -> None:
+def dispatch_command(
+    tasks: int, workers: int, slots: int, shapes: str, rounds: int, out: Path
+) -> None:
     """Tasks/s through the whole path (dispatcher, workers, S3), next to the raw spawn
-    rate and to Parsl's HighThroughputExecutor running the same commands."""
+    rate and to Parsl's HighThroughputExecutor running the same commands, the two
+    taking turns."""
     try:
         chosen = tuple(Shape(name.strip()) for name in shapes.split(",") if name.strip())
     except ValueError as exc:
         raise click.BadParameter(f"{exc}; choose from true, io", param_hint="--shapes") from exc
     with tempfile.TemporaryDirectory(prefix="stager-bench-") as scratch:
         f = run_dispatch_bench(
-            Path(scratch), tasks=tasks, workers=workers, slots=slots, shapes=chosen
+            Path(scratch), tasks=tasks, workers=workers, slots=slots, shapes=chosen, rounds=rounds
         )
     data = {
         **asdict(f),
@@ -238,16 +249,17 @@ def dispatch_command(tasks: int, workers: int, slots: int, shapes: str, out: Pat
         f"(subprocess.run in a loop); lease round trip median {f.lease_rtt_median_ms} ms, "
         f"p99 {f.lease_rtt_p99_ms} ms.",
         "",
-        "| shape | done | stager tasks/s | Parsl tasks/s | stager/Parsl | CPU ms/task:"
+        "| shape | done | stager tasks/s | Parsl tasks/s | stager/Parsl | by round | CPU ms/task:"
         " dispatcher, workers, S3 server | Parsl CPU ms/task |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s in f.shapes:
         cpu = ", ".join(str(v) for v in s.cpu_ms_per_task.values())
         parsl = s.parsl
         lines.append(
             f"| {s.shape} | {s.done}/{s.tasks} | {s.tasks_per_s} | "
-            f"{parsl.tasks_per_s if parsl else '-'} | **{s.over_parsl or '-'}** | {cpu} | "
+            f"{parsl.tasks_per_s if parsl else '-'} | **{s.over_parsl or '-'}** | "
+            f"{', '.join(str(r) for r in s.round_ratios) or '-'} | {cpu} | "
             f"{parsl.cpu_ms_per_task if parsl else '-'} |"
         )
     if any(s.parsl is None for s in f.shapes):

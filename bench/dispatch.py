@@ -10,7 +10,7 @@ processes (LocalCluster), each *shape* of task in turn:
 Each task goes through the whole path: memo lookup at the dispatcher,
 sandbox, stage-in, command, stage-out, a result segment. The time runs from
 submission to the last completion (the dispatcher's own record of it, so
-the bench's polling adds nothing). Reported per shape: tasks/s, and CPU per
+the bench's polling, once a second, adds nothing to it). Reported per shape: tasks/s, and CPU per
 task of the dispatcher, the workers (themselves, not the commands they ran)
 and the S3 server. In the same run: the raw process-spawn rate (``true`` by
 subprocess in a loop), the lease round trip (a lease request that finds no
@@ -19,6 +19,13 @@ many workers as stager has task slots (bench/parsl_dispatch.py, run by the
 peer tools' interpreter, where Parsl is installed; skipped, and said so,
 where it is not). Parsl's ``io`` tasks read and write the same files on local
 disk, which flatters it.
+
+The two sides take turns: each shape's tasks are split into ``rounds``, and
+every round runs its share through stager, then through Parsl. A machine
+whose speed drifts over minutes (a cloud VM's neighbours) then slows both
+sides alike, where one long run of each would hand the drift to one side.
+The figures are the sums over the rounds; the ratio of each round is kept
+too, so the spread shows.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from pathlib import Path
 
 from bench.peers import peer_bin_dir
 from stager.digest import digest_bytes
-from stager.errors import StagerError
+from stager.errors import ConfigError, StagerError
 from stager.s3server import LocalS3Server
 from worker_hooks.dispatch.client import DispatcherClient
 from worker_hooks.dispatch.scheduling import Policy
@@ -69,9 +76,18 @@ def cpu_seconds(pid: int) -> float:
 
 @dataclass(frozen=True)
 class ParslFigures:
+    tasks: int
     tasks_per_s: float
     seconds: float
     cpu_ms_per_task: float  # all of Parsl's processes (client, interchange, pool, workers)
+
+
+@dataclass(frozen=True)
+class StagerRound:
+    done: int
+    seconds: float
+    submit_s: float
+    cpu_s: dict[str, float]  # dispatcher, workers, s3-server: CPU seconds in all
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,7 @@ class ShapeFigures:
     submit_s: float
     cpu_ms_per_task: dict[str, float]  # dispatcher, workers, s3-server
     parsl: ParslFigures | None  # None: Parsl is not installed with the peer tools
+    round_ratios: tuple[float, ...] = ()  # stager's tasks/s over Parsl's, round by round
 
     @property
     def over_parsl(self) -> float | None:
@@ -111,7 +128,9 @@ def _parsl_python() -> Path | None:
     return python if found.returncode == 0 else None
 
 
-def run_parsl(work: Path, *, shape: Shape, tasks: int, workers: int) -> ParslFigures | None:
+def run_parsl(
+    work: Path, *, shape: Shape, tasks: int, workers: int, label: str = ""
+) -> ParslFigures | None:
     """Parsl's figures for ``tasks`` commands of ``shape`` on ``workers`` workers; None
     where the peer tools' interpreter has no Parsl."""
     python = _parsl_python()
@@ -120,7 +139,7 @@ def run_parsl(work: Path, *, shape: Shape, tasks: int, workers: int) -> ParslFig
     runner = Path(__file__).with_name("parsl_dispatch.py")
     # Parsl starts its interchange and workers as commands: they live beside that Python.
     env = {**os.environ, "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    run_dir = work / f"parsl-{shape.value}"
+    run_dir = work / f"parsl-{label or shape.value}"
     done = subprocess.run(
         [python, runner, shape.value, str(tasks), str(workers), str(run_dir)],
         env=env,
@@ -137,24 +156,27 @@ def run_parsl(work: Path, *, shape: Shape, tasks: int, workers: int) -> ParslFig
     if figures["failed"]:
         raise StagerError(f"the Parsl side of the bench failed {figures['failed']} tasks")
     return ParslFigures(
+        int(figures["tasks"]),
         round(float(figures["tasks_per_s"]), 1),
         round(float(figures["seconds"]), 2),
         round(float(figures["cpu_ms_per_task"]), 3),
     )
 
 
-def _specs(shape: Shape, tasks: int, server: LocalS3Server) -> list[TaskSpec]:
+def _specs(shape: Shape, numbers: range, server: LocalS3Server) -> list[TaskSpec]:
+    """Tasks numbered ``numbers``: a number is never reused, so no round finds the
+    results of another in the memo."""
     results = f"s3://{BUCKET}/results/{shape.value}/"
     if shape is Shape.TRUE:
         return [
             parse_spec(
                 {"id": f"t{n}", "command": ["true"], "env": {"N": str(n)}, "results": results}
             )
-            for n in range(tasks)
+            for n in numbers
         ]
     client = server.client()
     specs = []
-    for n in range(tasks):
+    for n in numbers:
         data = n.to_bytes(8, "big") * (IO_BYTES // 8)
         client.put_object(Bucket=BUCKET, Key=f"in/{n}.dat", Body=data)
         body = {
@@ -179,11 +201,11 @@ def _cpu(pids: Mapping[str, list[int]]) -> dict[str, float]:
     return {name: sum(cpu_seconds(pid) for pid in group) for name, group in pids.items()}
 
 
-def _run_shape(
-    cluster: LocalCluster, server: LocalS3Server, shape: Shape, tasks: int
-) -> tuple[int, float, float, dict[str, float]]:
-    """(done, seconds, submit seconds, CPU ms per task by process) for one shape."""
-    specs = _specs(shape, tasks, server)
+def _run_round(
+    cluster: LocalCluster, server: LocalS3Server, shape: Shape, numbers: range, workflow: str
+) -> StagerRound:
+    """Tasks ``numbers`` of ``shape`` through stager, as workflow ``workflow``."""
+    specs = _specs(shape, numbers, server)
     assert cluster.dispatcher is not None and server.pid is not None
     pids = {
         "dispatcher": [cluster.dispatcher.pid],
@@ -193,26 +215,76 @@ def _run_shape(
     client: DispatcherClient = cluster.client
     before = _cpu(pids)
     started = time.perf_counter()
-    client.submit(specs, workflow=shape.value)
+    client.submit(specs, workflow=workflow)
     submit_s = time.perf_counter() - started
     while True:
-        status = client.status(shape.value)
-        if sum(status.count(s) for s in TaskState if s.final) >= tasks:
+        status = client.status(workflow)
+        if sum(status.count(s) for s in TaskState if s.final) >= len(specs):
             break
-        time.sleep(0.25)
+        time.sleep(1.0)  # the span is the dispatcher's own; polling less costs it less CPU
     after = _cpu(pids)
     # The dispatcher's span runs from the first task's submission to the last completion;
     # the submit request's own time is added whole (a little more than it took).
     seconds = (status.span_s or 0.0) + submit_s
-    cpu = {name: round((after[name] - before[name]) * 1000 / tasks, 3) for name in pids}
-    return status.count(TaskState.DONE), seconds, submit_s, cpu
+    cpu = {name: after[name] - before[name] for name in pids}
+    return StagerRound(status.count(TaskState.DONE), seconds, submit_s, cpu)
+
+
+def _shape_figures(
+    shape: Shape, tasks: int, stager: list[StagerRound], parsl: list[ParslFigures | None]
+) -> ShapeFigures:
+    """The rounds of one shape summed: tasks/s over all of them, CPU per task over all."""
+    done = sum(r.done for r in stager)
+    seconds = sum(r.seconds for r in stager)
+    cpu = {
+        name: round(sum(r.cpu_s[name] for r in stager) * 1000 / tasks, 3)
+        for name in stager[0].cpu_s
+    }
+    parsl_sum = None
+    ratios: tuple[float, ...] = ()
+    if all(p is not None for p in parsl):
+        rounds = [p for p in parsl if p is not None]
+        parsl_s = sum(p.seconds for p in rounds)
+        parsl_cpu = sum(p.cpu_ms_per_task * p.tasks for p in rounds)
+        parsl_sum = ParslFigures(
+            tasks, round(tasks / parsl_s, 1), round(parsl_s, 2), round(parsl_cpu / tasks, 3)
+        )
+        ratios = tuple(
+            round((r.done / r.seconds) / p.tasks_per_s, 3)
+            for r, p in zip(stager, rounds, strict=True)
+        )
+    return ShapeFigures(
+        shape=shape.value,
+        tasks=tasks,
+        done=done,
+        seconds=round(seconds, 2),
+        tasks_per_s=round(done / seconds, 1),
+        submit_s=round(sum(r.submit_s for r in stager), 3),
+        cpu_ms_per_task=cpu,
+        parsl=parsl_sum,
+        round_ratios=ratios,
+    )
+
+
+def _split(tasks: int, rounds: int) -> list[range]:
+    """Task numbers ``0 .. tasks - 1`` in ``rounds`` consecutive shares, as even as can be."""
+    edges = [tasks * r // rounds for r in range(rounds + 1)]
+    return [range(edges[r], edges[r + 1]) for r in range(rounds)]
 
 
 def run_dispatch_bench(
-    work: Path, *, tasks: int, workers: int, slots: int, shapes: tuple[Shape, ...]
+    work: Path,
+    *,
+    tasks: int,
+    workers: int,
+    slots: int,
+    shapes: tuple[Shape, ...],
+    rounds: int = 3,
 ) -> DispatchFigures:
+    if not 1 <= rounds <= tasks:
+        raise ConfigError(f"rounds must be from 1 to the task count ({tasks}), not {rounds}")
     raw = spawn_rate()
-    measured = []
+    figures = []
     with LocalS3Server(work / "s3") as server:
         server.client().create_bucket(Bucket=BUCKET)
         env = {**server.env(), "STAGER_STATE_DIR": str(work / "state")}
@@ -227,23 +299,22 @@ def run_dispatch_bench(
                 cluster.client.lease("probe", 1, wait_s=0)
                 rtts.append(time.perf_counter() - started)
             for shape in shapes:
-                measured.append((shape, *_run_shape(cluster, server, shape, tasks)))
+                stager: list[StagerRound] = []
+                parsl: list[ParslFigures | None] = []
+                for number, share in enumerate(_split(tasks, rounds)):
+                    label = f"{shape.value}-{number}"
+                    stager.append(_run_round(cluster, server, shape, share, label))
+                    parsl.append(
+                        run_parsl(
+                            work,
+                            shape=shape,
+                            tasks=len(share),
+                            workers=workers * slots,
+                            label=label,
+                        )
+                    )
+                figures.append(_shape_figures(shape, tasks, stager, parsl))
     rtts.sort()
-    figures = []
-    for shape, done, seconds, submit_s, cpu in measured:
-        parsl = run_parsl(work, shape=shape, tasks=tasks, workers=workers * slots)
-        figures.append(
-            ShapeFigures(
-                shape=shape.value,
-                tasks=tasks,
-                done=done,
-                seconds=round(seconds, 2),
-                tasks_per_s=round(done / seconds, 1),
-                submit_s=round(submit_s, 3),
-                cpu_ms_per_task=cpu,
-                parsl=parsl,
-            )
-        )
     return DispatchFigures(
         workers=workers,
         slots=slots,
