@@ -26,6 +26,7 @@ from pathlib import Path
 from fsd import rangelocks
 from fsd.eviction import EntryState, plan_eviction
 from fsd.groupcommit import GroupCommit
+from fsd.holdings import HoldingsIndex
 from fsd.ledger import Ledger, Reservation, read_ledger, write_ledger
 from fsd.locks import LinkLock, Lock
 from fsd.materialize import Materialize, materialize
@@ -156,6 +157,7 @@ class NodeCache:
         self._seals = Seals(root, clock, boot_id=None if self.synced else boot_id)
         self._sources = SourceIndex(root, synced=self.synced)
         self._small_publications: GroupCommit[_SmallInsert, bool] = GroupCommit(self._publish_small)
+        self._holdings = HoldingsIndex(root / "data", clock=clock)
         # A scratch root is opened by one host's processes only: the kernel keeps its
         # locks and pins (fsd.rangelocks). A shared root's are files (fsd.locks, fsd.pins).
         self._lock_table: LockTable | None = None
@@ -758,18 +760,13 @@ class NodeCache:
         return victims
 
     def holdings(self) -> tuple[set[Digest], int]:
-        """The digests of the entries present and their total bytes.
+        """The digests of the entries present and the bytes the ledger counts for them.
 
-        One walk of ``data/``: no pins, no lock, no side effects (for a
-        worker's frequent reports to its dispatcher).
+        No pins, no lock, no side effects (for a worker's frequent reports to
+        its dispatcher): buckets of ``data/`` that did not change since the
+        last call are not listed again (:mod:`fsd.holdings`).
         """
-        digests: set[Digest] = set()
-        total = 0
-        for path in (self.root / "data").glob("*/*"):
-            with contextlib.suppress(FileNotFoundError):
-                total += path.stat().st_size
-                digests.add(digest_of_entry(path))
-        return digests, total
+        return self._holdings.digests(), read_ledger(self._ledger()).used_bytes
 
     def entries(self) -> list[EntryState]:
         return sorted(self._scan(), key=lambda s: s.last_used_ns, reverse=True)
