@@ -63,7 +63,8 @@ class HoldingsIndex:
         """The digests of the entries present now (a hint; see the module docstring)."""
         with self._lock:
             now = self._clock()
-            full = self._full_at is None or now - self._full_at >= self._full_every_s
+            # A clock that went back also lists everything again.
+            full = self._full_at is None or not 0 <= now - self._full_at < self._full_every_s
             if full:
                 self._full_at = now
             present = set()

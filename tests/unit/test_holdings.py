@@ -70,6 +70,12 @@ def test_a_quiet_bucket_is_not_listed_again_until_the_full_listing(tmp_path: Pat
     # ...until every bucket is listed again, which bounds how stale the answer gets.
     clock.ahead_s = FULL_EVERY_S
     assert index.digests() == {first, hidden}
+    # A clock set back does not put the next full listing off.
+    latest = put(data, same_bucket(first, 2)[1])
+    set_mtime(bucket, old_ns)
+    clock.ahead_s = -3600.0
+    assert latest not in (first, hidden)
+    assert index.digests() == {first, hidden, latest}
 
 
 def test_a_bucket_changed_near_its_listing_is_listed_again(tmp_path: Path) -> None:
