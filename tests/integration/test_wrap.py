@@ -204,6 +204,34 @@ def test_a_changed_input_of_the_same_size_is_not_memoized(
     assert store.get_bytes(prefix.child("out/y")) == b"BBBB"
 
 
+def test_an_input_larger_than_its_spec_says_is_refused_and_never_cached(
+    node: Node, prefix: S3Url, raw_client: Any
+) -> None:
+    """The spec's size picks a single small GET; the bytes that came are checked all
+    the same: another tool replaced the object with a larger one."""
+    small = b"s" * 1024
+    spec = spec_for(
+        prefix,
+        "cat x > y",
+        inputs=[
+            {
+                "source": str(prefix.child("in/x")),
+                "path": "x",
+                "digest": str(digest_bytes(small)),
+                "size": len(small),
+            }
+        ],
+        outputs=[{"path": "y", "to": str(prefix.child("out/y"))}],
+    )
+    raw_client.put_object(Bucket=prefix.bucket, Key=f"{prefix.key}in/x", Body=os.urandom(2 * MiB))
+    with pytest.raises(IntegrityError) as caught:
+        wrap_task(spec, node)
+    assert "\n" not in caught.value.one_line()
+    assert node.cache.lookup(digest_bytes(small)) is None
+    assert files_under(node.cache.root / "tmp") == []  # no partial bytes left behind
+    assert node.store.head(prefix.child("out/y")) is None  # the command never ran
+
+
 def test_a_task_needing_more_scratch_than_is_free_fails_before_running(
     node: Node, prefix: S3Url, tmp_path: Path
 ) -> None:
