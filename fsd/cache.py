@@ -157,7 +157,8 @@ class NodeCache:
         self._seals = Seals(root, clock, boot_id=None if self.synced else boot_id)
         self._sources = SourceIndex(root, synced=self.synced)
         self._small_publications: GroupCommit[_SmallInsert, bool] = GroupCommit(self._publish_small)
-        self._holdings = HoldingsIndex(root / "data", clock=clock)
+        # Its clock is compared with the kernel's directory mtimes: the real one, not ``clock``.
+        self._holdings = HoldingsIndex(root / "data")
         # A scratch root is opened by one host's processes only: the kernel keeps its
         # locks and pins (fsd.rangelocks). A shared root's are files (fsd.locks, fsd.pins).
         self._lock_table: LockTable | None = None

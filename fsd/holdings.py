@@ -52,6 +52,7 @@ class HoldingsIndex:
         clock: Callable[[], float] = time.time,
         full_every_s: float = FULL_EVERY_S,
     ) -> None:
+        """``clock``: wall-clock seconds, comparable with the file system's mtimes."""
         self._data_dir = data_dir
         self._clock = clock
         self._full_every_s = full_every_s
