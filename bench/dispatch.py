@@ -10,15 +10,16 @@ processes (LocalCluster), each *shape* of task in turn:
 Each task goes through the whole path: memo lookup at the dispatcher,
 sandbox, stage-in, command, stage-out, a result segment. The time runs from
 submission to the last completion (the dispatcher's own record of it, so
-the bench's polling, once a second, adds nothing to it). Reported per shape: tasks/s, and CPU per
-task of the dispatcher, the workers (themselves, not the commands they ran)
-and the S3 server. In the same run: the raw process-spawn rate (``true`` by
-subprocess in a loop), the lease round trip (a lease request that finds no
-work), and the same commands through Parsl's HighThroughputExecutor with as
-many workers as stager has task slots (bench/parsl_dispatch.py, run by the
-peer tools' interpreter, where Parsl is installed; skipped, and said so,
-where it is not). Parsl's ``io`` tasks read and write the same files on local
-disk, which flatters it.
+the bench's polling, once a second, adds nothing to it). Reported per
+shape: tasks/s, and CPU per task of the dispatcher, the workers
+(themselves, not the commands they ran) and the S3 server. In the same
+run: the raw process-spawn rate (``true`` by subprocess in a loop), the
+lease round trip (a lease request that finds no work), and the same
+commands through Parsl's HighThroughputExecutor with as many workers as
+stager has task slots (bench/parsl_dispatch.py, run by the peer tools'
+interpreter, where Parsl is installed; skipped, and said so, where it is
+not). Parsl's ``io`` tasks read and write the same files on local disk,
+which flatters it.
 
 The two sides take turns: each shape's tasks are split into ``rounds``, and
 every round runs its share through stager, then through Parsl. A machine
