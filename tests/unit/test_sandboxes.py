@@ -37,7 +37,7 @@ def test_a_dead_owners_sandbox_goes_and_its_group_is_killed(tmp_path: Path) -> N
     try:
         left = sandbox(tmp_path, "t1.abc", dead_owner())
         record_run(left, orphan.pid)
-        assert sweep(tmp_path).__dict__ == {"sandboxes": 1, "process_groups": 1}
+        assert sweep(tmp_path).__dict__ == {"sandboxes": 1, "process_groups": 1, "processes": 0}
         assert orphan.wait(timeout=10) == -9
         assert not left.exists()
     finally:
@@ -62,7 +62,7 @@ def test_a_recycled_pid_is_not_killed(tmp_path: Path) -> None:
         # The recorded leader had this pid but another start time: not ours any more.
         assert process_start(bystander.pid) is not None
         (left / RUN_FILE).write_text(f"{bystander.pid} 1\n")
-        assert sweep(tmp_path).__dict__ == {"sandboxes": 1, "process_groups": 0}
+        assert sweep(tmp_path).__dict__ == {"sandboxes": 1, "process_groups": 0, "processes": 0}
         assert bystander.poll() is None
     finally:
         bystander.kill()
@@ -117,8 +117,31 @@ def test_the_pool_of_a_dead_worker_is_swept_with_the_commands_its_sandboxes_ran(
         inner = pool_dir / "s.abc"
         (inner / "work").mkdir(parents=True)
         record_run(inner, orphan.pid)
-        assert sweep(tmp_path).__dict__ == {"sandboxes": 1, "process_groups": 1}
+        assert sweep(tmp_path).__dict__ == {"sandboxes": 1, "process_groups": 1, "processes": 0}
         assert orphan.wait(timeout=10) == -9
         assert not pool_dir.exists()
     finally:
         orphan.kill()
+
+
+def test_a_command_started_before_its_group_was_recorded_is_found_by_its_environment(
+    tmp_path: Path,
+) -> None:
+    # The owner was killed after the command started and before record_run: no
+    # run file, but the command and its children carry their sandbox.
+    pool_dir = sandbox(tmp_path, "pool.xyz", dead_owner())
+    inner = pool_dir / "s.abc"
+    (inner / "work").mkdir(parents=True)
+    marked = {**os.environ, "STAGER_SANDBOX": str(inner / "work")}
+    # A live sandbox whose name starts like the dead one's is not inside it.
+    neighbour = {**os.environ, "STAGER_SANDBOX": f"{pool_dir}x/s.abc/work"}
+    orphan = subprocess.Popen(["sh", "-c", "sleep 30 & wait"], env=marked, start_new_session=True)
+    bystander = subprocess.Popen(["sleep", "30"], env=neighbour, start_new_session=True)
+    try:
+        assert sweep(tmp_path).__dict__ == {"sandboxes": 1, "process_groups": 0, "processes": 2}
+        assert orphan.wait(timeout=10) == -9
+        assert bystander.poll() is None
+        assert not pool_dir.exists()
+    finally:
+        orphan.kill()
+        bystander.kill()

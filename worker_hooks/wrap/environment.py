@@ -25,6 +25,7 @@ from worker_hooks.task.spec import TaskSpec
 
 KEPT = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TZ", "LANG", "LANGUAGE"})
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+SANDBOX_VARIABLE = "STAGER_SANDBOX"  # also how a sweep finds a command left running
 
 
 def checked_names(names: Iterable[str]) -> tuple[str, ...]:
@@ -56,7 +57,7 @@ def task_environment(
         TMP=str(tmp),
         TEMP=str(tmp),
         STAGER_TASK_ID=spec.id,
-        STAGER_SANDBOX=str(work),
     )
+    env[SANDBOX_VARIABLE] = str(work)
     env.update(spec.env)
     return env

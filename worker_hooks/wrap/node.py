@@ -52,7 +52,7 @@ class Node:
         if swept.sandboxes:
             log(
                 f"removed {swept.sandboxes} sandboxes of dead processes and killed"
-                f" {swept.process_groups} commands they left running"
+                f" {swept.process_groups + swept.processes} commands they left running"
             )
         try:
             aborted = self.store.abort_left_behind()

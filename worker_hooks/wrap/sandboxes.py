@@ -14,7 +14,10 @@ worker killed with ``kill -9`` (the OOM killer, an operator) cannot clean
 up: its command runs on in its own session, and its sandbox stays on the
 scratch disk. The next worker or ``stager wrap`` on the node sweeps: every
 sandbox (or pool) whose owner is a dead process of this host has its
-recorded process groups killed and is removed.
+recorded process groups killed and is removed. A command also carries its
+sandbox in its environment (``STAGER_SANDBOX``), which every process it
+starts inherits: the sweep kills those too, which covers an owner killed
+after its command started but before it recorded the group.
 A sandbox kept on purpose (``--keep-failed``) has no owner file and stays.
 """
 
@@ -32,6 +35,7 @@ from pathlib import Path
 
 from stager.owner import Owner, process_start
 from worker_hooks.wrap.bundle import remove_tree
+from worker_hooks.wrap.environment import SANDBOX_VARIABLE
 
 OWNER_FILE = ".stager-owner"
 RUN_FILE = ".stager-run"
@@ -155,29 +159,75 @@ def keep(sandbox: Path) -> None:
 @dataclass(frozen=True)
 class Swept:
     sandboxes: int
-    process_groups: int
+    process_groups: int  # recorded groups killed
+    processes: int  # other processes killed, found by the sandbox in their environment
 
 
 def sweep(sandbox_dir: Path) -> Swept:
     """Kill the commands and remove the sandboxes of dead owners on this host."""
-    sandboxes = groups = 0
     if not sandbox_dir.is_dir():
-        return Swept(0, 0)
-    for sandbox in sandbox_dir.iterdir():
-        try:
-            owner = Owner.parse((sandbox / OWNER_FILE).read_text())
-        except (FileNotFoundError, NotADirectoryError):
-            continue  # kept on purpose, being made right now, or not a sandbox
-        if owner is None or owner.is_alive() is not False:
-            continue  # alive, or on another host (a shared disk): not ours to judge
+        return Swept(0, 0, 0)
+    dead = [sandbox for sandbox in sandbox_dir.iterdir() if _owner_died(sandbox)]
+    groups = 0
+    for sandbox in dead:
         groups += _kill_recorded_group(sandbox)
         with contextlib.suppress(OSError):  # a pool: each of its sandboxes
             groups += sum(
                 _kill_recorded_group(Path(e.path)) for e in os.scandir(sandbox) if e.is_dir()
             )
+    processes = _kill_marked(dead) if dead else 0
+    for sandbox in dead:
         remove_tree(sandbox)
-        sandboxes += 1
-    return Swept(sandboxes, groups)
+    return Swept(len(dead), groups, processes)
+
+
+def _owner_died(sandbox: Path) -> bool:
+    try:
+        owner = Owner.parse((sandbox / OWNER_FILE).read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return False  # kept on purpose, being made right now, or not a sandbox
+    # None: alive, or on another host (a shared disk), so not ours to judge.
+    return owner is not None and owner.is_alive() is False
+
+
+MARKED_PASSES = 5  # a process forked while we looked is found by the next pass
+MARKER = os.fsencode(SANDBOX_VARIABLE) + b"="
+
+
+def _kill_marked(dead: list[Path]) -> int:
+    """SIGKILL every process whose ``STAGER_SANDBOX`` lies in one of the ``dead`` sandboxes.
+
+    The path names a sandbox made under a random name by a process now dead, so
+    no process of anyone else's carries it.
+    """
+    prefixes = tuple(os.fsencode(sandbox) + b"/" for sandbox in dead)
+    killed: set[int] = set()  # a killed process stays readable until it is reaped
+    for _ in range(MARKED_PASSES):
+        found = [pid for pid in _pids() if pid not in killed and _marked(pid, prefixes)]
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        killed.update(found)
+        if not found:
+            break
+    return len(killed)
+
+
+def _pids() -> list[int]:
+    me = os.getpid()
+    return [int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != me]
+
+
+def _marked(pid: int, prefixes: tuple[bytes, ...]) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environ = handle.read()
+    except OSError:
+        return False  # gone, or not ours to read
+    for entry in environ.split(b"\0"):
+        if entry.startswith(MARKER):
+            return entry[len(MARKER) :].startswith(prefixes)
+    return False
 
 
 def _kill_recorded_group(sandbox: Path) -> int:
