@@ -10,6 +10,7 @@ symlink the command made to ``/etc/passwd``, say) raises
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -33,24 +34,46 @@ class FoundOutput:
 class _Finder:
     def __init__(self, sandbox: Path) -> None:
         self.sandbox = sandbox
-        self.real_root = sandbox.resolve()
 
     def found(self, path: Path, url: S3Url) -> FoundOutput:
         relative = path.relative_to(self.sandbox).as_posix()
+        size = self._plain_size(relative)
+        if size is None:
+            size = self._size_through_links(path, relative)
+        return FoundOutput(path, relative, url, size)
+
+    def _plain_size(self, relative: str) -> int | None:
+        """The size of a regular file reached from the sandbox through real folders
+        only, the usual case (one ``lstat`` per name); None if anything else is on
+        the way, for :meth:`_size_through_links` to judge."""
+        current = os.fspath(self.sandbox)
+        *folders, name = relative.split("/")
+        try:
+            for folder in folders:
+                current = os.path.join(current, folder)
+                if not stat.S_ISDIR(os.lstat(current).st_mode):
+                    return None
+            info = os.lstat(os.path.join(current, name))
+        except OSError:
+            return None
+        return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+    def _size_through_links(self, path: Path, relative: str) -> int:
+        """The size of the file ``path`` leads to, if that is a regular file inside the sandbox."""
+        if not os.path.lexists(path):
+            raise MissingOutputError(f"the command did not write output {relative}")
         real = path.resolve()
-        if not real.is_relative_to(self.real_root):
+        if not real.is_relative_to(self.sandbox.resolve()):
             raise UnsafePathError(
                 f"output {relative} is a link that leads outside the sandbox (to {real})",
                 hint="write outputs as files inside the sandbox, not links to elsewhere",
             )
         if not real.is_file():
             raise MissingOutputError(f"output {relative} is not a regular file")
-        return FoundOutput(path, relative, url, real.stat().st_size)
+        return real.stat().st_size
 
     def file(self, output: OutputSpec) -> list[FoundOutput]:
         path = self.sandbox / output.path
-        if not path.exists() and not path.is_symlink():
-            raise MissingOutputError(f"the command did not write output {output.path}")
         url = output.to.child(path.name) if output.to.is_prefix else output.to
         return [self.found(path, url)]
 
