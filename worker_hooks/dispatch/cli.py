@@ -20,13 +20,14 @@ from stager.settings import load_component
 from stager.tokens import TOKEN_ENV, load_token, server_token
 from stager.units import format_size
 from worker_hooks.dispatch.checkpoint import Checkpointer
-from worker_hooks.dispatch.client import DispatcherClient
+from worker_hooks.dispatch.client import SUBMIT_CHUNK_TASKS, DispatcherClient
 from worker_hooks.dispatch.follow import wait_for_workflow
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.dispatch.settings import DispatcherSettings
 from worker_hooks.dispatch.taskdb import Limits, TaskDB
 from worker_hooks.task.protocol import RetryRequest, TaskState, WorkflowReport
 from worker_hooks.task.workflow import load_workflow
+from worker_hooks.task.workflowfile import read_workflow_file, streamed
 
 URL_ENV = "STAGER_DISPATCHER_URL"
 TOKEN_FILE_ENV = "STAGER_DISPATCHER_TOKEN_FILE"
@@ -240,10 +241,18 @@ def submit_command(
 
     With --wait, exits 0 only if every task succeeded (10 otherwise).
     """
-    name, tasks = load_workflow(workflow_file)
-    name = workflow_name or name
-    with tqdm(total=len(tasks), unit="task", desc=name, disable=None, leave=False) as bar:
-        reply = client.submit(tasks, workflow=name, sent=bar.update)
+    if streamed(workflow_file):
+        big = read_workflow_file(workflow_file)
+        name = workflow_name or big.name
+        with tqdm(total=len(big), unit="task", desc=name, disable=None, leave=False) as bar:
+            reply = client.submit_parts(
+                big.parts(SUBMIT_CHUNK_TASKS), workflow=name, sent=bar.update
+            )
+    else:
+        name, tasks = load_workflow(workflow_file)
+        name = workflow_name or name
+        with tqdm(total=len(tasks), unit="task", desc=name, disable=None, leave=False) as bar:
+            reply = client.submit(tasks, workflow=name, sent=bar.update)
     click.echo(
         f"workflow {name}: {len(reply.submitted)} new tasks, {len(reply.again)} to run again, "
         f"{len(reply.kept)} kept from before",

@@ -10,7 +10,7 @@ only into the Authorization header, never into a message.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 import urllib3
@@ -162,16 +162,34 @@ class DispatcherClient:
         ids = {spec.id for spec in tasks}
         if all(producer in ids for spec in tasks for producer in spec.producers):
             check_batch(ordered)
+        parts = (
+            ordered[first : first + chunk_tasks] for first in range(0, len(ordered), chunk_tasks)
+        )
+        return self.submit_parts(parts, workflow, sent=sent)
+
+    def submit_parts(
+        self,
+        parts: Iterable[Sequence[TaskSpec]],
+        workflow: str = "default",
+        *,
+        sent: Callable[[int], object] = lambda count: None,
+    ) -> SubmitReply:
+        """Add the tasks of ``parts`` to ``workflow``, one request per part, in order
+        (each task after the tasks it reads from: :meth:`submit` says why)."""
         replies = []
-        for first in range(0, len(ordered), chunk_tasks):
-            part = ordered[first : first + chunk_tasks]
-            try:
+        first = 0
+        remaining = iter(parts)
+        while True:
+            try:  # reading a part may fail too (a file changed between its readings)
+                if (part := next(remaining, None)) is None:
+                    break
                 replies.append(self._submit(workflow, part))
             except StagerError as exc:
                 if not first:
                     raise
                 said = f"{exc.message}; the {first} tasks sent before it were submitted"
                 raise type(exc)(said, hint=exc.hint) from exc
+            first += len(part)
             sent(len(part))
         again = {i for r in replies for i in r.again}  # a later part may restart a kept task
         return SubmitReply(

@@ -1,7 +1,8 @@
 """Reading the documents users write: task specs and workflows, JSON or YAML.
 
-The one place the task model touches a file; everything it returns is
-decoded data for :func:`~worker_hooks.task.spec.parse_spec` and
+With :mod:`worker_hooks.task.workflowfile` (a large JSON workflow, read a
+task at a time), the one place the task model touches a file; everything it
+returns is decoded data for :func:`~worker_hooks.task.spec.parse_spec` and
 :func:`~worker_hooks.task.workflow.workflow_tasks` to check.
 """
 

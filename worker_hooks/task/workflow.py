@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,33 +170,48 @@ def workflow_tasks(document: Any, where: str) -> tuple[str | None, list[TaskSpec
             "specs or one task spec",
             hint="see docs/workflows.md",
         )
-    unknown = sorted(str(key) for key in document if key not in WORKFLOW_KEYS)
+    defaults = checked_header(document.keys(), document.get("defaults"), where)
+    ids = task_ids(document["tasks"])
+    specs = [
+        task_spec(task, number, defaults, ids, where)
+        for number, task in enumerate(document["tasks"])
+    ]
+    name = document.get("name")
+    return (str(name) if name else None), specs
+
+
+def checked_header(keys: Iterable[Any], defaults: Any, where: str) -> dict[str, Any]:
+    """The workflow's ``defaults`` (empty if none), once its top-level keys are known ones."""
+    unknown = sorted(str(key) for key in keys if key not in WORKFLOW_KEYS)
     if unknown:
         raise ConfigError(
             f"{where}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], WORKFLOW_KEYS)}",
             hint=f"a workflow has {', '.join(sorted(WORKFLOW_KEYS))}; see docs/workflows.md",
         )
-    defaults = document.get("defaults") or {}
+    defaults = defaults or {}
     if not isinstance(defaults, dict) or not isinstance(defaults.get("env") or {}, dict):
         raise ConfigError(f"{where}: 'defaults' must be an object (and its env too)", hint=HINT)
-    specs = []
-    ids = [
-        t["id"] for t in document["tasks"] if isinstance(t, dict) and isinstance(t.get("id"), str)
-    ]
-    for number, task in enumerate(document["tasks"]):
-        if not isinstance(task, dict) or not isinstance(task.get("env") or {}, dict):
-            raise ConfigError(
-                f"{where}: task {number} must be an object (and its env too)", hint=HINT
-            )
-        merged = {**defaults, **task}
-        if isinstance(merged.get("inputs"), list):
-            merged["inputs"] = _expand_producers(merged["inputs"], ids, merged.get("id"), where)
-        env = {**(defaults.get("env") or {}), **(task.get("env") or {})}
-        if env:
-            merged["env"] = env
-        specs.append(parse_spec(merged))
-    name = document.get("name")
-    return (str(name) if name else None), specs
+    return defaults
+
+
+def task_ids(tasks: Iterable[Any]) -> list[str]:
+    """The ids the tasks give (for ``task://`` globs over them)."""
+    return [t["id"] for t in tasks if isinstance(t, dict) and isinstance(t.get("id"), str)]
+
+
+def task_spec(
+    task: Any, number: int, defaults: Mapping[str, Any], ids: Sequence[str], where: str
+) -> TaskSpec:
+    """Task ``number`` of a workflow: ``defaults`` merged in, globs over ``ids`` expanded."""
+    if not isinstance(task, dict) or not isinstance(task.get("env") or {}, dict):
+        raise ConfigError(f"{where}: task {number} must be an object (and its env too)", hint=HINT)
+    merged = {**defaults, **task}
+    if isinstance(merged.get("inputs"), list):
+        merged["inputs"] = _expand_producers(merged["inputs"], ids, merged.get("id"), where)
+    env = {**(defaults.get("env") or {}), **(task.get("env") or {})}
+    if env:
+        merged["env"] = env
+    return parse_spec(merged)
 
 
 def _expand_producers(inputs: list[Any], ids: Sequence[str], task: Any, where: str) -> list[Any]:
@@ -205,14 +220,11 @@ def _expand_producers(inputs: list[Any], ids: Sequence[str], task: Any, where: s
     expanded: list[Any] = []
     for item in inputs:
         source = item.get("source") if isinstance(item, dict) else None
-        pattern, _, rest = (source or "")[len(TASK_SCHEME) :].partition("/")
-        if not (
-            isinstance(source, str)
-            and source.startswith(TASK_SCHEME)
-            and GLOB_CHARACTERS & set(pattern)
-        ):
+        reference = _reference(source)
+        if reference is None or not GLOB_CHARACTERS & set(reference[0]):
             expanded.append(item)
             continue
+        pattern, rest = reference
         matched = [i for i in ids if fnmatch.fnmatchcase(i, pattern) and i != task]
         limit = item.get("max_count", MAX_COLLECTION_COUNT)
         if not matched or (isinstance(limit, int) and len(matched) > limit):
@@ -229,6 +241,24 @@ def _expand_producers(inputs: list[Any], ids: Sequence[str], task: Any, where: s
                 {**item, "source": f"{TASK_SCHEME}{producer}/{rest}", "path": f"{base}/{below}"}
             )
     return expanded
+
+
+def _reference(source: Any) -> tuple[str, str] | None:
+    """(producer id or glob, path) of a ``task://`` source as written; None if it is not one."""
+    if not isinstance(source, str) or not source.startswith(TASK_SCHEME):
+        return None
+    producer, _, path = source[len(TASK_SCHEME) :].partition("/")
+    return producer, path
+
+
+def named_producers(task: Any, defaults: Mapping[str, Any]) -> Iterator[str]:
+    """The producer ids and id globs that a task's inputs (as written, or the defaults'
+    if it has none) name."""
+    inputs = task.get("inputs", defaults.get("inputs")) if isinstance(task, dict) else None
+    for item in inputs if isinstance(inputs, list) else ():
+        reference = _reference(item.get("source") if isinstance(item, dict) else None)
+        if reference is not None:
+            yield reference[0]
 
 
 def load_workflow(path: Path) -> tuple[str, list[TaskSpec]]:
