@@ -15,7 +15,10 @@ The sources, and their order, are botocore's:
   ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, the ``endpoint_url`` of the
   profile's ``services`` section for s3, the profile's ``endpoint_url``;
   else AWS's own regional endpoint;
-- **CA bundle**: the setting, ``AWS_CA_BUNDLE``, the profile's ``ca_bundle``.
+- **CA bundle**: the setting, ``AWS_CA_BUNDLE``, the profile's ``ca_bundle``;
+- **proxy**: ``HTTPS_PROXY`` or ``HTTP_PROXY`` (by the endpoint's scheme,
+  either case), unless ``NO_PROXY`` names the endpoint's host
+  (:func:`proxied`).
 
 Credentials are the native client's own chain (:func:`stager.crt.chain_provider`).
 What this module does not resolve (FIPS or dual-stack endpoints, a named
@@ -28,6 +31,7 @@ import configparser
 import contextlib
 import os
 import re
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -69,6 +73,24 @@ class AwsConfig:
     def endpoint_id(self) -> str:
         """Names the endpoint, to tell the same key at two stores apart."""
         return self.endpoint_url or f"aws:{self.region or ''}"
+
+
+def proxied(endpoint: str, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether requests to ``endpoint`` go through an HTTP proxy, as botocore decides:
+    the scheme's ``*_PROXY`` variable is set and ``NO_PROXY`` does not name the host."""
+    parts = urllib.parse.urlsplit(endpoint)
+    name = f"{parts.scheme}_proxy"
+    if not (environ.get(name) or environ.get(name.upper())):
+        return False
+    host = (parts.hostname or "").lower()
+    for entry in (environ.get("no_proxy") or environ.get("NO_PROXY") or "").split(","):
+        entry = entry.strip().lower()
+        if entry == "*":
+            return False
+        entry = entry.lstrip(".")
+        if entry and (entry in (host, parts.netloc.lower()) or host.endswith("." + entry)):
+            return False
+    return True
 
 
 def load_aws_config(

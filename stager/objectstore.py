@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stager.atomic import atomic_file
-from stager.awsconfig import DEFAULT_REGION, AwsConfig, Credentials, load_aws_config
+from stager.awsconfig import DEFAULT_REGION, AwsConfig, Credentials, load_aws_config, proxied
 from stager.digest import Digest, HashingWriter, digest_bytes
 from stager.errors import AccessDeniedError, IntegrityError, NotFoundError
 from stager.locations import S3Url
@@ -159,10 +159,14 @@ class ObjectStore:
         self._count(model.name)
 
     def _bytes(self) -> ByteMover:
-        """The byte mover, chosen once from the settings and made on first use."""
+        """The byte mover, chosen once from the settings and made on first use.
+
+        The native mover's small requests cannot use an HTTP proxy: where one
+        applies to the endpoint, botocore's mover (which honours it, and
+        ``NO_PROXY``) moves the bytes instead."""
         if (mover := self._mover) is not None:
             return mover
-        if self.settings.transfer_client is TransferClient.S3TRANSFER:
+        if self.settings.transfer_client is TransferClient.S3TRANSFER or proxied(self.aws.endpoint):
             from stager.botoclient import BotocoreMover
 
             made: ByteMover = BotocoreMover(

@@ -8,13 +8,16 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import boto3
 import pytest
 
+from bench.faultproxy import NO_FAULTS, FaultProxy
 from stager.digest import digest_bytes
 from stager.locations import S3Url
 from stager.s3server import free_ports
@@ -347,3 +350,43 @@ def test_region_endpoint_and_keys_come_from_a_profile(
     assert not {m for m in loaded_modules(done.stderr) if m.split(".")[0] in BOTOCORE_MODULES}
     missing = run_cli("--profile", "nope", "pull", str(prefix.child("p.txt")), str(dest), env=env)
     assert missing.returncode == 2 and "AWS profile not found: nope" in missing.stderr
+
+
+def test_a_site_behind_an_http_proxy_moves_every_byte_through_it(
+    run_cli: Any, tmp_path: Path, prefix: S3Url
+) -> None:
+    # A forward proxy (it forwards each request to the absolute URL it names) that
+    # records what passed. Stager's small requests cannot use a proxy: it must notice
+    # HTTP_PROXY and move the bytes with botocore, which does.
+    proxy = FaultProxy("", NO_FAULTS)
+    try:
+        env = {"HTTP_PROXY": proxy.start(), "NO_PROXY": "example.invalid"}
+        data = write_random(tmp_path / "in" / "a b ü.bin", 9 * 1024 * 1024)  # multipart
+        small = write_random(tmp_path / "in" / "small.txt", 100)
+        pushed = run_cli("push", str(tmp_path / "in"), "--to", str(prefix), env=env)
+        assert pushed.returncode == 0, pushed.stderr
+        pulled = run_cli("pull", str(prefix), str(tmp_path / "out"), env=env)
+        assert pulled.returncode == 0, pulled.stderr
+        assert (tmp_path / "out" / "in" / "a b ü.bin").read_bytes() == data
+        assert (tmp_path / "out" / "in" / "small.txt").read_bytes() == small
+        passed = Counter(
+            (method, name)
+            for method, path, _ in proxy.seen
+            for name in ("a b ü.bin", "small.txt")
+            if unquote(path).split("?")[0].endswith(f"{prefix.key}in/{name}")
+        )
+        # Each object written and read: the large one in parts (three PUTs) or whole.
+        assert passed[("PUT", "small.txt")] == 1 and passed[("GET", "small.txt")] >= 1, passed
+        assert passed[("PUT", "a b ü.bin")] >= 2 and passed[("GET", "a b ü.bin")] >= 1, passed
+    finally:
+        proxy.stop()
+    # Where NO_PROXY names the endpoint, nothing goes through the proxy.
+    proxy = FaultProxy("", NO_FAULTS)
+    try:
+        env = {"HTTP_PROXY": proxy.start(), "NO_PROXY": "localhost,127.0.0.1"}
+        again = run_cli("pull", str(prefix), str(tmp_path / "again"), env=env)
+        assert again.returncode == 0, again.stderr
+        assert (tmp_path / "again" / "in" / "small.txt").read_bytes() == small
+        assert proxy.seen == []
+    finally:
+        proxy.stop()

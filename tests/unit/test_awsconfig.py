@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stager.awsconfig import load_aws_config
+from stager.awsconfig import load_aws_config, proxied
 from stager.crt import CrtTransfers, parse_listing, static_provider
 from stager.errors import StagerError
 from stager.locations import S3Url
@@ -155,3 +155,34 @@ def test_requests_address_the_bucket_as_the_endpoint_expects(
     request = native._request("GET", S3Url(bucket, "a b/\u00fc"), {"Content-Length": "0"})
     assert request.headers.get("Host") == host
     assert request.path == path
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "environ", "through_proxy"),
+    [
+        ("https://s3.us-east-1.amazonaws.com", {}, False),
+        ("https://s3.us-east-1.amazonaws.com", {"HTTPS_PROXY": "http://p:3128"}, True),
+        ("https://s3.us-east-1.amazonaws.com", {"https_proxy": "http://p:3128"}, True),
+        ("https://s3.us-east-1.amazonaws.com", {"HTTP_PROXY": "http://p:3128"}, False),
+        ("http://127.0.0.1:8333", {"HTTPS_PROXY": "http://p:3128"}, False),
+        ("http://127.0.0.1:8333", {"HTTP_PROXY": "http://p:3128"}, True),
+        ("http://127.0.0.1:8333", {"HTTP_PROXY": "http://p", "NO_PROXY": "127.0.0.1"}, False),
+        ("http://127.0.0.1:8333", {"HTTP_PROXY": "http://p", "no_proxy": "127.0.0.1:8333"}, False),
+        ("http://127.0.0.1:8333", {"HTTP_PROXY": "http://p", "NO_PROXY": "127.0.0.1:9"}, True),
+        ("http://127.0.0.1:8333", {"HTTP_PROXY": "http://p", "NO_PROXY": " * "}, False),
+        (
+            "https://s3.eu-west-1.amazonaws.com",
+            {"HTTPS_PROXY": "http://p", "NO_PROXY": "example.com, .amazonaws.com"},
+            False,
+        ),
+        (
+            "https://s3.eu-west-1.amazonaws.com",
+            {"HTTPS_PROXY": "http://p", "NO_PROXY": "ws.com,amazonaws.co"},
+            True,
+        ),
+    ],
+)
+def test_a_proxy_applies_by_the_endpoints_scheme_unless_no_proxy_names_its_host(
+    endpoint: str, environ: dict[str, str], through_proxy: bool
+) -> None:
+    assert proxied(endpoint, environ) is through_proxy
