@@ -19,7 +19,8 @@ from stager.errors import (
 )
 from stager.locations import S3Url
 from worker_hooks.dispatch.scheduling import Policy
-from worker_hooks.dispatch.taskdb import SCHEMA_VERSION, Limits, TaskDB
+from worker_hooks.dispatch.schema import SCHEMA_VERSION
+from worker_hooks.dispatch.taskdb import Limits, TaskDB
 from worker_hooks.task.key import key_of_spec
 from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import (

@@ -20,7 +20,8 @@ Guarantees:
 - Rows are parsed at the edge: what leaves this class is typed (specs,
   results, protocol messages), never a row or a ``dict``.
 - The file records its schema version (``PRAGMA user_version``); a file of
-  another version is refused with a message naming both, never misread.
+  another version is refused with a message naming both, never misread
+  (:mod:`~worker_hooks.dispatch.schema`).
 
 Its reads (tasks, reports, status) are those of
 :class:`~worker_hooks.dispatch.views.TaskViews`, which it extends; its
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -50,12 +50,12 @@ from stager.errors import (
     PreconditionFailedError,
     StagerError,
     StaleAttemptError,
-    from_os_error,
 )
 from stager.locations import S3Url
 from worker_hooks.dispatch.catalog import ReplicaCatalog, rows_in
 from worker_hooks.dispatch.recovery import plan_recovery
 from worker_hooks.dispatch.scheduling import Candidate, Policy, choose_tasks
+from worker_hooks.dispatch.schema import ensure_schema, open_database
 from worker_hooks.dispatch.transactions import Transactions
 from worker_hooks.dispatch.views import TaskViews, result_of
 from worker_hooks.task.key import key_of_spec
@@ -76,103 +76,8 @@ from worker_hooks.task.result import ResultManifest
 from worker_hooks.task.spec import TaskSpec, qualified_id, task_of, valid_task_id
 from worker_hooks.task.workflow import check_batch
 
-# 2 learned digests, 3 node addresses and outputs, 4 depth, 5 each and ids per workflow,
-# 6 the memo (results by task key)
-SCHEMA_VERSION = 6  # (all migrated in place)
 FINAL_STATES = tuple(state.value for state in TaskState if state.final)
 SETTLED = ("done", "cancelled")  # what recovery leaves alone (a failed task may run again)
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT UNIQUE NOT NULL,
-    workflow TEXT NOT NULL,
-    body TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 0,
-    failures INTEGER NOT NULL DEFAULT 0,
-    worker TEXT,
-    lease_expires REAL,
-    submitted_at REAL NOT NULL,
-    queued_at REAL,
-    finished_at REAL,
-    inputs TEXT NOT NULL DEFAULT '[]',
-    result TEXT,
-    error TEXT,
-    bytes_from_s3 INTEGER NOT NULL DEFAULT 0,
-    bytes_from_cache INTEGER NOT NULL DEFAULT 0,
-    bytes_from_peers INTEGER NOT NULL DEFAULT 0,
-    submitted TEXT,
-    reruns INTEGER NOT NULL DEFAULT 0,
-    depth INTEGER NOT NULL DEFAULT 0,
-    memoized INTEGER NOT NULL DEFAULT 0,
-    mapped INTEGER NOT NULL DEFAULT 0,
-    members INTEGER,
-    member_of TEXT
-);
--- tasks_ready's first column serves every look-up by state: one index less to keep
--- up on each change of state.
-DROP INDEX IF EXISTS tasks_by_state;
-CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(state, depth DESC, seq);
-DROP INDEX IF EXISTS tasks_by_workflow;
-CREATE INDEX IF NOT EXISTS tasks_status ON tasks(
-    workflow, state, submitted_at, finished_at, bytes_from_s3, bytes_from_cache,
-    bytes_from_peers, memoized
-);
-CREATE INDEX IF NOT EXISTS tasks_by_template ON tasks(member_of);
-CREATE TABLE IF NOT EXISTS deps (
-    task TEXT NOT NULL, producer TEXT NOT NULL, PRIMARY KEY (task, producer)
-);
-CREATE INDEX IF NOT EXISTS deps_by_producer ON deps(producer);
-CREATE TABLE IF NOT EXISTS edges (
-    task TEXT NOT NULL, producer TEXT NOT NULL, PRIMARY KEY (task, producer)
-);
-CREATE INDEX IF NOT EXISTS edges_by_producer ON edges(producer);
-CREATE TABLE IF NOT EXISTS workers (
-    id TEXT PRIMARY KEY, last_seen REAL NOT NULL, cache_bytes INTEGER NOT NULL DEFAULT 0,
-    address TEXT, suspect_until REAL NOT NULL DEFAULT 0, lost_at REAL
-);
-CREATE TABLE IF NOT EXISTS replicas (
-    worker TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (worker, digest)
-);
-CREATE INDEX IF NOT EXISTS replicas_by_digest ON replicas(digest);
-CREATE TABLE IF NOT EXISTS learned (
-    url TEXT PRIMARY KEY, digest TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS outputs (
-    task TEXT NOT NULL, workflow TEXT NOT NULL, url TEXT NOT NULL, digest TEXT NOT NULL,
-    size INTEGER NOT NULL, kept TEXT NOT NULL, in_s3 INTEGER NOT NULL,
-    PRIMARY KEY (task, url)
-);
-CREATE INDEX IF NOT EXISTS outputs_on_nodes ON outputs(in_s3, workflow);
-CREATE INDEX IF NOT EXISTS outputs_by_digest ON outputs(digest);
-CREATE TABLE IF NOT EXISTS assignments (
-    task TEXT NOT NULL, attempt INTEGER NOT NULL, worker TEXT NOT NULL, at REAL NOT NULL,
-    ended_at REAL, outcome TEXT, error TEXT, logs TEXT NOT NULL DEFAULT '[]'
-);
-CREATE INDEX IF NOT EXISTS assignments_by_task ON assignments(task, attempt);
-CREATE TABLE IF NOT EXISTS memo (
-    key TEXT PRIMARY KEY, result TEXT NOT NULL
-) WITHOUT ROWID;
-"""
-
-# Columns that versions 3 to 5 added to tables of earlier versions (migrated in place).
-_ADDED_COLUMNS = (
-    ("tasks", "bytes_from_peers", "INTEGER NOT NULL DEFAULT 0"),
-    ("tasks", "submitted", "TEXT"),
-    ("tasks", "reruns", "INTEGER NOT NULL DEFAULT 0"),
-    ("tasks", "depth", "INTEGER NOT NULL DEFAULT 0"),
-    ("tasks", "memoized", "INTEGER NOT NULL DEFAULT 0"),
-    ("tasks", "mapped", "INTEGER NOT NULL DEFAULT 0"),
-    ("tasks", "members", "INTEGER"),
-    ("tasks", "member_of", "TEXT"),
-    ("assignments", "ended_at", "REAL"),
-    ("assignments", "outcome", "TEXT"),
-    ("assignments", "error", "TEXT"),
-    ("assignments", "logs", "TEXT NOT NULL DEFAULT '[]'"),
-    ("workers", "address", "TEXT"),
-    ("workers", "suspect_until", "REAL NOT NULL DEFAULT 0"),
-    ("workers", "lost_at", "REAL"),
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,36 +88,6 @@ class Limits:
     starvation_s: float = 60.0
     policy: Policy = Policy.GOOD_CACHE_COMPUTE
     candidate_window: int = 256
-
-
-def _private_file(path: Path) -> None:
-    """Make the database file (task specs hold their ``env``) its owner's only.
-
-    SQLite gives its -wal and -shm files the database file's mode.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        os.chmod(path, 0o600)  # a file made before this rule, or by hand
-    except OSError as exc:
-        raise from_os_error(exc, f"open the task database {path}") from exc
-
-
-def _qualify_ids(db: sqlite3.Connection) -> None:
-    """Version 5: a task is known as ``<workflow>/<id>`` everywhere in the file."""
-    db.execute("CREATE TEMP TABLE renamed (old TEXT PRIMARY KEY, new TEXT NOT NULL)")
-    db.execute("INSERT INTO renamed SELECT id, workflow || '/' || id FROM tasks")
-    new = "COALESCE((SELECT new FROM renamed WHERE old = {0}), {0})"
-    for table, columns in (
-        ("deps", ("task", "producer")),
-        ("edges", ("task", "producer")),
-        ("outputs", ("task",)),
-        ("assignments", ("task",)),
-        ("tasks", ("id",)),
-    ):
-        changes = ", ".join(f"{column} = {new.format(column)}" for column in columns)
-        db.execute(f"UPDATE {table} SET {changes}")
-    db.execute("DROP TABLE renamed")
 
 
 def _spec_columns(spec: TaskSpec) -> tuple[str, str]:
@@ -292,13 +167,9 @@ class TaskDB(TaskViews):
     ) -> None:
         self.limits = limits
         self._clock = clock
-        _private_file(path)
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_database(path)
         self.transactions = Transactions(self._db)
-        self._check_schema(path)
+        ensure_schema(self._db, path)
         super().__init__(
             self._db,
             ReplicaCatalog(self._db, clock=clock, worker_timeout_s=limits.worker_timeout_s),
@@ -306,36 +177,6 @@ class TaskDB(TaskViews):
             worker_timeout_s=limits.worker_timeout_s,
             policy=limits.policy,
         )
-
-    def _check_schema(self, path: Path) -> None:
-        """Create the tables in a new file; refuse a file of another schema version."""
-        with self._tx() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            tables = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
-            if (version == 0 and tables == 0) or version in (1, 2, 3, 4, 5):  # new, or migrated
-                for table, column, kind in _ADDED_COLUMNS if version else ():
-                    have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-                    if column not in have:
-                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-                for statement in _SCHEMA.split(";"):
-                    db.execute(statement)
-                if version and version < 5:
-                    _qualify_ids(db)
-                if version:  # the memo starts with the results the file holds
-                    db.execute(
-                        "INSERT OR IGNORE INTO memo (key, result)"
-                        " SELECT json_extract(result, '$.task_key'), result FROM tasks"
-                        " WHERE state = 'done' AND result IS NOT NULL"
-                    )
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                return
-        if version != SCHEMA_VERSION:
-            self._db.close()
-            raise ConfigError(
-                f"the task database {path} has schema version {version}; this stager "
-                f"reads version {SCHEMA_VERSION}",
-                hint="give a new --db path, or use the stager version that wrote it",
-            )
 
     def close(self) -> None:
         self._db.close()
