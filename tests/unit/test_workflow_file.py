@@ -93,6 +93,8 @@ def test_a_list_of_task_specs_is_a_workflow_named_after_its_file(tmp_path: Path)
     [
         ({"tasks": [mapper(0)], "defualts": {}}, "unknown key 'defualts'"),
         ({"name": "x"}, "expected a workflow"),
+        ({"tasks": {"id": "a"}}, "expected a workflow"),
+        ({"tasks": "all of them"}, "expected a workflow"),
         (
             {"tasks": [mapper(0, results="s3://bkt/r/"), {**REPORT, "results": "s3://bkt/r/"}]},
             "names unknown task reduce",

@@ -159,6 +159,8 @@ def _top_level(path: Path) -> tuple[str, list[str], Any, Any]:
                     keys.append(value)
                     if value in ("name", "defaults"):
                         found[value] = _value(events)
+                    elif value == "tasks" and next(events, (None, None, None))[1] != "start_array":
+                        keys.remove("tasks")  # not a list: refused below
             break
     if "tasks" not in keys:
         raise ConfigError(
