@@ -19,7 +19,7 @@ from stager.errors import (
 )
 from stager.locations import S3Url
 from worker_hooks.dispatch.scheduling import Policy
-from worker_hooks.dispatch.schema import SCHEMA_VERSION
+from worker_hooks.dispatch.schema import SCHEMA_VERSION, open_database
 from worker_hooks.dispatch.taskdb import Limits, TaskDB
 from worker_hooks.task.key import key_of_spec
 from worker_hooks.task.parse import parse_spec
@@ -635,3 +635,17 @@ def test_status_reads_task_rows_only_of_the_running_and_failed(db: TaskDB) -> No
         for step in plan:
             if step.startswith(("SCAN tasks", "SEARCH tasks", "SCAN t ", "SEARCH t ")):
                 assert "COVERING INDEX" in step or "state=?" in step, (statement, plan)
+
+
+def test_the_wal_file_is_cut_back_once_a_burst_of_writes_is_checkpointed(tmp_path: Path) -> None:
+    db = open_database(tmp_path / "d.sqlite", wal_kept_bytes=256 * 1024)
+    wal = tmp_path / "d.sqlite-wal"
+    db.execute("PRAGMA wal_autocheckpoint = 0")  # as when a Checkpointer runs
+    db.execute("CREATE TABLE t (b BLOB)")
+    for _ in range(40):  # a large submit, say
+        db.execute("INSERT INTO t VALUES (randomblob(100000))")
+    assert wal.stat().st_size > 4 * 1024 * 1024
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    db.execute("INSERT INTO t VALUES (1)")  # starts the WAL over, and cuts the file back
+    assert wal.stat().st_size <= 256 * 1024
+    db.close()

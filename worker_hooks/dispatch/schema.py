@@ -19,6 +19,7 @@ from worker_hooks.dispatch.transactions import Transactions
 # 2 learned digests, 3 node addresses and outputs, 4 depth, 5 each and ids per workflow,
 # 6 the memo (results by task key)
 SCHEMA_VERSION = 6  # (all migrated in place)
+WAL_KEPT_BYTES = 64 * 1024 * 1024  # the WAL file's size once a checkpoint has emptied it
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -113,13 +114,16 @@ ADDED_COLUMNS = (
 )
 
 
-def open_database(path: Path) -> sqlite3.Connection:
+def open_database(path: Path, *, wal_kept_bytes: int = WAL_KEPT_BYTES) -> sqlite3.Connection:
     """The database at ``path`` (made if new, its owner's only), in WAL mode."""
     _private_file(path)
     db = sqlite3.connect(path, isolation_level=None)
     db.row_factory = sqlite3.Row
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
+    # A burst of writes (a large submit) grows the WAL file, and SQLite reuses it at
+    # that size from then on: cut it back to this whenever a checkpoint empties it.
+    db.execute(f"PRAGMA journal_size_limit={int(wal_kept_bytes)}")
     return db
 
 
