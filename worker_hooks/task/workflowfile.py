@@ -110,7 +110,7 @@ def read_workflow_file(path: Path) -> WorkflowFile:
         for raw in _decoded(path, ijson.items(handle, items, use_float=True)):
             ids += task_ids([raw])
             named.update(named_producers(raw, defaults))
-    globs = [name for name in named if GLOB_CHARACTERS & set(name)]
+    globs = [pattern for pattern in named if GLOB_CHARACTERS & set(pattern)]
     producers = {i for i in ids if i in named or any(fnmatchcase(i, g) for g in globs)}
     outlines = []
     with _opened(path) as handle:
