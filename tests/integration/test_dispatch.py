@@ -40,6 +40,7 @@ from worker_hooks.task.parse import parse_spec
 from worker_hooks.task.protocol import PROTOCOL_VERSION, VERSION_HEADER, Completion, TaskState
 from worker_hooks.task.result import ResultManifest
 from worker_hooks.task.spec import task_of
+from worker_hooks.task.workflowfile import STREAM_FROM_BYTES
 from worker_hooks.wrap.memo import recorded_results
 
 ClusterFactory = Callable[..., LocalCluster]
@@ -515,6 +516,40 @@ def test_submit_wait_status_and_cancel_from_the_command_line(
     assert cancelled.returncode == 0 and "blocker: cancelled" in cancelled.stdout
     assert cluster.client.task("parked").state is TaskState.FAILED
     assert "cancelled" in (cluster.client.task("parked").error or "")
+
+
+def test_a_large_workflow_file_is_read_in_parts_and_refused_whole(
+    make_cluster: ClusterFactory, store: ObjectStore, prefix: S3Url, tmp_path: Path, run_cli: Any
+) -> None:
+    cluster = make_cluster()
+    cluster.add_worker("w1")
+    stager = cli_of(cluster, run_cli)
+    maps = [task(f"map-{n}", f"echo {n} > out.txt", prefix) for n in range(3)]
+    gather = task(
+        "gather",
+        "cat parts/*/out.txt > out.txt",
+        prefix,
+        inputs=[{"source": "task://map-*/out.txt", "path": "parts/"}],
+    )
+    padding = " " * STREAM_FROM_BYTES  # big enough to be read a task at a time
+
+    def written(name: str, tasks: list[dict[str, Any]]) -> Path:
+        path = tmp_path / name
+        path.write_text('{"name": "big", "tasks": ' + json.dumps(tasks) + padding + "}")
+        return path
+
+    # The consumer first: it waits in memory until its producers have been read.
+    done = stager("submit", str(written("big.json", [gather, *maps])), "--wait")
+    assert done.returncode == 0, done.stderr
+    assert "4 new tasks" in done.stderr
+    got = store.get_bytes(prefix.child("out/gather.txt"))
+    assert sorted(got.decode().split()) == ["0", "1", "2"]
+    # A mistake in the last task refuses the whole file: nothing is sent.
+    late = task("late", "true", prefix, inputs=[{"source": "task://map-0/nope", "path": "x"}])
+    refused = stager("submit", str(written("bad.json", [*maps, late])), "--workflow", "bad")
+    assert refused.returncode == 2, refused.stderr
+    assert "which task map-0 does not declare" in refused.stderr
+    assert sum(cluster.client.status("bad").counts.values()) == 0
 
 
 @pytest.mark.parametrize(

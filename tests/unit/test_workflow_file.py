@@ -13,7 +13,7 @@ import pytest
 from stager.errors import ConfigError
 from worker_hooks.task.documents import load_document
 from worker_hooks.task.workflow import check_batch, submit_order, workflow_tasks
-from worker_hooks.task.workflowfile import read_workflow_file
+from worker_hooks.task.workflowfile import STREAM_FROM_BYTES, read_workflow_file, streamed
 
 
 def mapper(n: int, **extra: Any) -> dict[str, Any]:
@@ -197,3 +197,18 @@ def test_reading_in_parts_holds_a_fraction_of_what_reading_whole_does(tmp_path: 
     # Read whole: the decoded file and every task (here 4.3 times as much). In parts:
     # an outline of each task (its id) and one part's tasks at a time.
     assert parts * 3 < whole, (parts, whole)
+
+
+def test_only_large_json_files_are_read_in_parts(tmp_path: Path) -> None:
+    small = written(tmp_path / "small.json", {"tasks": [mapper(0, results="s3://bkt/r/")]})
+    large = tmp_path / "large.json"
+    large.write_text(small.read_text() + " " * STREAM_FROM_BYTES)
+    yaml = tmp_path / "large.yaml"
+    yaml.write_text(large.read_text())
+    assert [streamed(p) for p in (small, large, yaml, tmp_path / "gone.json")] == [
+        False,
+        True,
+        False,
+        False,
+    ]
+    assert sent(large, 10) == [["map-0"]]
