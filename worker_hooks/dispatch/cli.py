@@ -25,7 +25,7 @@ from worker_hooks.dispatch.follow import wait_for_workflow
 from worker_hooks.dispatch.scheduling import Policy
 from worker_hooks.dispatch.settings import DispatcherSettings
 from worker_hooks.dispatch.taskdb import Limits, TaskDB
-from worker_hooks.task.protocol import RetryRequest, TaskState, WorkflowReport
+from worker_hooks.task.protocol import RetryRequest, SubmitReply, TaskState, WorkflowReport
 from worker_hooks.task.workflow import load_workflow
 from worker_hooks.task.workflowfile import read_workflow_file, streamed
 
@@ -241,18 +241,18 @@ def submit_command(
 
     With --wait, exits 0 only if every task succeeded (10 otherwise).
     """
-    if streamed(workflow_file):
+    send: Callable[..., SubmitReply]
+    if streamed(workflow_file):  # large: read a task at a time, sent in parts as read
         big = read_workflow_file(workflow_file)
-        name = workflow_name or big.name
-        with tqdm(total=len(big), unit="task", desc=name, disable=None, leave=False) as bar:
-            reply = client.submit_parts(
-                big.parts(SUBMIT_CHUNK_TASKS), workflow=name, sent=bar.update
-            )
+        named, count = big.name, len(big)
+        send = functools.partial(client.submit_parts, big.parts(SUBMIT_CHUNK_TASKS))
     else:
-        name, tasks = load_workflow(workflow_file)
-        name = workflow_name or name
-        with tqdm(total=len(tasks), unit="task", desc=name, disable=None, leave=False) as bar:
-            reply = client.submit(tasks, workflow=name, sent=bar.update)
+        named, tasks = load_workflow(workflow_file)
+        count = len(tasks)
+        send = functools.partial(client.submit, tasks)
+    name = workflow_name or named
+    with tqdm(total=count, unit="task", desc=name, disable=None, leave=False) as bar:
+        reply = send(workflow=name, sent=bar.update)
     click.echo(
         f"workflow {name}: {len(reply.submitted)} new tasks, {len(reply.again)} to run again, "
         f"{len(reply.kept)} kept from before",
