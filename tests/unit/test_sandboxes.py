@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from stager.owner import Owner, process_start
 from worker_hooks.wrap.sandboxes import (
     OWNER_FILE,
@@ -125,7 +127,7 @@ def test_the_pool_of_a_dead_worker_is_swept_with_the_commands_its_sandboxes_ran(
 
 
 def test_a_command_started_before_its_group_was_recorded_is_found_by_its_environment(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The owner was killed after the command started and before record_run: no
     # run file, but the command and its children carry their sandbox.
@@ -138,7 +140,11 @@ def test_a_command_started_before_its_group_was_recorded_is_found_by_its_environ
     orphan = subprocess.Popen(["sh", "-c", "sleep 30 & wait"], env=marked, start_new_session=True)
     bystander = subprocess.Popen(["sleep", "30"], env=neighbour, start_new_session=True)
     try:
-        assert sweep(tmp_path).__dict__ == {"sandboxes": 1, "process_groups": 0, "processes": 2}
+        monkeypatch.chdir(
+            tmp_path.parent
+        )  # the sweep given a relative path finds the same sandboxes
+        swept = sweep(Path(tmp_path.name))
+        assert swept.__dict__ == {"sandboxes": 1, "process_groups": 0, "processes": 2}
         assert orphan.wait(timeout=10) == -9
         assert bystander.poll() is None
         assert not pool_dir.exists()

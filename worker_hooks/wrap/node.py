@@ -73,7 +73,8 @@ def open_node(core: CliState, node_flags: Mapping[str, Any]) -> Node:
     return Node(
         cache=CacheContext(core, cache_flags).open(),
         store=core.object_store(),
-        sandbox_dir=settings.sandbox_dir,
+        # Absolute: a command's STAGER_SANDBOX names it, and its working directory is elsewhere.
+        sandbox_dir=settings.sandbox_dir.absolute(),
         nfs_head=open_nfs_head(settings.nfs_head) if settings.nfs_head else None,
         materialize=settings.materialize,
         kill_grace_s=settings.kill_grace_s,

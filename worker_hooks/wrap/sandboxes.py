@@ -200,7 +200,7 @@ def _kill_marked(dead: list[Path]) -> int:
     The path names a sandbox made under a random name by a process now dead, so
     no process of anyone else's carries it.
     """
-    prefixes = tuple(os.fsencode(sandbox) + b"/" for sandbox in dead)
+    prefixes = tuple(os.fsencode(sandbox.absolute()) + b"/" for sandbox in dead)
     killed: set[int] = set()  # a killed process stays readable until it is reaped
     for _ in range(MARKED_PASSES):
         found = [pid for pid in _pids() if pid not in killed and _marked(pid, prefixes)]
