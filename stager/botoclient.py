@@ -280,9 +280,14 @@ class BotocoreMover:
             raise PreconditionFailedError(f"cannot upload to {url}: it changed or exists")
 
     def put_small(
-        self, url: S3Url, data: bytes, *, metadata: Mapping[str, str], create_only: bool
+        self,
+        url: S3Url,
+        data: bytes,
+        *,
+        metadata: Mapping[str, str],
+        condition: WriteCondition | None,
     ) -> None:
-        extra = _condition_args(WriteCondition(absent=create_only))
+        extra = _condition_args(condition)
         with translating(url, "write"):
             self._client().put_object(
                 Bucket=url.bucket, Key=url.key, Body=data, Metadata=dict(metadata), **extra

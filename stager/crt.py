@@ -357,11 +357,16 @@ class CrtTransfers:
         _wait(request, url, "upload to")
 
     def put_small(
-        self, url: S3Url, data: bytes, *, metadata: Mapping[str, str], create_only: bool
+        self,
+        url: S3Url,
+        data: bytes,
+        *,
+        metadata: Mapping[str, str],
+        conditions: Mapping[str, str] | None = None,
     ) -> None:
-        """Store ``data`` in one PUT from this thread; ``create_only`` adds
-        ``If-None-Match: *``."""
-        headers = _put_headers(len(data), metadata, {"If-None-Match": "*"} if create_only else None)
+        """Store ``data`` in one PUT from this thread, under ``conditions`` as
+        :meth:`put_file`'s."""
+        headers = _put_headers(len(data), metadata, conditions)
         self._small.send(self._request("PUT", url, headers), data, where=str(url), action="write")
 
 

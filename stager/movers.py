@@ -106,9 +106,14 @@ class ByteMover(Protocol):
         ...
 
     def put_small(
-        self, url: S3Url, data: bytes, *, metadata: Mapping[str, str], create_only: bool
+        self,
+        url: S3Url,
+        data: bytes,
+        *,
+        metadata: Mapping[str, str],
+        condition: WriteCondition | None,
     ) -> None:
-        """One PUT; ``create_only`` fails on a taken key (PreconditionFailedError)."""
+        """One PUT; a ``condition`` that does not hold raises PreconditionFailedError."""
         ...
 
     def get_small(self, url: S3Url) -> tuple[bytes, Digest | None]:
@@ -189,10 +194,16 @@ class NativeMover:
         )
 
     def put_small(
-        self, url: S3Url, data: bytes, *, metadata: Mapping[str, str], create_only: bool
+        self,
+        url: S3Url,
+        data: bytes,
+        *,
+        metadata: Mapping[str, str],
+        condition: WriteCondition | None,
     ) -> None:
         self._count("PutObject")
-        self._native.put_small(url, data, metadata=metadata, create_only=create_only)
+        conditions = condition.headers() if condition else None
+        self._native.put_small(url, data, metadata=metadata, conditions=conditions)
 
     def get_small(self, url: S3Url) -> tuple[bytes, Digest | None]:
         self._count("GetObject")

@@ -408,6 +408,21 @@ class ObjectStore:
             check_received(info, writer.hasher)
         return Received(writer.hasher.digest, writer.hasher.size, info.digest is not None)
 
+    def upload_bytes(
+        self,
+        data: bytes,
+        url: S3Url,
+        *,
+        digest: Digest,
+        task: str | None = None,
+        generation: str | None = None,
+        condition: WriteCondition | None = None,
+    ) -> None:
+        """As :meth:`upload_file`, for bytes held in memory: one PUT (keep them small)."""
+        self._bytes().put_small(
+            url, data, metadata=digest_metadata(digest, task, generation), condition=condition
+        )
+
     def put_bytes(self, url: S3Url, data: bytes, *, create_only: bool = False) -> Digest:
         """Store a small object in one request; return its digest.
 
@@ -416,9 +431,8 @@ class ObjectStore:
         (``If-None-Match: *``), so an accepted object is never replaced.
         """
         digest = digest_bytes(data)
-        self._bytes().put_small(
-            url, data, metadata=digest_metadata(digest), create_only=create_only
-        )
+        condition = WriteCondition(absent=True) if create_only else None
+        self.upload_bytes(data, url, digest=digest, condition=condition)
         return digest
 
     def delete(self, url: S3Url) -> None:

@@ -52,7 +52,7 @@ class Published:
 
 def publish(
     store: ObjectStore,
-    source: Path,
+    source: Path | bytes,
     url: S3Url,
     *,
     digest: Digest,
@@ -61,19 +61,30 @@ def publish(
     replace_own: bool = False,
     generation: str | None = None,
 ) -> Published:
-    """Publish ``source`` at ``url`` by the rules above; local read errors are ``OSError``."""
+    """Publish ``source`` (a file, or a small output's bytes read once) at ``url`` by the
+    rules above; local read errors are ``OSError``."""
     condition = WriteCondition(absent=True)
     for _ in range(ROUNDS):
         try:
-            store.upload_file(
-                source,
-                url,
-                digest=digest,
-                size=size,
-                task=task,
-                generation=generation,
-                condition=condition,
-            )
+            if isinstance(source, bytes):
+                store.upload_bytes(
+                    source,
+                    url,
+                    digest=digest,
+                    task=task,
+                    generation=generation,
+                    condition=condition,
+                )
+            else:
+                store.upload_file(
+                    source,
+                    url,
+                    digest=digest,
+                    size=size,
+                    task=task,
+                    generation=generation,
+                    condition=condition,
+                )
             return Published(digest, size, adopted=False)
         except PreconditionFailedError:
             pass

@@ -22,14 +22,23 @@ def _file(tmp_path: Path, name: str, data: bytes) -> Path:
     return path
 
 
-@pytest.mark.parametrize("size", [1000, 12 * MiB], ids=["one-put", "multipart"])
+@pytest.mark.parametrize(
+    ("size", "in_memory"),
+    [(1000, False), (1000, True), (12 * MiB, False)],
+    ids=["one-put", "from-memory", "multipart"],
+)
 def test_the_rules_of_publication(
-    either_store: ObjectStore, prefix: S3Url, tmp_path: Path, raw_client: Any, size: int
+    either_store: ObjectStore,
+    prefix: S3Url,
+    tmp_path: Path,
+    raw_client: Any,
+    size: int,
+    in_memory: bool,
 ) -> None:
     store = either_store
     url = prefix.child("out.bin")
     mine, twin = os.urandom(size), os.urandom(size)
-    path = _file(tmp_path, "mine", mine)
+    path: Path | bytes = mine if in_memory else _file(tmp_path, "mine", mine)
 
     def put(data: bytes, task: str) -> None:
         source = _file(tmp_path, "other", data)
