@@ -651,17 +651,25 @@ def test_workers_report_what_their_cache_gains_and_loses(
         prefix,
         inputs=[{"source": str(url), "path": "ref", "digest": str(digest), "size": 15}],
     )
-    submit(cluster.client, [body], workflow="wf")
+    after = task(
+        "after",
+        "wc -c < in.txt > out.txt",
+        prefix,
+        inputs=[{"source": "task://reader/out.txt", "path": "in.txt"}],
+    )
+    submit(cluster.client, [body, after], workflow="wf")
     wait_until_ended(cluster.client, "wf")
 
     def cached() -> int:
         (worker,) = cluster.client.status().workers
         return worker.cached_digests
 
-    assert cached() == 2  # the input and the output the task wrote
+    # The input, and reader's output (a task reads it); not after's output, read by none.
+    assert cached() == 2
     cache_dir = cluster.work_dir / "w1" / "cache"
     evicted = NodeCache(cache_dir, quota_bytes=1 << 30).evict(all_unpinned=True)
     assert len(evicted) == 2
+    assert store.get_bytes(prefix.child("out/after.txt")) == b"30\n"
     deadline = time.monotonic() + 30
     while cached() != 0:
         assert time.monotonic() < deadline, "the eviction never reached the dispatcher"

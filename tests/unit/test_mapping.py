@@ -203,3 +203,13 @@ def test_losing_a_members_only_copy_runs_that_member_again_not_the_whole_map(
     assert report.recomputed == ("wf/count.0", "wf/count.1")
     assert db.task("count").state is TaskState.WAITING
     assert sorted(lease.spec.id for lease in db.lease("w2", 5)) == ["count.0", "count.1"]
+
+
+def test_members_outputs_are_read_when_a_task_reads_their_templates(db: TaskDB) -> None:
+    unread = {**COUNT, "id": "count_alone"}  # gathered by its template, read by no task
+    submit(db, SPLIT, COUNT, unread, TOTAL)
+    (split,) = db.lease("w", 5)
+    assert split.outputs_read  # the members read its chunks
+    db.complete("wf/split", split.attempt, "w", made("split", ("chunks/a", "s3://bkt/chunks/a")))
+    read_by = {lease.spec.id: lease.outputs_read for lease in db.lease("w", 5)}
+    assert read_by == {"count.0": True, "count_alone.0": False}

@@ -649,3 +649,13 @@ def test_the_wal_file_is_cut_back_once_a_burst_of_writes_is_checkpointed(tmp_pat
     db.execute("INSERT INTO t VALUES (1)")  # starts the WAL over, and cuts the file back
     assert wal.stat().st_size <= 256 * 1024
     db.close()
+
+
+def test_a_lease_says_whether_a_known_task_reads_the_outputs(db: TaskDB) -> None:
+    submit(db, task("map"), task("lone"), task("reduce", "task://map/out.txt"))
+    leases = {lease.spec.id: lease for lease in db.lease("w1", 5)}
+    assert leases["map"].outputs_read  # the node keeps a copy for reduce
+    assert not leases["lone"].outputs_read  # straight to S3
+    db.complete("wf/map", leases["map"].attempt, "w1", result_for("map"))
+    (reduce_lease,) = db.lease("w1", 5)
+    assert not reduce_lease.outputs_read

@@ -566,7 +566,7 @@ class TaskDB(TaskViews):
             for task_id in chosen:
                 row = db.execute(
                     "UPDATE tasks SET state = 'leased', attempt = attempt + 1, worker = ?,"
-                    " lease_expires = ? WHERE id = ? RETURNING attempt, body",
+                    " lease_expires = ? WHERE id = ? RETURNING attempt, body, member_of",
                     (worker, expires, task_id),
                 ).fetchone()
                 db.execute(
@@ -577,9 +577,27 @@ class TaskDB(TaskViews):
                 key = key_of_spec(spec)
                 memo = self._memo([key]).get(key) if key is not None else None
                 leases.append(
-                    Lease(task_id, row["attempt"], spec, expires, memo_key=key, memo=memo)
+                    Lease(
+                        task_id,
+                        row["attempt"],
+                        spec,
+                        expires,
+                        memo_key=key,
+                        memo=memo,
+                        outputs_read=self._outputs_read(task_id, row["member_of"]),
+                    )
                 )
             return self.catalog.with_peers(leases, worker)
+
+    def _outputs_read(self, task_id: str, template: str | None) -> bool:
+        """Whether a known task reads ``task_id``'s outputs: one that names it as its
+        producer (its template aside: that only gathers), or one that reads its template's."""
+        row = self._db.execute(
+            "SELECT EXISTS (SELECT 1 FROM edges WHERE producer = ?1 AND task IS NOT ?2)"
+            " OR EXISTS (SELECT 1 FROM edges WHERE producer = ?2)",
+            (task_id, template),
+        ).fetchone()
+        return bool(row[0])
 
     # -- the memo: results by task key --------------------------------------------------
 
@@ -669,7 +687,8 @@ class TaskDB(TaskViews):
     ) -> None:
         """Accept the result of the current attempt; release the dependants."""
         with self._tx():
-            self._accept(task_id, attempt, worker, result, uses, memoized, self._clock())
+            completion = Completion(task_id, attempt, result, tuple(uses), memoized)
+            self._accept(completion, worker, self._clock())
 
     def complete_many(self, worker: str, completions: Sequence[Completion]) -> list[str]:
         """Accept each completion of a current attempt, in one transaction; return the
@@ -680,24 +699,21 @@ class TaskDB(TaskViews):
         with self._tx():
             for c in completions:
                 try:
-                    self._accept(c.task_id, c.attempt, worker, c.result, c.uses, c.memoized, now)
+                    self._accept(c, worker, now)
                 except (PreconditionFailedError, NotFoundError):
                     refused.append(c.task_id)
         return refused
 
-    def _accept(
-        self,
-        task_id: str,
-        attempt: int,
-        worker: str,
-        result: ResultManifest,
-        uses: Sequence[InputUse],
-        memoized: bool,
-        now: float,
-    ) -> None:
+    def _accept(self, completion: Completion, worker: str, now: float) -> None:
         """:meth:`complete`'s work, inside the caller's transaction. The fencing check
         comes before any write, so a refused completion changes nothing."""
         db = self._db
+        task_id, attempt, result, uses = (
+            completion.task_id,
+            completion.attempt,
+            completion.result,
+            completion.uses,
+        )
         result_json = result.to_bytes().decode()
         self._current(task_id, attempt, worker)
         db.execute(
@@ -710,7 +726,7 @@ class TaskDB(TaskViews):
                 sum(u.size for u in uses if not u.from_cache),
                 sum(u.size for u in uses if u.from_cache),
                 sum(u.size for u in uses if u.from_peer),
-                memoized,
+                completion.memoized,
                 task_id,
             ),
         )
@@ -727,10 +743,9 @@ class TaskDB(TaskViews):
         )
         workflow = db.execute("SELECT workflow FROM tasks WHERE id = ?", (task_id,)).fetchone()
         self.catalog.record_outputs(task_id, workflow[0], result)
-        held = {u.digest for u in uses} | {r.digest for r in result.outputs}
         db.executemany(
             "INSERT OR IGNORE INTO replicas (worker, digest) VALUES (?, ?)",
-            [(worker, str(digest)) for digest in held],
+            [(worker, str(digest)) for digest in completion.held()],
         )
         self._release(task_id, result, now)
 

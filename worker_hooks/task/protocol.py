@@ -26,7 +26,7 @@ from stager.digest import Digest
 from stager.errors import ProtocolError, StagerError
 from stager.locations import S3Url
 from worker_hooks.task.parse import parse_spec
-from worker_hooks.task.result import ResultManifest
+from worker_hooks.task.result import Persist, ResultManifest
 from worker_hooks.task.spec import TaskSpec
 
 PROTOCOL_VERSION = 1
@@ -254,6 +254,9 @@ class Lease:
     # for it (None: none, so the node need not look for one).
     memo_key: str | None = None
     memo: ResultManifest | None = None
+    # Whether a task the dispatcher knows reads this task's outputs (then the node keeps
+    # a copy in its cache); True where it cannot tell.
+    outputs_read: bool = True
 
 
 @dataclass(frozen=True)
@@ -324,6 +327,15 @@ class Completion:
     result: ResultManifest
     uses: tuple[InputUse, ...] = ()
     memoized: bool = False
+    # Whether its node's cache took its `s3` outputs (False: they went straight to S3).
+    cached_outputs: bool = True
+
+    def held(self) -> set[Digest]:
+        """What the node's cache holds after this task: its inputs and the outputs it took
+        (`mirror` and `local` ones always)."""
+        outputs = self.result.outputs
+        kept = {r.digest for r in outputs if self.cached_outputs or r.kept is not Persist.S3}
+        return {use.digest for use in self.uses} | kept
 
 
 @dataclass(frozen=True)

@@ -454,6 +454,7 @@ class Worker:
             generation=f"{item.task_id}/{item.attempt}",
             recorded=self._recorded_for(item.lease),
             commit=False,  # the reporter writes the results in segments
+            cache_s3_outputs=item.lease.outputs_read,
             environ=self._environ,
         )
 
@@ -508,13 +509,18 @@ class Worker:
         ]
 
         completion = Completion(
-            item.task_id, item.attempt, result.manifest, tuple(uses), result.memoized
+            item.task_id,
+            item.attempt,
+            result.manifest,
+            tuple(uses),
+            result.memoized,
+            cached_outputs=item.lease.outputs_read and not result.memoized,
         )
 
         def accepted() -> None:
             # The dispatcher now lists these on this worker: count them as told,
             # so a later heartbeat reports them removed once they are evicted.
-            told = {s.digest for s in result.staged} | {r.digest for r in result.manifest.outputs}
+            told = completion.held()
             local = [
                 OutboxItem(
                     0,

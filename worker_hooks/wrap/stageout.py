@@ -1,7 +1,10 @@
 """Stage-out: make a task's outputs durable by their policy, each hashed once as it is read.
 
 Each output is copied into the node cache (hashed as it streams), so a later
-task on this node that reads it is a cache hit. Then, by its ``persist``:
+task on this node that reads it is a cache hit; an ``s3`` output that no task
+is known to read (``cache_s3=False``, a dispatcher's word) is not, and goes
+to S3 from the bytes hashed, read once into memory if it is small. Then, by
+its ``persist``:
 
 - ``s3``: uploaded from the verified entry with its digest in the object's
   metadata (multipart and parallel above the threshold);
@@ -11,7 +14,8 @@ task on this node that reads it is a cache hit. Then, by its ``persist``:
 - ``local``: left in the node cache, for dependants to fetch from here.
 
 An output the cache cannot take (its quota, or a full disk under it) is
-hashed and uploaded from the sandbox instead, whatever its policy; so is a
+hashed and uploaded from the sandbox instead, whatever its policy (from
+memory if it is small: the bytes uploaded are the bytes hashed); so is a
 ``mirror`` output with fewer live peers than it asks for, and any output of
 a node without a file service: S3 is durable, so falling back to it never
 breaks a promise. Any failure becomes :class:`StageOutError`: the caller
@@ -28,13 +32,24 @@ from pathlib import Path
 from fsd.cache import NodeCache, digest_of_entry
 from fsd.outbox import Outbox
 from fsd.peerclient import PeerClient
-from stager.digest import Digest, HashingWriter, digest_stream
+from stager.digest import Digest, HashingWriter, digest_bytes, digest_stream
 from stager.errors import DiskFullError, StageOutError, StagerError, from_os_error
 from stager.objectstore import ObjectStore
 from stager.parallel import run_all
 from stager.publish import compare_generations, publish
 from worker_hooks.task.result import FileRecord, Persist
 from worker_hooks.wrap.outputs import FoundOutput
+
+IN_MEMORY_BYTES = 1024 * 1024  # an output under this, not cached, is read once into memory
+
+
+@dataclass(frozen=True)
+class _Hashed:
+    """An output's bytes, verified: where they are read from to upload, and their digest."""
+
+    source: Path | bytes  # its cache entry, its bytes, or (large, not cached) the output
+    digest: Digest
+    entry: Path | None  # its cache entry, if it went into the cache
 
 
 @dataclass(frozen=True)
@@ -62,8 +77,10 @@ class _Uploader:
         replace_own: bool,
         keeping: NodeKeeping | None = None,
         generation: str | None = None,
+        cache_s3: bool = True,
     ) -> None:
         self.cache = cache
+        self.cache_s3 = cache_s3
         self.store = store
         self.task = task
         self.replace_own = replace_own
@@ -71,15 +88,15 @@ class _Uploader:
         self.generation = generation
 
     def __call__(self, item: FoundOutput) -> FileRecord:
-        source, digest = self._hashed(item)
-        if item.persist is not Persist.S3 and (kept := self._keep_on_nodes(item, source, digest)):
+        hashed = self._hashed(item)
+        if item.persist is not Persist.S3 and (kept := self._keep_on_nodes(item, hashed)):
             return kept
         try:
             published = publish(
                 self.store,
-                source,
+                hashed.source,
                 item.url,
-                digest=digest,
+                digest=hashed.digest,
                 size=item.size,
                 task=self.task,
                 replace_own=self.replace_own,
@@ -89,7 +106,7 @@ class _Uploader:
             raise from_os_error(exc, f"read output {item.relative}") from exc
         return FileRecord(item.relative, item.url, published.digest, published.size)
 
-    def _keep_on_nodes(self, item: FoundOutput, entry: Path, digest: Digest) -> FileRecord | None:
+    def _keep_on_nodes(self, item: FoundOutput, hashed: _Hashed) -> FileRecord | None:
         """Keep the output by its node policy; None if S3 must take it now instead.
 
         What S3 already holds at the output's key is looked at first: the same
@@ -99,7 +116,8 @@ class _Uploader:
         S3, and nothing is kept or mirrored (the bytes a result records are
         always the bytes at its key, as with ``s3``).
         """
-        if self.keeping is None or self.cache is None or entry == item.path:
+        entry, digest = hashed.entry, hashed.digest
+        if self.keeping is None or entry is None:
             return None  # no file service, or not in the cache (it did not fit)
         there = self.store.head(item.url)
         ours = there is not None and (
@@ -143,20 +161,28 @@ class _Uploader:
                 return record
         return None
 
-    def _hashed(self, item: FoundOutput) -> tuple[Path, Digest]:
-        """A verified file holding the output's bytes, and their digest."""
-        if self.cache is not None:
+    def _hashed(self, item: FoundOutput) -> _Hashed:
+        """The output's bytes, verified, and their digest: from one read of the output."""
+        if self.cache is not None and (self.cache_s3 or item.persist is not Persist.S3):
             try:
                 entry = self.cache.insert(item.size, lambda writer: _copy(item, writer))
-                return entry, digest_of_entry(entry)
+                return _Hashed(entry, digest_of_entry(entry), entry)
             except DiskFullError:  # the quota or the disk under the cache: hash it in place
                 pass
         try:
             with item.path.open("rb") as handle:
+                if item.size < IN_MEMORY_BYTES:
+                    data = handle.read(item.size + 1)
+                    if len(data) != item.size:
+                        raise StageOutError(
+                            f"output {item.relative} changed while it was staged out"
+                            f" ({len(data)} bytes, {item.size} when found)"
+                        )
+                    return _Hashed(data, digest_bytes(data), None)
                 digest, _ = digest_stream(handle)
         except OSError as exc:
             raise from_os_error(exc, f"read output {item.relative}") from exc
-        return item.path, digest
+        return _Hashed(item.path, digest, None)
 
 
 def _copy(item: FoundOutput, writer: HashingWriter) -> None:
@@ -177,11 +203,13 @@ def upload_outputs(
     keeping: NodeKeeping | None = None,
     generation: str | None = None,
     workers: int = 8,
+    cache_s3: bool = True,
 ) -> list[FileRecord]:
     """Keep every output by its policy (S3 ones through :mod:`stager.publish`); return
     their records in order (an adopted twin's where it got there first), or raise
-    StageOutError."""
-    uploader = _Uploader(cache, store, task, replace_own, keeping, generation)
+    StageOutError. ``cache_s3=False``: ``s3`` outputs skip the node cache (no task
+    is known to read them)."""
+    uploader = _Uploader(cache, store, task, replace_own, keeping, generation, cache_s3)
     try:
         return run_all(uploader, found, workers=workers)
     except StageOutError:

@@ -95,6 +95,9 @@ class WrapOptions:
     recorded: Callable[[str], ResultManifest | None] | None = None
     # False: the caller records the result (a worker, in a segment), not the wrapper.
     commit: bool = True
+    # False: no task is known to read this task's outputs (a dispatcher's word), so its
+    # `s3` outputs go straight to S3 without a copy in the node cache.
+    cache_s3_outputs: bool = True
     # The environment tasks' variables are taken from (see task_environment): this
     # process's, or a copy a worker made once (reading os.environ decodes every variable).
     environ: Mapping[str, str] | None = None
@@ -403,6 +406,7 @@ class _Run:
                 keeping=self.options.keeping,
                 generation=self.options.generation,
                 workers=node.workers,
+                cache_s3=self.options.cache_s3_outputs,
             )
         manifest = ResultManifest(
             task_id=spec.id,
