@@ -9,7 +9,7 @@ two such requests per short task.
 
 Here a request is built and signed as the native client's would be (the
 same headers, awscrt's SigV4 signer over the same credentials provider),
-then sent with :mod:`http.client` over a keep-alive connection that the
+then sent with :mod:`stager.http1` over a keep-alive connection that the
 calling thread owns (one per host). Retries are bounded (``max_attempts``
 in all): a connection that failed or was closed by the server, a 5xx, a
 throttle. A kept-alive connection that fails is replaced at once, without
@@ -24,10 +24,8 @@ caller's digest check sees what arrived.
 
 from __future__ import annotations
 
-import http.client
 import os
 import random
-import socket
 import ssl
 import threading
 import time
@@ -46,11 +44,10 @@ from awscrt.auth import (
 from awscrt.http import HttpRequest
 
 from stager.errors import UnreachableError
+from stager.http1 import Connection, split_host
 from stager.s3errors import tls_failure, translate_crt, translate_response
 
-CHUNK_BYTES = 256 * 1024  # a GET's body reaches its sink in pieces of this size
 RETRIED_STATUSES = frozenset({500, 502, 503, 504})
-_CONNECTION_ERRORS = (OSError, http.client.HTTPException)  # socket.timeout is an OSError
 
 
 @dataclass(frozen=True)
@@ -140,9 +137,7 @@ class SmallRequests:
             except BaseException as exc:
                 self._drop(host)  # its answer is unread or broken: never used again
                 delivered = into is not None and into.began
-                if (into is not None and exc is into.failed) or not isinstance(
-                    exc, _CONNECTION_ERRORS
-                ):
+                if (into is not None and exc is into.failed) or not isinstance(exc, OSError):
                     raise  # our own sink's (a full disk), or not the connection's: unchanged
                 if isinstance(exc, ssl.SSLCertVerificationError):  # not transient
                     raise tls_failure(where, action, exc.__class__.__name__) from exc
@@ -182,48 +177,34 @@ class SmallRequests:
         body: bytes,
         sink: Callable[[bytes], None] | None,
     ) -> Answer:
-        connection = self._connection(host)
-        connection.request(method, path, body=body or None, headers=headers)
-        response = connection.getresponse()
-        got = {name.lower(): value for name, value in response.getheaders()}
-        if sink is None or not 200 <= response.status < 300:
-            content = response.read()
-        else:
-            received = 0
-            while chunk := response.read(CHUNK_BYTES):  # ends early, silently, if cut
-                sink(chunk)
-                received += len(chunk)
-            expected = int(got.get("content-length", received))
-            if received != expected:
-                raise http.client.IncompleteRead(b"", expected - received)
-            content = b""
-        if response.will_close:
+        if body and not any(name.lower() == "content-length" for name in headers):
+            headers = {**headers, "Content-Length": str(len(body))}
+        answer = self._connection(host).exchange(method, path, headers, body, sink)
+        if not answer.keep_alive:
             self._drop(host)
-        return Answer(response.status, got, content)
+        return Answer(answer.status, answer.headers, answer.body)
 
-    def _connections(self) -> dict[str, http.client.HTTPConnection]:
+    def _connections(self) -> dict[str, Connection]:
         """This thread's connections, by host (none yet in a forked child: the sockets
         it inherited are its parent's)."""
         mine = self._mine
         if getattr(mine, "pid", None) != os.getpid():
             mine.pid, mine.connections = os.getpid(), {}
-        connections: dict[str, http.client.HTTPConnection] = mine.connections
+        connections: dict[str, Connection] = mine.connections
         return connections
 
-    def _connection(self, host: str) -> http.client.HTTPConnection:
+    def _connection(self, host: str) -> Connection:
         connections = self._connections()
         connection = connections.get(host)
         if connection is None:
-            if self._tls is not None:
-                connection = http.client.HTTPSConnection(
-                    host, timeout=self._connect_timeout_s, context=self._tls
-                )
-            else:
-                connection = http.client.HTTPConnection(host, timeout=self._connect_timeout_s)
-            connection.connect()
-            assert connection.sock is not None
-            connection.sock.settimeout(self._read_timeout_s)
-            connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            name, port = split_host(host, secure=self._tls is not None)
+            connection = Connection(
+                name,
+                port,
+                tls=self._tls,
+                connect_timeout_s=self._connect_timeout_s,
+                read_timeout_s=self._read_timeout_s,
+            )
             connections[host] = connection
         return connection
 

@@ -1,0 +1,151 @@
+"""One HTTP/1.1 request and its answer at a time, over a connection kept alive.
+
+For small requests whose cost is the client's own CPU (a GET or PUT of a
+few KiB): the request goes out in one ``sendall``, its head and body
+together, and the answer is parsed by httptools (llhttp, Node.js's parser,
+in C), which knows HTTP/1.1's framing (a length, chunks, keep-alive) so
+that this module does not have to. A 1 KiB PUT costs the client about half
+the CPU it costs through :mod:`http.client`, whose answers go through the
+``email`` package (docs/benchmarks.md).
+
+A connection belongs to one thread. Whatever goes wrong on the wire comes
+out as an ``OSError``: the socket's own (a timeout, a reset, TLS),
+:class:`BrokenAnswer` for an answer that breaks HTTP's rules, or
+:class:`CutShort` for a connection closed before its answer was whole.
+After any error the connection's state is unknown: close it.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import httptools
+
+READ_BYTES = 256 * 1024  # a GET's body reaches its sink in pieces of at most this size
+
+
+class BrokenAnswer(ConnectionError):
+    """The server's answer is not HTTP/1.1."""
+
+
+class CutShort(ConnectionError):
+    """The connection closed before the answer was whole."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer: its status, headers (names lower-cased; a repeated one's values joined
+    by ", "), body (empty if a sink took it) and whether the connection stays open."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    keep_alive: bool
+
+
+class _Reading:
+    """What the parser found so far (httptools calls these back)."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: dict[str, str] = {}
+        self.chunks: list[bytes] = []
+        self.head_done = False
+        self.done = False
+        self.keep_alive = False  # known once the answer is whole (llhttp forgets it then)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+        self.keep_alive = self.parser.should_keep_alive()
+
+
+def split_host(host: str, *, secure: bool) -> tuple[str, int]:
+    """``host[:port]`` (a ``Host`` header; an IPv6 address in brackets) as a name and a
+    port, the scheme's own if none is given."""
+    default = 443 if secure else 80
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        return name, int(rest[1:]) if rest.startswith(":") else default
+    name, colon, port = host.partition(":")
+    return name, int(port) if colon else default
+
+
+class Connection:
+    """A kept-alive HTTP/1.1 connection to ``host:port`` (over TLS with ``tls``)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: ssl.SSLContext | None,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+    ) -> None:
+        sock = socket.create_connection((host, port), timeout=connect_timeout_s)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                sock = tls.wrap_socket(sock, server_hostname=host)
+            sock.settimeout(read_timeout_s)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+
+    def exchange(
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes = b"",
+        sink: Callable[[bytes], object] | None = None,
+    ) -> Answer:
+        """Send one request and read its whole answer.
+
+        A 2xx answer's body goes to ``sink``, if given, as it arrives; any other's
+        into the answer. An exception of the sink comes out unchanged.
+        """
+        if method == "HEAD":  # its answer may announce a body that never comes
+            raise ValueError("HEAD is not supported")
+        lines = [f"{method} {target} HTTP/1.1", *(f"{n}: {v}" for n, v in headers.items())]
+        self._sock.sendall("\r\n".join([*lines, "", ""]).encode("latin-1") + body)
+        reading = _Reading()
+        parser = reading.parser
+        to_sink = False
+        while not reading.done:
+            data = self._sock.recv(READ_BYTES)
+            if not data:
+                raise CutShort("the server closed the connection before its answer was whole")
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                raise BrokenAnswer(f"the server's answer is not HTTP/1.1 ({exc})") from exc
+            if sink is not None and reading.head_done:
+                to_sink = 200 <= parser.get_status_code() < 300
+                if to_sink:
+                    for chunk in reading.chunks:
+                        sink(chunk)
+                    reading.chunks.clear()
+        return Answer(
+            parser.get_status_code(),
+            reading.headers,
+            b"" if to_sink else b"".join(reading.chunks),
+            reading.keep_alive,
+        )
+
+    def close(self) -> None:
+        self._sock.close()
