@@ -44,8 +44,14 @@ def test_round_trip_over_https_with_the_endpoints_ca(
     with ObjectStore(settings, credentials=tls_server.credentials) as store:
         store.upload_file(tmp_path / "f.bin", url, digest=digest_bytes(data), size=len(data))
         received = store.download_file(url, tmp_path / "copy.bin")
+        # Small objects, sent from this thread over one kept-alive TLS connection.
+        small = {S3Url("tls", f"{client}/small-{n}"): os.urandom(1000 + n) for n in range(3)}
+        for small_url, small_data in small.items():
+            store.put_bytes(small_url, small_data, create_only=True)
+        got = {small_url: store.get_bytes(small_url) for small_url in small}
     assert (received.digest, received.verified) == (digest_bytes(data), True)
     assert (tmp_path / "copy.bin").read_bytes() == data
+    assert got == small
 
 
 @pytest.mark.parametrize("client", ["crt", "s3transfer"])
