@@ -17,6 +17,7 @@ After any error the connection's state is unknown: close it.
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 from collections.abc import Callable, Mapping
@@ -113,14 +114,19 @@ class Connection:
         headers: Mapping[str, str],
         body: bytes = b"",
         sink: Callable[[bytes], object] | None = None,
+        *,
+        read_timeout_s: float | None = None,
     ) -> Answer:
         """Send one request and read its whole answer.
 
         A 2xx answer's body goes to ``sink``, if given, as it arrives; any other's
         into the answer. An exception of the sink comes out unchanged.
+        ``read_timeout_s`` replaces the connection's own from this request on.
         """
         if method == "HEAD":  # its answer may announce a body that never comes
             raise ValueError("HEAD is not supported")
+        if read_timeout_s is not None:
+            self._sock.settimeout(read_timeout_s)
         lines = [f"{method} {target} HTTP/1.1", *(f"{n}: {v}" for n, v in headers.items())]
         self._sock.sendall("\r\n".join([*lines, "", ""]).encode("latin-1") + body)
         reading = _Reading()
@@ -146,6 +152,17 @@ class Connection:
             b"" if to_sink else b"".join(reading.chunks),
             reading.keep_alive,
         )
+
+    def reusable(self) -> bool:
+        """Whether this kept-alive connection may carry another request: the server
+        has neither closed it nor sent anything unasked (then there is something to
+        read)."""
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        try:
+            return not poller.poll(0)
+        except OSError:
+            return False
 
     def close(self) -> None:
         self._sock.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -125,6 +126,19 @@ def test_a_broken_or_cut_answer_is_a_connection_error(
     with pytest.raises(error) as caught:
         connection.exchange("GET", "/b/k", {"Host": "h"})
     assert isinstance(caught.value, OSError)  # retried as any failure of the connection
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_reused(
+    serve: list[RawServer],
+) -> None:
+    kept, _ = connect(serve, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b"")
+    closing, _ = connect(serve, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", None)
+    for connection in (kept, closing):
+        assert connection.exchange("POST", "/v1/lease", {"Host": "h"}).keep_alive
+    deadline = time.monotonic() + 5
+    while closing.reusable() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert kept.reusable() and not closing.reusable()
 
 
 def test_host_headers_split_into_name_and_port() -> None:

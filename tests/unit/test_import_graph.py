@@ -33,6 +33,7 @@ RULES: dict[str, tuple[str, ...]] = {
         *S3_CLIENTS,
         "aiohttp",
         "urllib3",
+        "stager.http1",
         "stager.objectstore",
         "stager.crt",
         "stager.cli",

@@ -1,6 +1,9 @@
 """The dispatcher's client, for workers, ``stager submit`` and ``stager status``.
 
-Thread-safe (one urllib3 pool). Transport failures become
+Thread-safe: each thread sends over its own kept-alive connection
+(:mod:`stager.http1`); one found closed by the server while idle is
+replaced before a request goes out, so no request is sent twice. Transport
+failures become
 :class:`UnreachableError`, 401 :class:`AccessDeniedError`, 409 (a stale
 attempt) :class:`PreconditionFailedError`, 404 :class:`NotFoundError`, 400
 :class:`ConfigError`; the server's one-line reason is kept. The token goes
@@ -9,11 +12,12 @@ only into the Authorization header, never into a message.
 
 from __future__ import annotations
 
+import os
+import ssl
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
-
-import urllib3
 
 from stager.errors import (
     AccessDeniedError,
@@ -23,6 +27,7 @@ from stager.errors import (
     StagerError,
     UnreachableError,
 )
+from stager.http1 import Answer, Connection
 from stager.locations import S3Url
 from stager.tokens import TOKEN_ENV, check_token
 from worker_hooks.task.protocol import (
@@ -77,19 +82,27 @@ class DispatcherClient:
     def __init__(
         self, url: str, token: str, *, ca_file: str | None = None, timeout_s: float = 30.0
     ) -> None:
-        if not url.startswith(("http://", "https://")):
+        parts = urllib.parse.urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
             raise ConfigError(f"dispatcher URL {url!r} is not http(s)://host:port")
         self.url = url.rstrip("/")
+        secure = parts.scheme == "https"
+        self._address = (parts.hostname, port or (443 if secure else 80))
+        self._prefix = parts.path.rstrip("/")
+        self._tls = ssl.create_default_context(cafile=ca_file) if secure else None
         token = check_token(token, "the client's token", min_chars=1)  # a header: one clean line
         self._headers = {
+            "Host": parts.netloc,
             "Authorization": f"Bearer {token}",
             "Content-Type": "application/json",
             VERSION_HEADER: str(PROTOCOL_VERSION),
         }
         self._timeout_s = timeout_s
-        self._pool = urllib3.PoolManager(
-            maxsize=8, retries=False, ca_certs=ca_file, cert_reqs="CERT_REQUIRED"
-        )
+        self._mine = threading.local()  # this thread's connection
 
     def call(
         self,
@@ -101,24 +114,49 @@ class DispatcherClient:
         wait_s: float = 0,
     ) -> M:
         """Send ``body``; return the answer parsed as ``answer`` (errors raised as above)."""
+        data = b"" if body is None else body.to_json()
+        headers = {**self._headers, "Content-Length": str(len(data))}
         try:
-            response = self._pool.request(
-                method,
-                self.url + path,
-                body=None if body is None else body.to_json(),
-                headers=self._headers,
-                timeout=urllib3.Timeout(connect=5.0, read=self._timeout_s + wait_s),
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            reason = getattr(exc, "reason", None) or exc
+            got = self._exchange(method, self._prefix + path, headers, data, wait_s)
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or exc.__class__.__name__
             raise UnreachableError(
                 f"the dispatcher at {self.url} is unreachable: {reason}",
                 hint="check the URL and that `stager dispatcher serve` runs there",
             ) from exc
-        if response.status >= 400:
-            raise self._error(response.status, response.data)
-        check_version(response.headers.get(VERSION_HEADER))
-        return answer.from_json(response.data)
+        if got.status >= 400:
+            raise self._error(got.status, got.body)
+        check_version(got.headers.get(VERSION_HEADER.lower()))
+        return answer.from_json(got.body)
+
+    def _exchange(
+        self, method: str, target: str, headers: dict[str, str], data: bytes, wait_s: float
+    ) -> Answer:
+        """One request on this thread's connection (a new one if it has none, or if the
+        server closed it while idle); a connection that failed is not used again."""
+        mine = self._mine
+        if getattr(mine, "pid", None) != os.getpid():  # a forked child: not its parent's
+            mine.pid, mine.connection = os.getpid(), None
+        connection: Connection | None = mine.connection
+        if connection is not None and not connection.reusable():
+            connection.close()
+            connection = mine.connection = None
+        if connection is None:
+            connection = mine.connection = Connection(
+                *self._address, tls=self._tls, connect_timeout_s=5.0, read_timeout_s=self._timeout_s
+            )
+        try:
+            got = connection.exchange(
+                method, target, headers, data, read_timeout_s=self._timeout_s + wait_s
+            )
+        except BaseException:
+            connection.close()
+            mine.connection = None
+            raise
+        if not got.keep_alive:
+            connection.close()
+            mine.connection = None
+        return got
 
     def _error(self, status: int, data: bytes) -> StagerError:
         try:
