@@ -89,14 +89,15 @@ class DispatcherClient:
             port = -1
         if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
             raise ConfigError(f"dispatcher URL {url!r} is not http(s)://host:port")
-        self.url = url.rstrip("/")
+        host = parts.netloc.rpartition("@")[2]  # a user or password in the URL is never sent
+        self.url = urllib.parse.urlunsplit(parts._replace(netloc=host)).rstrip("/")
         secure = parts.scheme == "https"
         self._address = (parts.hostname, port or (443 if secure else 80))
         self._prefix = parts.path.rstrip("/")
         self._tls = ssl.create_default_context(cafile=ca_file) if secure else None
         token = check_token(token, "the client's token", min_chars=1)  # a header: one clean line
         self._headers = {
-            "Host": parts.netloc,
+            "Host": host,
             "Authorization": f"Bearer {token}",
             "Content-Type": "application/json",
             VERSION_HEADER: str(PROTOCOL_VERSION),
