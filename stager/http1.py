@@ -8,7 +8,8 @@ that this module does not have to. A 1 KiB PUT costs the client about half
 the CPU it costs through :mod:`http.client`, whose answers go through the
 ``email`` package (docs/benchmarks.md).
 
-A connection belongs to one thread. Whatever goes wrong on the wire comes
+A connection belongs to one thread; :class:`ThreadConnections` keeps each
+thread's, one per address. Whatever goes wrong on the wire comes
 out as an ``OSError``: the socket's own (a timeout, a reset, TLS),
 :class:`BrokenAnswer` for an answer that breaks HTTP's rules, or
 :class:`CutShort` for a connection closed before its answer was whole.
@@ -17,9 +18,11 @@ After any error the connection's state is unknown: close it.
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -166,3 +169,74 @@ class Connection:
 
     def close(self) -> None:
         self._sock.close()
+
+
+Address = tuple[str, int]
+
+
+class ThreadConnections:
+    """Each thread's kept-alive connections, one per address. A forked child starts
+    with none: the sockets it inherited are its parent's."""
+
+    def __init__(
+        self, *, tls: ssl.SSLContext | None, connect_timeout_s: float, read_timeout_s: float
+    ) -> None:
+        self._tls = tls
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._mine = threading.local()
+
+    def _held(self) -> dict[Address, Connection]:
+        mine = self._mine
+        if getattr(mine, "pid", None) != os.getpid():
+            mine.pid, mine.connections = os.getpid(), {}
+        held: dict[Address, Connection] = mine.connections
+        return held
+
+    def holds(self, address: Address) -> bool:
+        """Whether this thread has a connection to ``address`` from an earlier request."""
+        return address in self._held()
+
+    def exchange(
+        self,
+        address: Address,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes = b"",
+        sink: Callable[[bytes], object] | None = None,
+        *,
+        read_timeout_s: float | None = None,
+    ) -> Answer:
+        """:meth:`Connection.exchange` on this thread's connection to ``address``: a new
+        one if it has none, or if the server closed the one it had while it was idle
+        (seen before the request goes out, so the request is not lost). A connection
+        that failed, or that the server closes after its answer, is not used again."""
+        held = self._held()
+        connection = held.get(address)
+        if connection is not None and not connection.reusable():
+            self.drop(address)
+            connection = None
+        if connection is None:
+            connection = held[address] = Connection(
+                *address,
+                tls=self._tls,
+                connect_timeout_s=self._connect_timeout_s,
+                read_timeout_s=self._read_timeout_s,
+            )
+        try:
+            answer = connection.exchange(
+                method, target, headers, body, sink, read_timeout_s=read_timeout_s
+            )
+        except BaseException:
+            self.drop(address)  # its answer unread or broken: its state is unknown
+            raise
+        if not answer.keep_alive:
+            self.drop(address)
+        return answer
+
+    def drop(self, address: Address) -> None:
+        """Close this thread's connection to ``address``, if it has one."""
+        connection = self._held().pop(address, None)
+        if connection is not None:
+            connection.close()

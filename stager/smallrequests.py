@@ -24,13 +24,10 @@ caller's digest check sees what arrived.
 
 from __future__ import annotations
 
-import os
 import random
 import ssl
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from awscrt.auth import (
     AwsCredentialsProvider,
@@ -44,20 +41,10 @@ from awscrt.auth import (
 from awscrt.http import HttpRequest
 
 from stager.errors import UnreachableError
-from stager.http1 import Connection, split_host
+from stager.http1 import Answer, ThreadConnections, split_host
 from stager.s3errors import tls_failure, translate_crt, translate_response
 
 RETRIED_STATUSES = frozenset({500, 502, 503, 504})
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A request's answer: its status, headers (names lower-cased) and body (empty for
-    a GET streamed into a sink)."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
 
 
 class _Sink:
@@ -102,12 +89,14 @@ class SmallRequests:
             signed_body_value=AwsSignedBodyValue.UNSIGNED_PAYLOAD,
             signed_body_header_type=AwsSignedBodyHeaderType.X_AMZ_CONTENT_SHA_256,
         )
-        self._tls = ssl.create_default_context(cafile=ca_file) if secure else None
-        self._connect_timeout_s = connect_timeout_s
-        self._read_timeout_s = read_timeout_s
+        self._secure = secure
+        self._connections = ThreadConnections(  # this thread's, one per host
+            tls=ssl.create_default_context(cafile=ca_file) if secure else None,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+        )
         self._max_attempts = max(1, max_attempts)
         self._sleep = sleep
-        self._mine = threading.local()  # this thread's connections, by host
 
     def send(
         self,
@@ -125,17 +114,16 @@ class SmallRequests:
         :class:`StagerError` about ``action`` on ``where``.
         """
         headers = self._signed(request, where, action)
-        host = headers.get("Host", "")
+        address = split_host(headers.get("Host", ""), secure=self._secure)
         into = _Sink(sink) if sink is not None else None  # once it began, no retry
         attempt = 0
         while True:
             attempt += 1
-            kept = host in self._connections()  # used before: the server may have closed it
+            kept = self._connections.holds(address)  # the server may close it any time
             try:
                 method, path = request.method or "GET", request.path or "/"
-                answer = self._exchange(host, method, path, headers, body, into)
-            except BaseException as exc:
-                self._drop(host)  # its answer is unread or broken: never used again
+                answer = self._exchange(address, method, path, headers, body, into)
+            except BaseException as exc:  # the connection is closed and not used again
                 delivered = into is not None and into.began
                 if (into is not None and exc is into.failed) or not isinstance(exc, OSError):
                     raise  # our own sink's (a full disk), or not the connection's: unchanged
@@ -170,7 +158,7 @@ class SmallRequests:
 
     def _exchange(
         self,
-        host: str,
+        address: tuple[str, int],
         method: str,
         path: str,
         headers: dict[str, str],
@@ -179,36 +167,4 @@ class SmallRequests:
     ) -> Answer:
         if body and not any(name.lower() == "content-length" for name in headers):
             headers = {**headers, "Content-Length": str(len(body))}
-        answer = self._connection(host).exchange(method, path, headers, body, sink)
-        if not answer.keep_alive:
-            self._drop(host)
-        return Answer(answer.status, answer.headers, answer.body)
-
-    def _connections(self) -> dict[str, Connection]:
-        """This thread's connections, by host (none yet in a forked child: the sockets
-        it inherited are its parent's)."""
-        mine = self._mine
-        if getattr(mine, "pid", None) != os.getpid():
-            mine.pid, mine.connections = os.getpid(), {}
-        connections: dict[str, Connection] = mine.connections
-        return connections
-
-    def _connection(self, host: str) -> Connection:
-        connections = self._connections()
-        connection = connections.get(host)
-        if connection is None:
-            name, port = split_host(host, secure=self._tls is not None)
-            connection = Connection(
-                name,
-                port,
-                tls=self._tls,
-                connect_timeout_s=self._connect_timeout_s,
-                read_timeout_s=self._read_timeout_s,
-            )
-            connections[host] = connection
-        return connection
-
-    def _drop(self, host: str) -> None:
-        connection = self._connections().pop(host, None)
-        if connection is not None:
-            connection.close()
+        return self._connections.exchange(address, method, path, headers, body, sink)

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from stager.http1 import BrokenAnswer, Connection, CutShort, split_host
+from stager.http1 import BrokenAnswer, Connection, CutShort, ThreadConnections, split_host
 
 
 class RawServer:
-    """Answers each request on one connection with the next scripted bytes; None
-    closes the connection instead (at once, if it follows an answer)."""
+    """Answers each request with the next scripted bytes; None closes the connection
+    instead (at once, if it follows an answer), and the next one is accepted."""
 
     def __init__(self, answers: list[bytes | None]) -> None:
         self.answers = answers
@@ -26,28 +26,38 @@ class RawServer:
         self._thread.start()
 
     def _serve(self) -> None:
-        connection, _ = self._listener.accept()
-        with connection:
-            pending = b""
-            while self.answers:
-                while b"\r\n\r\n" not in pending:
-                    pending += connection.recv(65536)
-                head, _, pending = pending.partition(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                while len(pending) < length:
-                    pending += connection.recv(65536)
-                self.requests.append(head + b"\r\n\r\n" + pending[:length])
-                pending = pending[length:]
-                answer = self.answers.pop(0)
-                if answer is None:
-                    return
-                connection.sendall(answer)
-                if self.answers and self.answers[0] is None:
-                    return
+        while self.answers:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:  # the test is over
+                return
+            with connection:
+                self._answer(connection)
+
+    def _answer(self, connection: socket.socket) -> None:
+        pending = b""
+        while self.answers:
+            while b"\r\n\r\n" not in pending:
+                if not (data := connection.recv(65536)):
+                    return  # the client closed it
+                pending += data
+            head, _, pending = pending.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            while len(pending) < length:
+                pending += connection.recv(65536)
+            self.requests.append(head + b"\r\n\r\n" + pending[:length])
+            pending = pending[length:]
+            answer = self.answers.pop(0)
+            if answer is None:
+                return
+            connection.sendall(answer)
+            if self.answers and self.answers[0] is None:
+                self.answers.pop(0)
+                return
 
     def close(self) -> None:
         self._listener.close()
@@ -139,6 +149,21 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused(
     while closing.reusable() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert kept.reusable() and not closing.reusable()
+
+
+def test_a_thread_replaces_a_connection_the_server_closed_and_loses_no_request(
+    serve: list[RawServer],
+) -> None:
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    server = RawServer([ok, None, ok])  # answers, closes that connection, answers on the next
+    serve.append(server)
+    connections = ThreadConnections(tls=None, connect_timeout_s=5, read_timeout_s=5)
+    address = ("127.0.0.1", server.port)
+    assert connections.exchange(address, "POST", "/first", {"Host": "h"}).body == b"ok"
+    time.sleep(0.2)  # the server's close reaches this side
+    assert connections.holds(address)
+    assert connections.exchange(address, "POST", "/second", {"Host": "h"}).body == b"ok"
+    assert [r.split(b" ")[1] for r in server.requests] == [b"/first", b"/second"]  # once each
 
 
 def test_host_headers_split_into_name_and_port() -> None:

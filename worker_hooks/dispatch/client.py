@@ -12,9 +12,7 @@ only into the Authorization header, never into a message.
 
 from __future__ import annotations
 
-import os
 import ssl
-import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
@@ -27,7 +25,7 @@ from stager.errors import (
     StagerError,
     UnreachableError,
 )
-from stager.http1 import Answer, Connection
+from stager.http1 import ThreadConnections
 from stager.locations import S3Url
 from stager.tokens import TOKEN_ENV, check_token
 from worker_hooks.task.protocol import (
@@ -94,7 +92,6 @@ class DispatcherClient:
         secure = parts.scheme == "https"
         self._address = (parts.hostname, port or (443 if secure else 80))
         self._prefix = parts.path.rstrip("/")
-        self._tls = ssl.create_default_context(cafile=ca_file) if secure else None
         token = check_token(token, "the client's token", min_chars=1)  # a header: one clean line
         self._headers = {
             "Host": host,
@@ -103,7 +100,11 @@ class DispatcherClient:
             VERSION_HEADER: str(PROTOCOL_VERSION),
         }
         self._timeout_s = timeout_s
-        self._mine = threading.local()  # this thread's connection
+        self._connections = ThreadConnections(
+            tls=ssl.create_default_context(cafile=ca_file) if secure else None,
+            connect_timeout_s=5.0,
+            read_timeout_s=timeout_s,
+        )
 
     def call(
         self,
@@ -118,7 +119,14 @@ class DispatcherClient:
         data = b"" if body is None else body.to_json()
         headers = {**self._headers, "Content-Length": str(len(data))}
         try:
-            got = self._exchange(method, self._prefix + path, headers, data, wait_s)
+            got = self._connections.exchange(
+                self._address,
+                method,
+                self._prefix + path,
+                headers,
+                data,
+                read_timeout_s=self._timeout_s + wait_s,
+            )
         except OSError as exc:
             reason = exc.strerror or str(exc) or exc.__class__.__name__
             raise UnreachableError(
@@ -129,35 +137,6 @@ class DispatcherClient:
             raise self._error(got.status, got.body)
         check_version(got.headers.get(VERSION_HEADER.lower()))
         return answer.from_json(got.body)
-
-    def _exchange(
-        self, method: str, target: str, headers: dict[str, str], data: bytes, wait_s: float
-    ) -> Answer:
-        """One request on this thread's connection (a new one if it has none, or if the
-        server closed it while idle); a connection that failed is not used again."""
-        mine = self._mine
-        if getattr(mine, "pid", None) != os.getpid():  # a forked child: not its parent's
-            mine.pid, mine.connection = os.getpid(), None
-        connection: Connection | None = mine.connection
-        if connection is not None and not connection.reusable():
-            connection.close()
-            connection = mine.connection = None
-        if connection is None:
-            connection = mine.connection = Connection(
-                *self._address, tls=self._tls, connect_timeout_s=5.0, read_timeout_s=self._timeout_s
-            )
-        try:
-            got = connection.exchange(
-                method, target, headers, data, read_timeout_s=self._timeout_s + wait_s
-            )
-        except BaseException:
-            connection.close()
-            mine.connection = None
-            raise
-        if not got.keep_alive:
-            connection.close()
-            mine.connection = None
-        return got
 
     def _error(self, status: int, data: bytes) -> StagerError:
         try:
