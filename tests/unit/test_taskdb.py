@@ -659,3 +659,12 @@ def test_a_lease_says_whether_a_known_task_reads_the_outputs(db: TaskDB) -> None
     db.complete("wf/map", leases["map"].attempt, "w1", result_for("map"))
     (reduce_lease,) = db.lease("w1", 5)
     assert not reduce_lease.outputs_read
+
+
+def test_a_memoized_completion_lists_no_outputs_on_its_node(db: TaskDB) -> None:
+    submit(db, task("found"), task("made"))
+    leases = {lease.spec.id: lease for lease in db.lease("w1", 2)}
+    db.complete("wf/found", leases["found"].attempt, "w1", result_for("found"), memoized=True)
+    assert db.catalog.holders({DIGEST}).get(DIGEST, frozenset()) == frozenset()
+    db.complete("wf/made", leases["made"].attempt, "w1", result_for("made"))
+    assert db.catalog.holders({DIGEST})[DIGEST] == frozenset({"w1"})

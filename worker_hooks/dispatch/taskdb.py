@@ -687,7 +687,9 @@ class TaskDB(TaskViews):
     ) -> None:
         """Accept the result of the current attempt; release the dependants."""
         with self._tx():
-            completion = Completion(task_id, attempt, result, tuple(uses), memoized)
+            completion = Completion(
+                task_id, attempt, result, tuple(uses), memoized, cached_outputs=not memoized
+            )
             self._accept(completion, worker, self._clock())
 
     def complete_many(self, worker: str, completions: Sequence[Completion]) -> list[str]:
