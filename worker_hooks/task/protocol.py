@@ -327,7 +327,8 @@ class Completion:
     result: ResultManifest
     uses: tuple[InputUse, ...] = ()
     memoized: bool = False
-    # Whether its node's cache took its `s3` outputs (False: they went straight to S3).
+    # Whether its node's cache took its `s3` outputs (False: the small ones went straight
+    # to S3; a large one it took anyway reaches the dispatcher with the next heartbeat).
     cached_outputs: bool = True
 
     def held(self) -> set[Digest]:

@@ -1,10 +1,11 @@
 """Stage-out: make a task's outputs durable by their policy, each hashed once as it is read.
 
 Each output is copied into the node cache (hashed as it streams), so a later
-task on this node that reads it is a cache hit; an ``s3`` output that no task
-is known to read (``cache_s3=False``, a dispatcher's word) is not, and goes
-to S3 from the bytes hashed, read once into memory if it is small. Then, by
-its ``persist``:
+task on this node that reads it is a cache hit; a small ``s3`` output that
+no task is known to read (``cache_s3=False``, a dispatcher's word) is not: it
+is read once into memory and goes to S3 from the bytes hashed. (A large one
+still goes through the cache, whose copy is the one read.) Then, by its
+``persist``:
 
 - ``s3``: uploaded from the verified entry with its digest in the object's
   metadata (multipart and parallel above the threshold);
@@ -163,7 +164,7 @@ class _Uploader:
 
     def _hashed(self, item: FoundOutput) -> _Hashed:
         """The output's bytes, verified, and their digest: from one read of the output."""
-        if self.cache is not None and (self.cache_s3 or item.persist is not Persist.S3):
+        if self.cache is not None and self._cached(item):
             try:
                 entry = self.cache.insert(item.size, lambda writer: _copy(item, writer))
                 return _Hashed(entry, digest_of_entry(entry), entry)
@@ -183,6 +184,12 @@ class _Uploader:
         except OSError as exc:
             raise from_os_error(exc, f"read output {item.relative}") from exc
         return _Hashed(item.path, digest, None)
+
+    def _cached(self, item: FoundOutput) -> bool:
+        """Whether the output goes into the node cache: unless it is a small ``s3``
+        output that no task is known to read. A large one does all the same, so that
+        its bytes are read once, into the entry that is then uploaded."""
+        return self.cache_s3 or item.persist is not Persist.S3 or item.size >= IN_MEMORY_BYTES
 
 
 def _copy(item: FoundOutput, writer: HashingWriter) -> None:
@@ -207,8 +214,8 @@ def upload_outputs(
 ) -> list[FileRecord]:
     """Keep every output by its policy (S3 ones through :mod:`stager.publish`); return
     their records in order (an adopted twin's where it got there first), or raise
-    StageOutError. ``cache_s3=False``: ``s3`` outputs skip the node cache (no task
-    is known to read them)."""
+    StageOutError. ``cache_s3=False``: small ``s3`` outputs skip the node cache (no
+    task is known to read them)."""
     uploader = _Uploader(cache, store, task, replace_own, keeping, generation, cache_s3)
     try:
         return run_all(uploader, found, workers=workers)
